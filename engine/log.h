@@ -1,0 +1,46 @@
+/* log.h - leveled logging to stderr, plain text or one JSON object a line.
+ *
+ * Thread-safe: each call formats into a local buffer and writes it with one
+ * write(2). Never pass secrets to these functions. */
+#ifndef ENG_LOG_H
+#define ENG_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { ENG_LOG_ERROR = 0, ENG_LOG_WARN, ENG_LOG_INFO, ENG_LOG_DEBUG } eng_log_level;
+
+/* Set once at start-up, before threads start. */
+void eng_log_setup(eng_log_level level, int json);
+int eng_log_parse_level(const char *s, eng_log_level *out); /* 0 or ENG_EINVAL */
+const char *eng_log_level_name(eng_log_level level);
+int eng_log_enabled(eng_log_level level);
+int eng_log_is_json(void);
+
+void eng_log(eng_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Like eng_log, with an extra request id and a message that is used verbatim. */
+void eng_log_msg(eng_log_level level, const char *request_id, const char *msg, size_t len);
+
+/* One access-log line (always written, whatever the level). */
+typedef struct eng_access_entry {
+  const char *method;
+  const char *path;
+  size_t path_len;
+  int status;
+  uint64_t bytes;
+  double duration_ms;
+  const char *request_id;
+  const char *peer;
+} eng_access_entry;
+void eng_log_access(const eng_access_entry *e);
+
+#define eng_log_error(...) eng_log(ENG_LOG_ERROR, __VA_ARGS__)
+#define eng_log_warn(...) eng_log(ENG_LOG_WARN, __VA_ARGS__)
+#define eng_log_info(...) eng_log(ENG_LOG_INFO, __VA_ARGS__)
+#define eng_log_debug(...)                 \
+  do {                                     \
+    if (eng_log_enabled(ENG_LOG_DEBUG))    \
+      eng_log(ENG_LOG_DEBUG, __VA_ARGS__); \
+  } while (0)
+
+#endif
