@@ -1,0 +1,355 @@
+/* config.c - settings from defaults, file, environment, flags (see config.h). */
+#include "config.h"
+#include "error.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { T_STR, T_INT, T_LISTEN, T_LEVEL, T_FORMAT, T_ONOFF, T_SYNC, T_SIZE, T_MB } opt_type;
+
+typedef struct opt {
+  const char *flag; /* "--listen" */
+  const char *env;  /* "APIENGINE_LISTEN" */
+  const char *key;  /* config file key */
+  opt_type type;
+  size_t offset;
+  long min, max; /* for numbers */
+  const char *help;
+} opt;
+
+#define OFF(f) offsetof(eng_config, f)
+
+static const opt opts[] = {
+    {"--listen", "APIENGINE_LISTEN", "listen", T_LISTEN, 0, 0, 0, "HOST:PORT to listen on (default " ENG_DEFAULT_LISTEN ")"},
+    {"--workers", "APIENGINE_WORKERS", "workers", T_INT, OFF(workers), 1, ENG_MAX_WORKERS,
+     "worker threads, each with its own loop, socket and Lua state (default: number of cores)"},
+    {"--scripts", "APIENGINE_SCRIPTS", "scripts", T_STR, OFF(scripts_dir), 0, 0, "route scripts directory (default " ENG_DEFAULT_SCRIPTS ")"},
+    {"--schema", "APIENGINE_SCHEMA", "schema", T_STR, OFF(schema_dir), 0, 0, "migrations directory (default " ENG_DEFAULT_SCHEMA ")"},
+    {"--db", "APIENGINE_DB", "db", T_STR, OFF(db_path), 0, 0, "SQLite database file (default " ENG_DEFAULT_DB ")"},
+    {"--config", "APIENGINE_CONFIG", NULL, T_STR, OFF(config_file), 0, 0, "Lua config file returning a table of these settings"},
+    {NULL, "APIENGINE_KEY", "key", T_STR, OFF(key), 0, 0, "server key: 64 hex chars or base64 of 32 bytes (env/file only)"},
+    {"--synchronous", "APIENGINE_SYNCHRONOUS", "synchronous", T_SYNC, OFF(synchronous), 0, 0, "SQLite synchronous: FULL (default), NORMAL, OFF"},
+    {"--log-level", "APIENGINE_LOG_LEVEL", "log_level", T_LEVEL, OFF(log_level), 0, 0, "error, warn, info (default), debug"},
+    {"--log-format", "APIENGINE_LOG_FORMAT", "log_format", T_FORMAT, OFF(log_json), 0, 0, "plain (default) or json"},
+    {"--access-log", "APIENGINE_ACCESS_LOG", "access_log", T_ONOFF, OFF(access_log), 0, 0, "on (default) or off"},
+    {"--max-header-bytes", "APIENGINE_MAX_HEADER_BYTES", "max_header_bytes", T_SIZE, OFF(limits.max_header_bytes), 256,
+     1 << 20, "request header limit, 431 past it (default 16384)"},
+    {"--max-url-bytes", "APIENGINE_MAX_URL_BYTES", "max_url_bytes", T_SIZE, OFF(limits.max_url_bytes), 64, 1 << 20,
+     "request target limit, 414 past it (default 8192)"},
+    {"--max-body-bytes", "APIENGINE_MAX_BODY_BYTES", "max_body_bytes", T_SIZE, OFF(limits.max_body_bytes), 0,
+     1L << 30, "request body limit, 413 past it (default 1048576)"},
+    {"--header-timeout", "APIENGINE_HEADER_TIMEOUT", "header_timeout", T_INT, OFF(header_timeout_ms), 100, 3600000,
+     "ms to receive a whole request once it starts (default 10000)"},
+    {"--idle-timeout", "APIENGINE_IDLE_TIMEOUT", "idle_timeout", T_INT, OFF(idle_timeout_ms), 100, 3600000,
+     "ms a keep-alive connection may sit idle (default 60000)"},
+    {"--max-connections", "APIENGINE_MAX_CONNECTIONS", "max_connections", T_INT, OFF(max_connections), 1, 10000000,
+     "open connections across all workers (default 20000)"},
+    {"--drain-timeout", "APIENGINE_DRAIN_TIMEOUT", "drain_timeout", T_INT, OFF(drain_ms), 0, 3600000,
+     "ms to finish in-flight requests on SIGTERM/SIGINT (default 10000)"},
+    {"--budget-ms", "APIENGINE_BUDGET_MS", "budget_ms", T_INT, OFF(budget_ms), 1, 3600000,
+     "time budget of one handler, 503 past it (default 1000)"},
+    {"--memory-limit-mb", "APIENGINE_MEMORY_LIMIT_MB", "memory_limit_mb", T_MB, OFF(memory_limit), 8, 1 << 20,
+     "memory cap of each worker's Lua state (default 256)"},
+};
+
+#define NOPTS (sizeof opts / sizeof opts[0])
+
+void eng_config_init(eng_config *c) {
+  memset(c, 0, sizeof *c);
+  c->listen_host = strdup("127.0.0.1");
+  c->port = 8080;
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  c->workers = n > 0 ? (int)(n > ENG_MAX_WORKERS ? ENG_MAX_WORKERS : n) : 1;
+  c->scripts_dir = strdup(ENG_DEFAULT_SCRIPTS);
+  c->schema_dir = strdup(ENG_DEFAULT_SCHEMA);
+  c->db_path = strdup(ENG_DEFAULT_DB);
+  c->synchronous = strdup("FULL");
+  c->log_level = ENG_LOG_INFO;
+  c->access_log = 1;
+  eng_http_limits_default(&c->limits);
+  c->header_timeout_ms = ENG_DEFAULT_HEADER_TIMEOUT_MS;
+  c->idle_timeout_ms = ENG_DEFAULT_IDLE_TIMEOUT_MS;
+  c->max_connections = ENG_DEFAULT_MAX_CONNECTIONS;
+  c->drain_ms = ENG_DEFAULT_DRAIN_MS;
+  c->budget_ms = ENG_DEFAULT_BUDGET_MS;
+  c->memory_limit = (size_t)ENG_DEFAULT_MEMORY_MB << 20;
+}
+
+void eng_config_free(eng_config *c) {
+  free(c->listen_host);
+  free(c->scripts_dir);
+  free(c->schema_dir);
+  free(c->db_path);
+  free(c->config_file);
+  if (c->key) {
+    memset(c->key, 0, strlen(c->key));
+    free(c->key);
+  }
+  free(c->synchronous);
+  memset(c, 0, sizeof *c);
+}
+
+static char *fmt_err(const char *fmt, ...) {
+  char tmp[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  return strdup(tmp);
+}
+
+static int parse_long(const char *s, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end != '\0')
+    return -1;
+  *out = v;
+  return 0;
+}
+
+/* Sets one option from text; `src` names where it came from, for the message. */
+static int apply(eng_config *c, const opt *o, const char *val, const char *src, char **err) {
+  char *base = (char *)c;
+  long n;
+  switch (o->type) {
+  case T_STR: {
+    char **slot = (char **)(base + o->offset);
+    if (val[0] == '\0')
+      goto bad;
+    char *copy = strdup(val);
+    if (copy == NULL)
+      goto bad;
+    if (*slot && o->offset == OFF(key))
+      memset(*slot, 0, strlen(*slot));
+    free(*slot);
+    *slot = copy;
+    return 0;
+  }
+  case T_INT:
+  case T_SIZE:
+  case T_MB:
+    if (parse_long(val, &n) != 0 || n < o->min || n > o->max) {
+      *err = fmt_err("%s: %s must be an integer from %ld to %ld, got '%s'", src, o->key ? o->key : o->flag, o->min,
+                     o->max, val);
+      return ENG_ECONFIG;
+    }
+    if (o->type == T_INT)
+      *(int *)(base + o->offset) = (int)n;
+    else if (o->type == T_SIZE)
+      *(size_t *)(base + o->offset) = (size_t)n;
+    else
+      *(size_t *)(base + o->offset) = (size_t)n << 20;
+    return 0;
+  case T_LISTEN: {
+    const char *colon = strrchr(val, ':');
+    if (colon == NULL || colon == val || parse_long(colon + 1, &n) != 0 || n < 0 || n > 65535)
+      goto bad;
+    size_t hl = (size_t)(colon - val);
+    if (val[0] == '[' && hl >= 2 && val[hl - 1] == ']') { /* [::1]:8080 */
+      val++;
+      hl -= 2;
+    }
+    char *host = strndup(val, hl);
+    if (host == NULL)
+      goto bad;
+    free(c->listen_host);
+    c->listen_host = host;
+    c->port = (int)n;
+    return 0;
+  }
+  case T_LEVEL:
+    if (eng_log_parse_level(val, &c->log_level) != 0)
+      goto bad;
+    return 0;
+  case T_FORMAT:
+    if (strcmp(val, "plain") == 0)
+      c->log_json = 0;
+    else if (strcmp(val, "json") == 0)
+      c->log_json = 1;
+    else
+      goto bad;
+    return 0;
+  case T_ONOFF:
+    if (strcmp(val, "on") == 0 || strcmp(val, "1") == 0 || strcmp(val, "true") == 0)
+      *(int *)(base + o->offset) = 1;
+    else if (strcmp(val, "off") == 0 || strcmp(val, "0") == 0 || strcmp(val, "false") == 0)
+      *(int *)(base + o->offset) = 0;
+    else
+      goto bad;
+    return 0;
+  case T_SYNC:
+    if (strcasecmp(val, "FULL") && strcasecmp(val, "NORMAL") && strcasecmp(val, "OFF"))
+      goto bad;
+    free(c->synchronous);
+    c->synchronous = strdup(val);
+    for (char *p = c->synchronous; p && *p; p++)
+      *p = (char)((*p >= 'a' && *p <= 'z') ? *p - 32 : *p);
+    return 0;
+  }
+bad:
+  /* Never echo the key. */
+  if (o->offset == OFF(key) && o->type == T_STR)
+    *err = fmt_err("%s: invalid key", src);
+  else
+    *err = fmt_err("%s: invalid value '%s' for %s", src, val, o->flag ? o->flag : o->key);
+  return ENG_ECONFIG;
+}
+
+static int load_file(eng_config *c, const char *path, char **err) {
+  int rc = 0;
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    *err = strdup("out of memory");
+    return ENG_ENOMEM;
+  }
+  /* Text only, no globals: the file is data. */
+  if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+    *err = fmt_err("config file: %s", lua_tostring(L, -1));
+    rc = ENG_ECONFIG;
+    goto done;
+  }
+  lua_newtable(L);
+  lua_setupvalue(L, -2, 1); /* _ENV = {} */
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    *err = fmt_err("config file: %s", lua_tostring(L, -1));
+    rc = ENG_ECONFIG;
+    goto done;
+  }
+  if (!lua_istable(L, -1)) {
+    *err = fmt_err("config file %s must return a table", path);
+    rc = ENG_ECONFIG;
+    goto done;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      *err = fmt_err("config file %s: keys must be strings", path);
+      rc = ENG_ECONFIG;
+      goto done;
+    }
+    const char *k = lua_tostring(L, -2);
+    if (strcmp(k, "settings") == 0) {
+      lua_pop(L, 1);
+      continue;
+    }
+    const opt *o = NULL;
+    for (size_t i = 0; i < NOPTS; i++)
+      if (opts[i].key && strcmp(opts[i].key, k) == 0)
+        o = &opts[i];
+    if (o == NULL) {
+      *err = fmt_err("config file %s: unknown setting '%s'", path, k);
+      rc = ENG_ECONFIG;
+      goto done;
+    }
+    int t = lua_type(L, -1);
+    char src[512];
+    snprintf(src, sizeof src, "config file %s", path);
+    if (t == LUA_TBOOLEAN) {
+      rc = apply(c, o, lua_toboolean(L, -1) ? "on" : "off", src, err);
+    } else if (t == LUA_TNUMBER || t == LUA_TSTRING) {
+      rc = apply(c, o, lua_tostring(L, -1), src, err);
+    } else {
+      *err = fmt_err("config file %s: '%s' must be a string or number", path, k);
+      rc = ENG_ECONFIG;
+    }
+    if (rc)
+      goto done;
+    lua_pop(L, 1);
+  }
+done:
+  lua_close(L);
+  return rc;
+}
+
+int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_help, int *want_version, char **err) {
+  *want_help = *want_version = 0;
+  *err = NULL;
+  /* The config file comes first (lowest precedence after defaults); find it in flags or env. */
+  const char *file = getenv("APIENGINE_CONFIG");
+  for (int i = first; i < argc; i++) {
+    if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+      file = argv[i + 1];
+    else if (strncmp(argv[i], "--config=", 9) == 0)
+      file = argv[i] + 9;
+  }
+  if (file && *file) {
+    free(c->config_file);
+    c->config_file = strdup(file);
+    int rc = load_file(c, file, err);
+    if (rc)
+      return rc;
+  }
+  for (size_t i = 0; i < NOPTS; i++) {
+    const char *v = getenv(opts[i].env);
+    if (v && *v && opts[i].offset != OFF(config_file)) {
+      int rc = apply(c, &opts[i], v, opts[i].env, err);
+      if (rc)
+        return rc;
+    }
+  }
+  for (int i = first; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      *want_help = 1;
+      return 0;
+    }
+    if (strcmp(a, "--version") == 0) {
+      *want_version = 1;
+      return 0;
+    }
+    const opt *o = NULL;
+    const char *val = NULL;
+    for (size_t j = 0; j < NOPTS && !o; j++) {
+      if (!opts[j].flag)
+        continue;
+      size_t fl = strlen(opts[j].flag);
+      if (strcmp(a, opts[j].flag) == 0) {
+        o = &opts[j];
+        if (i + 1 >= argc) {
+          *err = fmt_err("%s needs a value", a);
+          return ENG_ECONFIG;
+        }
+        val = argv[++i];
+      } else if (strncmp(a, opts[j].flag, fl) == 0 && a[fl] == '=') {
+        o = &opts[j];
+        val = a + fl + 1;
+      }
+    }
+    if (o == NULL) {
+      *err = fmt_err("unknown option '%s' (see --help)", a);
+      return ENG_ECONFIG;
+    }
+    if (o->offset == OFF(config_file) && o->type == T_STR && strcmp(o->flag, "--config") == 0)
+      continue; /* already loaded */
+    int rc = apply(c, o, val, o->flag, err);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+const char *eng_config_usage(void) {
+  static char text[4096];
+  if (text[0])
+    return text;
+  size_t o = 0;
+  for (size_t i = 0; i < NOPTS && o < sizeof text; i++) {
+    char left[64];
+    snprintf(left, sizeof left, "%s", opts[i].flag ? opts[i].flag : "(no flag)");
+    int n = snprintf(text + o, sizeof text - o, "  %-20s %s [%s]\n", left, opts[i].help, opts[i].env);
+    if (n < 0)
+      break;
+    o += (size_t)n;
+  }
+  return text;
+}

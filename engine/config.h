@@ -1,0 +1,63 @@
+/* config.h - engine settings from defaults, a config file, the environment and flags.
+ *
+ * Precedence, lowest first: built-in defaults, the config file (a Lua file
+ * returning a table, evaluated with no globals but its own), APIENGINE_*
+ * environment variables, command-line flags. The config file's `settings`
+ * table is not read here: each Lua state evaluates the file itself and hands
+ * `settings` to scripts as engine.config. */
+#ifndef ENG_CONFIG_H
+#define ENG_CONFIG_H
+
+#include "http.h"
+#include "log.h"
+
+#include <stddef.h>
+
+#define ENG_DEFAULT_LISTEN "127.0.0.1:8080"
+#define ENG_DEFAULT_SCRIPTS "scripts"
+#define ENG_DEFAULT_SCHEMA "schema"
+#define ENG_DEFAULT_DB "data/apiengine.db"
+#define ENG_DEFAULT_HEADER_TIMEOUT_MS 10000
+#define ENG_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define ENG_DEFAULT_MAX_CONNECTIONS 20000
+#define ENG_DEFAULT_DRAIN_MS 10000
+#define ENG_DEFAULT_BUDGET_MS 1000
+#define ENG_DEFAULT_MEMORY_MB 256
+#define ENG_MAX_WORKERS 256
+
+typedef struct eng_config {
+  char *listen_host; /* malloc'd */
+  int port;
+  int workers;
+  char *scripts_dir;
+  char *schema_dir;
+  char *db_path;
+  char *config_file; /* NULL when none */
+  char *key;         /* server key material, NULL to use/generate the key file */
+  char *synchronous; /* FULL (default), NORMAL, OFF */
+  eng_log_level log_level;
+  int log_json;
+  int access_log;
+  eng_http_limits limits;
+  int header_timeout_ms;
+  int idle_timeout_ms;
+  int max_connections;
+  int drain_ms;
+  int budget_ms;
+  size_t memory_limit; /* bytes per worker Lua state */
+} eng_config;
+
+/* Fills defaults. */
+void eng_config_init(eng_config *c);
+void eng_config_free(eng_config *c);
+
+/* Applies, in order, the config file (path from --config / APIENGINE_CONFIG),
+ * the environment and the flags in argv[first..argc). Unknown flags, bad
+ * values and an unreadable config file are errors: ENG_ECONFIG with a
+ * malloc'd *err. *want_help / *want_version are set for --help / --version. */
+int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_help, int *want_version, char **err);
+
+/* The usage text for `apiengine serve` options (shared by --help). */
+const char *eng_config_usage(void);
+
+#endif

@@ -1,0 +1,334 @@
+/* http.c - llhttp glue (see http.h).
+ *
+ * The parser pauses itself at the end of every message (on_message_complete
+ * returns HPE_PAUSED), so requests are handed out one at a time outside
+ * llhttp's callbacks: pipelined requests are answered strictly in order and a
+ * handler never runs with the parser mid-callback. */
+#include "http.h"
+#include "error.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+void eng_http_limits_default(eng_http_limits *lim) {
+  lim->max_header_bytes = ENG_HTTP_DEFAULT_MAX_HEADER_BYTES;
+  lim->max_url_bytes = ENG_HTTP_DEFAULT_MAX_URL_BYTES;
+  lim->max_body_bytes = ENG_HTTP_DEFAULT_MAX_BODY_BYTES;
+}
+
+static eng_http_parser *P(llhttp_t *h) { return (eng_http_parser *)h->data; }
+
+static int fail(eng_http_parser *p, int status, const char *code, const char *reason) {
+  p->error_status = status;
+  p->error_code = code;
+  p->error_reason = reason;
+  return HPE_USER;
+}
+
+static int on_message_begin(llhttp_t *h) {
+  eng_http_parser *p = P(h);
+  p->in_message = 1;
+  return 0;
+}
+
+static int on_url(llhttp_t *h, const char *at, size_t len) {
+  eng_http_parser *p = P(h);
+  if (len > p->limits->max_url_bytes || p->req.url.len > p->limits->max_url_bytes - len)
+    return fail(p, 414, "uri_too_long", "request target too long");
+  if (eng_buf_append(&p->req.url, at, len) != 0)
+    return fail(p, 500, "internal_error", "out of memory");
+  return 0;
+}
+
+static int header_bytes(eng_http_parser *p, size_t len) {
+  if (len > p->limits->max_header_bytes || p->header_bytes > p->limits->max_header_bytes - len)
+    return fail(p, 431, "headers_too_large", "request headers too large");
+  p->header_bytes += len;
+  return 0;
+}
+
+static int on_header_field(llhttp_t *h, const char *at, size_t len) {
+  eng_http_parser *p = P(h);
+  if (header_bytes(p, len))
+    return HPE_USER;
+  eng_http_request *r = &p->req;
+  if (!p->in_field) {
+    if (r->nheaders == ENG_HTTP_MAX_HEADERS)
+      return fail(p, 431, "headers_too_large", "too many request headers");
+    r->nheaders++;
+    p->in_field = 1;
+  }
+  char lower[256];
+  while (len) {
+    size_t n = len < sizeof lower ? len : sizeof lower;
+    for (size_t i = 0; i < n; i++) {
+      char c = at[i];
+      lower[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    if (eng_buf_append(&r->hbuf, lower, n) != 0)
+      return fail(p, 500, "internal_error", "out of memory");
+    at += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* Names and values are NUL-terminated as they complete: llhttp calls the
+ * *_complete callbacks even for an empty value. */
+static int on_header_field_complete(llhttp_t *h) {
+  eng_http_parser *p = P(h);
+  p->in_field = 0;
+  if (eng_buf_append_char(&p->req.hbuf, '\0') != 0)
+    return fail(p, 500, "internal_error", "out of memory");
+  return 0;
+}
+
+static int on_header_value(llhttp_t *h, const char *at, size_t len) {
+  eng_http_parser *p = P(h);
+  if (header_bytes(p, len))
+    return HPE_USER;
+  if (eng_buf_append(&p->req.hbuf, at, len) != 0)
+    return fail(p, 500, "internal_error", "out of memory");
+  return 0;
+}
+
+static int on_header_value_complete(llhttp_t *h) {
+  eng_http_parser *p = P(h);
+  if (eng_buf_append_char(&p->req.hbuf, '\0') != 0)
+    return fail(p, 500, "internal_error", "out of memory");
+  return 0;
+}
+
+static int ieq(const char *a, size_t alen, const char *b) {
+  size_t blen = strlen(b);
+  if (alen != blen)
+    return 0;
+  for (size_t i = 0; i < alen; i++) {
+    char c = a[i];
+    if (c >= 'A' && c <= 'Z')
+      c = (char)(c + 32);
+    if (c != b[i])
+      return 0;
+  }
+  return 1;
+}
+
+static int on_headers_complete(llhttp_t *h) {
+  eng_http_parser *p = P(h);
+  eng_http_request *r = &p->req;
+  r->method = llhttp_method_name((llhttp_method_t)h->method);
+  r->http_major = h->http_major;
+  r->http_minor = h->http_minor;
+  size_t n = 0;
+  while (n < r->url.len && r->url.data[n] != '?' && r->url.data[n] != '#')
+    n++;
+  r->path_len = n;
+  if (r->url.len == 0 || r->url.data[0] != '/')
+    return fail(p, 400, "bad_request", "request target must be an absolute path");
+  /* Reject bodies that cannot fit before reading them. */
+  if ((h->flags & F_CONTENT_LENGTH) && h->content_length > p->limits->max_body_bytes)
+    return fail(p, 413, "payload_too_large", "request body too large");
+  eng_http_header ex;
+  if (eng_http_find_header(r, "expect", &ex)) {
+    if (!ieq(ex.value, ex.value_len, "100-continue"))
+      return fail(p, 417, "expectation_failed", "only 'Expect: 100-continue' is supported");
+    if (r->http_major == 1 && r->http_minor >= 1)
+      p->want_continue = 1;
+  }
+  return 0;
+}
+
+static int on_body(llhttp_t *h, const char *at, size_t len) {
+  eng_http_parser *p = P(h);
+  eng_http_request *r = &p->req;
+  p->want_continue = 0;
+  if (len > p->limits->max_body_bytes || r->body.len > p->limits->max_body_bytes - len)
+    return fail(p, 413, "payload_too_large", "request body too large");
+  if (eng_buf_append(&r->body, at, len) != 0)
+    return fail(p, 500, "internal_error", "out of memory");
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *h) {
+  eng_http_parser *p = P(h);
+  p->want_continue = 0;
+  p->in_message = 0;
+  p->req.keep_alive = llhttp_should_keep_alive(h);
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void eng_http_parser_init(eng_http_parser *p, const eng_http_limits *limits) {
+  memset(p, 0, sizeof *p);
+  p->limits = limits;
+  llhttp_init(&p->parser, HTTP_REQUEST, &settings);
+  p->parser.data = p;
+}
+
+static void req_clear(eng_http_request *r) {
+  eng_buf_reset(&r->url);
+  eng_buf_reset(&r->hbuf);
+  eng_buf_reset(&r->body);
+  r->nheaders = 0;
+  r->path_len = 0;
+  r->method = NULL;
+}
+
+void eng_http_parser_free(eng_http_parser *p) {
+  eng_buf_free(&p->req.url);
+  eng_buf_free(&p->req.hbuf);
+  eng_buf_free(&p->req.body);
+}
+
+void eng_http_parser_trim(eng_http_parser *p) {
+  if (!p->in_message)
+    eng_http_parser_free(p);
+}
+
+int eng_http_parser_feed(eng_http_parser *p, const char *data, size_t len, size_t *consumed) {
+  llhttp_errno_t err = llhttp_execute(&p->parser, data, len);
+  if (err == HPE_OK) {
+    *consumed = len;
+    return ENG_HTTP_NEED_MORE;
+  }
+  if (err == HPE_PAUSED) {
+    const char *pos = llhttp_get_error_pos(&p->parser);
+    *consumed = pos ? (size_t)(pos - data) : len;
+    return ENG_HTTP_REQUEST;
+  }
+  *consumed = len;
+  if (err != HPE_USER) {
+    p->error_status = 400;
+    p->error_code = "bad_request";
+    p->error_reason = "malformed HTTP request";
+    if (err == HPE_INVALID_METHOD) /* unknown methods are a client error too, but a clear one */
+      p->error_reason = "unsupported HTTP method";
+    if (err == HPE_INVALID_VERSION)
+      p->error_reason = "unsupported HTTP version";
+  }
+  return ENG_HTTP_ERROR;
+}
+
+void eng_http_parser_next(eng_http_parser *p) {
+  req_clear(&p->req);
+  p->header_bytes = 0;
+  p->in_field = 0;
+  p->want_continue = 0;
+  llhttp_resume(&p->parser);
+}
+
+int eng_http_next_header(const eng_http_request *req, size_t *pos, eng_http_header *out) {
+  const char *base = req->hbuf.data;
+  size_t len = req->hbuf.len;
+  if (base == NULL || *pos >= len)
+    return 0;
+  out->name = base + *pos;
+  out->name_len = strnlen(out->name, len - *pos);
+  *pos += out->name_len + 1;
+  if (*pos >= len) {
+    out->value = "";
+    out->value_len = 0;
+    return 1;
+  }
+  out->value = base + *pos;
+  out->value_len = strnlen(out->value, len - *pos);
+  *pos += out->value_len + 1;
+  return 1;
+}
+
+int eng_http_find_header(const eng_http_request *req, const char *lname, eng_http_header *out) {
+  size_t n = strlen(lname), pos = 0;
+  while (eng_http_next_header(req, &pos, out))
+    if (out->name_len == n && memcmp(out->name, lname, n) == 0)
+      return 1;
+  return 0;
+}
+
+int eng_http_request_id_ok(const char *s, size_t len) {
+  if (len == 0 || len > ENG_HTTP_REQUEST_ID_MAX)
+    return 0;
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+      return 0;
+  return 1;
+}
+
+const char *eng_http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 417: return "Expectation Failed";
+  case 422: return "Unprocessable Content";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: return "Unknown";
+  }
+}
+
+/* The Date header changes once a second: format it once a second per thread. */
+static const char *http_date(void) {
+  static _Thread_local time_t last;
+  static _Thread_local char buf[40];
+  time_t now = time(NULL);
+  if (now != last) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    last = now;
+  }
+  return buf;
+}
+
+int eng_http_write_head(eng_buf *out, int status, int http_minor, int keep_alive, const char *content_type,
+                        size_t content_length, const char *request_id, const char *extra, size_t extra_len) {
+  int rc = eng_buf_appendf(out,
+                           "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                           "X-Request-Id: %s\r\n",
+                           status, eng_http_reason(status), http_date(), content_type,
+                           content_length, request_id);
+  if (rc == 0) {
+    if (!keep_alive)
+      rc = eng_buf_append_str(out, "Connection: close\r\n");
+    else if (http_minor == 0)
+      rc = eng_buf_append_str(out, "Connection: keep-alive\r\n");
+  }
+  if (rc == 0 && extra_len)
+    rc = eng_buf_append(out, extra, extra_len);
+  if (rc == 0)
+    rc = eng_buf_append(out, "\r\n", 2);
+  return rc;
+}

@@ -1,0 +1,66 @@
+/* lua_runtime.h - one Lua state per worker: scripts, routes, budgets, dispatch.
+ *
+ * The runtime owns its lua_State and its router. It is not thread-safe: each
+ * worker thread has its own. Every call into Lua is protected; a script error
+ * or a blown budget becomes a 500 / 503 response and a log line with the
+ * traceback and request id, never a crash. */
+#ifndef ENG_LUA_RUNTIME_H
+#define ENG_LUA_RUNTIME_H
+
+#include "buf.h"
+#include "http.h"
+#include "router.h"
+
+#include <lua.h>
+#include <stddef.h>
+
+typedef struct eng_db eng_db;
+typedef struct eng_runtime eng_runtime;
+
+typedef struct eng_runtime_options {
+  const char *scripts_dir; /* loaded at creation (server mode); may be NULL */
+  const char *config_file; /* its `settings` table becomes engine.config; may be NULL */
+  int budget_ms;           /* per handler call */
+  size_t memory_limit;     /* bytes for the whole Lua state */
+  const eng_http_limits *limits; /* borrowed */
+  int test_mode; /* full standard library, writable globals, system package paths (busted) */
+} eng_runtime_options;
+
+/* Creates the state, opens the engine modules and, when scripts_dir is set,
+ * loads every scripts_dir/ *.lua file in name order. A load or runtime error in
+ * a script fails with ENG_ELUA and *err = a malloc'd message naming file:line. */
+int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **err);
+void eng_runtime_free(eng_runtime *rt);
+
+lua_State *eng_runtime_lua(eng_runtime *rt);
+/* The connection engine.db uses (borrowed; NULL detaches). */
+void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
+
+/* Loads the route scripts of dir (as eng_runtime_new does), replacing the
+ * routes already registered. ENG_ELUA with *err on failure. */
+int eng_runtime_load_scripts(eng_runtime *rt, const char *dir, char **err);
+
+typedef struct eng_response {
+  int status;
+  eng_buf headers; /* extra "Name: value\r\n" lines */
+  eng_buf body;
+  char content_type[128];
+} eng_response;
+
+void eng_response_init(eng_response *r);
+void eng_response_reset(eng_response *r);
+void eng_response_free(eng_response *r);
+
+/* Routes and runs one request. Always fills resp (errors become responses). */
+void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
+                        eng_response *resp);
+
+/* Fills resp with the engine's own error answer, shaped by the script error hook
+ * when one is set (route.on_error). Keeps headers already in resp (Allow, ...). */
+void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char *message, const char *request_id,
+                       eng_response *resp);
+
+/* Bytes the Lua state currently holds. */
+size_t eng_runtime_memory(const eng_runtime *rt);
+
+#endif

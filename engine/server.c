@@ -1,0 +1,632 @@
+/* server.c - workers, listeners, connections (see server.h).
+ *
+ * Memory per idle keep-alive connection is kept small on purpose: the read
+ * buffer is one per worker (requests are parsed and answered synchronously in
+ * the read callback), request buffers are released when a connection goes
+ * idle, and timeouts use two per-worker lists instead of a timer per
+ * connection. Both lists have a fixed timeout, so appending at the tail keeps
+ * them ordered by deadline and the sweep stops at the first live entry. */
+#include "server.h"
+#include "db.h"
+#include "error.h"
+#include "http.h"
+#include "log.h"
+#include "lua_crypto.h"
+#include "lua_runtime.h"
+
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define ENG_READ_BUF (64u * 1024u)
+#define ENG_SWEEP_MS 250
+#define ENG_LINGER_MS 2000 /* after an error answer: wait this long for the peer to close */
+#define ENG_WRITE_HIGH (4u << 20) /* stop reading past this many unsent bytes */
+#define ENG_BACKLOG 1024
+
+typedef struct worker worker;
+typedef struct conn conn;
+
+typedef struct list {
+  conn *head, *tail;
+} list;
+
+enum { C_IDLE, C_BUSY, C_LINGER };
+
+struct conn {
+  uv_tcp_t tcp; /* first: handles cast back to conn */
+  worker *w;
+  conn *prev, *next;
+  list *on; /* the list this connection is on */
+  uint64_t deadline;
+  uint64_t t_start; /* uv_hrtime at request start */
+  size_t pending; /* bytes queued in uv_write */
+  eng_http_parser hp;
+  unsigned state : 2, closing : 1, sent_continue : 1, reading : 1;
+  char peer[48];
+};
+
+struct worker {
+  int id;
+  const eng_config *cfg;
+  uv_thread_t thread;
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_async_t wake;
+  uv_timer_t sweep;
+  uv_sem_t started;
+  int fd;
+  int start_rc;
+  int stopping;
+  int nconns, max_conns;
+  list idle, busy;
+  eng_runtime *rt;
+  eng_db *db;
+  eng_response resp;
+  eng_buf out;
+  uint64_t drain_deadline;
+  char readbuf[ENG_READ_BUF];
+};
+
+/* ---- lists --------------------------------------------------------------------------------- */
+
+static void list_remove(conn *c) {
+  list *l = c->on;
+  if (l == NULL)
+    return;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    l->head = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  else
+    l->tail = c->prev;
+  c->prev = c->next = NULL;
+  c->on = NULL;
+}
+
+static void list_push(list *l, conn *c, uint64_t deadline) {
+  list_remove(c);
+  c->deadline = deadline;
+  c->prev = l->tail;
+  c->next = NULL;
+  if (l->tail)
+    l->tail->next = c;
+  else
+    l->head = c;
+  l->tail = c;
+  c->on = l;
+}
+
+/* ---- connections --------------------------------------------------------------------------- */
+
+static void maybe_finish(worker *w);
+
+static void on_conn_closed(uv_handle_t *h) {
+  conn *c = (conn *)h;
+  worker *w = c->w;
+  eng_http_parser_free(&c->hp);
+  free(c);
+  w->nconns--;
+  maybe_finish(w);
+}
+
+static void conn_close(conn *c) {
+  if (uv_is_closing((uv_handle_t *)&c->tcp))
+    return;
+  list_remove(c);
+  uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  conn *c = req->data;
+  free(req);
+  if (status != 0)
+    conn_close(c);
+}
+
+/* Half-close after the last answer; keep reading (and discarding) until the
+ * peer closes or ENG_LINGER_MS pass, so unread input does not turn into a RST
+ * that could destroy the answer on its way. */
+static void conn_finish(conn *c) {
+  if (c->state == C_LINGER || uv_is_closing((uv_handle_t *)&c->tcp))
+    return;
+  c->state = C_LINGER;
+  c->closing = 1;
+  list_push(&c->w->busy, c, uv_now(&c->w->loop) + ENG_LINGER_MS);
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    free(req);
+    conn_close(c);
+    return;
+  }
+  req->data = c;
+}
+
+typedef struct wreq {
+  uv_write_t req;
+  conn *c;
+  size_t len;
+  char data[];
+} wreq;
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+static void on_write(uv_write_t *req, int status) {
+  wreq *wr = (wreq *)req;
+  conn *c = wr->c;
+  c->pending -= wr->len;
+  free(wr);
+  if (status != 0) {
+    conn_close(c);
+    return;
+  }
+  if (!c->reading && !c->closing && c->pending < ENG_WRITE_HIGH / 4) {
+    c->reading = 1;
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  }
+}
+
+/* Sends bytes in order: straight to the socket when nothing is queued, else queued. */
+static int conn_send(conn *c, const char *data, size_t len) {
+  if (c->pending == 0) {
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == (int)len)
+      return 0;
+    if (n < 0 && n != UV_EAGAIN)
+      return n;
+    if (n > 0) {
+      data += n;
+      len -= (size_t)n;
+    }
+  }
+  wreq *wr = malloc(sizeof *wr + len);
+  if (wr == NULL)
+    return UV_ENOMEM;
+  memcpy(wr->data, data, len);
+  wr->c = c;
+  wr->len = len;
+  uv_buf_t b = uv_buf_init(wr->data, (unsigned)len);
+  int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+  if (rc != 0) {
+    free(wr);
+    return rc;
+  }
+  c->pending += len;
+  if (c->pending > ENG_WRITE_HIGH && c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  return 0;
+}
+
+static void request_id_for(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]) {
+  eng_http_header h;
+  if (req && eng_http_find_header(req, "x-request-id", &h) && eng_http_request_id_ok(h.value, h.value_len)) {
+    memcpy(out, h.value, h.value_len);
+    out[h.value_len] = '\0';
+    return;
+  }
+  eng_crypto_uuid4(out);
+}
+
+/* Writes w->resp as the answer to a request (req may be NULL for parse errors). */
+static void send_response(conn *c, const eng_http_request *req, const char *request_id, int keep_alive) {
+  worker *w = c->w;
+  eng_response *r = &w->resp;
+  int head_only = req && req->method && strcmp(req->method, "HEAD") == 0;
+  int minor = req ? req->http_minor : 1;
+  eng_buf_reset(&w->out);
+  int rc = eng_http_write_head(&w->out, r->status, minor, keep_alive, r->content_type[0] ? r->content_type : "application/json",
+                               r->body.len, request_id, r->headers.data, r->headers.len);
+  if (rc == 0 && !head_only && r->body.len)
+    rc = eng_buf_append(&w->out, r->body.data, r->body.len);
+  if (rc == 0)
+    rc = conn_send(c, w->out.data, w->out.len);
+  if (w->cfg->access_log) {
+    eng_access_entry e = {
+        .method = req && req->method ? req->method : "-",
+        .path = req && req->url.data ? req->url.data : "-",
+        .path_len = req && req->url.data ? req->path_len : 1,
+        .status = r->status,
+        .bytes = head_only ? 0 : r->body.len,
+        .duration_ms = (double)(uv_hrtime() - c->t_start) / 1e6,
+        .request_id = request_id,
+        .peer = c->peer,
+    };
+    eng_log_access(&e);
+  }
+  if (rc != 0)
+    conn_close(c);
+}
+
+static void handle_request(conn *c) {
+  worker *w = c->w;
+  eng_http_request *req = &c->hp.req;
+  char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
+  request_id_for(req, rid);
+  eng_response_reset(&w->resp);
+  eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
+  int keep = req->keep_alive && !w->stopping;
+  send_response(c, req, rid, keep);
+  if (!keep)
+    c->closing = 1;
+}
+
+static void handle_parse_error(conn *c) {
+  worker *w = c->w;
+  char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
+  /* Headers may be complete (413 on Content-Length): honour their request id. */
+  request_id_for(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
+  eng_response_reset(&w->resp);
+  eng_runtime_error(w->rt, c->hp.error_status, c->hp.error_code, c->hp.error_reason, rid, &w->resp);
+  send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0);
+  c->closing = 1;
+}
+
+static void process(conn *c, const char *data, size_t len) {
+  worker *w = c->w;
+  if (c->state == C_IDLE) {
+    c->state = C_BUSY;
+    c->t_start = uv_hrtime();
+    list_push(&w->busy, c, uv_now(&w->loop) + (uint64_t)w->cfg->header_timeout_ms);
+  }
+  while (len > 0 && !c->closing) {
+    size_t used = 0;
+    int r = eng_http_parser_feed(&c->hp, data, len, &used);
+    data += used;
+    len -= used;
+    if (r == ENG_HTTP_NEED_MORE) {
+      if (c->hp.want_continue && !c->sent_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        c->sent_continue = 1;
+        if (conn_send(c, cont, sizeof cont - 1) != 0)
+          conn_close(c);
+      }
+      break;
+    }
+    if (r == ENG_HTTP_ERROR) {
+      handle_parse_error(c);
+      break;
+    }
+    handle_request(c);
+    eng_http_parser_next(&c->hp);
+    c->sent_continue = 0;
+    c->t_start = uv_hrtime();
+  }
+  if (uv_is_closing((uv_handle_t *)&c->tcp))
+    return;
+  if (c->closing) {
+    conn_finish(c);
+  } else if (!c->hp.in_message) {
+    c->state = C_IDLE;
+    eng_http_parser_trim(&c->hp);
+    list_push(&w->idle, c, uv_now(&w->loop) + (uint64_t)w->cfg->idle_timeout_ms);
+  }
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  conn *c = (conn *)h;
+  buf->base = c->w->readbuf;
+  buf->len = sizeof c->w->readbuf;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  conn *c = (conn *)s;
+  if (nread < 0) {
+    conn_close(c);
+    return;
+  }
+  if (nread == 0 || c->state == C_LINGER)
+    return; /* lingering: discard */
+  process(c, buf->base, (size_t)nread);
+}
+
+static void format_peer(uv_tcp_t *t, char *out, size_t size) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET) {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      uv_ip4_name(a, ip, sizeof ip);
+      port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      uv_ip6_name(a, ip, sizeof ip);
+      port = ntohs(a->sin6_port);
+    }
+  }
+  snprintf(out, size, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  worker *w = server->data;
+  if (status != 0)
+    return;
+  conn *c = calloc(1, sizeof *c);
+  if (c == NULL)
+    return;
+  c->w = w;
+  uv_tcp_init(&w->loop, &c->tcp);
+  w->nconns++;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    return;
+  }
+  if (w->nconns > w->max_conns || w->stopping) {
+    eng_log_warn("worker %d: connection limit reached (%d), refusing a connection", w->id, w->max_conns);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  format_peer(&c->tcp, c->peer, sizeof c->peer);
+  eng_http_parser_init(&c->hp, &w->cfg->limits);
+  c->state = C_IDLE;
+  list_push(&w->idle, c, uv_now(&w->loop) + (uint64_t)w->cfg->header_timeout_ms);
+  c->reading = 1;
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+}
+
+/* ---- worker lifecycle ---------------------------------------------------------------------- */
+
+static void sweep_list(list *l, uint64_t now) {
+  while (l->head && l->head->deadline <= now)
+    conn_close(l->head);
+}
+
+static void on_sweep(uv_timer_t *t) {
+  worker *w = t->data;
+  uint64_t now = uv_now(&w->loop);
+  sweep_list(&w->idle, now);
+  sweep_list(&w->busy, now);
+  if (w->stopping && now >= w->drain_deadline) {
+    while (w->busy.head)
+      conn_close(w->busy.head);
+  }
+}
+
+static void close_handle_once(uv_handle_t *h) {
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+/* Once stopping and no connection is left, close the worker's own handles: the loop ends. */
+static void maybe_finish(worker *w) {
+  if (!w->stopping || w->nconns > 0)
+    return;
+  close_handle_once((uv_handle_t *)&w->sweep);
+  close_handle_once((uv_handle_t *)&w->wake);
+}
+
+static void on_wake(uv_async_t *a) {
+  worker *w = a->data;
+  if (w->stopping)
+    return;
+  w->stopping = 1;
+  w->drain_deadline = uv_now(&w->loop) + (uint64_t)w->cfg->drain_ms;
+  close_handle_once((uv_handle_t *)&w->listener);
+  /* Idle keep-alive connections have nothing in flight: close them now. */
+  while (w->idle.head)
+    conn_close(w->idle.head);
+  maybe_finish(w);
+}
+
+static void worker_main(void *arg) {
+  worker *w = arg;
+  char *err = NULL;
+  int rc;
+  eng_runtime_options ro = {
+      .scripts_dir = w->cfg->scripts_dir,
+      .config_file = w->cfg->config_file,
+      .budget_ms = w->cfg->budget_ms,
+      .memory_limit = w->cfg->memory_limit,
+      .limits = &w->cfg->limits,
+  };
+  eng_db_options dbo = {.synchronous = w->cfg->synchronous};
+  if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
+    eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
+    goto fail;
+  }
+  if ((rc = eng_runtime_new(&w->rt, &ro, &err)) != 0) {
+    eng_log_error("%s", err ? err : eng_strerror(rc));
+    goto fail;
+  }
+  eng_runtime_set_db(w->rt, w->db);
+  if ((rc = uv_loop_init(&w->loop)) != 0)
+    goto fail_uv;
+  uv_tcp_init(&w->loop, &w->listener);
+  w->listener.data = w;
+  if ((rc = uv_tcp_open(&w->listener, w->fd)) == 0)
+    w->fd = -1; /* closed with the listener from here on */
+  if (rc != 0 ||
+      (rc = uv_listen((uv_stream_t *)&w->listener, ENG_BACKLOG, on_connection)) != 0)
+    goto fail_loop;
+  uv_async_init(&w->loop, &w->wake, on_wake);
+  w->wake.data = w;
+  uv_timer_init(&w->loop, &w->sweep);
+  w->sweep.data = w;
+  uv_timer_start(&w->sweep, on_sweep, ENG_SWEEP_MS, ENG_SWEEP_MS);
+  w->start_rc = 0;
+  uv_sem_post(&w->started);
+
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+
+  uv_loop_close(&w->loop);
+  eng_runtime_free(w->rt);
+  eng_db_close(w->db);
+  eng_response_free(&w->resp);
+  eng_buf_free(&w->out);
+  return;
+
+fail_loop:
+  eng_log_error("worker %d: listen: %s", w->id, uv_strerror(rc));
+  uv_close((uv_handle_t *)&w->listener, NULL);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&w->loop);
+  rc = ENG_EIO;
+  goto fail;
+fail_uv:
+  eng_log_error("worker %d: %s", w->id, uv_strerror(rc));
+  rc = ENG_EIO;
+fail:
+  free(err);
+  eng_runtime_free(w->rt);
+  eng_db_close(w->db);
+  w->rt = NULL;
+  w->db = NULL;
+  w->start_rc = rc ? rc : ENG_EIO;
+  uv_sem_post(&w->started);
+}
+
+/* ---- listening sockets --------------------------------------------------------------------- */
+
+static int bind_socket(const struct sockaddr *sa, socklen_t salen, int *out) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 || bind(fd, sa, salen) != 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  *out = fd;
+  return 0;
+}
+
+/* Binds one socket per worker on the same address. Port 0 picks a free port once. */
+static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+  struct addrinfo *ai = NULL;
+  char port[16];
+  snprintf(port, sizeof port, "%d", cfg->port);
+  int gai = getaddrinfo(cfg->listen_host, port, &hints, &ai);
+  if (gai != 0) {
+    eng_log_error("cannot resolve listen address '%s': %s", cfg->listen_host, gai_strerror(gai));
+    return ENG_ECONFIG;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl = ai->ai_addrlen;
+  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+  freeaddrinfo(ai);
+  for (int i = 0; i < n; i++) {
+    int e = bind_socket((struct sockaddr *)&ss, sl, &ws[i].fd);
+    if (e != 0) {
+      eng_log_error("cannot listen on %s:%d: %s", cfg->listen_host, cfg->port, strerror(-e));
+      for (int j = 0; j < i; j++)
+        close(ws[j].fd);
+      return ENG_EIO;
+    }
+    if (i == 0 && cfg->port == 0) {
+      socklen_t l = sizeof ss;
+      getsockname(ws[0].fd, (struct sockaddr *)&ss, &l);
+    }
+  }
+  *port_out = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                       : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  return 0;
+}
+
+/* ---- the main thread ----------------------------------------------------------------------- */
+
+typedef struct main_ctx {
+  worker *ws;
+  int n;
+  uv_signal_t sigterm, sigint;
+  int signo;
+} main_ctx;
+
+static void stop_workers(main_ctx *m) {
+  for (int i = 0; i < m->n; i++)
+    if (m->ws[i].start_rc == 0)
+      uv_async_send(&m->ws[i].wake);
+}
+
+static void on_signal(uv_signal_t *s, int signo) {
+  main_ctx *m = s->data;
+  m->signo = signo;
+  eng_log_info("received %s: draining (up to %d ms)", signo == SIGTERM ? "SIGTERM" : "SIGINT",
+               m->ws[0].cfg->drain_ms);
+  stop_workers(m);
+  uv_close((uv_handle_t *)&m->sigterm, NULL);
+  uv_close((uv_handle_t *)&m->sigint, NULL);
+}
+
+int eng_server_run(const eng_config *cfg) {
+  int n = cfg->workers;
+  int rc = 0, port = 0;
+  signal(SIGPIPE, SIG_IGN);
+  worker *ws = calloc((size_t)n, sizeof *ws);
+  if (ws == NULL)
+    return ENG_ENOMEM;
+  if ((rc = bind_all(cfg, ws, n, &port)) != 0) {
+    free(ws);
+    return rc;
+  }
+  int per = (cfg->max_connections + n - 1) / n;
+  int started = 0;
+  for (int i = 0; i < n; i++) {
+    worker *w = &ws[i];
+    w->id = i;
+    w->cfg = cfg;
+    w->max_conns = per > 0 ? per : 1;
+    eng_response_init(&w->resp);
+    uv_sem_init(&w->started, 0);
+    if (uv_thread_create(&w->thread, worker_main, w) != 0) {
+      w->start_rc = ENG_EIO;
+      break;
+    }
+    uv_sem_wait(&w->started);
+    started++;
+    if (w->start_rc != 0)
+      break;
+  }
+  main_ctx m = {.ws = ws, .n = n};
+  int ok = started == n;
+  for (int i = 0; i < started; i++)
+    ok = ok && ws[i].start_rc == 0;
+  if (!ok) {
+    rc = ENG_EIO;
+    for (int i = 0; i < started; i++)
+      if (ws[i].start_rc == 0)
+        uv_async_send(&ws[i].wake);
+  } else {
+    eng_log_info("apiengine %s listening on http://%s%s%s:%d (%d workers, scripts '%s', db '%s')", APIENGINE_VERSION,
+                 strchr(cfg->listen_host, ':') ? "[" : "", cfg->listen_host, strchr(cfg->listen_host, ':') ? "]" : "",
+                 port, n, cfg->scripts_dir, cfg->db_path);
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &m.sigterm);
+    uv_signal_init(loop, &m.sigint);
+    m.sigterm.data = m.sigint.data = &m;
+    uv_signal_start(&m.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&m.sigint, on_signal, SIGINT);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+  }
+  for (int i = 0; i < started; i++)
+    uv_thread_join(&ws[i].thread);
+  for (int i = 0; i < n; i++) {
+    if (ws[i].fd >= 0)
+      close(ws[i].fd);
+    uv_sem_destroy(&ws[i].started);
+  }
+  free(ws);
+  if (rc == 0)
+    eng_log_info("stopped cleanly");
+  return rc;
+}
