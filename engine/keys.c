@@ -1,0 +1,275 @@
+/* keys.c - loading, creating and deriving the server key.
+ *
+ * Only the two derived subkeys are kept in memory; the master key lives on the stack for the
+ * duration of eng_keys_init/eng_keys_set and is wiped with OPENSSL_cleanse. */
+#include "keys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "error.h"
+#include "lua_crypto.h"
+
+#define TOKEN_LABEL "apiengine token v1"
+#define SEAL_LABEL "apiengine seal v1"
+#define KEY_HEX_LEN (2 * ENG_KEY_LEN)
+#define KEY_B64_UNPADDED_LEN 43 /* base64 of 32 bytes without its one '=' */
+#define KEY_FILE_READ_MAX (KEY_HEX_LEN + 2) /* reading one byte past "hex\n" detects junk */
+#define TMP_SUFFIX ".tmp"
+
+/* Internal results of the file helpers, next to 0 and ENG_E*. */
+#define KEY_FILE_MISSING 1
+#define KEY_FILE_LOST_RACE 2
+
+static unsigned char token_key[ENG_KEY_LEN];
+static unsigned char seal_key[ENG_KEY_LEN];
+static int keys_loaded;
+
+__attribute__((format(printf, 3, 4))) static int set_err(char **err, int code, const char *fmt,
+                                                         ...) {
+  if (!err) return code;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  *err = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (*err) {
+    va_start(ap, fmt);
+    vsnprintf(*err, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
+  return code;
+}
+
+static int derive(const unsigned char master[ENG_KEY_LEN], const char *label,
+                  unsigned char out[ENG_KEY_LEN]) {
+  unsigned int len = 0;
+  if (!HMAC(EVP_sha256(), master, ENG_KEY_LEN, (const unsigned char *)label, strlen(label), out,
+            &len) ||
+      len != ENG_KEY_LEN)
+    return ENG_ECRYPTO;
+  return 0;
+}
+
+static int keys_install(const unsigned char master[ENG_KEY_LEN]) {
+  unsigned char tk[ENG_KEY_LEN], sk[ENG_KEY_LEN];
+  int rc = derive(master, TOKEN_LABEL, tk);
+  if (rc == 0) rc = derive(master, SEAL_LABEL, sk);
+  if (rc == 0) {
+    memcpy(token_key, tk, ENG_KEY_LEN);
+    memcpy(seal_key, sk, ENG_KEY_LEN);
+    keys_loaded = 1;
+  }
+  OPENSSL_cleanse(tk, sizeof tk);
+  OPENSSL_cleanse(sk, sizeof sk);
+  return rc;
+}
+
+void eng_keys_set(const unsigned char key[ENG_KEY_LEN]) { (void)keys_install(key); }
+
+int eng_keys_ready(void) { return keys_loaded; }
+
+const unsigned char *eng_keys_token_key(void) { return keys_loaded ? token_key : NULL; }
+
+const unsigned char *eng_keys_seal_key(void) { return keys_loaded ? seal_key : NULL; }
+
+/* 64 hex chars, or base64/base64url of 32 bytes with or without its single '='. */
+static int parse_configured(const char *s, unsigned char master[ENG_KEY_LEN], char **err) {
+  unsigned char raw[ENG_CRYPTO_B64_DECODED_MAX(KEY_HEX_LEN)];
+  char padded[KEY_B64_UNPADDED_LEN + 2];
+  size_t len = strlen(s), n = 0;
+  const char *msg;
+  int ok = 0;
+  if (len == KEY_HEX_LEN) {
+    ok = eng_crypto_hex_decode(s, len, raw, &n, &msg) == 0;
+  } else if (len == KEY_B64_UNPADDED_LEN || (len == KEY_B64_UNPADDED_LEN + 1 && s[len - 1] == '=')) {
+    ok = eng_crypto_b64_decode(s, KEY_B64_UNPADDED_LEN, 1, raw, &n, &msg) == 0;
+    if (!ok) { /* standard alphabet: its decoder wants the padding */
+      memcpy(padded, s, KEY_B64_UNPADDED_LEN);
+      padded[KEY_B64_UNPADDED_LEN] = '=';
+      ok = eng_crypto_b64_decode(padded, KEY_B64_UNPADDED_LEN + 1, 0, raw, &n, &msg) == 0;
+      OPENSSL_cleanse(padded, sizeof padded);
+    }
+  }
+  ok = ok && n == ENG_KEY_LEN;
+  if (ok) memcpy(master, raw, ENG_KEY_LEN);
+  OPENSSL_cleanse(raw, sizeof raw);
+  if (!ok)
+    return set_err(err, ENG_ECONFIG,
+                   "configured server key is invalid: expected 64 hex characters or "
+                   "base64/base64url of exactly 32 bytes");
+  return 0;
+}
+
+/* 0, KEY_FILE_MISSING, or ENG_E* with *err set. */
+static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], char **err) {
+  char text[KEY_FILE_READ_MAX];
+  size_t len = 0, n = 0;
+  const char *msg;
+  struct stat st;
+  int rc = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return KEY_FILE_MISSING;
+    return set_err(err, ENG_EIO, "cannot open key file %s: %s", path, strerror(errno));
+  }
+  if (fstat(fd, &st) != 0) {
+    rc = set_err(err, ENG_EIO, "cannot stat key file %s: %s", path, strerror(errno));
+    goto cleanup;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    rc = set_err(err, ENG_ECONFIG, "key file %s is not a regular file", path);
+    goto cleanup;
+  }
+  if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+    rc = set_err(err, ENG_ECONFIG,
+                 "key file %s is accessible by group or others: run chmod 600 %s", path, path);
+    goto cleanup;
+  }
+  while (len < sizeof text) {
+    ssize_t r = read(fd, text + len, sizeof text - len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      rc = set_err(err, ENG_EIO, "cannot read key file %s: %s", path, strerror(errno));
+      goto cleanup;
+    }
+    if (r == 0) break;
+    len += (size_t)r;
+  }
+  if (len == KEY_HEX_LEN + 1 && text[KEY_HEX_LEN] == '\n') len--;
+  if (len != KEY_HEX_LEN || eng_crypto_hex_decode(text, len, master, &n, &msg) != 0) {
+    rc = set_err(err, ENG_ECONFIG,
+                 "key file %s is malformed: expected 64 hex characters and an optional newline",
+                 path);
+    goto cleanup;
+  }
+cleanup:
+  OPENSSL_cleanse(text, sizeof text);
+  close(fd);
+  return rc;
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Best effort: makes the new directory entry durable. Some filesystems refuse fsync on a
+ * directory; the key file itself is already fsync'd. */
+static void sync_parent_dir(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+  if (!dir) return;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)fsync(fd);
+    close(fd);
+  }
+  free(dir);
+}
+
+/* Creates the key file with a fresh key: 0, KEY_FILE_LOST_RACE (another process created
+ * path meanwhile; read it instead), or ENG_E* with *err set. It is put in place with link(2),
+ * which unlike rename(2) never replaces a key another process has just written; rename is
+ * the fallback on filesystems without hard links. */
+static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], char **err) {
+  char text[KEY_HEX_LEN + 1];
+  int rc = 0, fd = -1, tmp_created = 0;
+  size_t path_len = strlen(path);
+  char *tmp = malloc(path_len + sizeof TMP_SUFFIX);
+  if (!tmp) return set_err(err, ENG_ENOMEM, "out of memory");
+  memcpy(tmp, path, path_len);
+  memcpy(tmp + path_len, TMP_SUFFIX, sizeof TMP_SUFFIX);
+
+  if (eng_crypto_random(master, ENG_KEY_LEN) != 0) {
+    rc = set_err(err, ENG_ECRYPTO, "cannot generate a server key: random generator failure");
+    goto cleanup;
+  }
+  eng_crypto_hex_encode(master, ENG_KEY_LEN, text);
+  text[KEY_HEX_LEN] = '\n';
+
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST)
+      rc = set_err(err, ENG_ECONFIG,
+                   "%s exists: another instance is creating the key file, or a crash left it "
+                   "behind (then remove it)",
+                   tmp);
+    else
+      rc = set_err(err, ENG_EIO, "cannot create key file %s: %s", tmp, strerror(errno));
+    goto cleanup;
+  }
+  tmp_created = 1;
+  if (write_all(fd, text, sizeof text) != 0 || fsync(fd) != 0) {
+    rc = set_err(err, ENG_EIO, "cannot write key file %s: %s", tmp, strerror(errno));
+    goto cleanup;
+  }
+  if (close(fd) != 0) {
+    fd = -1;
+    rc = set_err(err, ENG_EIO, "cannot write key file %s: %s", tmp, strerror(errno));
+    goto cleanup;
+  }
+  fd = -1;
+  if (link(tmp, path) != 0) {
+    if (errno == EEXIST) {
+      rc = KEY_FILE_LOST_RACE;
+      goto cleanup;
+    }
+    if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOSYS) {
+      rc = set_err(err, ENG_EIO, "cannot install key file %s: %s", path, strerror(errno));
+      goto cleanup;
+    }
+    if (rename(tmp, path) != 0) {
+      rc = set_err(err, ENG_EIO, "cannot install key file %s: %s", path, strerror(errno));
+      goto cleanup;
+    }
+    tmp_created = 0;
+  }
+  sync_parent_dir(path);
+cleanup:
+  if (fd >= 0) close(fd);
+  if (tmp_created) unlink(tmp);
+  OPENSSL_cleanse(text, sizeof text);
+  if (rc != 0) OPENSSL_cleanse(master, ENG_KEY_LEN);
+  free(tmp);
+  return rc;
+}
+
+int eng_keys_init(const char *configured, const char *key_path, char **err) {
+  unsigned char master[ENG_KEY_LEN];
+  int rc;
+  if (err) *err = NULL;
+  if (configured && *configured) {
+    rc = parse_configured(configured, master, err);
+  } else if (!key_path || !*key_path) {
+    rc = set_err(err, ENG_ECONFIG, "no server key configured and no key file path");
+  } else {
+    rc = read_key_file(key_path, master, err);
+    if (rc == KEY_FILE_MISSING) {
+      rc = create_key_file(key_path, master, err);
+      if (rc == KEY_FILE_LOST_RACE) rc = read_key_file(key_path, master, err);
+      if (rc == KEY_FILE_MISSING)
+        rc = set_err(err, ENG_EIO, "key file %s vanished while being created", key_path);
+    }
+  }
+  if (rc == 0 && keys_install(master) != 0)
+    rc = set_err(err, ENG_ECRYPTO, "cannot derive keys from the server key");
+  OPENSSL_cleanse(master, sizeof master);
+  return rc;
+}

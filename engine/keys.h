@@ -1,0 +1,38 @@
+/* keys.h - the process-wide server key and the keys derived from it.
+ *
+ * Initialised once at start-up, before worker threads start, and read-only afterwards, so
+ * readers need no locking. Key bytes are never logged and never appear in error messages.
+ *
+ * The 32-byte master key is never used directly: two subkeys are derived from it with
+ * HMAC-SHA256(master, label), labels "apiengine token v1" (token MAC key) and
+ * "apiengine seal v1" (AES-256-GCM key), so the token key and the AEAD key differ. */
+#ifndef ENG_KEYS_H
+#define ENG_KEYS_H
+
+#define ENG_KEY_LEN 32
+
+/* Loads the server key.
+ * - `configured` non-NULL and non-empty: it is the key material, 64 hex characters or
+ *   base64 / base64url (padded or not) of exactly 32 bytes. Anything else is ENG_ECONFIG.
+ * - otherwise `key_path` names a file holding 64 hex characters and an optional "\n". A file
+ *   with group/other permission bits set, or with other content, is refused (ENG_ECONFIG).
+ *   If the file does not exist, 32 bytes from RAND_bytes are written atomically (key_path.tmp
+ *   created O_EXCL mode 0600, fsync, hard-linked or renamed into place, directory fsync'd) so
+ *   tokens and sealed secrets survive restarts. If another process created key_path first,
+ *   its key is used.
+ * Returns 0, or ENG_ECONFIG / ENG_EIO / ENG_ECRYPTO / ENG_ENOMEM with *err (if err is
+ * non-NULL) set to a malloc'd message the caller frees; the message never contains key bytes.
+ * On error the key store is left as it was. */
+int eng_keys_init(const char *configured, const char *key_path, char **err);
+
+/* Sets the master key directly (tests; an in-memory database without a configured key). */
+void eng_keys_set(const unsigned char key[ENG_KEY_LEN]);
+
+/* 1 once a key is loaded. */
+int eng_keys_ready(void);
+
+/* The derived subkeys (ENG_KEY_LEN bytes each), for lua_crypto.c only. NULL until ready. */
+const unsigned char *eng_keys_token_key(void);
+const unsigned char *eng_keys_seal_key(void);
+
+#endif
