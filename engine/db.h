@@ -1,0 +1,83 @@
+/* db.h - the SQLite connection of one worker: open, statement cache, request cleanup, migrations.
+ *
+ * One eng_db per worker thread; a connection is never shared between threads (it is opened
+ * in SQLite's multi-thread mode, so SQLite does no locking of its own for it). Workers share
+ * only the database file: WAL mode lets readers run beside the one writer, and the busy
+ * timeout makes a writer wait for the other instead of failing with "database is locked".
+ *
+ * Errors: 0 or a negative ENG_E* code (error.h). SQLite's detail travels in *err (malloc'd,
+ * the caller frees it) or *errmsg (owned by SQLite), as each function says. */
+#ifndef ENG_DB_H
+#define ENG_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sqlite3.h>
+
+#define ENG_DB_BUSY_TIMEOUT_DEFAULT_MS 10000
+#define ENG_DB_STMT_CACHE_DEFAULT 128
+#define ENG_DB_STMT_CACHE_MIN 4
+#define ENG_DB_STMT_CACHE_MAX 65536
+#define ENG_DB_SQL_MAX_BYTES (1024 * 1024)             /* one statement's text */
+#define ENG_DB_MIGRATION_MAX_BYTES (16 * 1024 * 1024)  /* one migration file */
+#define ENG_DB_MIGRATIONS_TABLE "_migrations"
+
+typedef struct eng_db eng_db;
+
+typedef struct eng_db_options {
+  const char *synchronous; /* "FULL" (default when NULL), "NORMAL", "OFF" */
+  int busy_timeout_ms;     /* default ENG_DB_BUSY_TIMEOUT_DEFAULT_MS when 0; negative is ENG_EINVAL */
+  int stmt_cache_size;     /* default ENG_DB_STMT_CACHE_DEFAULT when 0; else MIN..MAX, or ENG_EINVAL */
+} eng_db_options;
+
+/* Opens path (created if missing; ":memory:" allowed) and sets journal_mode=WAL (except for
+ * ":memory:" and ""), synchronous, foreign_keys=ON, extended result codes and the busy timeout.
+ * opt may be NULL (all defaults). On success *out owns the connection (eng_db_close it).
+ * On failure *out is NULL and, when err is not NULL, *err gets a malloc'd message
+ * (ENG_EINVAL for bad options, ENG_EDB when SQLite refuses, ENG_ENOMEM). */
+int eng_db_open(eng_db **out, const char *path, const eng_db_options *opt, char **err);
+
+/* Finalizes every cached statement, rolls back an open transaction, closes. NULL is a no-op. */
+void eng_db_close(eng_db *db);
+
+/* The raw handle, for what this API does not cover. Do not close it or finalize cached statements. */
+sqlite3 *eng_db_handle(eng_db *db);
+
+/* Returns in *out the cached prepared statement for exactly this SQL text (len bytes; it need not
+ * be NUL-terminated), reset and with its bindings cleared, preparing it on first use. The
+ * statement stays owned by the cache: never finalize it. It stays valid until it is evicted,
+ * which happens only after stmt_cache_size - 1 other distinct statements have been fetched
+ * since its last fetch (least recently used goes first), or until eng_db_close.
+ * The text must hold exactly one statement (trailing whitespace, ';' and comments are fine).
+ * Errors: ENG_EDB (bad SQL, empty SQL, more than one statement), ENG_ETOOBIG (longer than
+ * ENG_DB_SQL_MAX_BYTES), ENG_ENOMEM; *errmsg (if not NULL) then points at a message that stays
+ * valid until the next call on db (SQLite's own message when SQLite failed: its extended code is
+ * sqlite3_extended_errcode(eng_db_handle(db))). */
+int eng_db_prepare(eng_db *db, const char *sql, size_t len, sqlite3_stmt **out, const char **errmsg);
+
+/* Like eng_db_prepare; also stores in *serial (if not NULL) a number unique to this prepared
+ * statement in the process (a re-prepared statement after eviction gets a new one), so a layer
+ * above can cache data per statement (lua_db caches column names) and tell when it is stale. */
+int eng_db_prepare_ex(eng_db *db, const char *sql, size_t len, sqlite3_stmt **out, uint64_t *serial,
+                      const char **errmsg);
+
+/* After every request (even one whose handler errored or ran out of budget): resets every cached
+ * statement fetched since the last call and rolls back a transaction left open.
+ * Returns 1 if it had to roll back, else 0. */
+int eng_db_after_request(eng_db *db);
+
+/* Applies schema_dir/NNNN_name.sql files (4 digits, '_', a non-empty name, ".sql"; other names
+ * are ignored) in number order, each in its own BEGIN IMMEDIATE transaction together with its
+ * record in _migrations(id, name, checksum, applied_at), checksum = hex SHA-256 of the file bytes.
+ * Safe to run from several processes or threads at once (each connection its own): BEGIN
+ * IMMEDIATE serialises them and a migration applied meanwhile by another is skipped.
+ * Refuses with ENG_ECONFIG, before applying anything, when: the db records a migration the
+ * directory does not have; a recorded migration's file changed ("migration 0002_x.sql was changed
+ * after it was applied"); two files share a number; a new file's number is below an applied one.
+ * A failing migration is rolled back fully (ENG_EDB; the message names the file and SQLite's
+ * error); the ones before it stay applied. ENG_EIO when the directory or a file can't be read.
+ * *applied (if not NULL) gets the number of newly applied files, also on error. *err (if not
+ * NULL) gets a malloc'd message on failure. Logs one info line per applied migration. */
+int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err);
+
+#endif
