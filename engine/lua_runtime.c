@@ -104,8 +104,7 @@ static void push_error_text(lua_State *L, lua_State *co) {
  * budget. On return *co holds the thread (anchored on L's stack: pop it when done)
  * and the results are on co's stack. Returns the lua_resume status; LUA_YIELD is
  * turned into an error. */
-static int run_budgeted(eng_runtime *rt, int nargs, lua_State **co_out, int *nres) {
-  lua_State *L = rt->L;
+static int run_budgeted(eng_runtime *rt, lua_State *L, int nargs, lua_State **co_out, int *nres) {
   lua_State *co = lua_newthread(L);
   lua_insert(L, -(nargs + 2));
   lua_xmove(L, co, nargs + 1);
@@ -652,6 +651,10 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
 
+eng_runtime *eng_runtime_of(lua_State *L) { return RT(L); }
+
+const eng_http_limits *eng_runtime_limits(const eng_runtime *rt) { return rt->limits; }
+
 void eng_response_init(eng_response *r) { memset(r, 0, sizeof *r); }
 
 void eng_response_reset(eng_response *r) {
@@ -734,9 +737,8 @@ static void push_query(lua_State *L, const char *q, size_t n) {
 }
 
 /* Builds the request table on L's top. */
-static void push_request(eng_runtime *rt, const eng_http_request *req, const eng_route_match *m, const char *peer,
-                         const char *request_id) {
-  lua_State *L = rt->L;
+static void push_request(eng_runtime *rt, lua_State *L, const eng_http_request *req, const eng_route_match *m,
+                         const char *peer, const char *request_id) {
   lua_createtable(L, 0, 9);
   lua_pushstring(L, req->method);
   lua_setfield(L, -2, "method");
@@ -909,8 +911,7 @@ static void after_call(eng_runtime *rt) {
 }
 
 /* Logs a failed script call and answers 500 or 503. */
-static void script_failed(eng_runtime *rt, lua_State *co, const char *request_id, eng_response *resp) {
-  lua_State *L = rt->L;
+static void script_failed(eng_runtime *rt, lua_State *L, lua_State *co, const char *request_id, eng_response *resp) {
   int blown = rt->budget_blown || rt->mem_blown;
   push_error_text(L, co);
   size_t len;
@@ -923,16 +924,15 @@ static void script_failed(eng_runtime *rt, lua_State *co, const char *request_id
   if (blown) {
     if (rt->mem_blown)
       lua_gc(L, LUA_GCCOLLECT);
-    eng_runtime_error(rt, 503, "budget_exceeded", rt->mem_blown ? "script memory budget exceeded"
+    eng_runtime_error_in(rt, L, 503, "budget_exceeded", rt->mem_blown ? "script memory budget exceeded"
                                                                 : "script time budget exceeded", request_id, resp);
   } else {
-    eng_runtime_error(rt, 500, "internal_error", "internal server error", request_id, resp);
+    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", request_id, resp);
   }
 }
 
-void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char *message, const char *request_id,
-                       eng_response *resp) {
-  lua_State *L = rt->L;
+void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
+                          const char *request_id, eng_response *resp) {
   resp->status = status;
   eng_buf_reset(&resp->body);
   resp->content_type[0] = '\0';
@@ -950,7 +950,7 @@ void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char
   lua_pushstring(L, request_id);
   lua_State *co;
   int nres = 0;
-  int st = run_budgeted(rt, 4, &co, &nres);
+  int st = run_budgeted(rt, L, 4, &co, &nres);
   const char *why = NULL;
   if (st != LUA_OK) {
     push_error_text(L, co);
@@ -972,38 +972,37 @@ void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char
   lua_settop(L, top);
 }
 
-void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
-                        eng_response *resp) {
-  lua_State *L = rt->L;
+void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
+                           const char *request_id, eng_response *resp) {
   int top = lua_gettop(L);
   int method = eng_router_method(req->method, strlen(req->method));
   eng_route_match m;
   char small[512];
   char *scratch = req->path_len < sizeof small ? small : malloc(req->path_len + 1);
   if (scratch == NULL) {
-    eng_runtime_error(rt, 500, "internal_error", "out of memory", request_id, resp);
+    eng_runtime_error_in(rt, L, 500, "internal_error", "out of memory", request_id, resp);
     return;
   }
   eng_router_match(rt->router, method, req->url.data, req->path_len, scratch, &m);
   if (m.status == 404) {
-    eng_runtime_error(rt, 404, "not_found", "no route for this path", request_id, resp);
+    eng_runtime_error_in(rt, L, 404, "not_found", "no route for this path", request_id, resp);
     goto done;
   }
   if (m.status == 405) {
     char allow[96];
     eng_router_allow_string(m.allow, allow, sizeof allow);
     eng_buf_appendf(&resp->headers, "Allow: %s\r\n", allow);
-    eng_runtime_error(rt, 405, "method_not_allowed", "method not allowed for this path", request_id, resp);
+    eng_runtime_error_in(rt, L, 405, "method_not_allowed", "method not allowed for this path", request_id, resp);
     goto done;
   }
   rt->request_id = request_id;
   lua_rawgeti(L, LUA_REGISTRYINDEX, m.handler);
-  push_request(rt, req, &m, peer, request_id);
+  push_request(rt, L, req, &m, peer, request_id);
   lua_State *co;
   int nres = 0;
-  int st = run_budgeted(rt, 1, &co, &nres);
+  int st = run_budgeted(rt, L, 1, &co, &nres);
   if (st != LUA_OK) {
-    script_failed(rt, co, request_id, resp);
+    script_failed(rt, L, co, request_id, resp);
   } else {
     int base = lua_gettop(co) - nres;
     const char *why = NULL;
@@ -1018,7 +1017,7 @@ void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char
       int n = snprintf(msg, sizeof msg, "%s %s: %s", req->method, m.pattern, why);
       eng_log_msg(ENG_LOG_ERROR, request_id, msg, n > 0 ? (size_t)n : 0);
       eng_buf_reset(&resp->headers);
-      eng_runtime_error(rt, 500, "internal_error", "internal server error", request_id, resp);
+      eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", request_id, resp);
     } else {
       resp->status = (int)status;
       if (!resp->content_type[0])
@@ -1031,4 +1030,14 @@ void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char
 done:
   if (scratch != small)
     free(scratch);
+}
+
+void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char *message, const char *request_id,
+                       eng_response *resp) {
+  eng_runtime_error_in(rt, rt->L, status, code, message, request_id, resp);
+}
+
+void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
+                        eng_response *resp) {
+  eng_runtime_handle_in(rt, rt->L, req, peer, request_id, resp);
 }

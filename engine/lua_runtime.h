@@ -60,6 +60,18 @@ void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char
 void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char *message, const char *request_id,
                        eng_response *resp);
 
+/* The same, run from the Lua thread L of this runtime's state (a C function called
+ * by a script, e.g. the in-process test client): L must be the running thread. */
+void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
+                           const char *request_id, eng_response *resp);
+void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
+                          const char *request_id, eng_response *resp);
+
+/* The runtime of a Lua state created by eng_runtime_new (any of its threads). */
+eng_runtime *eng_runtime_of(lua_State *L);
+/* Copies the limits the in-process test client applies. */
+const eng_http_limits *eng_runtime_limits(const eng_runtime *rt);
+
 /* Bytes the Lua state currently holds. */
 size_t eng_runtime_memory(const eng_runtime *rt);
 

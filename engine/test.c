@@ -1,11 +1,521 @@
-/* test.c - `apiengine test`: busted inside the engine (filled in by the testing work). */
+#define _GNU_SOURCE 1
+/* test.c - `apiengine test`: busted inside the engine, plus the engine.testing module.
+ *
+ * The specs run in one test-mode runtime (full standard library, writable
+ * globals), so engine.db, engine.crypto, ... are the real C modules and
+ * in-process requests go through the same parser, limits, router and handler
+ * path as the server. engine.testing is the C half of the spec helper
+ * (engine.spec, embedded from engine/lua/spec.lua). */
+#include "db.h"
+#include "error.h"
+#include "http.h"
+#include "keys.h"
+#include "log.h"
+#include "lua_common.h"
+#include "lua_crypto.h"
+#include "lua_runtime.h"
+#include "lua_time.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+extern const char eng_spec_lua[];     /* generated from engine/lua/spec.lua */
+extern const size_t eng_spec_lua_len;
 
 int eng_test_main(int argc, char **argv);
 
+typedef struct test_state {
+  eng_runtime *rt;
+  eng_db *db;
+  eng_http_limits limits;
+  char schema_dir[1024];
+  char scripts_dir[1024];
+} test_state;
+
+static test_state *TS(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
+
+/* testing.request(method, target, headers, body) -> status, headers, body */
+static int t_request(lua_State *L) {
+  test_state *ts = TS(L);
+  const char *method = luaL_checkstring(L, 1);
+  const char *target = luaL_checkstring(L, 2);
+  size_t blen = 0;
+  const char *body = luaL_optlstring(L, 4, NULL, &blen);
+  /* Headers are checked first, so nothing below raises while raw holds memory. */
+  int has_length = 0;
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+        return luaL_error(L, "headers must map names to strings");
+      const char *k = lua_tostring(L, -2);
+      lua_pushvalue(L, -1);
+      const char *v = lua_tostring(L, -1);
+      if (strpbrk(k, "\r\n:") || strpbrk(v, "\r\n"))
+        return luaL_error(L, "header %s: CR, LF (and ':' in names) are not allowed", k);
+      if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "transfer-encoding") == 0)
+        has_length = 1;
+      lua_pop(L, 2);
+    }
+  }
+  eng_buf rawb = {0};
+  eng_buf_appendf(&rawb, "%s %s HTTP/1.1\r\nHost: in-process\r\n", method, target);
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      lua_pushvalue(L, -1);
+      eng_buf_appendf(&rawb, "%s: %s\r\n", lua_tostring(L, -3), lua_tostring(L, -1));
+      lua_pop(L, 2);
+    }
+  }
+  if (!has_length && (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+                      strcmp(method, "PATCH") == 0))
+    eng_buf_appendf(&rawb, "Content-Length: %zu\r\n", blen);
+  eng_buf_append(&rawb, "\r\n", 2);
+  if (body)
+    eng_buf_append(&rawb, body, blen);
+  size_t rawlen = rawb.len;
+  const char *raw = rawb.data;
+
+  eng_http_parser hp;
+  eng_http_parser_init(&hp, &ts->limits);
+  eng_response resp;
+  eng_response_init(&resp);
+  size_t used = 0;
+  int r = eng_http_parser_feed(&hp, raw, rawlen, &used);
+  char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
+  eng_http_header h;
+  if ((r == ENG_HTTP_REQUEST || hp.req.nheaders) && eng_http_find_header(&hp.req, "x-request-id", &h) &&
+      eng_http_request_id_ok(h.value, h.value_len)) {
+    memcpy(rid, h.value, h.value_len);
+    rid[h.value_len] = '\0';
+  } else {
+    eng_crypto_uuid4(rid);
+  }
+  if (r == ENG_HTTP_REQUEST) {
+    eng_runtime_handle_in(ts->rt, L, &hp.req, "127.0.0.1:0", rid, &resp);
+  } else if (r == ENG_HTTP_ERROR) {
+    eng_runtime_error_in(ts->rt, L, hp.error_status, hp.error_code, hp.error_reason, rid, &resp);
+  } else {
+    eng_http_parser_free(&hp);
+    eng_response_free(&resp);
+    eng_buf_free(&rawb);
+    return luaL_error(L, "incomplete request");
+  }
+  eng_buf_free(&rawb);
+  int head = strcmp(method, "HEAD") == 0;
+  lua_pushinteger(L, resp.status);
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, resp.content_type[0] ? resp.content_type : "application/json");
+  lua_setfield(L, -2, "content-type");
+  lua_pushstring(L, rid);
+  lua_setfield(L, -2, "x-request-id");
+  lua_pushinteger(L, (lua_Integer)resp.body.len);
+  lua_setfield(L, -2, "content-length");
+  /* Extra headers: "Name: value\r\n" lines, names lowercased. */
+  const char *p = resp.headers.data, *end = p ? p + resp.headers.len : NULL;
+  while (p && p < end) {
+    const char *colon = memchr(p, ':', (size_t)(end - p));
+    const char *eol = memchr(p, '\r', (size_t)(end - p));
+    if (!colon || !eol || colon > eol)
+      break;
+    luaL_Buffer nb;
+    luaL_buffinit(L, &nb);
+    for (const char *q = p; q < colon; q++)
+      luaL_addchar(&nb, (char)((*q >= 'A' && *q <= 'Z') ? *q + 32 : *q));
+    luaL_pushresult(&nb);
+    const char *v = colon + 1;
+    while (v < eol && *v == ' ')
+      v++;
+    lua_pushlstring(L, v, (size_t)(eol - v));
+    lua_rawset(L, -3);
+    p = eol + 2;
+  }
+  lua_pushlstring(L, head ? "" : (resp.body.data ? resp.body.data : ""), head ? 0 : resp.body.len);
+  eng_http_parser_free(&hp);
+  eng_response_free(&resp);
+  return 3;
+}
+
+/* testing.open_db(path [, schema_dir]) -> migrations applied; replaces the current database. */
+static int t_open_db(lua_State *L) {
+  test_state *ts = TS(L);
+  const char *path = luaL_checkstring(L, 1);
+  const char *schema = luaL_optstring(L, 2, ts->schema_dir);
+  eng_runtime_set_db(ts->rt, NULL);
+  eng_db_close(ts->db);
+  ts->db = NULL;
+  char *err = NULL;
+  int applied = 0;
+  eng_db_options o = {0};
+  int rc = eng_db_open(&ts->db, path, &o, &err);
+  if (rc == 0)
+    rc = eng_db_migrate(ts->db, schema, &applied, &err);
+  if (rc != 0) {
+    lua_pushfstring(L, "open_db %s: %s", path, err ? err : eng_strerror(rc));
+    free(err);
+    eng_db_close(ts->db);
+    ts->db = NULL;
+    return lua_error(L);
+  }
+  eng_runtime_set_db(ts->rt, ts->db);
+  lua_pushinteger(L, applied);
+  return 1;
+}
+
+static int t_close_db(lua_State *L) {
+  test_state *ts = TS(L);
+  eng_runtime_set_db(ts->rt, NULL);
+  eng_db_close(ts->db);
+  ts->db = NULL;
+  return 0;
+}
+
+static int t_load_scripts(lua_State *L) {
+  test_state *ts = TS(L);
+  const char *dir = luaL_checkstring(L, 1);
+  char *err = NULL;
+  if (eng_runtime_load_scripts(ts->rt, dir, &err) != 0) {
+    lua_pushstring(L, err ? err : "cannot load scripts");
+    free(err);
+    return lua_error(L);
+  }
+  return 0;
+}
+
+/* testing.limits{max_body_bytes=, max_header_bytes=, max_url_bytes=} for in-process requests. */
+static int t_limits(lua_State *L) {
+  test_state *ts = TS(L);
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "max_body_bytes");
+    ts->limits.max_body_bytes = (size_t)luaL_optinteger(L, -1, (lua_Integer)ts->limits.max_body_bytes);
+    lua_getfield(L, 1, "max_header_bytes");
+    ts->limits.max_header_bytes = (size_t)luaL_optinteger(L, -1, (lua_Integer)ts->limits.max_header_bytes);
+    lua_getfield(L, 1, "max_url_bytes");
+    ts->limits.max_url_bytes = (size_t)luaL_optinteger(L, -1, (lua_Integer)ts->limits.max_url_bytes);
+    lua_pop(L, 3);
+  } else {
+    eng_http_limits_default(&ts->limits);
+  }
+  return 0;
+}
+
+static int t_freeze(lua_State *L) {
+  eng_time_freeze(luaL_checkinteger(L, 1));
+  return 0;
+}
+static int t_advance(lua_State *L) {
+  eng_time_advance(luaL_checkinteger(L, 1));
+  return 0;
+}
+static int t_reset_clock(lua_State *L) {
+  (void)L;
+  eng_time_reset();
+  return 0;
+}
+
+static int t_exe(lua_State *L) {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n < 0)
+    return luaL_error(L, "readlink /proc/self/exe: %s", strerror(errno));
+  lua_pushlstring(L, buf, (size_t)n);
+  return 1;
+}
+
+static int t_mkdtemp(lua_State *L) {
+  char tmpl[] = "/tmp/apiengine-test-XXXXXX";
+  if (mkdtemp(tmpl) == NULL)
+    return luaL_error(L, "mkdtemp: %s", strerror(errno));
+  lua_pushstring(L, tmpl);
+  return 1;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static int t_rmtree(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  if (strncmp(path, "/tmp/", 5) != 0)
+    return luaL_error(L, "rmtree refuses paths outside /tmp: %s", path);
+  nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  return 0;
+}
+
+/* A loopback port that was free a moment ago. */
+static int t_free_port(lua_State *L) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    if (fd >= 0)
+      close(fd);
+    return luaL_error(L, "free_port: %s", strerror(errno));
+  }
+  close(fd);
+  lua_pushinteger(L, ntohs(a.sin_port));
+  return 1;
+}
+
+/* testing.spawn({argv...}, logfile [, env table]) -> pid; stdout and stderr go to logfile. */
+static int t_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  const char *log = luaL_checkstring(L, 2);
+  int n = (int)lua_rawlen(L, 1);
+  if (n < 1 || n > 62)
+    return luaL_error(L, "spawn: argv must have 1..62 entries");
+  char *argv[64];
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    argv[i] = (char *)luaL_checkstring(L, -1); /* anchored in the argv table */
+    lua_pop(L, 1);
+  }
+  argv[n] = NULL;
+  /* Environment: overrides first (getenv takes the first match), then ours. */
+  char *envp[512];
+  int ne = 0;
+  lua_newtable(L); /* anchors the strings */
+  int anchor = lua_gettop(L);
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      if (lua_type(L, -2) == LUA_TSTRING && ne < 256) {
+        lua_pushvalue(L, -1);
+        envp[ne++] = (char *)lua_pushfstring(L, "%s=%s", lua_tostring(L, -3), lua_tostring(L, -1));
+        lua_rawseti(L, anchor, ne);
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  for (char **e = environ; *e && ne < 510; e++)
+    envp[ne++] = *e;
+  envp[ne] = NULL;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid;
+  int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, envp);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0)
+    return luaL_error(L, "spawn %s: %s", argv[0], strerror(rc));
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
+static int t_kill(lua_State *L) {
+  pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+  int sig = (int)luaL_optinteger(L, 2, SIGTERM);
+  lua_pushboolean(L, kill(pid, sig) == 0);
+  return 1;
+}
+
+/* testing.wait(pid, timeout_ms) -> exit code (or 128+signal), or nil on timeout. */
+static int t_wait(lua_State *L) {
+  pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+  lua_Integer timeout = luaL_optinteger(L, 2, 10000);
+  for (lua_Integer waited = 0;; waited += 10) {
+    int st;
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid) {
+      lua_pushinteger(L, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+      return 1;
+    }
+    if (r < 0)
+      return luaL_error(L, "waitpid: %s", strerror(errno));
+    if (waited >= timeout)
+      return 0;
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+static int t_sleep(lua_State *L) {
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+  return 0;
+}
+
+static int t_memory(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)eng_runtime_memory(TS(L)->rt));
+  return 1;
+}
+
+static int open_testing(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"request", t_request},       {"open_db", t_open_db},   {"close_db", t_close_db},
+      {"load_scripts", t_load_scripts}, {"limits", t_limits}, {"freeze", t_freeze},
+      {"advance", t_advance},       {"reset_clock", t_reset_clock}, {"exe", t_exe},
+      {"mkdtemp", t_mkdtemp},       {"rmtree", t_rmtree},     {"free_port", t_free_port},
+      {"spawn", t_spawn},           {"kill", t_kill},         {"wait", t_wait},
+      {"sleep", t_sleep},           {"memory", t_memory},     {NULL, NULL}};
+  luaL_newlibtable(L, fns);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  luaL_setfuncs(L, fns, 1);
+  test_state *ts = TS(L);
+  lua_pushstring(L, ts->scripts_dir);
+  lua_setfield(L, -2, "scripts_dir");
+  lua_pushstring(L, ts->schema_dir);
+  lua_setfield(L, -2, "schema_dir");
+  return 1;
+}
+
+static int open_spec(lua_State *L) {
+  if (luaL_loadbufferx(L, eng_spec_lua, eng_spec_lua_len, "@engine/lua/spec.lua", "t") != LUA_OK)
+    return lua_error(L);
+  lua_call(L, 0, 1);
+  return 1;
+}
+
+/* os.exit replacement: unwinds back here so the database and state close cleanly. */
+static int test_exit(lua_State *L) {
+  int code;
+  if (lua_isboolean(L, 1))
+    code = lua_toboolean(L, 1) ? 0 : 1;
+  else
+    code = (int)luaL_optinteger(L, 1, 0);
+  lua_pushliteral(L, "apiengine.test.exit");
+  lua_pushinteger(L, code);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_pushliteral(L, "__apiengine_test_exit__");
+  return lua_error(L);
+}
+
+/* busted options followed by a separate value (so the value is not taken for a path). */
+static int takes_value(const char *opt) {
+  static const char *const with_value[] = {"-o", "--output", "-p", "--pattern", "--exclude-pattern", "--filter",
+                                           "--filter-out", "-t", "--tags", "--exclude-tags", "-m", "--lpath",
+                                           "--cpath", "-r", "--run", "-e", "--loaders", "--helper", "-C",
+                                           "--directory", "--seed", "--repeat", "-f", "--config-file", "--lang",
+                                           "--name", "-Xoutput", "-Xhelper", NULL};
+  if (strchr(opt, '='))
+    return 0;
+  for (int i = 0; with_value[i]; i++)
+    if (strcmp(opt, with_value[i]) == 0)
+      return 1;
+  return 0;
+}
+
+static void usage(void) {
+  printf("usage: apiengine test [--scripts DIR] [--schema DIR] [busted options] [PATH...]\n\n"
+         "Runs busted specs (default: tests/) inside the engine: engine.db, engine.crypto, ... are\n"
+         "the real modules; require \"engine.spec\" gives the spec helper (see README).\n"
+         "busted options pass through: --pattern, --filter, --exclude-tags, --tags, -o OUTPUT, ...\n"
+         "  --scripts DIR   default scripts directory for spec.app() (default: scripts)\n"
+         "  --schema DIR    default migrations directory (default: schema)\n");
+}
+
 int eng_test_main(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "apiengine test: not built yet\n");
-  return 2;
+  test_state ts;
+  memset(&ts, 0, sizeof ts);
+  snprintf(ts.scripts_dir, sizeof ts.scripts_dir, "%s", "scripts");
+  snprintf(ts.schema_dir, sizeof ts.schema_dir, "%s", "schema");
+  eng_http_limits_default(&ts.limits);
+  eng_log_level level = ENG_LOG_WARN;
+  const char *lvl = getenv("APIENGINE_LOG_LEVEL");
+  if (lvl)
+    eng_log_parse_level(lvl, &level);
+  eng_log_setup(level, 0);
+
+  /* Split engine options from busted's. */
+  char **bargs = calloc((size_t)argc + 2, sizeof *bargs);
+  int nb = 0, has_path = 0;
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage();
+      free(bargs);
+      return 0;
+    }
+    if ((strcmp(argv[i], "--scripts") == 0 || strcmp(argv[i], "--schema") == 0) && i + 1 < argc) {
+      char *dst = argv[i][3] == 'c' && argv[i][4] == 'r' ? ts.scripts_dir : ts.schema_dir;
+      snprintf(dst, 1024, "%s", argv[i + 1]);
+      i++;
+      continue;
+    }
+    bargs[nb++] = argv[i];
+    if (argv[i][0] == '-') {
+      if (takes_value(argv[i]) && i + 1 < argc)
+        bargs[nb++] = argv[++i];
+    } else {
+      has_path = 1;
+    }
+  }
+  if (!has_path)
+    bargs[nb++] = "tests";
+
+  unsigned char key[32];
+  eng_crypto_random(key, sizeof key);
+  eng_keys_set(key);
+
+  eng_runtime_options ro = {.budget_ms = 1000, .memory_limit = (size_t)1 << 30, .limits = &ts.limits, .test_mode = 1};
+  char *err = NULL;
+  if (eng_runtime_new(&ts.rt, &ro, &err) != 0) {
+    fprintf(stderr, "apiengine test: %s\n", err ? err : "cannot create the Lua state");
+    free(err);
+    free(bargs);
+    return 1;
+  }
+  lua_State *L = eng_runtime_lua(ts.rt);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushlightuserdata(L, &ts);
+  lua_pushcclosure(L, open_testing, 1);
+  lua_setfield(L, -2, "engine.testing");
+  lua_pushcfunction(L, open_spec);
+  lua_setfield(L, -2, "engine.spec");
+  lua_pop(L, 1);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, test_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+
+  /* arg as busted expects it */
+  lua_createtable(L, nb, 1);
+  lua_pushstring(L, "apiengine test");
+  lua_rawseti(L, -2, 0);
+  for (int i = 0; i < nb; i++) {
+    lua_pushstring(L, bargs[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setglobal(L, "arg");
+  free(bargs);
+
+  static const char boot[] = "require 'busted.runner'({ standalone = false })";
+  int code = 0;
+  if (luaL_loadbufferx(L, boot, sizeof boot - 1, "@apiengine-test", "t") != LUA_OK ||
+      lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    if (msg && strstr(msg, "__apiengine_test_exit__")) {
+      lua_pushliteral(L, "apiengine.test.exit");
+      lua_rawget(L, LUA_REGISTRYINDEX);
+      code = (int)lua_tointeger(L, -1);
+    } else {
+      fprintf(stderr, "apiengine test: %s\n", msg ? msg : "error");
+      code = 1;
+    }
+  }
+  eng_runtime_free(ts.rt);
+  eng_db_close(ts.db);
+  return code;
 }
