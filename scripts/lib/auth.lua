@@ -19,7 +19,7 @@ function M.credential(req)
   h = h:match("^%s*(.-)%s*$")
   local rest = h:match("^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$")
   if rest then h = rest end
-  if h == "" then return nil end
+  if h == "" or h:lower() == "bearer" then return nil end
   return h
 end
 
