@@ -209,7 +209,9 @@ int eng_http_parser_feed(eng_http_parser *p, const char *data, size_t len, size_
     return ENG_HTTP_REQUEST;
   }
   *consumed = len;
-  if (err != HPE_USER) {
+  /* Our callbacks record their own status (413, 414, 431, 417) before failing; on_headers_complete
+   * cannot return HPE_USER, so llhttp reports its failure under another code. */
+  if (p->error_status == 0) {
     p->error_status = 400;
     p->error_code = "bad_request";
     p->error_reason = "malformed HTTP request";

@@ -226,6 +226,7 @@ int eng_luaopen_log(lua_State *L) {
 static int config_get(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
+  lua_settop(L, 2); /* the default, or nil */
   char env[160] = "APIENGINE_";
   if (len < sizeof env - 11) {
     size_t o = 10;
@@ -907,7 +908,8 @@ static const char *take_body(lua_State *co, int idx, eng_response *resp) {
 /* After any script call: statements reset, no transaction left open. */
 static void after_call(eng_runtime *rt) {
   if (rt->db && eng_db_after_request(rt->db) == 1)
-    eng_log_msg(ENG_LOG_WARN, rt->request_id, "handler left a transaction open: rolled back", 45);
+    eng_log(ENG_LOG_WARN, "request %s: handler left a transaction open: rolled back",
+            rt->request_id ? rt->request_id : "-");
 }
 
 /* Logs a failed script call and answers 500 or 503. */
@@ -1007,7 +1009,7 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
     int base = lua_gettop(co) - nres;
     const char *why = NULL;
     int isnum = 0;
-    lua_Integer status = nres >= 1 ? lua_tointegerx(co, base + 1, &isnum) : 0;
+    lua_Integer status = nres >= 1 && lua_type(co, base + 1) == LUA_TNUMBER ? lua_tointegerx(co, base + 1, &isnum) : 0;
     if (!isnum || status < 100 || status > 599)
       why = "handler must return an HTTP status (integer 100..599) first";
     else if ((why = take_headers(co, base + 3, resp)) == NULL)

@@ -21,6 +21,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -75,6 +76,10 @@ struct worker {
   uint64_t drain_deadline;
   char readbuf[ENG_READ_BUF];
 };
+
+/* Set by the main thread on SIGTERM/SIGINT, before it wakes the workers: a worker
+ * busy in a handler sees it at once and answers that request with Connection: close. */
+static atomic_int g_stopping;
 
 /* ---- lists --------------------------------------------------------------------------------- */
 
@@ -258,7 +263,7 @@ static void handle_request(conn *c) {
   request_id_for(req, rid);
   eng_response_reset(&w->resp);
   eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
-  int keep = req->keep_alive && !w->stopping;
+  int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&g_stopping, memory_order_relaxed);
   send_response(c, req, rid, keep);
   if (!keep)
     c->closing = 1;
@@ -560,6 +565,7 @@ static void stop_workers(main_ctx *m) {
 static void on_signal(uv_signal_t *s, int signo) {
   main_ctx *m = s->data;
   m->signo = signo;
+  atomic_store(&g_stopping, 1);
   eng_log_info("received %s: draining (up to %d ms)", signo == SIGTERM ? "SIGTERM" : "SIGINT",
                m->ws[0].cfg->drain_ms);
   stop_workers(m);
@@ -571,6 +577,7 @@ int eng_server_run(const eng_config *cfg) {
   int n = cfg->workers;
   int rc = 0, port = 0;
   signal(SIGPIPE, SIG_IGN);
+  atomic_store(&g_stopping, 0);
   worker *ws = calloc((size_t)n, sizeof *ws);
   if (ws == NULL)
     return ENG_ENOMEM;

@@ -1,0 +1,137 @@
+/* test_router.c - static-over-param precedence, 404/405/Allow, params, bad patterns. */
+#include "check.h"
+#include "error.h"
+#include "router.h"
+
+#include <string.h>
+
+static eng_route_match m;
+static char scratch[1024];
+
+static void match(eng_router *r, int method, const char *path) {
+  eng_router_match(r, method, path, strlen(path), scratch, &m);
+}
+
+static const char *param(const char *name) {
+  static char out[256];
+  for (int i = 0; i < m.nparams; i++) {
+    if (m.params[i].name_len == strlen(name) && memcmp(m.params[i].name, name, m.params[i].name_len) == 0) {
+      memcpy(out, m.params[i].value, m.params[i].value_len);
+      out[m.params[i].value_len] = '\0';
+      return out;
+    }
+  }
+  return NULL;
+}
+
+int main(void) {
+  eng_router *r;
+  const char *why;
+  CHECK_INT(eng_router_new(&r), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_POST, "/v2/integrations/token", 1, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/v2/integrations/customer", 2, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_POST, "/v2/integrations/customer", 3, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/v2/integrations/{customer_id}", 4, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_DELETE, "/v2/integrations/{customer_id}", 5, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/v2/integrations/{customer_id}/usage", 6, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/", 7, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/a/{x}/c", 8, &why), 0);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/a/b/d", 9, &why), 0);
+
+  /* Static wins over the parameter. */
+  match(r, ENG_M_GET, "/v2/integrations/customer");
+  CHECK_INT(m.status, 200);
+  CHECK_INT(m.handler, 2);
+  CHECK_INT(m.nparams, 0);
+  CHECK_STR(m.pattern, "/v2/integrations/customer");
+
+  /* The static route decides even for another method: 405 with its Allow, not the param route. */
+  match(r, ENG_M_GET, "/v2/integrations/token");
+  CHECK_INT(m.status, 405);
+  char allow[96];
+  eng_router_allow_string(m.allow, allow, sizeof allow);
+  CHECK_STR(allow, "POST");
+  match(r, ENG_M_PUT, "/v2/integrations/customer");
+  CHECK_INT(m.status, 405);
+  eng_router_allow_string(m.allow, allow, sizeof allow);
+  CHECK_STR(allow, "GET, HEAD, POST");
+
+  /* Parameters, decoded. */
+  match(r, ENG_M_GET, "/v2/integrations/abc-123");
+  CHECK_INT(m.status, 200);
+  CHECK_INT(m.handler, 4);
+  CHECK_STR(param("customer_id"), "abc-123");
+  match(r, ENG_M_GET, "/v2/integrations/a%20b%2Fc/usage");
+  CHECK_INT(m.status, 200);
+  CHECK_INT(m.handler, 6);
+  CHECK_STR(param("customer_id"), "a b/c");
+  match(r, ENG_M_DELETE, "/v2/integrations/x");
+  CHECK_INT(m.handler, 5);
+  match(r, ENG_M_POST, "/v2/integrations/x");
+  CHECK_INT(m.status, 405);
+  eng_router_allow_string(m.allow, allow, sizeof allow);
+  CHECK_STR(allow, "GET, HEAD, DELETE");
+
+  /* HEAD falls back to GET. */
+  match(r, ENG_M_HEAD, "/v2/integrations/customer");
+  CHECK_INT(m.status, 200);
+  CHECK_INT(m.handler, 2);
+
+  /* Backtracking: /a/b/c has no static route under b -> the param route matches. */
+  match(r, ENG_M_GET, "/a/b/c");
+  CHECK_INT(m.status, 200);
+  CHECK_INT(m.handler, 8);
+  CHECK_STR(param("x"), "b");
+  match(r, ENG_M_GET, "/a/b/d");
+  CHECK_INT(m.handler, 9);
+
+  /* Root, unknown paths, trailing slash, empty segments, bad escapes. */
+  match(r, ENG_M_GET, "/");
+  CHECK_INT(m.status, 200);
+  CHECK_INT(m.handler, 7);
+  match(r, ENG_M_GET, "/nope");
+  CHECK_INT(m.status, 404);
+  match(r, ENG_M_GET, "/v2/integrations/customer/");
+  CHECK_INT(m.status, 404);
+  match(r, ENG_M_GET, "/v2/integrations//usage");
+  CHECK_INT(m.status, 404);
+  match(r, ENG_M_GET, "/v2/integrations/%zz");
+  CHECK_INT(m.status, 404);
+  match(r, ENG_M_GET, "/v2/integrations/%4");
+  CHECK_INT(m.status, 404);
+  match(r, -1, "/v2/integrations/customer");
+  CHECK_INT(m.status, 405);
+  match(r, ENG_M_GET, "");
+  CHECK_INT(m.status, 404);
+
+  /* Bad patterns and duplicates. */
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/v2/integrations/customer", 10, &why), ENG_EEXISTS);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/v2/integrations/{other_name}", 10, &why), ENG_EEXISTS);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "no-slash", 10, &why), ENG_EINVAL);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/a//b", 10, &why), ENG_EINVAL);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/a/{x", 10, &why), ENG_EINVAL);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/a/pre{x}", 10, &why), ENG_EINVAL);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/a/{x-y}", 10, &why), ENG_EINVAL);
+  CHECK_INT(eng_router_add(r, ENG_M_GET, "/a/b c", 10, &why), ENG_EINVAL);
+  CHECK_INT(eng_router_add(r, 99, "/ok", 10, &why), ENG_EINVAL);
+  /* A failed add leaves no half-built route behind. */
+  match(r, ENG_M_GET, "/a/b c");
+  CHECK_INT(m.status, 404);
+
+  /* Methods by name. */
+  CHECK_INT(eng_router_method("DELETE", 6), ENG_M_DELETE);
+  CHECK_INT(eng_router_method("delete", 6), -1);
+  CHECK_INT(eng_router_method("PROPFIND", 8), -1);
+
+  /* Too many segments: no match, no crash. */
+  char deep[1024] = "";
+  for (int i = 0; i < 100; i++)
+    strcat(deep, "/x");
+  match(r, ENG_M_GET, deep);
+  CHECK_INT(m.status, 404);
+
+  int count = 0;
+  eng_router_free(r);
+  (void)count;
+  return check_summary("test_router");
+}
