@@ -337,7 +337,7 @@ static void test_seal_lua(lua_State *L) {
           "  eq(s:byte(1), 1, 'version byte')\n"
           "  eq(crypto.open(s), pt, 'round trip ' .. #pt)\n"
           "  eq(crypto.open(s, ''), pt, 'empty aad is no aad')\n"
-          "  if #pt > 0 then check(not s:find(pt, 1, true), 'ciphertext hides plaintext') end\n"
+          "  if #pt >= 8 then check(not s:find(pt, 1, true), 'ciphertext hides plaintext') end\n"
           "end\n"
           "local s1, s2 = crypto.seal('same'), crypto.seal('same')\n"
           "check(s1 ~= s2, 'two seals differ')\n"
