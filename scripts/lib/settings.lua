@@ -56,4 +56,36 @@ function M.table(name)
   return v
 end
 
+-- A list of strings: a Lua array in the config file, or from the environment a JSON array
+-- ('["a","b"]') or a comma-separated string ("a, b"). Unset -> {}.
+function M.list(name)
+  local v = get(name)
+  if v == nil then return {} end
+  if type(v) == "string" then
+    if v:match("^%s*%[") then
+      local t, err = json.decode(v)
+      if type(t) ~= "table" then
+        error(string.format("setting %s: not a JSON array: %s", name, err or "wrong type"), 0)
+      end
+      v = t
+    else
+      local out = {}
+      for item in v:gmatch("[^,]+") do
+        item = item:match("^%s*(.-)%s*$")
+        if item ~= "" then out[#out + 1] = item end
+      end
+      return out
+    end
+  end
+  if type(v) ~= "table" then
+    error(string.format("setting %s: expected a list, got %s", name, type(v)), 0)
+  end
+  for i, item in ipairs(v) do
+    if type(item) ~= "string" then
+      error(string.format("setting %s: item %d is not a string", name, i), 0)
+    end
+  end
+  return v
+end
+
 return M

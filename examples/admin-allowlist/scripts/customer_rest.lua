@@ -1,0 +1,1 @@
+../../../scripts/customer_rest.lua
