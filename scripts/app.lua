@@ -76,13 +76,10 @@ route.post("/v2/integrations/app", function(req)
 end)
 
 route.get("/v2/integrations/app", function(req)
-  local entity, claims, err = auth.require_token(req)
-  if not entity then return platform.fail(req, claims, err) end
-  local want = req.query.entity
-  if want ~= nil and want ~= claims.typ then
-    return platform.fail(req, 401, "entity=" .. want .. " does not match the token (a " .. claims.typ .. " token)")
-  end
-  if claims.typ == "app" then
+  -- Either type of token; an `entity` query parameter must match it (auth.claims checks).
+  local entity, claims_or_status, err = auth.require_token(req)
+  if not entity then return platform.fail(req, claims_or_status, err) end
+  if claims_or_status.typ == "app" then
     return platform.ok(req, app_object(entity))
   end
   local list = json.array()

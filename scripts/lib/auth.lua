@@ -1,6 +1,7 @@
 -- lib/auth.lua - tokens (API.md 1.2).
 --   auth.issue(typ, id)                -> token string (signed, expires after token_ttl_days)
---   auth.claims(req [, typ])           -> claims {typ, sub, exp} | nil, message   (signature, expiry, type)
+--   auth.claims(req [, typ])           -> claims {typ, sub, exp} | nil, message   (signature, expiry, type,
+--                                         and the `entity` query parameter when given)
 --   auth.require_token(req, typ)       -> entity row, claims | nil, 401, message   (+ the entity must exist)
 -- `Authorization: <token>` and `Authorization: Bearer <token>` are both accepted.
 -- Setting: token_ttl_days (default 90).
@@ -58,6 +59,11 @@ function M.claims(req, typ)
   end
   if typ and claims.typ ~= typ then
     return nil, "this endpoint needs " .. (typ == "app" and "an app" or "a customer") .. " token"
+  end
+  -- The platform's clients may name the token's type in the query (?entity=customer).
+  local want = req.query and req.query.entity
+  if want ~= nil and want ~= claims.typ then
+    return nil, "entity=" .. tostring(want) .. " does not match the token (a " .. claims.typ .. " token)"
   end
   return claims
 end

@@ -195,3 +195,16 @@ describe("DELETE /v2/integrations/customer", function()
     assert.equal(1, P.count(app, "customers WHERE id = ?", c.id))
   end)
 end)
+
+describe("the entity query parameter", function()
+  local app = spec.app { scripts = "scripts", schema = "schema" }
+
+  it("is accepted when it names the token's type and 401 otherwise", function()
+    local c = P.customer(app)
+    P.ok(app.request("GET", CUSTOMER .. "?entity=customer", { headers = P.auth(c.token) }))
+    assert.equal("entity=app does not match the token (a customer token)",
+      P.failed(app.request("GET", CUSTOMER .. "?entity=app", { headers = P.auth(c.token) }), 401))
+    P.failed(app.request("DELETE", CUSTOMER .. "?entity=app", { headers = P.auth(c.token) }), 401)
+    assert.equal(1, P.count(app, "customers WHERE id = ?", c.id))
+  end)
+end)
