@@ -11,6 +11,9 @@
 
 static eng_log_level g_level = ENG_LOG_INFO;
 static int g_json = 0;
+static int g_fd = STDERR_FILENO;
+
+void eng_log_set_fd(int fd) { g_fd = fd; }
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -68,7 +71,7 @@ static void plain_clean(eng_buf *b, const char *s, size_t n) {
 static void emit(eng_buf *b) {
   eng_buf_append_char(b, '\n');
   if (b->data) {
-    ssize_t r = write(STDERR_FILENO, b->data, b->len);
+    ssize_t r = write(g_fd, b->data, b->len);
     (void)r; /* nothing sensible to do when stderr is gone */
   }
   eng_buf_free(b);

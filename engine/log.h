@@ -12,6 +12,8 @@ typedef enum { ENG_LOG_ERROR = 0, ENG_LOG_WARN, ENG_LOG_INFO, ENG_LOG_DEBUG } en
 
 /* Set once at start-up, before threads start. */
 void eng_log_setup(eng_log_level level, int json);
+/* Where lines go (default: stderr). The caller keeps the descriptor open. */
+void eng_log_set_fd(int fd);
 int eng_log_parse_level(const char *s, eng_log_level *out); /* 0 or ENG_EINVAL */
 const char *eng_log_level_name(eng_log_level level);
 int eng_log_enabled(eng_log_level level);

@@ -592,7 +592,7 @@ static void test_keys_configured(lua_State *L) {
   url[eng_crypto_b64_encode(raw, sizeof raw, 1, url)] = '\0';
   CHECK_INT(strlen(std), 44);
   CHECK_INT(strlen(url), 43);
-  char url_padded[48], std_unpadded[48];
+  char url_padded[64], std_unpadded[64];
   snprintf(url_padded, sizeof url_padded, "%s=", url);
   snprintf(std_unpadded, sizeof std_unpadded, "%.43s", std);
 
