@@ -146,7 +146,7 @@ static int expect_char(const char *s, size_t len, size_t *p, char c) {
 
 static int parse(const char *s, size_t len, int64_t *out_ms, int *is_date, const char **errmsg) {
   size_t p = 0;
-  int year, mon, day, hh, mi, ss, off_h = 0, off_m = 0, off_sign = 0, frac_ms = 0;
+  int year = 0, mon = 0, day = 0, hh = 0, mi = 0, ss = 0, off_h = 0, off_m = 0, off_sign = 0, frac_ms = 0;
 
   if (len == 0) PARSE_FAIL("empty string");
   if (read_digits(s, len, &p, 4, &year)) PARSE_FAIL("invalid year");
