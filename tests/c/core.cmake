@@ -3,3 +3,15 @@ eng_add_unit_test(test_router ${CMAKE_SOURCE_DIR}/tests/c/test_router.c ${CMAKE_
 eng_add_unit_test(test_http ${CMAKE_SOURCE_DIR}/tests/c/test_http.c ${CMAKE_SOURCE_DIR}/engine/http.c)
 eng_add_unit_test(test_config ${CMAKE_SOURCE_DIR}/tests/c/test_config.c ${CMAKE_SOURCE_DIR}/engine/config.c
                   ${CMAKE_SOURCE_DIR}/engine/http.c)
+
+# libFuzzer targets for the HTTP glue and the router; opt-in, Clang only (see ./dev fuzz).
+if(CMAKE_C_COMPILER_ID STREQUAL "Clang" AND APIENGINE_FUZZ)
+  foreach(t http router)
+    add_executable(fuzz_${t} ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_${t}.c ${CMAKE_SOURCE_DIR}/engine/${t}.c
+                   ${CMAKE_SOURCE_DIR}/engine/buf.c ${CMAKE_SOURCE_DIR}/engine/error.c)
+    target_compile_options(fuzz_${t} PRIVATE ${ENG_WARNINGS} -fsanitize=fuzzer,address,undefined)
+    target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer,address,undefined)
+    target_include_directories(fuzz_${t} PRIVATE ${CMAKE_SOURCE_DIR}/engine)
+    target_link_libraries(fuzz_${t} PRIVATE eng_llhttp)
+  endforeach()
+endif()
