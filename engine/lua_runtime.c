@@ -1,6 +1,6 @@
 /* lua_runtime.c - Lua states, route scripts, budgets and dispatch (see lua_runtime.h).
  *
- * Budgets: every handler runs in a fresh coroutine with a count hook. The hook
+ * Budgets: every handler runs in a coroutine with a count hook. The hook
  * checks a monotonic deadline every ENG_HOOK_COUNT instructions; once the
  * deadline passes it raises on every instruction, so a script that catches the
  * error with pcall cannot keep running. The allocator enforces the memory cap
@@ -44,6 +44,9 @@ struct eng_runtime {
   int req_mt;     /* registry ref: metatable of request tables */
   int headers_mt; /* registry ref: metatable of header tables */
   const char *request_id; /* of the request being handled (for engine.log) */
+  lua_State *co;  /* the reusable handler coroutine, or NULL (see run_budgeted) */
+  int co_ref;     /* its registry ref (the anchor), or LUA_NOREF */
+  int co_busy;    /* co is running a call right now */
   const eng_http_limits *limits;
   int test_mode;
 };
@@ -100,13 +103,32 @@ static void push_error_text(lua_State *L, lua_State *co) {
   luaL_traceback(L, co, msg, 0);
 }
 
-/* Runs the function below nargs arguments on L's top in a new coroutine under the
- * budget. On return *co holds the thread (anchored on L's stack: pop it when done)
- * and the results are on co's stack. Returns the lua_resume status; LUA_YIELD is
- * turned into an error. */
+/* Runs the function below nargs arguments on L's top in a coroutine under the
+ * budget. On return *co holds the thread and the results are on its stack; the
+ * caller reads them, then calls run_release and restores L's top (a fresh thread
+ * is anchored there). Returns the lua_resume status; LUA_YIELD is turned into an
+ * error.
+ *
+ * A new thread per call (a lua_State and its stack) was a large share of a small
+ * request's cost, so one coroutine per runtime is reused: once a call returns
+ * normally the thread is back at its base level with status LUA_OK, and with its
+ * stack emptied lua_resume starts the next function on it. A call that fails,
+ * yields or blows a budget leaves it unusable, so run_release drops it. While it
+ * runs (a handler calls back into the runtime: the in-process test client) the
+ * nested call gets a fresh thread. */
 static int run_budgeted(eng_runtime *rt, lua_State *L, int nargs, lua_State **co_out, int *nres) {
-  lua_State *co = lua_newthread(L);
-  lua_insert(L, -(nargs + 2));
+  lua_State *co;
+  if (rt->co_busy) {
+    co = lua_newthread(L);
+    lua_insert(L, -(nargs + 2));
+  } else {
+    if (rt->co == NULL) {
+      rt->co = lua_newthread(L);
+      rt->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    co = rt->co;
+    rt->co_busy = 1;
+  }
   lua_xmove(L, co, nargs + 1);
   rt->budget_blown = 0;
   rt->mem_blown = 0;
@@ -123,6 +145,21 @@ static int run_budgeted(eng_runtime *rt, lua_State *L, int nargs, lua_State **co
   }
   *co_out = co;
   return st;
+}
+
+/* Ends a run_budgeted call whose results have been read: the reusable coroutine is
+ * emptied for the next call after a clean return, dropped otherwise. */
+static void run_release(eng_runtime *rt, lua_State *co, int st) {
+  if (co != rt->co)
+    return; /* a fresh thread: garbage once the caller restores L's top */
+  rt->co_busy = 0;
+  if (st == LUA_OK && !rt->budget_blown && !rt->mem_blown) {
+    lua_settop(co, 0);
+    return;
+  }
+  luaL_unref(rt->L, LUA_REGISTRYINDEX, rt->co_ref);
+  rt->co_ref = LUA_NOREF;
+  rt->co = NULL;
 }
 
 /* ---- engine.route -------------------------------------------------------------------------- */
@@ -585,6 +622,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   rt->budget_ms = opt->budget_ms > 0 ? opt->budget_ms : 1000;
   rt->mem_limit = opt->memory_limit ? opt->memory_limit : (size_t)256 << 20;
   rt->error_hook = LUA_NOREF;
+  rt->co_ref = LUA_NOREF;
   rt->limits = opt->limits;
   rt->test_mode = opt->test_mode;
   int rc = 0;
@@ -913,7 +951,8 @@ static void after_call(eng_runtime *rt) {
 }
 
 /* Logs a failed script call and answers 500 or 503. */
-static void script_failed(eng_runtime *rt, lua_State *L, lua_State *co, const char *request_id, eng_response *resp) {
+static void script_failed(eng_runtime *rt, lua_State *L, lua_State *co, int st, const char *request_id,
+                          eng_response *resp) {
   int blown = rt->budget_blown || rt->mem_blown;
   push_error_text(L, co);
   size_t len;
@@ -921,6 +960,7 @@ static void script_failed(eng_runtime *rt, lua_State *L, lua_State *co, const ch
   eng_log_msg(ENG_LOG_ERROR, request_id, text, len);
   lua_pop(L, 1);
   lua_resetthread(co);
+  run_release(rt, co, st);
   eng_buf_reset(&resp->headers);
   resp->content_type[0] = '\0';
   if (blown) {
@@ -958,10 +998,14 @@ void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char 
     push_error_text(L, co);
     eng_log(ENG_LOG_ERROR, "error hook failed: %s", lua_tostring(L, -1));
     lua_resetthread(co);
+    run_release(rt, co, st);
     default_error_body(status, code, message, request_id, resp);
   } else {
     int base = lua_gettop(co) - nres;
-    if ((why = take_headers(co, base + 2, resp)) == NULL && (why = take_body(co, base + 1, resp)) == NULL) {
+    if ((why = take_headers(co, base + 2, resp)) == NULL)
+      why = take_body(co, base + 1, resp);
+    run_release(rt, co, st);
+    if (why == NULL) {
       if (!resp->content_type[0])
         strcpy(resp->content_type, "application/json");
     } else {
@@ -1004,7 +1048,7 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
   int nres = 0;
   int st = run_budgeted(rt, L, 1, &co, &nres);
   if (st != LUA_OK) {
-    script_failed(rt, L, co, request_id, resp);
+    script_failed(rt, L, co, st, request_id, resp);
   } else {
     int base = lua_gettop(co) - nres;
     const char *why = NULL;
@@ -1014,6 +1058,7 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
       why = "handler must return an HTTP status (integer 100..599) first";
     else if ((why = take_headers(co, base + 3, resp)) == NULL)
       why = take_body(co, base + 2, resp);
+    run_release(rt, co, st);
     if (why) {
       char msg[256];
       int n = snprintf(msg, sizeof msg, "%s %s: %s", req->method, m.pattern, why);
