@@ -30,6 +30,16 @@
 #define ENG_MAX_SCRIPT_BYTES (16u << 20)
 #define ENG_MAX_SCRIPTS 1024
 
+/* A request whose handler is running: what its table's lazy fields are built from
+ * (see push_request). Lives on the C stack of eng_runtime_handle_in. */
+typedef struct live_request {
+  const void *table; /* lua_topointer of the request table */
+  const eng_http_request *req;
+  const eng_route_match *m;
+  const char *peer, *request_id;
+  struct live_request *prev; /* the request of the enclosing handler (test client), or NULL */
+} live_request;
+
 struct eng_runtime {
   lua_State *L;
   eng_router *router;
@@ -43,6 +53,8 @@ struct eng_runtime {
   int error_hook; /* registry ref or LUA_NOREF */
   int req_mt;     /* registry ref: metatable of request tables */
   int headers_mt; /* registry ref: metatable of header tables */
+  int key_method, key_path; /* registry refs: the key strings of the eagerly set request fields */
+  live_request *live; /* requests whose handlers are running, innermost first */
   const char *request_id; /* of the request being handled (for engine.log) */
   lua_State *co;  /* the reusable handler coroutine, or NULL (see run_budgeted) */
   int co_ref;     /* its registry ref (the anchor), or LUA_NOREF */
@@ -588,7 +600,7 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dir, char **err) {
 
 /* ---- state ----------------------------------------------------------------------------------- */
 
-static int req_json(lua_State *L);
+static int req_index(lua_State *L);
 
 static void preload(lua_State *L, const char *name, lua_CFunction fn) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -652,11 +664,13 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   lua_setfield(L, -2, "__index");
   rt->headers_mt = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_createtable(L, 0, 1);
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, req_json);
-  lua_setfield(L, -2, "json");
+  lua_pushcfunction(L, req_index);
   lua_setfield(L, -2, "__index");
   rt->req_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushliteral(L, "method");
+  rt->key_method = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushliteral(L, "path");
+  rt->key_path = luaL_ref(L, LUA_REGISTRYINDEX);
 
   if ((rc = load_settings(L, opt->config_file, err)) != 0)
     goto fail;
@@ -775,55 +789,133 @@ static void push_query(lua_State *L, const char *q, size_t n) {
   }
 }
 
-/* Builds the request table on L's top. */
-static void push_request(eng_runtime *rt, lua_State *L, const eng_http_request *req, const eng_route_match *m,
-                         const char *peer, const char *request_id) {
-  lua_createtable(L, 0, 9);
-  lua_pushstring(L, req->method);
-  lua_setfield(L, -2, "method");
-  lua_pushlstring(L, req->url.data, req->path_len);
-  lua_setfield(L, -2, "path");
+static void push_params(lua_State *L, const eng_route_match *m) {
   lua_createtable(L, 0, m->nparams);
   for (int i = 0; i < m->nparams; i++) {
     lua_pushlstring(L, m->params[i].name, m->params[i].name_len);
     lua_pushlstring(L, m->params[i].value, m->params[i].value_len);
     lua_rawset(L, -3);
   }
-  lua_setfield(L, -2, "params");
-  if (req->path_len < req->url.len && req->url.data[req->path_len] == '?')
-    push_query(L, req->url.data + req->path_len + 1, req->url.len - req->path_len - 1);
-  else
-    lua_newtable(L);
-  lua_setfield(L, -2, "query");
+}
+
+static void push_headers(eng_runtime *rt, lua_State *L, const eng_http_request *req) {
   lua_createtable(L, 0, req->nheaders);
   size_t pos = 0;
-  eng_http_header hd, *h = &hd;
-  while (eng_http_next_header(req, &pos, &hd)) {
-    lua_pushlstring(L, h->name, h->name_len);
+  eng_http_header h;
+  while (eng_http_next_header(req, &pos, &h)) {
+    lua_pushlstring(L, h.name, h.name_len);
     lua_pushvalue(L, -1);
     if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated header: join with ", " */
       lua_pushliteral(L, ", ");
-      lua_pushlstring(L, h->value, h->value_len);
+      lua_pushlstring(L, h.value, h.value_len);
       lua_concat(L, 3);
     } else {
       lua_pop(L, 1);
-      lua_pushlstring(L, h->value, h->value_len);
+      lua_pushlstring(L, h.value, h.value_len);
     }
     lua_rawset(L, -3);
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->headers_mt);
   lua_setmetatable(L, -2);
-  lua_setfield(L, -2, "headers");
-  lua_pushlstring(L, req->body.data ? req->body.data : "", req->body.len);
-  lua_setfield(L, -2, "body");
-  lua_pushstring(L, request_id);
-  lua_setfield(L, -2, "request_id");
-  lua_pushstring(L, peer);
-  lua_setfield(L, -2, "peer");
-  lua_pushstring(L, m->pattern ? m->pattern : "");
-  lua_setfield(L, -2, "route");
+}
+
+/* The request table is built lazily. A handler of a small route reads a field or
+ * two, and building all of them up front (five tables and a dozen strings per
+ * request, then their garbage) was the largest part of such a request's cost. Only
+ * method and path are set at once; params, query, headers, body, request_id, peer
+ * and route are built by the metatable's __index on first read, from the C request
+ * still held by the running handler, and stored in the table with rawset so later
+ * reads are plain lookups.
+ *
+ * The C request lives only while its handler runs: a field first read after that
+ * (a request kept past its handler) raises an error rather than touching freed
+ * memory. What scripts see differently from a plain table: rawget, next and pairs
+ * show only the fields built so far, and a lazy field set to nil comes back on the
+ * next read. */
+enum { F_NONE, F_JSON, F_PARAMS, F_QUERY, F_HEADERS, F_BODY, F_REQUEST_ID, F_PEER, F_ROUTE };
+
+static int request_field(const char *k, size_t n) {
+  static const struct {
+    const char *name;
+    size_t len;
+    int field;
+  } fields[] = {{"params", 6, F_PARAMS}, {"query", 5, F_QUERY},       {"headers", 7, F_HEADERS},
+                {"body", 4, F_BODY},     {"json", 4, F_JSON},         {"request_id", 10, F_REQUEST_ID},
+                {"peer", 4, F_PEER},     {"route", 5, F_ROUTE}};
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+    if (fields[i].len == n && memcmp(fields[i].name, k, n) == 0)
+      return fields[i].field;
+  return F_NONE;
+}
+
+static int req_index(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return 0;
+  size_t n;
+  const char *k = lua_tolstring(L, 2, &n);
+  int field = request_field(k, n);
+  if (field == F_NONE)
+    return 0;
+  if (field == F_JSON) { /* a method, shared: not stored in the table */
+    lua_pushcfunction(L, req_json);
+    return 1;
+  }
+  eng_runtime *rt = RT(L);
+  const void *self = lua_topointer(L, 1);
+  const live_request *lr = rt->live;
+  while (lr != NULL && lr->table != self)
+    lr = lr->prev;
+  if (lr == NULL)
+    return luaL_error(L, "req.%s read after the request's handler returned", k);
+  const eng_http_request *req = lr->req;
+  switch (field) {
+  case F_PARAMS:
+    push_params(L, lr->m);
+    break;
+  case F_QUERY:
+    if (req->path_len < req->url.len && req->url.data[req->path_len] == '?')
+      push_query(L, req->url.data + req->path_len + 1, req->url.len - req->path_len - 1);
+    else
+      lua_newtable(L);
+    break;
+  case F_HEADERS:
+    push_headers(rt, L, req);
+    break;
+  case F_BODY:
+    lua_pushlstring(L, req->body.data ? req->body.data : "", req->body.len);
+    break;
+  case F_REQUEST_ID:
+    lua_pushstring(L, lr->request_id);
+    break;
+  case F_PEER:
+    lua_pushstring(L, lr->peer);
+    break;
+  default: /* F_ROUTE */
+    lua_pushstring(L, lr->m->pattern ? lr->m->pattern : "");
+    break;
+  }
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, 1);
+  return 1;
+}
+
+/* Pushes the request table of lr->req and makes lr the innermost live request
+ * (the caller unlinks it when the handler is done). */
+static void push_request(eng_runtime *rt, lua_State *L, live_request *lr) {
+  lua_createtable(L, 0, 4); /* method, path and two lazy fields before the first rehash */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->key_method);
+  lua_pushstring(L, lr->req->method);
+  lua_rawset(L, -3);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->key_path);
+  lua_pushlstring(L, lr->req->url.data, lr->req->path_len);
+  lua_rawset(L, -3);
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->req_mt);
   lua_setmetatable(L, -2);
+  lr->table = lua_topointer(L, -1);
+  lr->prev = rt->live;
+  rt->live = lr;
 }
 
 static int valid_header_name(const char *s, size_t n) {
@@ -1043,7 +1135,8 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
   }
   rt->request_id = request_id;
   lua_rawgeti(L, LUA_REGISTRYINDEX, m.handler);
-  push_request(rt, L, req, &m, peer, request_id);
+  live_request lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id};
+  push_request(rt, L, &lr);
   lua_State *co;
   int nres = 0;
   int st = run_budgeted(rt, L, 1, &co, &nres);
@@ -1071,6 +1164,7 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
         strcpy(resp->content_type, "application/json");
     }
   }
+  rt->live = lr.prev;
   after_call(rt);
   rt->request_id = NULL;
   lua_settop(L, top);
