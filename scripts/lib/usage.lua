@@ -1,0 +1,308 @@
+-- lib/usage.lua - call records and usage (API.md sections 5 and 6) over the rollups of
+-- schema/0002_usage.sql.
+--
+--   usage.check_record(v)            -> record | nil, message naming the field (no "record N: ")
+--   usage.store(customer_id, app_id, records, created_at)
+--                                    -> accepted count; call inside db.tx (raw rows and rollups
+--                                       are written in the caller's transaction)
+--   usage.period(query, now_ms)      -> start_ms, end_ms (inclusive, whole seconds)
+--                                       | nil, "invalid_date" | "invalid_period", message
+--   usage.totals(customer_id, start_ms, end_ms) -> { total_calls, total_minutes, inbound_calls,
+--                                       outbound_calls, sip_calls, pstn_calls, active_apps, active_users }
+--   usage.day_of(ms), usage.month_of_day(day), usage.month_start(month), usage.split(lo, hi)
+--                                    calendar helpers (exported for the specs)
+--
+-- A period [start, end] at one-second resolution is the half-open millisecond range
+-- [start, end + 1000): a call at 23:59:59.999 of the end day counts, 00:00:00.000 of the next
+-- day does not. The range is split into
+--   whole months  -> usage_app_months / usage_user_months (presence)
+--   whole days    -> usage_days (counters), usage_app_days / usage_user_days (presence)
+--   partial edges -> the raw calls (covering index calls_usage)
+-- so every answer is exactly what the raw rows say.
+local db = require "engine.db"
+local json = require "engine.json"
+local time = require "engine.time"
+local validate = require "lib.validate"
+
+local M = {}
+
+M.MAX_BATCH = 1000
+M.MAX_SID = 64
+M.MAX_DURATION = 86400
+local DAY_MS = 86400000
+
+-- ---- calendar (proleptic Gregorian, UTC; days since 1970-01-01) ----------------------------
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = (153 * mp + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = z // 146097
+  local doe = z - era * 146097
+  local yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+  local doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+  local mp = (5 * doy + 2) // 153
+  local d = doy - (153 * mp + 2) // 5 + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  return yoe + era * 400 + (m <= 2 and 1 or 0), m, d
+end
+
+function M.day_of(ms) return ms // DAY_MS end
+
+function M.month_of_day(day)
+  local y, m = civil_from_days(day)
+  return y * 12 + m - 1
+end
+
+function M.month_start(month)
+  return days_from_civil(month // 12, month % 12 + 1, 1)
+end
+
+-- The pieces of the half-open ms range [lo, hi): whole days [d0, d1), of which whole months
+-- [m0, m1) and the days outside them [a0, a1) and [b0, b1); raw edges [r0, r1) and [r2, r3).
+-- Empty pieces have lo == hi.
+function M.split(lo, hi)
+  local p = { d0 = 0, d1 = 0, m0 = 0, m1 = 0, a0 = 0, a1 = 0, b0 = 0, b1 = 0, r0 = lo, r1 = hi, r2 = 0, r3 = 0 }
+  local d0, d1 = -((-lo) // DAY_MS), hi // DAY_MS -- ceil, floor
+  if d0 >= d1 then return p end
+  p.r1, p.r2, p.r3 = d0 * DAY_MS, d1 * DAY_MS, hi
+  p.d0, p.d1 = d0, d1
+  p.a0, p.a1 = d0, d1
+  local m0 = M.month_of_day(d0)
+  if M.month_start(m0) ~= d0 then m0 = m0 + 1 end
+  local m1 = M.month_of_day(d1) -- months before d1's month end by d1
+  if m0 < m1 then
+    p.m0, p.m1 = m0, m1
+    p.a1 = M.month_start(m0)
+    p.b0, p.b1 = M.month_start(m1), d1
+  end
+  return p
+end
+
+-- ---- POST /calls -----------------------------------------------------------------------------
+
+local DIRECTIONS = { inbound = "inbound", incoming = "inbound", outbound = "outbound", outgoing = "outbound" }
+local CHANNELS = { sip = "sip", pstn = "pstn" }
+
+local function choice(r, field, map, spelled)
+  local v, err = validate.string(r, field)
+  if not v then return nil, err end
+  local c = map[v:lower()]
+  if not c then return nil, field .. " must be " .. spelled end
+  return c
+end
+
+local function datetime(r, field)
+  local v, err = validate.string(r, field)
+  if not v then return nil, err end
+  local ms, is_date = time.parse(v)
+  if not ms or is_date then
+    return nil, field .. " must be an RFC 3339 date-time such as 2024-06-03T10:15:00Z"
+  end
+  return ms
+end
+
+-- A validated record { sid, user (or nil), direction, channel, start_ms, duration }.
+function M.check_record(r)
+  if type(r) ~= "table" or json.is_array(r) then
+    return nil, "must be a JSON object"
+  end
+  local rec, err = {}, nil
+  rec.sid, err = validate.string(r, "CallSid")
+  if not rec.sid then return nil, err end
+  if (utf8.len(rec.sid) or #rec.sid) > M.MAX_SID then
+    return nil, "CallSid must be 1 to " .. M.MAX_SID .. " characters"
+  end
+  rec.user, err = validate.optional_string(r, "AppUserId")
+  if err then return nil, err end
+  rec.direction, err = choice(r, "Direction", DIRECTIONS, "inbound or outbound (incoming / outgoing)")
+  if not rec.direction then return nil, err end
+  rec.channel, err = choice(r, "Channel", CHANNELS, "sip or pstn")
+  if not rec.channel then return nil, err end
+  rec.start_ms, err = datetime(r, "StartTime")
+  if not rec.start_ms then return nil, err end
+
+  local d = r.Duration
+  if d ~= nil and d ~= json.null then
+    if math.type(d) == "float" and d % 1 == 0 then d = math.tointeger(d) end
+    if math.type(d) ~= "integer" or d < 0 or d > M.MAX_DURATION then
+      return nil, "Duration must be an integer from 0 to " .. M.MAX_DURATION
+    end
+  else
+    if r.EndTime == nil or r.EndTime == json.null then
+      return nil, "Duration (or EndTime) is required"
+    end
+    local end_ms
+    end_ms, err = datetime(r, "EndTime")
+    if not end_ms then return nil, err end
+    if end_ms < rec.start_ms then
+      return nil, "EndTime must not be before StartTime"
+    end
+    d = -((rec.start_ms - end_ms) // 1000) -- whole seconds, a started second counts
+    if d > M.MAX_DURATION then
+      return nil, "EndTime must be at most " .. M.MAX_DURATION .. " seconds after StartTime"
+    end
+  end
+  rec.duration = d
+  return rec
+end
+
+local INSERT_CALL = [[
+  INSERT INTO calls (customer_id, call_sid, app_id, app_user_id, direction, channel, start_ms, duration_s, created_at)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING]]
+local UPSERT_DAY = [[
+  INSERT INTO usage_days (customer_id, day, calls, minutes, inbound, outbound, sip, pstn)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+  ON CONFLICT (customer_id, day) DO UPDATE SET calls = calls + excluded.calls,
+    minutes = minutes + excluded.minutes, inbound = inbound + excluded.inbound,
+    outbound = outbound + excluded.outbound, sip = sip + excluded.sip, pstn = pstn + excluded.pstn]]
+local APP_DAY = "INSERT INTO usage_app_days (customer_id, day, app_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+local APP_MONTH = "INSERT INTO usage_app_months (customer_id, month, app_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+local USER_DAY = [[INSERT INTO usage_user_days (customer_id, day, app_id, app_user_id) VALUES (?, ?, ?, ?)
+                   ON CONFLICT DO NOTHING]]
+local USER_MONTH = [[INSERT INTO usage_user_months (customer_id, month, app_id, app_user_id) VALUES (?, ?, ?, ?)
+                     ON CONFLICT DO NOTHING]]
+
+-- Inserts the records of one app (the first record of a CallSid wins, across batches too) and
+-- adds the new ones to the rollups. Must run inside db.tx. Returns how many were new.
+function M.store(customer_id, app_id, records, created_at)
+  local days, users = {}, {} -- day -> counters; day -> { user -> true }
+  local accepted = 0
+  for i = 1, #records do
+    local r = records[i]
+    if db.exec(INSERT_CALL, customer_id, r.sid, app_id, r.user, r.direction, r.channel, r.start_ms,
+               r.duration, created_at) == 1 then
+      accepted = accepted + 1
+      local day = r.start_ms // DAY_MS
+      local c = days[day]
+      if not c then
+        c = { 0, 0, 0, 0, 0, 0 }
+        days[day] = c
+      end
+      c[1] = c[1] + 1
+      c[2] = c[2] + (r.duration + 59) // 60
+      if r.direction == "inbound" then c[3] = c[3] + 1 else c[4] = c[4] + 1 end
+      if r.channel == "sip" then c[5] = c[5] + 1 else c[6] = c[6] + 1 end
+      if r.user then
+        local u = users[day]
+        if not u then
+          u = {}
+          users[day] = u
+        end
+        u[r.user] = true
+      end
+    end
+  end
+  local months_seen, month_users = {}, {}
+  for day, c in pairs(days) do
+    db.exec(UPSERT_DAY, customer_id, day, c[1], c[2], c[3], c[4], c[5], c[6])
+    db.exec(APP_DAY, customer_id, day, app_id)
+    local month = M.month_of_day(day)
+    months_seen[month] = true
+    local mu = month_users[month]
+    if not mu then
+      mu = {}
+      month_users[month] = mu
+    end
+    for user in pairs(users[day] or {}) do
+      db.exec(USER_DAY, customer_id, day, app_id, user)
+      mu[user] = true
+    end
+  end
+  for month in pairs(months_seen) do
+    db.exec(APP_MONTH, customer_id, month, app_id)
+    for user in pairs(month_users[month]) do
+      db.exec(USER_MONTH, customer_id, month, app_id, user)
+    end
+  end
+  return accepted
+end
+
+-- ---- GET /usage --------------------------------------------------------------------------------
+
+local function parse_bound(query, name)
+  local v = query[name]
+  if v == nil then return nil end
+  local ms, is_date = time.parse(type(v) == "string" and v or "")
+  if not ms then
+    return false, string.format("%s must be an ISO 8601 date (2024-06-01) or date-time with Z or an offset "
+      .. "(2024-06-01T10:00:00+05:30), got %q", name, tostring(v))
+  end
+  return ms, is_date
+end
+
+function M.period(query, now_ms)
+  local s, s_date = parse_bound(query, "start_date")
+  if s == false then return nil, "invalid_date", s_date end
+  local e, e_date = parse_bound(query, "end_date")
+  if e == false then return nil, "invalid_date", e_date end
+  if e == nil then
+    e = now_ms // 1000 * 1000
+  elseif e_date then
+    e = e + DAY_MS - 1000
+  else
+    e = e // 1000 * 1000
+  end
+  if s == nil then
+    s = M.month_start(M.month_of_day(e // DAY_MS)) * DAY_MS
+  else
+    s = s // 1000 * 1000
+  end
+  if s > e then
+    return nil, "invalid_period", string.format("start_date (%s) is after end_date (%s)", time.format(s), time.format(e))
+  end
+  return s, e
+end
+
+local TOTALS = [[
+  SELECT coalesce(sum(calls), 0) AS calls, coalesce(sum(minutes), 0) AS minutes,
+         coalesce(sum(inbound), 0) AS inbound, coalesce(sum(outbound), 0) AS outbound,
+         coalesce(sum(sip), 0) AS sip, coalesce(sum(pstn), 0) AS pstn,
+    (SELECT count(*) FROM (
+       SELECT app_id FROM usage_app_months WHERE customer_id = :c AND month >= :m0 AND month < :m1
+       UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day >= :a0 AND day < :a1
+       UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day >= :b0 AND day < :b1
+       UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1
+       UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3)) AS apps,
+    (SELECT count(*) FROM (
+       SELECT app_id, app_user_id FROM usage_user_months WHERE customer_id = :c AND month >= :m0 AND month < :m1
+       UNION SELECT app_id, app_user_id FROM usage_user_days WHERE customer_id = :c AND day >= :a0 AND day < :a1
+       UNION SELECT app_id, app_user_id FROM usage_user_days WHERE customer_id = :c AND day >= :b0 AND day < :b1
+       UNION SELECT app_id, app_user_id FROM calls
+             WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1 AND app_user_id IS NOT NULL
+       UNION SELECT app_id, app_user_id FROM calls
+             WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3 AND app_user_id IS NOT NULL)) AS users
+  FROM (
+    SELECT calls, minutes, inbound, outbound, sip, pstn FROM usage_days
+     WHERE customer_id = :c AND day >= :d0 AND day < :d1
+    UNION ALL
+    SELECT count(*), sum((duration_s + 59) / 60), sum(direction = 'inbound'), sum(direction = 'outbound'),
+           sum(channel = 'sip'), sum(channel = 'pstn')
+      FROM calls WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1
+    UNION ALL
+    SELECT count(*), sum((duration_s + 59) / 60), sum(direction = 'inbound'), sum(direction = 'outbound'),
+           sum(channel = 'sip'), sum(channel = 'pstn')
+      FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3)]]
+
+-- Usage of one customer for the inclusive period [start_ms, end_ms] (whole seconds).
+function M.totals(customer_id, start_ms, end_ms)
+  local p = M.split(start_ms, end_ms + 1000)
+  p.c = customer_id
+  local row = db.one(TOTALS, p)
+  return {
+    total_calls = row.calls, total_minutes = row.minutes,
+    inbound_calls = row.inbound, outbound_calls = row.outbound,
+    sip_calls = row.sip, pstn_calls = row.pstn,
+    active_apps = row.apps, active_users = row.users,
+  }
+end
+
+return M

@@ -1,0 +1,227 @@
+-- POST /v2/integrations/calls (API.md section 6).
+package.path = "tests/spec/?.lua;" .. package.path
+local spec = require "engine.spec"
+local json = require "engine.json"
+local P = require "support.platform"
+local U = require "support.usage"
+
+local function rows(app, customer_id)
+  return app.db.query([[SELECT call_sid, app_id, app_user_id, direction, channel, start_ms, duration_s
+                        FROM calls WHERE customer_id = ? ORDER BY start_ms, call_sid]], customer_id)
+end
+
+describe("POST /v2/integrations/calls", function()
+  local app = spec.app { scripts = "scripts", schema = "schema" }
+  local c, a
+  before_each(function()
+    c = P.customer(app)
+    a = P.app(app, c.token)
+  end)
+
+  it("stores the records and answers Accepted / Duplicates in the platform envelope", function()
+    local data = U.ingest(app, a.token, {
+      { CallSid = "7bea36f8c95f0fb10027daa6acee17c1", AppUserId = "agent-7", Direction = "inbound",
+        Channel = "sip", StartTime = "2024-06-03T10:15:00Z", Duration = 185 },
+      { CallSid = "c2", Direction = "outbound", Channel = "pstn", StartTime = "2024-06-03T10:15:00.250+05:30",
+        Duration = 0, Extra = "ignored" },
+    })
+    assert.same({ Accepted = 2, Duplicates = 0 }, data)
+    local r = rows(app, c.id)
+    assert.equal(2, #r)
+    assert.same({ call_sid = "c2", app_id = a.id, app_user_id = json.null, direction = "outbound", channel = "pstn",
+                  start_ms = 1717389900250, duration_s = 0 }, r[1])
+    assert.same({ call_sid = "7bea36f8c95f0fb10027daa6acee17c1", app_id = a.id, app_user_id = "agent-7",
+                  direction = "inbound", channel = "sip", start_ms = 1717409700000, duration_s = 185 }, r[2])
+  end)
+
+  it("accepts incoming / outgoing as synonyms and any case for Direction and Channel", function()
+    U.ingest(app, a.token, {
+      U.call { CallSid = "i", Direction = "incoming", Channel = "SIP" },
+      U.call { CallSid = "o", Direction = "Outgoing", Channel = "Pstn" },
+      U.call { CallSid = "O", Direction = "OUTBOUND", Channel = "sip" },
+    })
+    local got = {}
+    for _, row in ipairs(rows(app, c.id)) do got[row.call_sid] = row.direction .. "/" .. row.channel end
+    assert.same({ i = "inbound/sip", o = "outbound/pstn", O = "outbound/sip" }, got)
+  end)
+
+  it("derives Duration from EndTime in whole seconds, a started second counting", function()
+    U.ingest(app, a.token, {
+      U.call { CallSid = "e1", Duration = json.null, StartTime = "2024-06-03T10:00:00Z", EndTime = "2024-06-03T10:03:05Z" },
+      U.call { CallSid = "e2", Duration = json.null, StartTime = "2024-06-03T10:00:00Z", EndTime = "2024-06-03T10:00:00.001Z" },
+      U.call { CallSid = "e3", Duration = json.null, StartTime = "2024-06-03T10:00:00Z", EndTime = "2024-06-03T15:30:00+05:30" },
+      U.call { CallSid = "e4", Duration = 7, StartTime = "2024-06-03T10:00:00Z", EndTime = "2024-06-03T11:00:00Z" },
+      U.call { CallSid = "e5", Duration = 120.0 },
+    })
+    local got = {}
+    for _, row in ipairs(rows(app, c.id)) do got[row.call_sid] = row.duration_s end
+    assert.same({ e1 = 185, e2 = 1, e3 = 0, e4 = 7, e5 = 120 }, got)
+  end)
+
+  describe("idempotency on CallSid per customer", function()
+    it("skips a CallSid repeated in one batch: the first record wins", function()
+      local data = U.ingest(app, a.token, {
+        U.call { CallSid = "dup", Duration = 10 }, U.call { CallSid = "x" }, U.call { CallSid = "dup", Duration = 999 },
+      })
+      assert.same({ Accepted = 2, Duplicates = 1 }, data)
+      assert.equal(10, app.db.one("SELECT duration_s FROM calls WHERE call_sid = 'dup'").duration_s)
+    end)
+
+    it("skips a CallSid recorded by an earlier batch, from any app of the customer", function()
+      U.ingest(app, a.token, { U.call { CallSid = "s1", Duration = 30 }, U.call { CallSid = "s2" } })
+      local a2 = P.app(app, c.token)
+      local data = U.ingest(app, a2.token, { U.call { CallSid = "s1", Duration = 3000, Direction = "outbound" },
+                                             U.call { CallSid = "s3" }, U.call { CallSid = "s2" } })
+      assert.same({ Accepted = 1, Duplicates = 2 }, data)
+      local s1 = app.db.one("SELECT * FROM calls WHERE call_sid = 's1'")
+      assert.same({ a.id, 30, "inbound" }, { s1.app_id, s1.duration_s, s1.direction })
+      -- The rollups saw each call once.
+      local u = U.get(app, c, "start_date=2024-06-03&end_date=2024-06-03")
+      assert.equal(3, u.usage.total_calls)
+      assert.equal(3, u.usage.total_minutes)
+      assert.same(U.brute(app.db, c.id, 1717372800000, 1717459199000), u.usage)
+    end)
+
+    it("a whole batch sent twice is all duplicates the second time", function()
+      local batch = { U.call(), U.call(), U.call() }
+      assert.same({ Accepted = 3, Duplicates = 0 }, U.ingest(app, a.token, batch))
+      assert.same({ Accepted = 0, Duplicates = 3 }, U.ingest(app, a.token, batch))
+      assert.equal(3, P.count(app, "calls WHERE customer_id = ?", c.id))
+      assert.equal(3, app.db.one("SELECT calls FROM usage_days WHERE customer_id = ?", c.id).calls)
+    end)
+
+    it("keeps the same CallSid of another customer apart", function()
+      local c2 = P.customer(app)
+      local a2 = P.app(app, c2.token)
+      assert.same({ Accepted = 1, Duplicates = 0 }, U.ingest(app, a.token, { U.call { CallSid = "shared" } }))
+      assert.same({ Accepted = 1, Duplicates = 0 }, U.ingest(app, a2.token, { U.call { CallSid = "shared" } }))
+      assert.equal(2, P.count(app, "calls WHERE call_sid = 'shared'"))
+    end)
+  end)
+
+  describe("batch size", function()
+    it("takes 1000 records", function()
+      local batch = {}
+      for i = 1, 1000 do batch[i] = U.call { CallSid = "b" .. i } end
+      assert.same({ Accepted = 1000, Duplicates = 0 }, U.ingest(app, a.token, batch))
+      assert.equal(1000, P.count(app, "calls WHERE customer_id = ?", c.id))
+    end)
+
+    it("refuses 1001 records and an empty array with 400, storing nothing", function()
+      local batch = {}
+      for i = 1, 1001 do batch[i] = U.call { CallSid = "b" .. i } end
+      assert.equal("request body must hold 1 to 1000 call records, got 1001", P.failed(U.post(app, a.token, batch), 400))
+      assert.equal("request body must hold 1 to 1000 call records, got 0",
+        P.failed(U.post(app, a.token, json.array()), 400))
+      assert.equal(0, P.count(app, "calls WHERE customer_id = ?", c.id))
+    end)
+
+    it("refuses a body that is not a JSON array", function()
+      local function post(body)
+        return app.request("POST", "/v2/integrations/calls", { body = body, headers = P.auth(a.token) })
+      end
+      assert.equal("request body must be a JSON array", P.failed(post('{"CallSid":"x"}'), 400))
+      assert.matches("^request body is not valid JSON", P.failed(post("[{"), 400))
+      assert.equal("request body is empty: expected a JSON array", P.failed(post(""), 400))
+    end)
+  end)
+
+  describe("all or nothing", function()
+    local CASES = {
+      { "not an object", "must be a JSON object", function() return "nope" end },
+      { "array record", "must be a JSON object", function() return json.array { 1 } end },
+      { "no CallSid", "CallSid is required", function() return U.call { CallSid = json.null } end },
+      { "CallSid not a string", "CallSid must be a string", function() return U.call { CallSid = 12 } end },
+      { "empty CallSid", "CallSid must not be empty", function() return U.call { CallSid = "  " } end },
+      { "CallSid of 65", "CallSid must be 1 to 64 characters", function() return U.call { CallSid = string.rep("x", 65) } end },
+      { "AppUserId not a string", "AppUserId must be a string", function() return U.call { AppUserId = 7 } end },
+      { "no Direction", "Direction is required", function() return U.call { Direction = json.null } end },
+      { "bad Direction", "Direction must be inbound or outbound (incoming / outgoing)",
+        function() return U.call { Direction = "sideways" } end },
+      { "no Channel", "Channel is required", function() return U.call { Channel = json.null } end },
+      { "bad Channel", "Channel must be sip or pstn", function() return U.call { Channel = "fax" } end },
+      { "no StartTime", "StartTime is required", function() return U.call { StartTime = json.null } end },
+      { "date-only StartTime", "StartTime must be an RFC 3339 date-time such as 2024-06-03T10:15:00Z",
+        function() return U.call { StartTime = "2024-06-03" } end },
+      { "StartTime without offset", "StartTime must be an RFC 3339 date-time such as 2024-06-03T10:15:00Z",
+        function() return U.call { StartTime = "2024-06-03T10:15:00" } end },
+      { "impossible StartTime", "StartTime must be an RFC 3339 date-time such as 2024-06-03T10:15:00Z",
+        function() return U.call { StartTime = "2024-02-30T10:15:00Z" } end },
+      { "negative Duration", "Duration must be an integer from 0 to 86400", function() return U.call { Duration = -1 } end },
+      { "Duration 86401", "Duration must be an integer from 0 to 86400", function() return U.call { Duration = 86401 } end },
+      { "fractional Duration", "Duration must be an integer from 0 to 86400", function() return U.call { Duration = 1.5 } end },
+      { "string Duration", "Duration must be an integer from 0 to 86400", function() return U.call { Duration = "60" } end },
+      { "neither Duration nor EndTime", "Duration (or EndTime) is required", function() return U.call { Duration = json.null } end },
+      { "bad EndTime", "EndTime must be an RFC 3339 date-time such as 2024-06-03T10:15:00Z",
+        function() return U.call { Duration = json.null, EndTime = "soon" } end },
+      { "EndTime before StartTime", "EndTime must not be before StartTime",
+        function() return U.call { Duration = json.null, EndTime = "2024-06-03T10:14:59Z" } end },
+      { "EndTime over a day later", "EndTime must be at most 86400 seconds after StartTime",
+        function() return U.call { Duration = json.null, EndTime = "2024-06-04T10:15:00.001Z" } end },
+    }
+    for _, case in ipairs(CASES) do
+      it("refuses the batch when record 3 has " .. case[1] .. ", naming the index and the field", function()
+        local batch = { U.call(), U.call(), U.call(), case[3](), U.call() }
+        assert.equal("record 3: " .. case[2], P.failed(U.post(app, a.token, batch), 400))
+        assert.equal(0, P.count(app, "calls WHERE customer_id = ?", c.id))
+        assert.equal(0, P.count(app, "usage_days WHERE customer_id = ?", c.id))
+      end)
+    end
+
+    it("names the first invalid record", function()
+      local batch = { U.call { Duration = -5 }, U.call { Channel = "x" } }
+      assert.equal("record 0: Duration must be an integer from 0 to 86400", P.failed(U.post(app, a.token, batch), 400))
+    end)
+
+    it("accepts the limits: Duration 0 and 86400, a 64-character CallSid, EndTime exactly a day later", function()
+      assert.same({ Accepted = 4, Duplicates = 0 }, U.ingest(app, a.token, {
+        U.call { Duration = 0 }, U.call { Duration = 86400 }, U.call { CallSid = string.rep("é", 64) },
+        U.call { Duration = json.null, EndTime = "2024-06-04T10:15:00Z" } }))
+    end)
+  end)
+
+  describe("authorization", function()
+    it("answers 401 for no token, a customer token and a bad token, storing nothing", function()
+      local batch = { U.call() }
+      assert.equal("missing Authorization token",
+        P.failed(app.request("POST", "/v2/integrations/calls", { json = batch }), 401))
+      assert.equal("this endpoint needs an app token", P.failed(U.post(app, c.token, batch), 401))
+      assert.equal("invalid token", P.failed(U.post(app, "Bearer v1.abc.def", batch), 401))
+      assert.equal(0, P.count(app, "calls WHERE customer_id = ?", c.id))
+    end)
+
+    it("answers 401 once the app is deleted; its calls stay", function()
+      U.ingest(app, a.token, { U.call() })
+      P.ok(app.request("DELETE", "/v2/integrations/app", { headers = P.auth(a.token) }))
+      assert.equal("the token's app no longer exists", P.failed(U.post(app, a.token, { U.call() }), 401))
+      assert.equal(1, P.count(app, "calls WHERE customer_id = ?", c.id))
+    end)
+
+    it("accepts 'Bearer <token>'", function()
+      local res = app.request("POST", "/v2/integrations/calls", { json = { U.call() },
+                              headers = P.auth("Bearer " .. a.token) })
+      assert.same({ Accepted = 1, Duplicates = 0 }, P.ok(res))
+    end)
+  end)
+
+  it("keeps the rollups equal to the raw rows and drops both with the customer", function()
+    U.ingest(app, a.token, {
+      U.call { StartTime = "2024-06-30T23:59:59.999Z", Duration = 61, AppUserId = "u1" },
+      U.call { StartTime = "2024-07-01T00:00:00Z", Duration = 59, Direction = "outbound", Channel = "pstn",
+              AppUserId = json.null },
+      U.call { StartTime = "2024-07-01T12:00:00Z", Duration = 0, AppUserId = "u2" },
+    })
+    assert.same({
+      { day = 19904, calls = 1, minutes = 2, inbound = 1, outbound = 0, sip = 1, pstn = 0 },
+      { day = 19905, calls = 2, minutes = 1, inbound = 1, outbound = 1, sip = 1, pstn = 1 },
+    }, app.db.query("SELECT day, calls, minutes, inbound, outbound, sip, pstn FROM usage_days WHERE customer_id = ? ORDER BY day", c.id))
+    assert.same({ { day = 19904, app_user_id = "u1" }, { day = 19905, app_user_id = "u2" } },
+      app.db.query("SELECT day, app_user_id FROM usage_user_days WHERE customer_id = ? ORDER BY day", c.id))
+    assert.same({ { month = 24293 }, { month = 24294 } },
+      app.db.query("SELECT month FROM usage_app_months WHERE customer_id = ? ORDER BY month", c.id))
+    P.ok(app.request("DELETE", "/v2/integrations/customer", { headers = P.auth(c.token) }))
+    for _, t in ipairs { "calls", "usage_days", "usage_app_days", "usage_user_days", "usage_app_months", "usage_user_months" } do
+      assert.equal(0, P.count(app, t .. " WHERE customer_id = ?", c.id), t)
+    end
+  end)
+end)
