@@ -3,7 +3,8 @@
  * Both directions are recursive descent in C with explicit depth limits, so hostile input can
  * neither overflow the C stack nor exhaust the Lua stack. Memory discipline: nothing here holds
  * malloc'd memory across a call that may raise. The encoder writes into the caller's eng_buf
- * (owned by the caller) and keeps its key-sorting scratch in a Lua userdata on the stack; the
+ * (owned by the caller) and keeps its key-sorting scratch on the C stack, moving to a Lua
+ * userdata on the Lua stack only when an encode needs more keys than fit there; the
  * decoder builds unescaped strings in a luaL_Buffer. A Lua memory error therefore leaks nothing.
  *
  * Assumes the C locale for numbers ('.' as the decimal point), like the rest of the engine. */
@@ -92,13 +93,18 @@ typedef struct keyref {
   size_t len;
 } keyref;
 
+/* Keys an encode can sort without allocating: enough for the objects APIs usually answer with
+ * (all open objects together), so most encodes create no garbage for the scratch. */
+#define ENG_JSON_LOCAL_KEYS 32
+
 typedef struct encoder {
   lua_State *L;
   eng_buf *out;
   const char *errmsg;
   int mt;          /* absolute stack index of the array metatable (nil if never created) */
-  int scratch;     /* absolute stack index of the keyref userdata (nil until first needed) */
-  keyref *keys;    /* the scratch userdata's memory: a stack of keys, one segment per open object */
+  int scratch;     /* absolute stack index of the keyref userdata (nil until local overflows) */
+  keyref *keys;    /* a stack of keys, one segment per open object: first eng_json_encode's local
+                      array (not zeroed: only keys[0 .. nkeys) are read), then the userdata's memory */
   size_t nkeys;    /* keys in use */
   size_t capkeys;  /* keys that fit */
   int depth;       /* tables currently open */
@@ -119,10 +125,11 @@ static int put(encoder *e, const char *s, size_t n) {
 
 #define PUT_LIT(e, lit) put((e), (lit), sizeof(lit) - 1)
 
-/* Grows the key scratch by replacing the userdata in its stack slot (the old one becomes garbage). */
+/* Grows the key scratch past the local array by replacing the userdata in its stack slot (the old one
+ * becomes garbage). */
 static int keys_push(encoder *e, const char *s, size_t len) {
   if (e->nkeys == e->capkeys) {
-    size_t cap = e->capkeys ? e->capkeys * 2 : 32;
+    size_t cap = e->capkeys * 2;
     if (cap > SIZE_MAX / sizeof(keyref))
       return enc_fail(e, ENG_ENOMEM, "out of memory");
     keyref *k = lua_newuserdatauv(e->L, cap * sizeof(keyref), 0);
@@ -377,11 +384,14 @@ static int encode_value(encoder *e, int idx) {
 int eng_json_encode(lua_State *L, int idx, eng_buf *out, const char **errmsg) {
   int top = lua_gettop(L);
   encoder e;
+  keyref local[ENG_JSON_LOCAL_KEYS];
   int rc;
 
   memset(&e, 0, sizeof e);
   e.L = L;
   e.out = out;
+  e.keys = local;
+  e.capkeys = ENG_JSON_LOCAL_KEYS;
   idx = lua_absindex(L, idx);
   if (!lua_checkstack(L, 8)) {
     if (errmsg)
