@@ -159,7 +159,9 @@ function spec.parse_response(raw, head_only)
 end
 
 --- A real server: the apiengine binary on a free loopback port with a temporary database.
--- opts: scripts, schema, settings, workers (default 1), args (extra flags), env.
+-- opts: scripts, schema, settings, workers (default 1), args (extra flags), env,
+-- db (a database file to use instead of a fresh one in srv.dir: a restart with srv.start()
+-- then reopens the same data; the caller owns and removes that file).
 -- Registers setup/teardown; srv.request(...) as app.request; srv.raw(bytes) -> all bytes until close.
 function spec.server(opts)
   opts = opts or {}
@@ -172,7 +174,7 @@ function spec.server(opts)
     srv.host = "127.0.0.1"
     srv.url = "http://127.0.0.1:" .. srv.port
     srv.log = srv.dir .. "/server.log"
-    srv.db_path = srv.dir .. "/server.db"
+    srv.db_path = opts.db or (srv.dir .. "/server.db")
     local argv = { testing.exe(), "serve", "--listen", "127.0.0.1:" .. srv.port,
       "--scripts", opts.scripts or testing.scripts_dir, "--schema", opts.schema or testing.schema_dir,
       "--db", srv.db_path, "--workers", tostring(opts.workers or 1) }
