@@ -301,36 +301,86 @@ const char *eng_http_reason(int status) {
   }
 }
 
-/* The Date header changes once a second: format it once a second per thread. */
-static const char *http_date(void) {
+/* The Date header changes once a second: format it once a second per thread.
+ * *len is its length (29 bytes for years 1000..9999, but measured, not assumed). */
+static const char *http_date(size_t *len) {
   static _Thread_local time_t last;
   static _Thread_local char buf[40];
+  static _Thread_local size_t buf_len;
   time_t now = time(NULL);
-  if (now != last) {
+  if (now != last || buf_len == 0) {
     struct tm tm;
     gmtime_r(&now, &tm);
-    strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    buf_len = strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     last = now;
   }
+  *len = buf_len;
   return buf;
 }
 
+/* Writes v in decimal so that it ends at end; returns where it starts. */
+static char *put_decimal(char *end, unsigned long long v) {
+  do {
+    *--end = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  return end;
+}
+
+static char *put_bytes(char *p, const char *s, size_t n) {
+  memcpy(p, s, n);
+  return p + n;
+}
+
+#define PUT_LIT(p, lit) put_bytes((p), (lit), sizeof(lit) - 1)
+
+/* Every answer goes through here, so the head is assembled with one reserve and
+ * memcpy of measured pieces: formatting it with vsnprintf was about a tenth of a
+ * small request's cost. */
 int eng_http_write_head(eng_buf *out, int status, int http_minor, int keep_alive, const char *content_type,
                         size_t content_length, const char *request_id, const char *extra, size_t extra_len) {
-  int rc = eng_buf_appendf(out,
-                           "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                           "X-Request-Id: %s\r\n",
-                           status, eng_http_reason(status), http_date(), content_type,
-                           content_length, request_id);
-  if (rc == 0) {
-    if (!keep_alive)
-      rc = eng_buf_append_str(out, "Connection: close\r\n");
-    else if (http_minor == 0)
-      rc = eng_buf_append_str(out, "Connection: keep-alive\r\n");
-  }
-  if (rc == 0 && extra_len)
-    rc = eng_buf_append(out, extra, extra_len);
-  if (rc == 0)
-    rc = eng_buf_append(out, "\r\n", 2);
-  return rc;
+  char status_digits[24], length_digits[24];
+  char *status_end = status_digits + sizeof status_digits, *length_end = length_digits + sizeof length_digits;
+  char *status_start = put_decimal(status_end, status < 0 ? 0ull - (unsigned long long)status : (unsigned long long)status);
+  if (status < 0)
+    *--status_start = '-';
+  char *length_start = put_decimal(length_end, content_length);
+  const char *reason = eng_http_reason(status);
+  size_t date_len;
+  const char *date = http_date(&date_len);
+  size_t reason_len = strlen(reason), type_len = strlen(content_type), id_len = strlen(request_id);
+  static const char l_close[] = "Connection: close\r\n", l_keep[] = "Connection: keep-alive\r\n";
+  const char *connection = !keep_alive ? l_close : http_minor == 0 ? l_keep : "";
+  size_t connection_len = !keep_alive ? sizeof l_close - 1 : http_minor == 0 ? sizeof l_keep - 1 : 0;
+  if (extra == NULL)
+    extra_len = 0;
+
+  static const char l_status[] = "HTTP/1.1 ", l_date[] = "\r\nDate: ", l_type[] = "\r\nContent-Type: ",
+                    l_length[] = "\r\nContent-Length: ", l_id[] = "\r\nX-Request-Id: ";
+  size_t need = sizeof l_status - 1 + (size_t)(status_end - status_start) + 1 + reason_len + sizeof l_date - 1 +
+                date_len + sizeof l_type - 1 + type_len + sizeof l_length - 1 + (size_t)(length_end - length_start) +
+                sizeof l_id - 1 + id_len + 2 + connection_len + extra_len + 2;
+  if (eng_buf_reserve(out, need) != 0)
+    return ENG_ENOMEM;
+  char *p = out->data + out->len;
+  p = PUT_LIT(p, l_status);
+  p = put_bytes(p, status_start, (size_t)(status_end - status_start));
+  *p++ = ' ';
+  p = put_bytes(p, reason, reason_len);
+  p = PUT_LIT(p, l_date);
+  p = put_bytes(p, date, date_len);
+  p = PUT_LIT(p, l_type);
+  p = put_bytes(p, content_type, type_len);
+  p = PUT_LIT(p, l_length);
+  p = put_bytes(p, length_start, (size_t)(length_end - length_start));
+  p = PUT_LIT(p, l_id);
+  p = put_bytes(p, request_id, id_len);
+  p = PUT_LIT(p, "\r\n");
+  p = put_bytes(p, connection, connection_len);
+  if (extra_len)
+    p = put_bytes(p, extra, extra_len);
+  p = PUT_LIT(p, "\r\n");
+  out->len += need;
+  *p = '\0'; /* eng_buf keeps its data NUL-terminated */
+  return 0;
 }
