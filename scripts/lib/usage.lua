@@ -92,16 +92,27 @@ end
 local DIRECTIONS = { inbound = "inbound", incoming = "inbound", outbound = "outbound", outgoing = "outbound" }
 local CHANNELS = { sip = "sip", pstn = "pstn" }
 
+-- validate.string, with a fast path for the common case: a string with no whitespace at
+-- either end (nothing to trim, not empty). Ingestion calls it 5 times per record.
+local function str(r, field)
+  local v = r[field]
+  if type(v) == "string" then
+    local b1, b2 = v:byte(1), v:byte(-1)
+    if b1 and b1 > 32 and b2 > 32 then return v end
+  end
+  return validate.string(r, field)
+end
+
 local function choice(r, field, map, spelled)
-  local v, err = validate.string(r, field)
+  local v, err = str(r, field)
   if not v then return nil, err end
-  local c = map[v:lower()]
+  local c = map[v] or map[v:lower()]
   if not c then return nil, field .. " must be " .. spelled end
   return c
 end
 
 local function datetime(r, field)
-  local v, err = validate.string(r, field)
+  local v, err = str(r, field)
   if not v then return nil, err end
   local ms, is_date = time.parse(v)
   if not ms or is_date then
@@ -116,13 +127,16 @@ function M.check_record(r)
     return nil, "must be a JSON object"
   end
   local rec, err = {}, nil
-  rec.sid, err = validate.string(r, "CallSid")
+  rec.sid, err = str(r, "CallSid")
   if not rec.sid then return nil, err end
-  if (utf8.len(rec.sid) or #rec.sid) > M.MAX_SID then
+  if #rec.sid > M.MAX_SID and (utf8.len(rec.sid) or #rec.sid) > M.MAX_SID then
     return nil, "CallSid must be 1 to " .. M.MAX_SID .. " characters"
   end
-  rec.user, err = validate.optional_string(r, "AppUserId")
-  if err then return nil, err end
+  local user = r.AppUserId
+  if user ~= nil and user ~= json.null then
+    rec.user, err = str(r, "AppUserId")
+    if err then return nil, err end
+  end
   rec.direction, err = choice(r, "Direction", DIRECTIONS, "inbound or outbound (incoming / outgoing)")
   if not rec.direction then return nil, err end
   rec.channel, err = choice(r, "Channel", CHANNELS, "sip or pstn")
