@@ -9,14 +9,15 @@
 --                                       | nil, "invalid_date" | "invalid_period", message
 --   usage.totals(customer_id, start_ms, end_ms) -> { total_calls, total_minutes, inbound_calls,
 --                                       outbound_calls, sip_calls, pstn_calls, active_apps, active_users }
---   usage.day_of(ms), usage.month_of_day(day), usage.month_start(month), usage.split(lo, hi)
+--   usage.month_of_day(day), usage.month_start(month), usage.split(lo, hi)
 --                                    calendar helpers (exported for the specs)
 --
 -- A period [start, end] at one-second resolution is the half-open millisecond range
 -- [start, end + 1000): a call at 23:59:59.999 of the end day counts, 00:00:00.000 of the next
 -- day does not. The range is split into
---   whole months  -> usage_app_months / usage_user_months (presence)
---   whole days    -> usage_days (counters), usage_app_days / usage_user_days (presence)
+--   whole days    -> usage_days (counters)
+--     of which whole months -> usage_app_years / usage_user_years (presence, month bitmask)
+--     the other whole days  -> usage_app_months / usage_user_months (presence, day bitmask)
 --   partial edges -> the raw calls (covering index calls_usage)
 -- so every answer is exactly what the raw rows say.
 local db = require "engine.db"
@@ -55,8 +56,6 @@ local function civil_from_days(z)
   return yoe + era * 400 + (m <= 2 and 1 or 0), m, d
 end
 
-function M.day_of(ms) return ms // DAY_MS end
-
 function M.month_of_day(day)
   local y, m = civil_from_days(day)
   return y * 12 + m - 1
@@ -66,23 +65,51 @@ function M.month_start(month)
   return days_from_civil(month // 12, month % 12 + 1, 1)
 end
 
--- The pieces of the half-open ms range [lo, hi): whole days [d0, d1), of which whole months
--- [m0, m1) and the days outside them [a0, a1) and [b0, b1); raw edges [r0, r1) and [r2, r3).
--- Empty pieces have lo == hi.
+local NO_MONTH = math.mininteger -- matches no row
+
+-- Bits first..last (1-based, inclusive) set.
+local function bits(first, last)
+  return ((1 << (last - first + 1)) - 1) << (first - 1)
+end
+
+-- The pieces of the half-open ms range [lo, hi), all half-open unless said otherwise:
+--   d0, d1     whole days (counters)
+--   r0, r1 / r2, r3   the raw edges before and after the whole days
+--   y0, y1, ym0, ym1  whole months, as years y0..y1 (inclusive) with the month bitmask of the
+--                     first (ym0) and last (ym1) year; the years between are whole
+--   pm1, pd1 / pm2, pd2  whole days outside whole months: month and day bitmask (NO_MONTH if none)
 function M.split(lo, hi)
-  local p = { d0 = 0, d1 = 0, m0 = 0, m1 = 0, a0 = 0, a1 = 0, b0 = 0, b1 = 0, r0 = lo, r1 = hi, r2 = 0, r3 = 0 }
+  local p = { d0 = 0, d1 = 0, r0 = lo, r1 = hi, r2 = 0, r3 = 0, y0 = 0, y1 = -1, ym0 = 0, ym1 = 0,
+              pm1 = NO_MONTH, pd1 = 0, pm2 = NO_MONTH, pd2 = 0 }
   local d0, d1 = -((-lo) // DAY_MS), hi // DAY_MS -- ceil, floor
   if d0 >= d1 then return p end
-  p.r1, p.r2, p.r3 = d0 * DAY_MS, d1 * DAY_MS, hi
   p.d0, p.d1 = d0, d1
-  p.a0, p.a1 = d0, d1
+  p.r1, p.r2, p.r3 = d0 * DAY_MS, d1 * DAY_MS, hi
+  -- Whole months [m0, m1).
   local m0 = M.month_of_day(d0)
   if M.month_start(m0) ~= d0 then m0 = m0 + 1 end
-  local m1 = M.month_of_day(d1) -- months before d1's month end by d1
+  local m1 = M.month_of_day(d1) -- the months before d1's month end by d1
+  local parts = {}              -- whole-day runs outside whole months: { first day, end day }
   if m0 < m1 then
-    p.m0, p.m1 = m0, m1
-    p.a1 = M.month_start(m0)
-    p.b0, p.b1 = M.month_start(m1), d1
+    p.y0, p.y1 = m0 // 12, (m1 - 1) // 12
+    local last = (m1 - 1) % 12 + 1
+    p.ym0 = bits(m0 % 12 + 1, p.y0 == p.y1 and last or 12)
+    p.ym1 = p.y0 == p.y1 and p.ym0 or bits(1, last)
+    parts[1] = { d0, M.month_start(m0) }
+    parts[2] = { M.month_start(m1), d1 }
+  else
+    -- No whole month: the days lie in one month or straddle one month boundary.
+    local mid = M.month_start(M.month_of_day(d1 - 1))
+    parts[1] = { d0, math.max(d0, mid) }
+    parts[2] = { math.max(d0, mid), d1 }
+  end
+  for k, part in ipairs(parts) do
+    local a, b = part[1], part[2]
+    if a < b then
+      local month = M.month_of_day(a)
+      local first = a - M.month_start(month) + 1
+      p["pm" .. k], p["pd" .. k] = month, bits(first, first + (b - a) - 1)
+    end
   end
   return p
 end
@@ -178,15 +205,19 @@ local UPSERT_DAY = [[
   ON CONFLICT (customer_id, day) DO UPDATE SET calls = calls + excluded.calls,
     minutes = minutes + excluded.minutes, inbound = inbound + excluded.inbound,
     outbound = outbound + excluded.outbound, sip = sip + excluded.sip, pstn = pstn + excluded.pstn]]
-local APP_DAY = "INSERT INTO usage_app_days (customer_id, day, app_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-local APP_MONTH = "INSERT INTO usage_app_months (customer_id, month, app_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-local USER_DAY = [[INSERT INTO usage_user_days (customer_id, day, app_id, app_user_id) VALUES (?, ?, ?, ?)
-                   ON CONFLICT DO NOTHING]]
-local USER_MONTH = [[INSERT INTO usage_user_months (customer_id, month, app_id, app_user_id) VALUES (?, ?, ?, ?)
-                     ON CONFLICT DO NOTHING]]
+local APP_MONTH = [[INSERT INTO usage_app_months (customer_id, month, app_id, days) VALUES (?, ?, ?, ?)
+                    ON CONFLICT DO UPDATE SET days = days | excluded.days]]
+local USER_MONTH = [[INSERT INTO usage_user_months (customer_id, month, app_id, app_user_id, days) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT DO UPDATE SET days = days | excluded.days]]
+local APP_YEAR = [[INSERT INTO usage_app_years (customer_id, year, app_id, months) VALUES (?, ?, ?, ?)
+                   ON CONFLICT DO UPDATE SET months = months | excluded.months]]
+local USER_YEAR = [[INSERT INTO usage_user_years (customer_id, year, app_id, app_user_id, months) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT DO UPDATE SET months = months | excluded.months]]
 
 -- Inserts the records of one app (the first record of a CallSid wins, across batches too) and
 -- adds the new ones to the rollups. Must run inside db.tx. Returns how many were new.
+-- The rollups are aggregated here first, so a batch writes one row per day it touches and one
+-- per (month, user) and (year, user), not one per record.
 function M.store(customer_id, app_id, records, created_at)
   local days, users = {}, {} -- day -> counters; day -> { user -> true }
   local accepted = 0
@@ -200,41 +231,42 @@ function M.store(customer_id, app_id, records, created_at)
       if not c then
         c = { 0, 0, 0, 0, 0, 0 }
         days[day] = c
+        users[day] = {}
       end
       c[1] = c[1] + 1
       c[2] = c[2] + (r.duration + 59) // 60
       if r.direction == "inbound" then c[3] = c[3] + 1 else c[4] = c[4] + 1 end
       if r.channel == "sip" then c[5] = c[5] + 1 else c[6] = c[6] + 1 end
-      if r.user then
-        local u = users[day]
-        if not u then
-          u = {}
-          users[day] = u
-        end
-        u[r.user] = true
-      end
+      if r.user then users[day][r.user] = true end
     end
   end
-  local months_seen, month_users = {}, {}
+  -- month -> day mask, month -> user -> day mask; the same per year with month masks.
+  local app_months, user_months, app_years, user_years = {}, {}, {}, {}
   for day, c in pairs(days) do
     db.exec(UPSERT_DAY, customer_id, day, c[1], c[2], c[3], c[4], c[5], c[6])
-    db.exec(APP_DAY, customer_id, day, app_id)
     local month = M.month_of_day(day)
-    months_seen[month] = true
-    local mu = month_users[month]
-    if not mu then
-      mu = {}
-      month_users[month] = mu
-    end
-    for user in pairs(users[day] or {}) do
-      db.exec(USER_DAY, customer_id, day, app_id, user)
-      mu[user] = true
+    local dbit = 1 << (day - M.month_start(month))
+    local year, mbit = month // 12, 1 << (month % 12)
+    app_months[month] = (app_months[month] or 0) | dbit
+    app_years[year] = (app_years[year] or 0) | mbit
+    local um, uy = user_months[month], user_years[year]
+    if not um then um = {}; user_months[month] = um end
+    if not uy then uy = {}; user_years[year] = uy end
+    for user in pairs(users[day]) do
+      um[user] = (um[user] or 0) | dbit
+      uy[user] = (uy[user] or 0) | mbit
     end
   end
-  for month in pairs(months_seen) do
-    db.exec(APP_MONTH, customer_id, month, app_id)
-    for user in pairs(month_users[month]) do
-      db.exec(USER_MONTH, customer_id, month, app_id, user)
+  for month, mask in pairs(app_months) do
+    db.exec(APP_MONTH, customer_id, month, app_id, mask)
+    for user, umask in pairs(user_months[month]) do
+      db.exec(USER_MONTH, customer_id, month, app_id, user, umask)
+    end
+  end
+  for year, mask in pairs(app_years) do
+    db.exec(APP_YEAR, customer_id, year, app_id, mask)
+    for user, umask in pairs(user_years[year]) do
+      db.exec(USER_YEAR, customer_id, year, app_id, user, umask)
     end
   end
   return accepted
@@ -281,15 +313,19 @@ local TOTALS = [[
          coalesce(sum(inbound), 0) AS inbound, coalesce(sum(outbound), 0) AS outbound,
          coalesce(sum(sip), 0) AS sip, coalesce(sum(pstn), 0) AS pstn,
     (SELECT count(*) FROM (
-       SELECT app_id FROM usage_app_months WHERE customer_id = :c AND month >= :m0 AND month < :m1
-       UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day >= :a0 AND day < :a1
-       UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day >= :b0 AND day < :b1
+       SELECT app_id FROM usage_app_years WHERE customer_id = :c AND year BETWEEN :y0 AND :y1
+          AND months & (CASE year WHEN :y0 THEN :ym0 WHEN :y1 THEN :ym1 ELSE 4095 END) != 0
+       UNION SELECT app_id FROM usage_app_months WHERE customer_id = :c AND month = :pm1 AND days & :pd1 != 0
+       UNION SELECT app_id FROM usage_app_months WHERE customer_id = :c AND month = :pm2 AND days & :pd2 != 0
        UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1
        UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3)) AS apps,
     (SELECT count(*) FROM (
-       SELECT app_id, app_user_id FROM usage_user_months WHERE customer_id = :c AND month >= :m0 AND month < :m1
-       UNION SELECT app_id, app_user_id FROM usage_user_days WHERE customer_id = :c AND day >= :a0 AND day < :a1
-       UNION SELECT app_id, app_user_id FROM usage_user_days WHERE customer_id = :c AND day >= :b0 AND day < :b1
+       SELECT app_id, app_user_id FROM usage_user_years WHERE customer_id = :c AND year BETWEEN :y0 AND :y1
+          AND months & (CASE year WHEN :y0 THEN :ym0 WHEN :y1 THEN :ym1 ELSE 4095 END) != 0
+       UNION SELECT app_id, app_user_id FROM usage_user_months
+             WHERE customer_id = :c AND month = :pm1 AND days & :pd1 != 0
+       UNION SELECT app_id, app_user_id FROM usage_user_months
+             WHERE customer_id = :c AND month = :pm2 AND days & :pd2 != 0
        UNION SELECT app_id, app_user_id FROM calls
              WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1 AND app_user_id IS NOT NULL
        UNION SELECT app_id, app_user_id FROM calls

@@ -215,12 +215,20 @@ describe("POST /v2/integrations/calls", function()
       { day = 19904, calls = 1, minutes = 2, inbound = 1, outbound = 0, sip = 1, pstn = 0 },
       { day = 19905, calls = 2, minutes = 1, inbound = 1, outbound = 1, sip = 1, pstn = 1 },
     }, app.db.query("SELECT day, calls, minutes, inbound, outbound, sip, pstn FROM usage_days WHERE customer_id = ? ORDER BY day", c.id))
-    assert.same({ { day = 19904, app_user_id = "u1" }, { day = 19905, app_user_id = "u2" } },
-      app.db.query("SELECT day, app_user_id FROM usage_user_days WHERE customer_id = ? ORDER BY day", c.id))
-    assert.same({ { month = 24293 }, { month = 24294 } },
-      app.db.query("SELECT month FROM usage_app_months WHERE customer_id = ? ORDER BY month", c.id))
+    -- June 30 is day 30 of month 24293 (bit 29), July 1 day 1 of 24294; both in 2024 (bits 5, 6).
+    assert.same({ { month = 24293, app_user_id = "u1", days = 1 << 29 }, { month = 24294, app_user_id = "u2", days = 1 } },
+      app.db.query("SELECT month, app_user_id, days FROM usage_user_months WHERE customer_id = ? ORDER BY month", c.id))
+    assert.same({ { month = 24293, days = 1 << 29 }, { month = 24294, days = 1 } },
+      app.db.query("SELECT month, days FROM usage_app_months WHERE customer_id = ? ORDER BY month", c.id))
+    assert.same({ { year = 2024, months = (1 << 5) | (1 << 6) } },
+      app.db.query("SELECT year, months FROM usage_app_years WHERE customer_id = ?", c.id))
+    assert.same({ { app_user_id = "u1", months = 1 << 5 }, { app_user_id = "u2", months = 1 << 6 } },
+      app.db.query("SELECT app_user_id, months FROM usage_user_years WHERE customer_id = ? ORDER BY app_user_id", c.id))
+    -- A later batch ORs into the masks.
+    U.ingest(app, a.token, { U.call { StartTime = "2024-06-01T08:00:00Z", AppUserId = "u1" } })
+    assert.equal((1 << 29) | 1, app.db.one("SELECT days FROM usage_user_months WHERE customer_id = ? AND month = 24293", c.id).days)
     P.ok(app.request("DELETE", "/v2/integrations/customer", { headers = P.auth(c.token) }))
-    for _, t in ipairs { "calls", "usage_days", "usage_app_days", "usage_user_days", "usage_app_months", "usage_user_months" } do
+    for _, t in ipairs { "calls", "usage_days", "usage_app_months", "usage_user_months", "usage_app_years", "usage_user_years" } do
       assert.equal(0, P.count(app, t .. " WHERE customer_id = ?", c.id), t)
     end
   end)

@@ -214,6 +214,17 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
       assert.equal(2, U.get(app, c, "start_date=2024-06-03&end_date=2024-06-03").usage.active_users)
     end)
 
+    it("finds users and apps active only in a December inside a multi-year period", function()
+      local a2 = P.app(app, c.token)
+      U.ingest(app, a2.token, { U.call { StartTime = "2023-12-31T23:59:59Z", AppUserId = "dec" } })
+      U.ingest(app, a.token, { U.call { StartTime = "2022-01-10T00:00:00Z", AppUserId = "jan" } })
+      local q = "start_date=2022-06-01&end_date=2024-02-15T12:00:00Z"
+      local u = U.get(app, c, q).usage
+      assert.same({ 1, 1, 1 }, { u.total_calls, u.active_apps, u.active_users })
+      assert.same(U.brute(app.db, c.id, ms("2022-06-01T00:00:00Z"), ms("2024-02-15T12:00:00Z")), u)
+      assert.equal(2, U.get(app, c, "start_date=2021-12-31T23:59:59Z&end_date=2025-01-01").usage.active_users)
+    end)
+
     it("counts nobody else's calls", function()
       local other = P.customer(app)
       U.ingest(app, P.app(app, other.token).token, { U.call(), U.call() })
@@ -229,13 +240,13 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
       seed = (seed * 6364136223846793005 + 1442695040888963407)
       return ((seed >> 33) % n) + 1
     end
-    local T0 = ms("2024-01-30T00:00:00Z") -- spans Feb 29 and four month ends
-    local SPAN = 100 * 86400
+    local T0 = ms("2023-11-20T00:00:00Z") -- spans a year end, Feb 29 and five month ends
+    local SPAN = 160 * 86400
 
     it("answers exactly what a brute-force count over the raw rows says, for 400 random periods", function()
       local apps = { a, P.app(app, c.token), P.app(app, c.token) }
       -- Calls bunched on day and month edges as well as spread at random.
-      local edges = { "2024-02-01T00:00:00Z", "2024-02-29T23:59:59Z", "2024-03-01T00:00:00Z", "2024-03-31T23:59:59.999Z",
+      local edges = { "2023-12-31T23:59:59Z", "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-02-29T23:59:59Z", "2024-03-01T00:00:00Z", "2024-03-31T23:59:59.999Z",
                       "2024-04-01T00:00:00Z", "2024-04-30T23:59:59Z", "2024-05-01T00:00:00.001Z" }
       for _, who in ipairs(apps) do
         local batch = {}
@@ -283,7 +294,7 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
             assert.same(want, usage.totals(c.id, ps, pe), query)
           end
           local p = usage.split(ps, pe + 1000)
-          if p.m0 < p.m1 then pieces.months = pieces.months + 1 end
+          if p.y0 <= p.y1 then pieces.months = pieces.months + 1 end
           if p.r1 > p.r0 or p.r3 > p.r2 then pieces.edges = pieces.edges + 1 end
         end
       end
@@ -291,8 +302,8 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
       assert.is_true(pieces.months >= 20, "whole-month periods: " .. pieces.months)
       assert.is_true(pieces.edges >= 100, "periods with raw edges: " .. pieces.edges)
       -- And the data is not trivial.
-      local all = U.get(app, c, "start_date=2024-01-01&end_date=2024-12-31").usage
-      assert.same(U.brute(app.db, c.id, ms("2024-01-01T00:00:00Z"), ms("2024-12-31T23:59:59Z")), all)
+      local all = U.get(app, c, "start_date=2023-01-01&end_date=2024-12-31").usage
+      assert.same(U.brute(app.db, c.id, ms("2023-01-01T00:00:00Z"), ms("2024-12-31T23:59:59Z")), all)
       assert.equal(1200, all.total_calls)
       assert.equal(3, all.active_apps)
     end)
@@ -300,26 +311,32 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
     it("splits periods into whole months, whole days and raw edges", function()
       local usage = require "lib.usage"
       local D = 86400000
+      local function day(s) return ms(s .. "T00:00:00Z") // D end
       local p = usage.split(ms("2024-01-15T10:00:00Z"), ms("2024-04-03T05:00:00Z"))
-      assert.same({ m0 = 2024 * 12 + 1, m1 = 2024 * 12 + 3 }, { m0 = p.m0, m1 = p.m1 }) -- February and March
-      assert.same({ ms("2024-01-16T00:00:00Z") // D, ms("2024-02-01T00:00:00Z") // D }, { p.a0, p.a1 })
-      assert.same({ ms("2024-04-01T00:00:00Z") // D, ms("2024-04-03T00:00:00Z") // D }, { p.b0, p.b1 })
-      assert.same({ ms("2024-01-16T00:00:00Z") // D, ms("2024-04-03T00:00:00Z") // D }, { p.d0, p.d1 })
+      assert.same({ day("2024-01-16"), day("2024-04-03") }, { p.d0, p.d1 })
+      -- February and March from the year rows, Jan 16..31 and Apr 1..2 from the month rows.
+      assert.same({ 2024, 2024, 6, 6 }, { p.y0, p.y1, p.ym0, p.ym1 })
+      assert.same({ 2024 * 12, ((1 << 16) - 1) << 15 }, { p.pm1, p.pd1 })
+      assert.same({ 2024 * 12 + 3, 3 }, { p.pm2, p.pd2 })
       assert.same({ ms("2024-01-15T10:00:00Z"), ms("2024-01-16T00:00:00Z") }, { p.r0, p.r1 })
       assert.same({ ms("2024-04-03T00:00:00Z"), ms("2024-04-03T05:00:00Z") }, { p.r2, p.r3 })
+      -- Over a year boundary: Dec 2023 .. Feb 2025 whole.
+      p = usage.split(ms("2023-12-01T00:00:00Z"), ms("2025-03-01T00:00:00Z"))
+      assert.same({ 2023, 2025, 1 << 11, 3 }, { p.y0, p.y1, p.ym0, p.ym1 })
+      assert.same({ math.mininteger, math.mininteger }, { p.pm1, p.pm2 })
+      assert.equal(p.r0, p.r1)
+      assert.equal(p.r2, p.r3)
+      -- No whole month, straddling a month end: Jan 30..Feb 2.
+      p = usage.split(ms("2024-01-30T00:00:00Z"), ms("2024-02-03T00:00:00Z"))
+      assert.same({ 0, -1 }, { p.y0, p.y1 })
+      assert.same({ 2024 * 12, (1 << 29) | (1 << 30), 2024 * 12 + 1, 3 }, { p.pm1, p.pd1, p.pm2, p.pd2 })
       -- Within one day: all raw.
       p = usage.split(ms("2024-06-03T00:00:00Z"), ms("2024-06-03T23:59:59Z"))
       assert.same({ 0, 0, ms("2024-06-03T00:00:00Z"), ms("2024-06-03T23:59:59Z") }, { p.d0, p.d1, p.r0, p.r1 })
-      -- An exact month: no raw rows at all.
-      p = usage.split(ms("2024-02-01T00:00:00Z"), ms("2024-03-01T00:00:00Z"))
-      assert.same({ 2024 * 12 + 1, 2024 * 12 + 2 }, { p.m0, p.m1 })
-      assert.equal(p.r0, p.r1)
-      assert.equal(p.r2, p.r3)
-      assert.equal(p.a0, p.a1)
-      assert.equal(p.b0, p.b1)
+      assert.same({ math.mininteger, math.mininteger, 0, -1 }, { p.pm1, p.pm2, p.y0, p.y1 })
       -- Before 1970 too.
       p = usage.split(ms("1969-12-01T00:00:00Z"), ms("1970-01-01T00:00:00Z"))
-      assert.same({ 1969 * 12 + 11, 1970 * 12 }, { p.m0, p.m1 })
+      assert.same({ 1969, 1969, 1 << 11 }, { p.y0, p.y1, p.ym0 })
       assert.equal(-31, p.d0)
     end)
   end)
