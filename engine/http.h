@@ -62,7 +62,8 @@ typedef struct eng_http_parser {
 
 /* limits is borrowed and must outlive the parser. */
 void eng_http_parser_init(eng_http_parser *p, const eng_http_limits *limits);
-/* Releases the request buffers (the parser can be re-used after init). */
+/* Releases the request buffers (the parser can be re-used after init). Small ones
+ * go to a per-thread stash that later requests on the same thread start from. */
 void eng_http_parser_free(eng_http_parser *p);
 /* Releases buffer memory while idle between requests (keeps idle connections small). */
 void eng_http_parser_trim(eng_http_parser *p);
