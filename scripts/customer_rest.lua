@@ -4,28 +4,12 @@
 local route = require "engine.route"
 local db = require "engine.db"
 local rest = require "lib.rest"
-local auth = require "lib.auth"
+local customer_auth = require "lib.customer_auth"
 local plans = require "lib.plans"
 local customers = require "lib.customers"
 
--- The customer named by the path, checked against the token: row | nil, status, code, message.
-local function owned_customer(req)
-  local claims, err = auth.claims(req, "customer")
-  if not claims then
-    return nil, 401, "unauthorized", err
-  end
-  if claims.sub ~= req.params.customer_id then
-    return nil, 403, "forbidden", "the token belongs to another customer"
-  end
-  local row = db.one("SELECT * FROM customers WHERE id = ?", claims.sub)
-  if not row then
-    return nil, 404, "customer_not_found", "customer not found"
-  end
-  return row
-end
-
 route.get("/v2/integrations/{customer_id}", function(req)
-  local c, status, code, message = owned_customer(req)
+  local c, status, code, message = customer_auth.owned(req)
   if not c then return rest.fail(req, status, code, message) end
   local counts = db.one([[
     SELECT (SELECT count(*) FROM apps WHERE customer_id = :id) AS apps,
@@ -46,7 +30,7 @@ route.get("/v2/integrations/{customer_id}", function(req)
 end)
 
 route.delete("/v2/integrations/{customer_id}", function(req)
-  local c, status, code, message = owned_customer(req)
+  local c, status, code, message = customer_auth.owned(req)
   if not c then return rest.fail(req, status, code, message) end
   customers.delete(c.id)
   return rest.message("Customer account and all associated resources deleted successfully")

@@ -3,7 +3,6 @@
 --   local c, status, code, message = customer_auth.owned(req)
 --   401 unauthorized (no/bad/expired/wrong-type token), 403 forbidden (the path names another
 --   customer), 404 customer_not_found (a valid token whose customer is gone).
--- (customer_rest.lua has the same rules inline; it can switch to this module.)
 local db = require "engine.db"
 local auth = require "lib.auth"
 
