@@ -225,6 +225,10 @@ describe("engine start-up", function()
     local log = dir .. "/out.log"
     local pid = testing.spawn(argv, log)
     local code = testing.wait(pid, 10000)
+    if code == nil then -- still running: stop it, the test fails on the nil code
+      testing.kill(pid, 9)
+      testing.wait(pid, 5000)
+    end
     local f = io.open(log)
     local out = f:read("a")
     f:close()
