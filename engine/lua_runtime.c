@@ -201,13 +201,42 @@ ROUTE_FN(patch, ENG_M_PATCH)
 ROUTE_FN(delete, ENG_M_DELETE)
 ROUTE_FN(options, ENG_M_OPTIONS)
 
-static int route_add(lua_State *L) {
+static int method_arg(lua_State *L, int idx);
+static int route_add(lua_State *L) { return route_add_method(L, method_arg(L, 1), 2, 3); }
+
+static int method_arg(lua_State *L, int idx) {
   size_t len;
-  const char *m = luaL_checklstring(L, 1, &len);
+  const char *m = luaL_checklstring(L, idx, &len);
   int method = eng_router_method(m, len);
   if (method < 0)
-    return luaL_argerror(L, 1, "unknown method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)");
-  return route_add_method(L, method, 2, 3);
+    return luaL_argerror(L, idx, "unknown method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)");
+  return method;
+}
+
+/* route.handler(method, pattern) -> the function routed there, or nil. Lets a script
+ * wrap a route another script registered (see route.replace). */
+static int route_handler(lua_State *L) {
+  int method = method_arg(L, 1);
+  int *slot = eng_router_slot(RT(L)->router, method, luaL_checkstring(L, 2));
+  if (slot == NULL)
+    return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *slot);
+  return 1;
+}
+
+/* route.replace(method, pattern, fn): swaps the handler of an existing route. */
+static int route_replace(lua_State *L) {
+  int method = method_arg(L, 1);
+  const char *pattern = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int *slot = eng_router_slot(RT(L)->router, method, pattern);
+  if (slot == NULL)
+    return luaL_error(L, "route %s %s: not routed, nothing to replace", eng_router_method_name(method), pattern);
+  lua_pushvalue(L, 3);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  luaL_unref(L, LUA_REGISTRYINDEX, *slot);
+  *slot = ref;
+  return 0;
 }
 
 static int route_on_error(lua_State *L) {
@@ -227,6 +256,7 @@ int eng_luaopen_route(lua_State *L) {
   static const luaL_Reg fns[] = {{"get", route_get},         {"head", route_head},     {"post", route_post},
                                  {"put", route_put},         {"patch", route_patch},   {"delete", route_delete},
                                  {"options", route_options}, {"add", route_add},       {"on_error", route_on_error},
+                                 {"handler", route_handler}, {"replace", route_replace},
                                  {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
@@ -374,11 +404,40 @@ static int load_text_file(lua_State *L, const char *path) {
   return st;
 }
 
-/* package.searchers entry: modules from the scripts directory, text only. */
+/* The scripts setting is a list of directories separated by ':' (an overlay:
+ * later directories add scripts and replace same-named ones of earlier ones). */
+#define ENG_MAX_SCRIPT_DIRS 16
+
+typedef struct dir_list {
+  int n;
+  char *dirs[ENG_MAX_SCRIPT_DIRS];
+  char buf[4096];
+} dir_list;
+
+static int split_dirs(const char *spec, dir_list *out) {
+  out->n = 0;
+  if (strlen(spec) >= sizeof out->buf)
+    return ENG_ETOOBIG;
+  strcpy(out->buf, spec);
+  for (char *p = out->buf, *colon; p; p = colon ? colon + 1 : NULL) {
+    colon = strchr(p, ':');
+    if (colon)
+      *colon = '\0';
+    if (*p == '\0')
+      continue;
+    if (out->n == ENG_MAX_SCRIPT_DIRS)
+      return ENG_ETOOBIG;
+    out->dirs[out->n++] = p;
+  }
+  return out->n ? 0 : ENG_EINVAL;
+}
+
+/* package.searchers entry: modules from the scripts directories (last first), text only. */
 static int search_scripts(lua_State *L) {
   eng_runtime *rt = RT(L);
   const char *name = luaL_checkstring(L, 1);
-  if (rt->scripts_dir == NULL) {
+  dir_list dl;
+  if (rt->scripts_dir == NULL || split_dirs(rt->scripts_dir, &dl) != 0) {
     lua_pushliteral(L, "no scripts directory");
     return 1;
   }
@@ -389,18 +448,20 @@ static int search_scripts(lua_State *L) {
   luaL_pushresult(&b);
   const char *rel = lua_tostring(L, -1);
   const char *tries[2] = {"%s/%s.lua", "%s/%s/init.lua"};
-  for (int i = 0; i < 2; i++) {
-    const char *path = lua_pushfstring(L, tries[i], rt->scripts_dir, rel);
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-      if (load_text_file(L, path) != LUA_OK)
-        return luaL_error(L, "error loading module '%s':\n\t%s", name, lua_tostring(L, -1));
-      lua_pushstring(L, path);
-      return 2;
+  for (int d = dl.n - 1; d >= 0; d--) {
+    for (int i = 0; i < 2; i++) {
+      const char *path = lua_pushfstring(L, tries[i], dl.dirs[d], rel);
+      struct stat st;
+      if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+        if (load_text_file(L, path) != LUA_OK)
+          return luaL_error(L, "error loading module '%s':\n\t%s", name, lua_tostring(L, -1));
+        lua_pushstring(L, path);
+        return 2;
+      }
+      lua_pop(L, 1);
     }
-    lua_pop(L, 1);
   }
-  lua_pushfstring(L, "no file '%s/%s.lua'", rt->scripts_dir, rel);
+  lua_pushfstring(L, "no file '%s.lua' in the scripts directories (%s)", rel, rt->scripts_dir);
   return 1;
 }
 
@@ -505,7 +566,7 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-static int cmpstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_script(const void *a, const void *b);
 
 static void unref_handler(int handler, void *ud) { luaL_unref((lua_State *)ud, LUA_REGISTRYINDEX, handler); }
 
@@ -517,13 +578,84 @@ static int healthz(lua_State *L) {
   return 2;
 }
 
-int eng_runtime_load_scripts(eng_runtime *rt, const char *dir, char **err) {
+typedef struct script {
+  char *name; /* file name, the overlay key */
+  char *path;
+} script;
+
+static int cmp_script(const void *a, const void *b) {
+  return strcmp(((const script *)a)->name, ((const script *)b)->name);
+}
+
+/* Adds dir's *.lua files to the list, sorted by name: a name already listed
+ * (from an earlier directory) keeps its place and takes this path. */
+static int list_scripts(const char *dir, script **list, size_t *n, char **err) {
+  DIR *d = opendir(dir);
+  if (d == NULL) {
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "cannot open scripts directory '%s'", dir);
+    *err = strdup(tmp);
+    return ENG_ELUA;
+  }
+  size_t first_new = *n;
+  int rc = 0;
+  struct dirent *e;
+  while (rc == 0 && (e = readdir(d)) != NULL) {
+    size_t len = strlen(e->d_name);
+    if (len < 5 || e->d_name[0] == '.' || strcmp(e->d_name + len - 4, ".lua") != 0)
+      continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    size_t i = 0;
+    while (i < first_new && strcmp((*list)[i].name, e->d_name) != 0)
+      i++;
+    if (i < first_new) { /* overlay: same name, later directory */
+      char *p = strdup(path);
+      if (p == NULL) {
+        rc = ENG_ENOMEM;
+        break;
+      }
+      free((*list)[i].path);
+      (*list)[i].path = p;
+      continue;
+    }
+    if (*n == ENG_MAX_SCRIPTS) {
+      *err = strdup("too many scripts");
+      rc = ENG_ETOOBIG;
+      break;
+    }
+    script *grown = realloc(*list, (*n + 1) * sizeof **list);
+    if (grown == NULL) {
+      rc = ENG_ENOMEM;
+      break;
+    }
+    *list = grown;
+    grown[*n].name = strdup(e->d_name);
+    grown[*n].path = strdup(path);
+    (*n)++;
+    if (!grown[*n - 1].name || !grown[*n - 1].path)
+      rc = ENG_ENOMEM;
+  }
+  closedir(d);
+  if (rc == ENG_ENOMEM && *err == NULL)
+    *err = strdup("out of memory");
+  if (rc == 0)
+    qsort(*list + first_new, *n - first_new, sizeof **list, cmp_script);
+  return rc;
+}
+
+int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
   lua_State *L = rt->L;
   int rc = 0;
-  char **names = NULL;
+  script *list = NULL;
   size_t n = 0;
+  dir_list dl;
   *err = NULL;
 
+  if (split_dirs(dirs, &dl) != 0) {
+    *err = strdup("the scripts setting must name 1 to 16 directories separated by ':'");
+    return ENG_EINVAL;
+  }
   /* Fresh router: drop the old routes and their references. */
   eng_router *fresh;
   if (eng_router_new(&fresh) != 0) {
@@ -535,44 +667,19 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dir, char **err) {
     eng_router_free(rt->router);
   }
   rt->router = fresh;
-  if (dir != rt->scripts_dir) {
+  if (dirs != rt->scripts_dir) {
     free(rt->scripts_dir);
-    rt->scripts_dir = strdup(dir);
+    rt->scripts_dir = strdup(dirs);
   }
 
-  DIR *d = opendir(dir);
-  if (d == NULL) {
-    char tmp[512];
-    snprintf(tmp, sizeof tmp, "cannot open scripts directory '%s'", dir);
-    *err = strdup(tmp);
-    return ENG_ELUA;
-  }
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    size_t len = strlen(e->d_name);
-    if (len < 5 || e->d_name[0] == '.' || strcmp(e->d_name + len - 4, ".lua") != 0)
-      continue;
-    if (n == ENG_MAX_SCRIPTS)
-      break;
-    char **grown = realloc(names, (n + 1) * sizeof *names);
-    if (grown == NULL || (grown[n] = strdup(e->d_name)) == NULL) {
-      names = grown ? grown : names;
-      rc = ENG_ENOMEM;
-      *err = strdup("out of memory");
-      break;
-    }
-    names = grown;
-    n++;
-  }
-  closedir(d);
-  if (rc == 0)
-    qsort(names, n, sizeof *names, cmpstr);
+  /* Base directory's scripts in name order (overlaid ones in their place), then
+   * each later directory's new scripts: an overlay can wrap the routes below it. */
+  for (int i = 0; rc == 0 && i < dl.n; i++)
+    rc = list_scripts(dl.dirs[i], &list, &n, err);
 
   for (size_t i = 0; rc == 0 && i < n; i++) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
     lua_pushcfunction(L, msgh);
-    if (load_text_file(L, path) != LUA_OK || lua_pcall(L, 0, 0, -2) != LUA_OK) {
+    if (load_text_file(L, list[i].path) != LUA_OK || lua_pcall(L, 0, 0, -2) != LUA_OK) {
       *err = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "script error");
       rc = ENG_ELUA;
       lua_pop(L, 2);
@@ -580,9 +687,11 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dir, char **err) {
     }
     lua_pop(L, 1);
   }
-  for (size_t i = 0; i < n; i++)
-    free(names[i]);
-  free(names);
+  for (size_t i = 0; i < n; i++) {
+    free(list[i].name);
+    free(list[i].path);
+  }
+  free(list);
   if (rc == 0) {
     /* /healthz is the engine's unless a script answers it. */
     eng_route_match m;

@@ -18,7 +18,7 @@ typedef struct eng_db eng_db;
 typedef struct eng_runtime eng_runtime;
 
 typedef struct eng_runtime_options {
-  const char *scripts_dir; /* loaded at creation (server mode); may be NULL */
+  const char *scripts_dir; /* loaded at creation (server mode), "dir[:dir...]"; may be NULL */
   const char *config_file; /* its `settings` table becomes engine.config; may be NULL */
   int budget_ms;           /* per handler call */
   size_t memory_limit;     /* bytes for the whole Lua state */
@@ -36,9 +36,13 @@ lua_State *eng_runtime_lua(eng_runtime *rt);
 /* The connection engine.db uses (borrowed; NULL detaches). */
 void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
 
-/* Loads the route scripts of dir (as eng_runtime_new does), replacing the
- * routes already registered. ENG_ELUA with *err on failure. */
-int eng_runtime_load_scripts(eng_runtime *rt, const char *dir, char **err);
+/* Loads the route scripts of dirs (as eng_runtime_new does), replacing the routes
+ * already registered. dirs is one directory or several separated by ':', an
+ * overlay: the first directory's *.lua files run in name order, a same-named
+ * file of a later directory taking the place of an earlier one, then each later
+ * directory's other files in name order; `require` searches the last directory
+ * first. ENG_ELUA (or ENG_EINVAL, ENG_ETOOBIG) with a malloc'd *err on failure. */
+int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err);
 
 typedef struct eng_response {
   int status;

@@ -181,6 +181,32 @@ int eng_router_add(eng_router *r, int method, const char *pattern, int handler, 
   return 0;
 }
 
+int *eng_router_slot(eng_router *r, int method, const char *pattern) {
+  size_t plen = strlen(pattern);
+  if (method < 0 || method >= ENG_M_COUNT_ || pattern[0] != '/' || (plen > 1 && pattern[plen - 1] == '/'))
+    return NULL;
+  node *n = &r->root;
+  for (const char *p = pattern + 1; *p && n;) {
+    const char *end = strchr(p, '/');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    node *next = NULL;
+    if (len > 0 && p[0] == '{') {
+      next = n->param;
+    } else {
+      for (size_t i = 0; i < n->nkids && !next; i++)
+        if (n->kids[i]->seg_len == len && memcmp(n->kids[i]->seg, p, len) == 0)
+          next = n->kids[i];
+    }
+    n = next;
+    if (!end)
+      break;
+    p = end + 1;
+  }
+  if (n == NULL || !(n->mask & (1u << method)))
+    return NULL;
+  return &n->handlers[method];
+}
+
 static int hexval(int c) {
   if (c >= '0' && c <= '9')
     return c - '0';

@@ -57,6 +57,11 @@ const char *eng_router_method_name(int method);
  * pattern that differs only in parameter names counts as the same), ENG_ENOMEM. */
 int eng_router_add(eng_router *r, int method, const char *pattern, int handler, const char **errmsg);
 
+/* The handler slot of an existing route, found by pattern shape (parameter names
+ * ignored), or NULL when that method and pattern are not routed. Writing through
+ * the pointer replaces the handler (the caller releases the old one). */
+int *eng_router_slot(eng_router *r, int method, const char *pattern);
+
 /* Matches a raw request path (no query string). scratch must hold at least
  * path_len + 1 bytes: parameter values are decoded into it and point there.
  * A path with a malformed %-escape or too many segments matches nothing (404). */

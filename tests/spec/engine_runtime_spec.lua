@@ -163,3 +163,15 @@ describe("engine memory budget", function()
     assert.equal(200, app.request("GET", "/hello").status)
   end)
 end)
+
+describe("engine script overlays", function()
+  local app = spec.app { scripts = "tests/fixtures/overlay/base:tests/fixtures/overlay/top", schema = SCHEMA }
+
+  it("replaces a base script by a same-named one and resolves require in the overlay first", function()
+    assert.same({ from = "top", util = "top" }, app.request("GET", "/things").json)
+  end)
+
+  it("runs the overlay's new scripts after the base, so route.replace can wrap a route", function()
+    assert.same({ from = "top", wrapped = true }, app.request("GET", "/other").json)
+  end)
+end)
