@@ -118,6 +118,18 @@ int main(void) {
   match(r, ENG_M_GET, "/a/b c");
   CHECK_INT(m.status, 404);
 
+  /* Slots by pattern shape: parameter names do not matter; replace in place. */
+  int *slot = eng_router_slot(r, ENG_M_GET, "/v2/integrations/{any_name}");
+  CHECK(slot != NULL && *slot == 4);
+  *slot = 40;
+  match(r, ENG_M_GET, "/v2/integrations/x");
+  CHECK_INT(m.handler, 40);
+  CHECK(eng_router_slot(r, ENG_M_PUT, "/v2/integrations/{id}") == NULL);
+  CHECK(eng_router_slot(r, ENG_M_GET, "/v2/integrations/nothing") == NULL);
+  CHECK(eng_router_slot(r, ENG_M_GET, "/v2/integrations/customer/") == NULL);
+  CHECK(eng_router_slot(r, ENG_M_GET, "/") != NULL);
+  CHECK(eng_router_slot(r, 99, "/") == NULL);
+
   /* Methods by name. */
   CHECK_INT(eng_router_method("DELETE", 6), ENG_M_DELETE);
   CHECK_INT(eng_router_method("delete", 6), -1);
