@@ -340,7 +340,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 }
 
 static void format_peer(uv_tcp_t *t, char *out, size_t size) {
-  struct sockaddr_storage ss;
+  struct sockaddr_storage ss = {0};
   int len = sizeof ss;
   char ip[INET6_ADDRSTRLEN] = "?";
   int port = 0;
