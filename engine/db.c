@@ -361,9 +361,12 @@ void eng_db_close(eng_db *db) {
 
 /* ---- migrations ---- */
 
+#define MIGRATION_DIRS_MAX 16
+
 typedef struct mig_file {
   int id;
   int recorded;
+  const char *dir; /* the schema directory holding it (points into the caller's split list) */
   char name[MIGRATION_NAME_MAX + 1];
   char checksum[SHA256_HEX_LEN + 1];
 } mig_file;
@@ -450,9 +453,9 @@ static int sha256_hex(const char *data, size_t len, char out[SHA256_HEX_LEN + 1]
 }
 
 /* Reads and checksums one file; *data is the text to run (malloc'd, caller frees). */
-static int load_migration(const char *dir, mig_file *f, char **data, char **err) {
+static int load_migration(mig_file *f, char **data, char **err) {
   size_t len = 0;
-  int rc = read_migration(dir, f->name, data, &len, err);
+  int rc = read_migration(f->dir, f->name, data, &len, err);
   if (rc)
     return rc;
   if (memchr(*data, '\0', len)) {
@@ -469,60 +472,73 @@ static int load_migration(const char *dir, mig_file *f, char **data, char **err)
   return rc;
 }
 
-static int list_migrations(const char *dir, mig_file **out, size_t *count, char **err) {
-  DIR *d = opendir(dir);
+/* Lists the migrations of every directory in dirs (ndirs of them), sorted by number;
+ * the same number twice, in one directory or across them, is an error. */
+static int list_migrations(char *const *dirs, int ndirs, mig_file **out, size_t *count, char **err) {
   mig_file *files = NULL;
   size_t n = 0, cap = 0;
   int rc = 0;
   struct dirent *de;
   char *data = NULL;
+  DIR *d = NULL;
 
-  if (!d) {
-    set_err(err, "db: cannot open schema directory %s: %s", dir, strerror(errno));
-    return ENG_EIO;
-  }
-  while ((de = readdir(d)) != NULL) {
-    int id = migration_number(de->d_name);
-    if (id < 0)
-      continue;
-    char path[4096];
-    struct stat sb;
-    if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path || stat(path, &sb) != 0 ||
-        !S_ISREG(sb.st_mode))
-      continue;
-    if (n == MIGRATION_FILES_MAX) {
-      set_err(err, "db: more than %d migration files in %s", MIGRATION_FILES_MAX, dir);
-      rc = ENG_ECONFIG;
+  for (int di = 0; di < ndirs; di++) {
+    const char *dir = dirs[di];
+    if ((d = opendir(dir)) == NULL) {
+      set_err(err, "db: cannot open schema directory %s: %s", dir, strerror(errno));
+      rc = ENG_EIO;
       goto cleanup;
     }
-    if (n == cap) {
-      size_t ncap = cap ? cap * 2 : 16;
-      mig_file *nf = realloc(files, ncap * sizeof *nf);
-      if (!nf) {
-        set_err(err, "db: out of memory listing %s", dir);
-        rc = ENG_ENOMEM;
+    while ((de = readdir(d)) != NULL) {
+      int id = migration_number(de->d_name);
+      if (id < 0)
+        continue;
+      char path[4096];
+      struct stat sb;
+      if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path || stat(path, &sb) != 0 ||
+          !S_ISREG(sb.st_mode))
+        continue;
+      if (n == MIGRATION_FILES_MAX) {
+        set_err(err, "db: more than %d migration files in %s", MIGRATION_FILES_MAX, dir);
+        rc = ENG_ECONFIG;
         goto cleanup;
       }
-      files = nf;
-      cap = ncap;
+      if (n == cap) {
+        size_t ncap = cap ? cap * 2 : 16;
+        mig_file *nf = realloc(files, ncap * sizeof *nf);
+        if (!nf) {
+          set_err(err, "db: out of memory listing %s", dir);
+          rc = ENG_ENOMEM;
+          goto cleanup;
+        }
+        files = nf;
+        cap = ncap;
+      }
+      mig_file *f = &files[n++];
+      memset(f, 0, sizeof *f);
+      f->id = id;
+      f->dir = dir;
+      memcpy(f->name, de->d_name, strlen(de->d_name) + 1);
     }
-    mig_file *f = &files[n++];
-    memset(f, 0, sizeof *f);
-    f->id = id;
-    memcpy(f->name, de->d_name, strlen(de->d_name) + 1);
+    closedir(d);
+    d = NULL;
   }
   if (n)
     qsort(files, n, sizeof *files, cmp_mig);
   for (size_t i = 1; i < n; i++) {
     if (files[i].id == files[i - 1].id) {
-      set_err(err, "db: migrations %s and %s share the number %04d", files[i - 1].name, files[i].name,
-              files[i].id);
+      if (files[i].dir == files[i - 1].dir)
+        set_err(err, "db: migrations %s and %s share the number %04d", files[i - 1].name, files[i].name,
+                files[i].id);
+      else
+        set_err(err, "db: migrations %s/%s and %s/%s share the number %04d", files[i - 1].dir,
+                files[i - 1].name, files[i].dir, files[i].name, files[i].id);
       rc = ENG_ECONFIG;
       goto cleanup;
     }
   }
   for (size_t i = 0; i < n; i++) {
-    rc = load_migration(dir, &files[i], &data, err);
+    rc = load_migration(&files[i], &data, err);
     free(data);
     data = NULL;
     if (rc)
@@ -533,7 +549,8 @@ static int list_migrations(const char *dir, mig_file **out, size_t *count, char 
   files = NULL;
 cleanup:
   free(files);
-  closedir(d);
+  if (d)
+    closedir(d);
   return rc;
 }
 
@@ -633,7 +650,7 @@ static int apply_migration(eng_db *db, const char *dir, mig_file *f, int *done, 
   int rc, step;
 
   *done = 0;
-  if ((rc = load_migration(dir, f, &sql, err)) != 0)
+  if ((rc = load_migration(f, &sql, err)) != 0)
     return rc;
   if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start migration", err)) != 0)
     goto cleanup;
@@ -697,10 +714,31 @@ int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err)
   size_t n = 0;
   int max_id, done, rc;
   int count = 0;
+  char *dirs[MIGRATION_DIRS_MAX];
+  int ndirs = 0;
+  char *spec = strdup(schema_dir);
 
   if (err)
     *err = NULL;
-  if ((rc = list_migrations(schema_dir, &files, &n, err)) != 0)
+  if (spec == NULL) {
+    set_err(err, "db: out of memory");
+    rc = ENG_ENOMEM;
+    goto cleanup;
+  }
+  /* "dir[:dir...]": an overlay of migration directories, numbered as one sequence. */
+  for (char *p = spec, *colon; p; p = colon ? colon + 1 : NULL) {
+    if ((colon = strchr(p, ':')) != NULL)
+      *colon = '\0';
+    if (*p == '\0')
+      continue;
+    if (ndirs == MIGRATION_DIRS_MAX) {
+      set_err(err, "db: more than %d schema directories", MIGRATION_DIRS_MAX);
+      rc = ENG_ECONFIG;
+      goto cleanup;
+    }
+    dirs[ndirs++] = p;
+  }
+  if ((rc = list_migrations(dirs, ndirs, &files, &n, err)) != 0)
     goto cleanup;
   if ((rc = check_records(db, schema_dir, files, n, &max_id, err)) != 0)
     goto cleanup;
@@ -723,5 +761,6 @@ cleanup:
   if (applied)
     *applied = count;
   free(files);
+  free(spec);
   return rc;
 }

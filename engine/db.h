@@ -77,7 +77,10 @@ int eng_db_after_request(eng_db *db);
  * A failing migration is rolled back fully (ENG_EDB; the message names the file and SQLite's
  * error); the ones before it stay applied. ENG_EIO when the directory or a file can't be read.
  * *applied (if not NULL) gets the number of newly applied files, also on error. *err (if not
- * NULL) gets a malloc'd message on failure. Logs one info line per applied migration. */
+ * NULL) gets a malloc'd message on failure. Logs one info line per applied migration.
+ * schema_dir may name up to 16 directories separated by ':' (an overlay, e.g. the default
+ * schema plus an operator's own): their files form one numbered sequence, and a number used in
+ * two of them is refused like two files with one number. */
 int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err);
 
 #endif

@@ -377,6 +377,37 @@ static void test_concurrent_migrators_apply_each_once(void) {
   }
 }
 
+/* Several schema directories form one numbered sequence (an operator's overlay). */
+static void test_migration_overlay(void) {
+  mkdir(path_in("base"), 0700);
+  mkdir(path_in("extra"), 0700);
+  write_file("base/0001_a.sql", "CREATE TABLE ov_a (x INTEGER);\n");
+  write_file("base/0003_c.sql", "INSERT INTO ov_b (x) VALUES (3);\n"); /* needs 0002 from extra first */
+  write_file("extra/0002_b.sql", "CREATE TABLE ov_b (x INTEGER);\n");
+  char dirs[600];
+  snprintf(dirs, sizeof dirs, "%s:%s", path_in("base"), path_in("extra"));
+  eng_db *db = NULL;
+  char *err = NULL;
+  int applied = 0;
+  CHECK_INT(eng_db_open(&db, path_in("overlay.db"), NULL, NULL), 0);
+  if (!db)
+    return;
+  CHECK_INT(eng_db_migrate(db, dirs, &applied, &err), 0);
+  CHECK_INT(applied, 3);
+  CHECK_INT(query_int(eng_db_handle(db), "SELECT group_concat(id, '') FROM _migrations"), 123);
+  CHECK_INT(query_int(eng_db_handle(db), "SELECT x FROM ov_b"), 3);
+  /* the base alone no longer matches what the database records */
+  CHECK_INT(eng_db_migrate(db, path_in("base"), &applied, &err), ENG_ECONFIG);
+  CHECK(contains(err, "records migration 0002_b.sql"));
+  free(err);
+  /* one number in two directories is refused */
+  write_file("extra/0003_dup.sql", "SELECT 1;\n");
+  CHECK_INT(eng_db_migrate(db, dirs, &applied, &err), ENG_ECONFIG);
+  CHECK(contains(err, "0003_c.sql and ") && contains(err, "0003_dup.sql share the number 0003"));
+  free(err);
+  eng_db_close(db);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/eng_test_db_XXXXXX");
   if (!mkdtemp(tmpdir)) {
@@ -389,6 +420,7 @@ int main(void) {
   test_after_request_resets_and_rolls_back();
   test_migrations();
   test_concurrent_migrators_apply_each_once();
+  test_migration_overlay();
   nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
   return check_summary("test_db");
 }
