@@ -11,7 +11,7 @@ local function post(app, email, headers)
 end
 
 describe("example admin-allowlist", function()
-  local app = spec.app { scripts = DIR .. "scripts", settings = {
+  local app = spec.app { scripts = "scripts:" .. DIR .. "scripts", settings = {
     admin_key = "adm", allowed_email_domains = { "acme.io", "Example.COM" } } }
 
   it("lets allowed domains sign up without a key (domains compare case-insensitively)", function()
@@ -39,7 +39,7 @@ describe("example admin-allowlist", function()
 end)
 
 describe("example admin-allowlist with domains from the environment form", function()
-  local app = spec.app { scripts = DIR .. "scripts", settings = { allowed_email_domains = " acme.io , b.co " } }
+  local app = spec.app { scripts = "scripts:" .. DIR .. "scripts", settings = { allowed_email_domains = " acme.io , b.co " } }
 
   it("reads a comma-separated list", function()
     P.ok(post(app, "a@b.co"))
@@ -49,7 +49,7 @@ describe("example admin-allowlist with domains from the environment form", funct
 end)
 
 describe("example admin-allowlist with no domains", function()
-  local app = spec.app { scripts = DIR .. "scripts" }
+  local app = spec.app { scripts = "scripts:" .. DIR .. "scripts" }
 
   it("creates nothing without an admin key configured", function()
     P.failed(post(app, "a@b.co"), 403)

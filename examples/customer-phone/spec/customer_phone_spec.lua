@@ -8,7 +8,7 @@ local DIR = "examples/customer-phone/"
 local CUSTOMER = "/v2/integrations/customer"
 
 describe("example customer-phone", function()
-  local app = spec.app { scripts = DIR .. "scripts", schema = DIR .. "schema" }
+  local app = spec.app { scripts = "scripts:" .. DIR .. "scripts", schema = "schema:" .. DIR .. "schema" }
 
   it("stores and answers Phone", function()
     local c = P.customer(app, { Phone = "+919876543210" })

@@ -1,1 +1,0 @@
-../../../schema/0001_init.sql

@@ -1,2 +1,0 @@
--- 0002_customer_phone.sql - the customer-phone example: an optional phone number per customer.
-ALTER TABLE customers ADD COLUMN phone TEXT;

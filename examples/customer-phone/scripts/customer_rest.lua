@@ -1,1 +1,0 @@
-../../../scripts/customer_rest.lua
