@@ -262,11 +262,36 @@ static int pragma_text(sqlite3 *h, const char *sql, char *out, size_t outlen) {
   return rc;
 }
 
+/* Resolves a MiB option: 0 takes the environment variable env (a whole number 0..MAX, where 0
+ * means off, stored as -1), else def; negative means off; above ENG_DB_SIZE_MAX_MB is refused. */
+static int size_option(int *mb, const char *env, int def, char **err) {
+  if (*mb == 0) {
+    const char *v = getenv(env);
+    if (v && *v) {
+      char *end;
+      errno = 0;
+      long n = strtol(v, &end, 10);
+      if (errno || *end || n < 0 || n > ENG_DB_SIZE_MAX_MB) {
+        set_err(err, "db: %s must be a whole number of MiB from 0 to %d, not \"%s\"", env, ENG_DB_SIZE_MAX_MB, v);
+        return ENG_EINVAL;
+      }
+      *mb = n == 0 ? -1 : (int)n;
+    } else {
+      *mb = def;
+    }
+  }
+  if (*mb > ENG_DB_SIZE_MAX_MB) {
+    set_err(err, "db: cache and mmap sizes must be at most %d MiB", ENG_DB_SIZE_MAX_MB);
+    return ENG_EINVAL;
+  }
+  return 0;
+}
+
 int eng_db_open(eng_db **out, const char *path, const eng_db_options *opt, char **err) {
   eng_db_options o = opt ? *opt : (eng_db_options){0};
   eng_db *db = NULL;
   int rc = 0;
-  char pragma[64];
+  char pragma[160];
   char mode[32];
 
   *out = NULL;
@@ -292,6 +317,10 @@ int eng_db_open(eng_db **out, const char *path, const eng_db_options *opt, char 
             ENG_DB_STMT_CACHE_MAX);
     return ENG_EINVAL;
   }
+
+  if ((rc = size_option(&o.cache_mb, ENG_DB_CACHE_ENV, ENG_DB_CACHE_DEFAULT_MB, err)) != 0 ||
+      (rc = size_option(&o.mmap_mb, ENG_DB_MMAP_ENV, ENG_DB_MMAP_DEFAULT_MB, err)) != 0)
+    return rc;
 
   db = calloc(1, sizeof *db);
   if (!db)
@@ -327,7 +356,9 @@ int eng_db_open(eng_db **out, const char *path, const eng_db_options *opt, char 
       goto fail;
     }
   }
-  snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s; PRAGMA foreign_keys=ON", o.synchronous);
+  snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s; PRAGMA foreign_keys=ON; PRAGMA cache_size=%lld; "
+           "PRAGMA mmap_size=%lld", o.synchronous, o.cache_mb < 0 ? -2000LL : -1024LL * o.cache_mb,
+           o.mmap_mb < 0 ? 0LL : 1048576LL * o.mmap_mb);
   if (sqlite3_exec(db->h, pragma, NULL, NULL, NULL) != SQLITE_OK) {
     set_err(err, "db: cannot configure %s: %s", path, sqlite3_errmsg(db->h));
     rc = ENG_EDB;

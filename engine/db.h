@@ -21,6 +21,11 @@
 #define ENG_DB_SQL_MAX_BYTES (1024 * 1024)             /* one statement's text */
 #define ENG_DB_MIGRATION_MAX_BYTES (16 * 1024 * 1024)  /* one migration file */
 #define ENG_DB_MIGRATIONS_TABLE "_migrations"
+#define ENG_DB_CACHE_DEFAULT_MB 64   /* page cache per connection (PRAGMA cache_size) */
+#define ENG_DB_MMAP_DEFAULT_MB 1024  /* memory-mapped reads of the database file (PRAGMA mmap_size) */
+#define ENG_DB_SIZE_MAX_MB 65536     /* upper bound for both */
+#define ENG_DB_CACHE_ENV "APIENGINE_DB_CACHE_MB"
+#define ENG_DB_MMAP_ENV "APIENGINE_DB_MMAP_MB"
 
 typedef struct eng_db eng_db;
 
@@ -28,10 +33,18 @@ typedef struct eng_db_options {
   const char *synchronous; /* "FULL" (default when NULL), "NORMAL", "OFF" */
   int busy_timeout_ms;     /* default ENG_DB_BUSY_TIMEOUT_DEFAULT_MS when 0; negative is ENG_EINVAL */
   int stmt_cache_size;     /* default ENG_DB_STMT_CACHE_DEFAULT when 0; else MIN..MAX, or ENG_EINVAL */
+  int cache_mb;            /* page cache in MiB; 0: $APIENGINE_DB_CACHE_MB, else ENG_DB_CACHE_DEFAULT_MB;
+                            * negative: SQLite's own default (2 MiB); above ENG_DB_SIZE_MAX_MB: ENG_EINVAL */
+  int mmap_mb;             /* mmap window in MiB; 0: $APIENGINE_DB_MMAP_MB, else ENG_DB_MMAP_DEFAULT_MB;
+                            * negative: no mmap; above ENG_DB_SIZE_MAX_MB: ENG_EINVAL */
 } eng_db_options;
 
 /* Opens path (created if missing; ":memory:" allowed) and sets journal_mode=WAL (except for
- * ":memory:" and ""), synchronous, foreign_keys=ON, extended result codes and the busy timeout.
+ * ":memory:" and ""), synchronous, foreign_keys=ON, extended result codes, the busy timeout,
+ * cache_size and mmap_size. The environment variables APIENGINE_DB_CACHE_MB / APIENGINE_DB_MMAP_MB
+ * (a whole number of MiB, 0 = off for mmap; anything else is ENG_EINVAL) apply when the option is 0.
+ * A large cache matters for ingestion: inserts at random keys of a big table read and dirty pages
+ * all over it; mmap lets reads of clean pages skip the read() copy.
  * opt may be NULL (all defaults). On success *out owns the connection (eng_db_close it).
  * On failure *out is NULL and, when err is not NULL, *err gets a malloc'd message
  * (ENG_EINVAL for bad options, ENG_EDB when SQLite refuses, ENG_ENOMEM). */

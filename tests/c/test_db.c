@@ -98,6 +98,45 @@ static void test_open_sets_wal_fk_and_full_sync(void) {
   }
 }
 
+static void test_open_sets_cache_and_mmap(void) {
+  eng_db *db = NULL;
+  char *err = NULL;
+  unsetenv(ENG_DB_CACHE_ENV);
+  unsetenv(ENG_DB_MMAP_ENV);
+  CHECK_INT(eng_db_open(&db, path_in("cache.db"), NULL, &err), 0);
+  if (db) {
+    CHECK_INT(query_int(eng_db_handle(db), "PRAGMA cache_size"), -1024LL * ENG_DB_CACHE_DEFAULT_MB);
+    CHECK_INT(query_int(eng_db_handle(db), "PRAGMA mmap_size"), 1048576LL * ENG_DB_MMAP_DEFAULT_MB);
+    eng_db_close(db);
+  }
+  eng_db_options o = {.cache_mb = 3, .mmap_mb = -1};
+  CHECK_INT(eng_db_open(&db, path_in("cache.db"), &o, &err), 0);
+  if (db) {
+    CHECK_INT(query_int(eng_db_handle(db), "PRAGMA cache_size"), -3072);
+    CHECK_INT(query_int(eng_db_handle(db), "PRAGMA mmap_size"), 0);
+    eng_db_close(db);
+  }
+  /* The environment applies to options left at 0; 0 in the environment turns each off. */
+  setenv(ENG_DB_CACHE_ENV, "7", 1);
+  setenv(ENG_DB_MMAP_ENV, "0", 1);
+  CHECK_INT(eng_db_open(&db, path_in("cache.db"), NULL, &err), 0);
+  if (db) {
+    CHECK_INT(query_int(eng_db_handle(db), "PRAGMA cache_size"), -7168);
+    CHECK_INT(query_int(eng_db_handle(db), "PRAGMA mmap_size"), 0);
+    eng_db_close(db);
+  }
+  setenv(ENG_DB_MMAP_ENV, "12x", 1);
+  CHECK_INT(eng_db_open(&db, path_in("cache.db"), NULL, &err), ENG_EINVAL);
+  CHECK(db == NULL);
+  CHECK_STR(err, "db: APIENGINE_DB_MMAP_MB must be a whole number of MiB from 0 to 65536, not \"12x\"");
+  free(err);
+  unsetenv(ENG_DB_CACHE_ENV);
+  unsetenv(ENG_DB_MMAP_ENV);
+  o = (eng_db_options){.cache_mb = ENG_DB_SIZE_MAX_MB + 1};
+  CHECK_INT(eng_db_open(&db, path_in("cache.db"), &o, &err), ENG_EINVAL);
+  free(err);
+}
+
 static void test_open_rejects_bad_options_and_paths(void) {
   eng_db *db = (eng_db *)1;
   char *err = NULL;
@@ -415,6 +454,7 @@ int main(void) {
     return 1;
   }
   test_open_sets_wal_fk_and_full_sync();
+  test_open_sets_cache_and_mmap();
   test_open_rejects_bad_options_and_paths();
   test_stmt_cache_reuses_resets_and_evicts_lru();
   test_after_request_resets_and_rolls_back();
