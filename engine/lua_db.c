@@ -34,6 +34,7 @@
 /* Registry keys: their addresses are unique. */
 static const char db_key = 'd';    /* light userdata: the attached eng_db (NULL when detached) */
 static const char names_key = 'n'; /* table: stmt light userdata -> {names..., [0]=serial, [-1]=reprepares} */
+static const char tx_changes_key = 'c'; /* integer: sqlite3_total_changes64 when the outer db.tx began */
 
 enum { MODE_QUERY, MODE_ONE, MODE_EXEC };
 
@@ -390,6 +391,87 @@ static int run_statement(lua_State *L, int mode) {
   return lua_gettop(L);
 }
 
+/* Protected part of exec_many. Stack: sql, rows, consts (table or nil), call_state. */
+static int exec_many_body(lua_State *L) {
+  call_state *cs = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  size_t len;
+  const char *sql = lua_tolstring(L, 1, &len);
+  const char *emsg = NULL;
+  int rc = eng_db_prepare(cs->db, sql, len, &cs->st, &emsg);
+  if (rc != 0)
+    return raise_failure(L, prepare_failure_code(cs->db, rc), emsg, 1, NULL);
+  sqlite3_stmt *st = cs->st;
+  sqlite3 *h = eng_db_handle(cs->db);
+  int np = sqlite3_bind_parameter_count(st);
+  const char *first = np > 0 ? sqlite3_bind_parameter_name(st, 1) : NULL;
+  int by_name = first && first[0] != '?';
+  int has_consts = lua_istable(L, 3);
+  int names = lua_gettop(L) + 1; /* the parameter names as Lua strings, pushed once */
+  luaL_checkstack(L, np + 4, "too many parameters");
+  for (int i = 1; by_name && i <= np; i++) {
+    const char *name = sqlite3_bind_parameter_name(st, i);
+    if (!name || name[0] == '?')
+      luaL_error(L, "parameter %d is positional, but parameters were given by name", i);
+    lua_pushstring(L, name + 1);
+  }
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2), changed = 0;
+  for (lua_Integer r = 1; r <= n; r++) {
+    if (lua_rawgeti(L, 2, r) != LUA_TTABLE)
+      luaL_error(L, "db.exec_many: row %d is a %s, not a table", (int)r, luaL_typename(L, -1));
+    int row = lua_gettop(L);
+    if (!by_name && (lua_Integer)lua_rawlen(L, row) > np)
+      luaL_error(L, "db.exec_many: row %d has more values than the statement's %d parameters", (int)r, np);
+    for (int i = 1; i <= np; i++) {
+      if (by_name) {
+        lua_pushvalue(L, names + i - 1);
+        if (lua_rawget(L, row) == LUA_TNIL && has_consts) {
+          lua_pop(L, 1);
+          lua_pushvalue(L, names + i - 1);
+          lua_rawget(L, 3);
+        }
+      } else {
+        lua_rawgeti(L, row, i);
+      }
+      bind_value(L, st, i, lua_gettop(L));
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    sqlite3_int64 before = sqlite3_total_changes64(h);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+      ;
+    if (rc != SQLITE_DONE)
+      return raise_step_failure(L, cs->db, rc);
+    if (sqlite3_total_changes64(h) != before)
+      changed += sqlite3_changes64(h);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+  lua_pushinteger(L, changed);
+  return 1;
+}
+
+/* db.exec_many(sql, rows [, consts]) -> total changes: runs one statement once per row. */
+static int l_exec_many(lua_State *L) {
+  call_state cs = {check_db(L), NULL, MODE_EXEC};
+  luaL_checktype(L, 1, LUA_TSTRING);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 3))
+    luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  lua_pushcfunction(L, exec_many_body);
+  lua_insert(L, 1);
+  lua_pushlightuserdata(L, &cs);
+  int status = lua_pcall(L, 4, 1, 0);
+  if (cs.st) {
+    sqlite3_reset(cs.st);
+    sqlite3_clear_bindings(cs.st);
+  }
+  if (status != LUA_OK)
+    return lua_error(L);
+  return 1;
+}
+
 static int l_query(lua_State *L) { return run_statement(L, MODE_QUERY); }
 static int l_one(lua_State *L) { return run_statement(L, MODE_ONE); }
 static int l_exec(lua_State *L) { return run_statement(L, MODE_EXEC); }
@@ -447,7 +529,16 @@ static int l_tx(lua_State *L) {
 
   if (run_control(db, begin, &f) != 0)
     return raise_failure(L, f.code, f.msg, 0, begin);
-  if (lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0) != LUA_OK) {
+  if (!nested) {
+    lua_pushinteger(L, (lua_Integer)sqlite3_total_changes64(eng_db_handle(db)));
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &tx_changes_key);
+  }
+  int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+  if (!nested) {
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &tx_changes_key);
+  }
+  if (status != LUA_OK) {
     undo_tx(db, nested);
     return lua_error(L); /* the original error object, unchanged */
   }
@@ -458,10 +549,73 @@ static int l_tx(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* ---- key sets ---- */
+
+/* Syncs the key set of the SQL at stack index 1 (db.h: eng_db_keyset_sync). Inside a db.tx it
+ * refuses once the transaction has written anything: its uncommitted rows could enter the set. */
+static eng_db_keyset *sync_keyset(lua_State *L, eng_db *db) {
+  size_t len;
+  const char *sql = luaL_checklstring(L, 1, &len);
+  sqlite3 *h = eng_db_handle(db);
+  if (!sqlite3_get_autocommit(h)) {
+    int recorded = lua_rawgetp(L, LUA_REGISTRYINDEX, &tx_changes_key) == LUA_TNUMBER;
+    lua_Integer at_begin = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (recorded && at_begin != (lua_Integer)sqlite3_total_changes64(h))
+      luaL_error(L, "db: a key set must be synced before the transaction writes");
+  }
+  eng_db_keyset *ks = NULL;
+  const char *emsg = NULL;
+  int rc = eng_db_keyset_sync(db, sql, len, &ks, &emsg);
+  if (rc == ENG_EINVAL)
+    luaL_error(L, "db: %s", emsg);
+  if (rc != 0)
+    raise_failure(L, rc == ENG_EDB ? prepare_failure_code(db, rc) : rc == ENG_ENOMEM ? SQLITE_NOMEM : SQLITE_TOOBIG,
+                  emsg, 1, NULL);
+  return ks;
+}
+
+/* db.keys_sync(scan_sql) -> number of pairs in the set. */
+static int l_keys_sync(lua_State *L) {
+  eng_db_keyset *ks = sync_keyset(L, check_db(L));
+  lua_pushinteger(L, (lua_Integer)eng_db_keyset_count(ks));
+  return 1;
+}
+
+/* db.keys_unseen(scan_sql, group, keys) -> array: [i] = true when (group, keys[i]) is not in the
+ * synced set. The set is not changed by the answer: the rows the caller then inserts enter it at
+ * the next sync, once committed. */
+static int l_keys_unseen(lua_State *L) {
+  eng_db *db = check_db(L);
+  size_t glen;
+  const char *group = luaL_checklstring(L, 2, &glen);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, 3);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, 3, i) != LUA_TSTRING)
+      luaL_error(L, "db.keys_unseen: key %d is a %s, not a string", (int)i, luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  eng_db_keyset *ks = sync_keyset(L, db);
+  uint32_t gid = eng_db_keyset_group(ks, group, glen);
+  lua_createtable(L, (int)n, 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t klen;
+    lua_rawgeti(L, 3, i);
+    const char *key = lua_tolstring(L, -1, &klen);
+    int seen = eng_db_keyset_has(ks, gid, key, klen);
+    lua_pop(L, 1);
+    lua_pushboolean(L, !seen);
+    lua_rawseti(L, -2, i);
+  }
+  return 1;
+}
+
 int eng_luaopen_db(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"query", l_query}, {"one", l_one},           {"exec", l_exec}, {"tx", l_tx},
-      {"is_error", l_is_error}, {"kind", l_kind}, {NULL, NULL},
+      {"is_error", l_is_error}, {"kind", l_kind}, {"keys_sync", l_keys_sync}, {"exec_many", l_exec_many}, {"keys_unseen", l_keys_unseen},
+      {NULL, NULL},
   };
   push_error_mt(L);
   lua_pop(L, 1);

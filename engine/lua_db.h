@@ -4,9 +4,17 @@
  *   db.query(sql, ...)  -> array of row tables (column name -> value), always encodes as a JSON array
  *   db.one(sql, ...)    -> the first row table, or nil
  *   db.exec(sql, ...)   -> changes, last_insert_rowid
+ *   db.exec_many(sql, rows [, consts]) -> total changes: sql once per row of the array rows
+ *                          (one prepare; a row that raises stops the rest, so call it inside db.tx).
+ *                          Named parameters (:name) bind rows[i].name, or consts.name when the row
+ *                          has none (nil: NULL); positional ones bind rows[i][1..n] (nil: NULL)
  *   db.tx(fn, ...)      -> fn's results; fn runs in BEGIN IMMEDIATE (or a SAVEPOINT when nested),
  *                          rolled back when it raises, and the error is re-raised unchanged
  *   db.is_error(e), db.kind(e) -> helpers for the error tables raised by the functions above
+ *   db.keys_sync(scan_sql)    -> pairs in the connection's key set for scan_sql, brought up to date
+ *                                (db.h: eng_db_keyset_sync; inside db.tx only before it writes)
+ *   db.keys_unseen(scan_sql, group, keys) -> syncs, then {[i] = true when (group, keys[i]) is not
+ *                                in the set, false when it is}; exact under db.tx (BEGIN IMMEDIATE)
  * Parameters are bound, never spliced: `?`/`?NNN` from the extra arguments, or `:name`/`@name`/
  * `$name` from a single table argument. NULL reads back as engine.json.null. */
 #ifndef ENG_LUA_DB_H

@@ -34,6 +34,9 @@ route.post("/v2/integrations/calls", function(req)
     records[i] = rec
   end
 
+  -- Parsing and validation above, and most of the key set's catch-up here, run before the
+  -- write lock (BEGIN IMMEDIATE), so the other workers can do theirs while one writes.
+  usage.sync_keys()
   local created_at = time.format(time.now())
   local accepted = db.tx(function()
     -- The app may have been deleted since the token check: then nothing is stored.

@@ -3,8 +3,11 @@
 --
 --   usage.check_record(v)            -> record | nil, message naming the field (no "record N: ")
 --   usage.store(customer_id, app_id, records, created_at)
---                                    -> accepted count; call inside db.tx (raw rows and rollups
---                                       are written in the caller's transaction)
+--                                    -> accepted count; call inside db.tx, before it writes (raw
+--                                       rows and rollups are written in the caller's transaction)
+--   usage.sync_keys()                brings this worker's CallSid key set up to date; optional,
+--                                    outside db.tx, so that store has little left to catch up
+--                                    while it holds the write lock
 --   usage.period(query, now_ms)      -> start_ms, end_ms (inclusive, whole seconds)
 --                                       | nil, "invalid_date" | "invalid_period", message
 --   usage.totals(customer_id, start_ms, end_ms) -> { total_calls, total_minutes, inbound_calls,
@@ -196,9 +199,14 @@ function M.check_record(r)
   return rec
 end
 
+-- Idempotency (schema/0004_ingest.sql): `calls` is appended in arrival order, and whether a
+-- (customer, CallSid) is already recorded is answered by the worker's in-memory key set of
+-- `calls`, caught up with this scan. Under BEGIN IMMEDIATE no one else writes, so the answer is
+-- exact for the transaction.
+local KEY_SCAN = "SELECT seq, customer_id, call_sid FROM calls WHERE seq > ? ORDER BY seq"
 local INSERT_CALL = [[
   INSERT INTO calls (customer_id, call_sid, app_id, app_user_id, direction, channel, start_ms, duration_s, created_at)
-  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING]]
+  VALUES (:customer_id, :sid, :app_id, :user, :direction, :channel, :start_ms, :duration, :created_at)]]
 local UPSERT_DAY = [[
   INSERT INTO usage_days (customer_id, day, calls, minutes, inbound, outbound, sip, pstn)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -218,14 +226,22 @@ local USER_YEAR = [[INSERT INTO usage_user_years (customer_id, year, app_id, app
 -- adds the new ones to the rollups. Must run inside db.tx. Returns how many were new.
 -- The rollups are aggregated here first, so a batch writes one row per day it touches and one
 -- per (month, user) and (year, user), not one per record.
+function M.sync_keys()
+  db.keys_sync(KEY_SCAN)
+end
+
 function M.store(customer_id, app_id, records, created_at)
   local days, users = {}, {} -- day -> counters; day -> { user -> true }
   local accepted = 0
+  local sids, taken, rows = {}, {}, {}
+  for i = 1, #records do sids[i] = records[i].sid end
+  local new = db.keys_unseen(KEY_SCAN, customer_id, sids)
   for i = 1, #records do
     local r = records[i]
-    if db.exec(INSERT_CALL, customer_id, r.sid, app_id, r.user, r.direction, r.channel, r.start_ms,
-               r.duration, created_at) == 1 then
+    if new[i] and not taken[r.sid] then
+      taken[r.sid] = true
       accepted = accepted + 1
+      rows[accepted] = r
       local day = r.start_ms // DAY_MS
       local c = days[day]
       if not c then
@@ -240,6 +256,7 @@ function M.store(customer_id, app_id, records, created_at)
       if r.user then users[day][r.user] = true end
     end
   end
+  db.exec_many(INSERT_CALL, rows, { customer_id = customer_id, app_id = app_id, created_at = created_at })
   -- month -> day mask, month -> user -> day mask; the same per year with month masks.
   local app_months, user_months, app_years, user_years = {}, {}, {}, {}
   for day, c in pairs(days) do

@@ -223,6 +223,58 @@ static const char names_chunk[] =
     "db.exec('ALTER TABLE r ADD COLUMN c TEXT')\n"
     "row = db.query(q)[1]; eq(row.b, 1, 'b'); eq(row.c, null, 'added column present as null')\n";
 
+static const char many_chunk[] =
+    "local db = require 'engine.db'\n"
+    "db.exec('CREATE TABLE m (id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT NOT NULL)')\n"
+    /* named: each row's fields, then consts for what the row lacks; a missing one is NULL */
+    "local n = db.exec_many('INSERT INTO m (a, b, c) VALUES (:a, :b, :c)',\n"
+    "  { {a = 'x', b = 1}, {b = 2}, {a = 'z', c = 'own'} }, {c = 'const', a = 'A'})\n"
+    "eq(n, 3, 'changes')\n"
+    "local rows = db.query('SELECT a, b, c FROM m ORDER BY id')\n"
+    "eq(rows[1].a, 'x', 'r1 a'); eq(rows[1].b, 1, 'r1 b'); eq(rows[1].c, 'const', 'r1 const')\n"
+    "eq(rows[2].a, 'A', 'r2 const a'); eq(rows[3].b, null, 'r3 missing b is NULL'); eq(rows[3].c, 'own', 'r3 c')\n"
+    /* positional: rows are arrays, a hole is NULL */
+    "n = db.exec_many('INSERT INTO m (a, b, c) VALUES (?, ?, ?)', { {'p', 7, 'q'}, {nil, 8, 'r'} })\n"
+    "eq(n, 2, 'positional changes')\n"
+    "eq(db.one('SELECT count(*) AS n FROM m WHERE a IS NULL AND b = 8').n, 1, 'hole is NULL')\n"
+    "eq(db.exec_many('UPDATE m SET b = b + 1 WHERE b = ?', { {7}, {99}, {1} }), 2, 'counts only real changes')\n"
+    "eq(db.exec_many('INSERT INTO m (c) VALUES (?)', {}), 0, 'no rows')\n"
+    /* a failing row raises the db error; inside db.tx nothing stays */
+    "local e = fails(db.tx, function()\n"
+    "  db.exec_many('INSERT INTO m (a, c) VALUES (?, ?)', { {'t1', 'ok'}, {'t2', nil}, {'t3', 'never'} })\n"
+    "end)\n"
+    "eq(db.kind(e), 'not_null', 'kind'); eq(db.one(\"SELECT count(*) AS n FROM m WHERE a LIKE 't%'\").n, 0, 'rolled back')\n"
+    "eq(tostring(fails(db.exec_many, 'INSERT INTO m (c) VALUES (?)', { {'a'}, 5 })):match('row 2 is a number') ~= nil,\n"
+    "  true, 'row type')\n"
+    "eq(tostring(fails(db.exec_many, 'INSERT INTO m (c) VALUES (?)', { {'a', 'b'} })):match('more values') ~= nil,\n"
+    "  true, 'too many values')\n"
+    "fails(db.exec_many, 'INSERT INTO m (c) VALUES (?)')\n"
+    "fails(db.exec_many, 'INSERT INTO m (c) VALUES (?)', {}, 'consts')\n";
+
+static const char keys_chunk[] =
+    "local db = require 'engine.db'\n"
+    "local SCAN = 'SELECT seq, g, k FROM kl WHERE seq > ? ORDER BY seq'\n"
+    "db.exec('CREATE TABLE kl (seq INTEGER PRIMARY KEY AUTOINCREMENT, g TEXT NOT NULL, k TEXT NOT NULL)')\n"
+    "eq(db.keys_sync(SCAN), 0, 'empty')\n"
+    "db.exec_many('INSERT INTO kl (g, k) VALUES (?, ?)', { {'c1', 's1'}, {'c1', 's2'}, {'c2', 's1'} })\n"
+    "eq(db.keys_sync(SCAN), 3, 'synced')\n"
+    "local new = db.keys_unseen(SCAN, 'c1', {'s1', 's3', 's2', 's3'})\n"
+    "eq(#new, 4, '#'); eq(new[1], false, 's1 seen'); eq(new[2], true, 's3 new'); eq(new[3], false, 's2 seen')\n"
+    "eq(new[4], true, 'the set is not changed by the answer')\n"
+    "eq(db.keys_unseen(SCAN, 'c3', {'s1'})[1], true, 'other group')\n"
+    "eq(#db.keys_unseen(SCAN, 'c1', {}), 0, 'no keys')\n"
+    /* inside db.tx: fine before the transaction writes, refused after */
+    "eq(fails(db.tx, function()\n"
+    "  eq(db.keys_unseen(SCAN, 'c2', {'s1'})[1], false, 'in tx')\n"
+    "  db.exec(\"INSERT INTO kl (g, k) VALUES ('c2', 'uncommitted')\")\n"
+    "  local e = fails(db.keys_unseen, SCAN, 'c2', {'s1'})\n"
+    "  eq(tostring(e):match('before the transaction writes') ~= nil, true, 'refused after a write')\n"
+    "  error('undo', 0)\n"
+    "end), 'undo', 'rolled back')\n"
+    "eq(db.keys_unseen(SCAN, 'c2', {'uncommitted'})[1], true, 'rolled back row never entered the set')\n"
+    "eq(tostring(fails(db.keys_unseen, SCAN, 'c1', {'a', 5})):match('key 2 is a number') ~= nil, true, 'key type')\n"
+    "eq(db.kind(fails(db.keys_sync, 'SELECT nope')), 'error', 'bad scan SQL')\n";
+
 static void test_lua_api(void) {
   eng_db *db = NULL;
   char path[128];
@@ -241,6 +293,11 @@ static void test_lua_api(void) {
   CHECK_INT(sqlite3_get_autocommit(h), 1);
   CHECK(run(L, "names", names_chunk, 0, NULL));
   CHECK_INT(busy_statements(h), 0);
+  CHECK(run(L, "many", many_chunk, 0, NULL));
+  CHECK_INT(busy_statements(h), 0);
+  CHECK(run(L, "keys", keys_chunk, 0, NULL));
+  CHECK_INT(busy_statements(h), 0);
+  CHECK_INT(sqlite3_get_autocommit(h), 1);
 
   /* a transaction left open by a handler is rolled back after the request */
   CHECK(run(L, "left_open",
@@ -322,6 +379,69 @@ static void test_two_workers_write_the_same_file(void) {
   eng_db_close(db);
 }
 
+/* Two workers insert the same 400 keys (each in its own order, in batches of 20) with the
+ * keys_unseen check under db.tx: each key must be stored exactly once. */
+static const char ingest_chunk[] =
+    "local db = require 'engine.db'\n"
+    "local w = ...\n"
+    "local SCAN = 'SELECT seq, g, k FROM ing WHERE seq > ? ORDER BY seq'\n"
+    "local stored = 0\n"
+    "for b = 0, 19 do\n"
+    "  local keys = {}\n"
+    "  for i = 1, 20 do\n"
+    "    local n = w == 1 and b * 20 + i or 401 - (b * 20 + i)\n"
+    "    keys[i] = 'k' .. n\n"
+    "  end\n"
+    "  db.keys_sync(SCAN)\n"
+    "  db.tx(function()\n"
+    "    local new, rows = db.keys_unseen(SCAN, 'cust', keys), {}\n"
+    "    for i = 1, #keys do if new[i] then rows[#rows + 1] = {keys[i], w} end end\n"
+    "    stored = stored + db.exec_many(\"INSERT INTO ing (g, k, w) VALUES ('cust', ?, ?)\", rows)\n"
+    "  end)\n"
+    "end\n";
+
+static void *ingest_thread(void *arg) {
+  writer *w = arg;
+  eng_db *db = NULL;
+  if (eng_db_open(&db, w->path, NULL, NULL) != 0)
+    return NULL;
+  lua_State *L = new_state(db);
+  w->ok = run(L, "ingest", ingest_chunk, 1, &w->id);
+  lua_close(L);
+  eng_db_close(db);
+  return NULL;
+}
+
+static void test_two_workers_store_each_key_once(void) {
+  char path[128];
+  eng_db *db = NULL;
+  snprintf(path, sizeof path, "%s/ingest.db", tmpdir);
+  CHECK_INT(eng_db_open(&db, path, NULL, NULL), 0);
+  if (!db)
+    return;
+  CHECK_INT(sqlite3_exec(eng_db_handle(db),
+                         "CREATE TABLE ing (seq INTEGER PRIMARY KEY AUTOINCREMENT, g TEXT NOT NULL, k TEXT NOT NULL, "
+                         "w INTEGER NOT NULL)",
+                         NULL, NULL, NULL),
+            SQLITE_OK);
+  writer w[2] = {{path, 1, 0}, {path, 2, 0}};
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++)
+    pthread_create(&th[i], NULL, ingest_thread, &w[i]);
+  for (int i = 0; i < 2; i++)
+    pthread_join(th[i], NULL);
+  CHECK_INT(w[0].ok, 1);
+  CHECK_INT(w[1].ok, 1);
+  lua_State *L = new_state(db);
+  CHECK(run(L, "once",
+            "local db = require 'engine.db'\n"
+            "eq(db.one('SELECT count(*) AS n FROM ing').n, 400, 'rows')\n"
+            "eq(db.one('SELECT count(DISTINCT k) AS n FROM ing').n, 400, 'distinct keys')\n",
+            0, NULL));
+  lua_close(L);
+  eng_db_close(db);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/eng_test_lua_db_XXXXXX");
   if (!mkdtemp(tmpdir)) {
@@ -330,6 +450,7 @@ int main(void) {
   }
   test_lua_api();
   test_two_workers_write_the_same_file();
+  test_two_workers_store_each_key_once();
   nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
   return check_summary("test_lua_db");
 }
