@@ -31,7 +31,8 @@ typedef struct eng_db eng_db;
 
 typedef struct eng_db_options {
   const char *synchronous; /* "FULL" (default when NULL), "NORMAL", "OFF" */
-  int busy_timeout_ms;     /* default ENG_DB_BUSY_TIMEOUT_DEFAULT_MS when 0; negative is ENG_EINVAL */
+  int busy_timeout_ms;     /* how long to wait for a lock (retrying every 0.1 ms, after 5 ms every 1 ms);
+                            * default ENG_DB_BUSY_TIMEOUT_DEFAULT_MS when 0; negative is ENG_EINVAL */
   int stmt_cache_size;     /* default ENG_DB_STMT_CACHE_DEFAULT when 0; else MIN..MAX, or ENG_EINVAL */
   int cache_mb;            /* page cache in MiB; 0: $APIENGINE_DB_CACHE_MB, else ENG_DB_CACHE_DEFAULT_MB;
                             * negative: SQLite's own default (2 MiB); above ENG_DB_SIZE_MAX_MB: ENG_EINVAL */

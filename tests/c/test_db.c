@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -79,14 +80,12 @@ static void test_open_sets_wal_fk_and_full_sync(void) {
   CHECK_STR(query_text(h, "PRAGMA journal_mode"), "wal");
   CHECK_INT(query_int(h, "PRAGMA foreign_keys"), 1);
   CHECK_INT(query_int(h, "PRAGMA synchronous"), 2);
-  CHECK_INT(query_int(h, "PRAGMA busy_timeout"), 10000);
   eng_db_close(db);
 
   eng_db_options o = {.synchronous = "NORMAL", .busy_timeout_ms = 250};
   CHECK_INT(eng_db_open(&db, path_in("open.db"), &o, &err), 0);
   if (db) {
     CHECK_INT(query_int(eng_db_handle(db), "PRAGMA synchronous"), 1);
-    CHECK_INT(query_int(eng_db_handle(db), "PRAGMA busy_timeout"), 250);
     eng_db_close(db);
   }
 
@@ -96,6 +95,51 @@ static void test_open_sets_wal_fk_and_full_sync(void) {
     CHECK_INT(query_int(eng_db_handle(db), "PRAGMA foreign_keys"), 1);
     eng_db_close(db);
   }
+}
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct releaser {
+  eng_db *db;
+  int rc;
+} releaser;
+
+static void *release_later(void *arg) {
+  releaser *r = arg;
+  struct timespec ts = {0, 30 * 1000000L};
+  nanosleep(&ts, NULL);
+  r->rc = sqlite3_exec(eng_db_handle(r->db), "COMMIT", NULL, NULL, NULL);
+  return NULL;
+}
+
+/* The busy handler waits for the write lock up to busy_timeout_ms, and gets it once released. */
+static void test_busy_timeout_waits_then_gives_up(void) {
+  eng_db *a = NULL, *b = NULL;
+  eng_db_options o = {.busy_timeout_ms = 250};
+  CHECK_INT(eng_db_open(&a, path_in("busy.db"), NULL, NULL), 0);
+  CHECK_INT(eng_db_open(&b, path_in("busy.db"), &o, NULL), 0);
+  if (!a || !b)
+    goto cleanup;
+  CHECK_INT(sqlite3_exec(eng_db_handle(a), "CREATE TABLE t (x); BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  long long t0 = now_ms();
+  CHECK_INT(sqlite3_exec(eng_db_handle(b), "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_BUSY);
+  long long waited = now_ms() - t0;
+  CHECK(waited >= 250 && waited < 2000);
+
+  releaser r = {a, -1};
+  pthread_t th;
+  pthread_create(&th, NULL, release_later, &r);
+  CHECK_INT(sqlite3_exec(eng_db_handle(b), "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  pthread_join(th, NULL);
+  CHECK_INT(r.rc, SQLITE_OK);
+  CHECK_INT(sqlite3_exec(eng_db_handle(b), "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+cleanup:
+  eng_db_close(b);
+  eng_db_close(a);
 }
 
 static void test_open_sets_cache_and_mmap(void) {
@@ -534,6 +578,7 @@ int main(void) {
   }
   test_open_sets_wal_fk_and_full_sync();
   test_open_sets_cache_and_mmap();
+  test_busy_timeout_waits_then_gives_up();
   test_open_rejects_bad_options_and_paths();
   test_keyset_mirrors_an_append_only_table();
   test_stmt_cache_reuses_resets_and_evicts_lru();
