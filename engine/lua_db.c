@@ -552,7 +552,8 @@ static int l_tx(lua_State *L) {
 /* ---- key sets ---- */
 
 /* Syncs the key set of the SQL at stack index 1 (db.h: eng_db_keyset_sync). Inside a db.tx it
- * refuses once the transaction has written anything: its uncommitted rows could enter the set. */
+ * refuses once the transaction has written anything: its uncommitted rows could enter the set.
+ * In a transaction opened by db.exec('BEGIN') it refuses always: nothing recorded when it began. */
 static eng_db_keyset *sync_keyset(lua_State *L, eng_db *db) {
   size_t len;
   const char *sql = luaL_checklstring(L, 1, &len);
@@ -561,7 +562,9 @@ static eng_db_keyset *sync_keyset(lua_State *L, eng_db *db) {
     int recorded = lua_rawgetp(L, LUA_REGISTRYINDEX, &tx_changes_key) == LUA_TNUMBER;
     lua_Integer at_begin = lua_tointeger(L, -1);
     lua_pop(L, 1);
-    if (recorded && at_begin != (lua_Integer)sqlite3_total_changes64(h))
+    if (!recorded)
+      luaL_error(L, "db: a key set is synced outside transactions or in db.tx, not in a BEGIN of the script's own");
+    if (at_begin != (lua_Integer)sqlite3_total_changes64(h))
       luaL_error(L, "db: a key set must be synced before the transaction writes");
   }
   eng_db_keyset *ks = NULL;

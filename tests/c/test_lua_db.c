@@ -272,6 +272,9 @@ static const char keys_chunk[] =
     "  error('undo', 0)\n"
     "end), 'undo', 'rolled back')\n"
     "eq(db.keys_unseen(SCAN, 'c2', {'uncommitted'})[1], true, 'rolled back row never entered the set')\n"
+    "db.exec('BEGIN')\n"
+    "eq(tostring(fails(db.keys_sync, SCAN)):match('not in a BEGIN') ~= nil, true, 'raw BEGIN refused')\n"
+    "db.exec('ROLLBACK')\n"
     "eq(tostring(fails(db.keys_unseen, SCAN, 'c1', {'a', 5})):match('key 2 is a number') ~= nil, true, 'key type')\n"
     "eq(db.kind(fails(db.keys_sync, 'SELECT nope')), 'error', 'bad scan SQL')\n";
 
