@@ -169,6 +169,8 @@ function spec.server(opts)
   local srv = {}
 
   function srv.start()
+    -- A second start would lose the first process: refuse it.
+    assert(not srv.pid, "engine.spec: this server is already running (spec.server starts it before the block)")
     srv.dir = testing.mkdtemp()
     srv.port = testing.free_port()
     srv.host = "127.0.0.1"

@@ -553,8 +553,6 @@ end)
 
 describe("usermapping over HTTP", function()
   local srv = spec.server { scripts = "scripts", schema = "schema" }
-  setup(function() srv.start() end)
-  teardown(function() srv.stop() end)
 
   it("creates, pages and reads users through a real server", function()
     local s = U.setup(srv)
