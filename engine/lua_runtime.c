@@ -785,6 +785,8 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
     goto fail;
   if (!opt->test_mode)
     lock_globals(L);
+  if (opt->db)
+    eng_runtime_set_db(rt, opt->db);
   if (opt->scripts_dir && (rc = eng_runtime_load_scripts(rt, opt->scripts_dir, err)) != 0)
     goto fail;
   *out = rt;

@@ -24,6 +24,7 @@ typedef struct eng_runtime_options {
   size_t memory_limit;     /* bytes for the whole Lua state */
   const eng_http_limits *limits; /* borrowed */
   int test_mode; /* full standard library, writable globals, system package paths (busted) */
+  eng_db *db;    /* attached before the scripts load, so they can read it at start-up; may be NULL */
 } eng_runtime_options;
 
 /* Creates the state, opens the engine modules and, when scripts_dir is set,

@@ -446,11 +446,11 @@ static void worker_main(void *arg) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
     goto fail;
   }
+  ro.db = w->db; /* scripts may read the database while they load (e.g. to warm caches) */
   if ((rc = eng_runtime_new(&w->rt, &ro, &err)) != 0) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
   }
-  eng_runtime_set_db(w->rt, w->db);
   if ((rc = uv_loop_init(&w->loop)) != 0)
     goto fail_uv;
   uv_tcp_init(&w->loop, &w->listener);

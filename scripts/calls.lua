@@ -14,6 +14,10 @@ local usage = require "lib.usage"
 
 local APP_EXISTS = "SELECT 1 AS x FROM apps WHERE id = ?"
 
+-- Load this worker's CallSid key set now, at start-up, rather than in the first request
+-- (about 0.35 s per million stored calls), so no request pays for it under its budget.
+usage.sync_keys()
+
 route.post("/v2/integrations/calls", function(req)
   local app, status, err = auth.require_token(req, "app")
   if not app then return platform.fail(req, status, err) end
