@@ -22,13 +22,9 @@ route.post("/v2/integrations/calls", function(req)
   local app, status, err = auth.require_token(req, "app")
   if not app then return platform.fail(req, status, err) end
   local body
-  body, err = validate.body(req, "array")
+  body, err = validate.batch(req, usage.MAX_BATCH, "call records")
   if not body then return platform.fail(req, 400, err) end
   local n = #body
-  if n < 1 or n > usage.MAX_BATCH then
-    return platform.fail(req, 400, string.format("request body must hold 1 to %d call records, got %d",
-      usage.MAX_BATCH, n))
-  end
   local records = {}
   for i = 1, n do
     local rec, e = usage.check_record(body[i])

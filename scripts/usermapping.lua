@@ -33,12 +33,8 @@ route.post(PATH, function(req)
   local app, status, err = auth.require_token(req, "app")
   if not app then return platform.fail(req, status, err) end
   local body
-  body, err = validate.body(req, "array")
+  body, err = validate.batch(req, users.MAX_BATCH, "users")
   if not body then return platform.fail(req, 400, err) end
-  if #body < 1 or #body > users.MAX_BATCH then
-    return platform.fail(req, 400, string.format("request body must hold 1 to %d users, not %d",
-      users.MAX_BATCH, #body))
-  end
 
   local batch, seen = {}, {}
   for i, item in ipairs(body) do

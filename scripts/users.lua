@@ -13,12 +13,8 @@ route.delete("/v2/integrations/users", function(req)
   local app, status, err = auth.require_token(req, "app")
   if not app then return platform.fail(req, status, err) end
   local body
-  body, err = validate.body(req, "array")
+  body, err = validate.batch(req, users.MAX_BATCH, "AppUserIds")
   if not body then return platform.fail(req, 400, err) end
-  if #body < 1 or #body > users.MAX_BATCH then
-    return platform.fail(req, 400, string.format("request body must hold 1 to %d AppUserIds, not %d",
-      users.MAX_BATCH, #body))
-  end
   local ids = {}
   for i, v in ipairs(body) do
     local id, e = users.check_id({ AppUserId = v }, "AppUserId")

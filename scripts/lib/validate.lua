@@ -27,6 +27,17 @@ function M.body(req, kind)
   return v
 end
 
+-- A batch: the body is a JSON array of 1 to max items, named `what` in the message
+-- ("request body must hold 1 to 100 users, not 101").
+function M.batch(req, max, what)
+  local v, err = M.body(req, "array")
+  if not v then return nil, err end
+  if #v < 1 or #v > max then
+    return nil, string.format("request body must hold 1 to %d %s, not %d", max, what, #v)
+  end
+  return v
+end
+
 -- A required string: present, a string, not empty after trimming. opts:
 --   max = N          at most N characters (UTF-8 code points, counted after trimming)
 --   raw = true       return the value untrimmed (secrets, ids compared byte for byte)

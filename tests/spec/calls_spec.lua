@@ -110,8 +110,8 @@ describe("POST /v2/integrations/calls", function()
     it("refuses 1001 records and an empty array with 400, storing nothing", function()
       local batch = {}
       for i = 1, 1001 do batch[i] = U.call { CallSid = "b" .. i } end
-      assert.equal("request body must hold 1 to 1000 call records, got 1001", P.failed(U.post(app, a.token, batch), 400))
-      assert.equal("request body must hold 1 to 1000 call records, got 0",
+      assert.equal("request body must hold 1 to 1000 call records, not 1001", P.failed(U.post(app, a.token, batch), 400))
+      assert.equal("request body must hold 1 to 1000 call records, not 0",
         P.failed(U.post(app, a.token, json.array()), 400))
       assert.equal(0, P.count(app, "calls WHERE customer_id = ?", c.id))
     end)
