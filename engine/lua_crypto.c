@@ -5,6 +5,7 @@
  * EVP_DecodeBlock, which ignores whitespace and padding mistakes; only canonical encodings
  * decode, so every accepted string has exactly one meaning. */
 #include "lua_crypto.h"
+#include "text.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -100,13 +101,6 @@ size_t eng_crypto_hex_encode(const unsigned char *in, size_t n, char *out) {
   return 2 * n;
 }
 
-static int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 int eng_crypto_hex_decode(const char *s, size_t len, unsigned char *out, size_t *out_len,
                           const char **errmsg) {
   if (len % 2 != 0) {
@@ -114,7 +108,7 @@ int eng_crypto_hex_decode(const char *s, size_t len, unsigned char *out, size_t 
     return ENG_EPARSE;
   }
   for (size_t i = 0; i < len; i += 2) {
-    int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
+    int hi = eng_hex_digit(s[i]), lo = eng_hex_digit(s[i + 1]);
     if (hi < 0 || lo < 0) {
       *errmsg = "invalid hex character";
       return ENG_EPARSE;

@@ -7,6 +7,7 @@
  * for the whole state and refuses growth past it (Lua raises "not enough
  * memory"). Either way the flag set here turns the answer into a 503. */
 #include "lua_runtime.h"
+#include "text.h"
 #include "db.h"
 #include "error.h"
 #include "log.h"
@@ -848,16 +849,6 @@ static int req_json(lua_State *L) {
   return eng_json_decode(L, body, len);
 }
 
-static int hexv(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 /* Pushes the form-decoded s ('+' is a space; a bad %-escape stays as it is). */
 static void push_form_decoded(lua_State *L, const char *s, size_t n) {
   luaL_Buffer b;
@@ -866,7 +857,7 @@ static void push_form_decoded(lua_State *L, const char *s, size_t n) {
     int hi, lo;
     if (s[i] == '+') {
       luaL_addchar(&b, ' ');
-    } else if (s[i] == '%' && i + 2 < n && (hi = hexv((unsigned char)s[i + 1])) >= 0 && (lo = hexv((unsigned char)s[i + 2])) >= 0) {
+    } else if (s[i] == '%' && i + 2 < n && (hi = eng_hex_digit((unsigned char)s[i + 1])) >= 0 && (lo = eng_hex_digit((unsigned char)s[i + 2])) >= 0) {
       luaL_addchar(&b, (char)(hi * 16 + lo));
       i += 2;
     } else {

@@ -4,6 +4,7 @@
  * siblings, so a linear scan beats hashing), at most one parameter child, and
  * one handler slot per method. */
 #include "router.h"
+#include "text.h"
 #include "error.h"
 
 #include <stdlib.h>
@@ -207,16 +208,6 @@ int *eng_router_slot(eng_router *r, int method, const char *pattern) {
   return &n->handlers[method];
 }
 
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 typedef struct seg {
   const char *p;
   size_t len;
@@ -271,8 +262,8 @@ void eng_router_match(const eng_router *r, int method, const char *path, size_t 
       while (i < path_len && path[i] != '/') {
         if (path[i] == '%') {
           int hi, lo;
-          if (i + 2 >= path_len || (hi = hexval((unsigned char)path[i + 1])) < 0 ||
-              (lo = hexval((unsigned char)path[i + 2])) < 0)
+          if (i + 2 >= path_len || (hi = eng_hex_digit((unsigned char)path[i + 1])) < 0 ||
+              (lo = eng_hex_digit((unsigned char)path[i + 2])) < 0)
             return;
           scratch[o++] = (char)(hi * 16 + lo);
           i += 3;
