@@ -121,6 +121,9 @@ int main(int argc, char **argv) {
     return 0;
   }
   eng_log_setup(cfg.log_level, cfg.log_json);
+  /* The database holds sealed secrets and verifiers: no access for others to it, its WAL or
+   * the directory created for it. */
+  umask(027);
   int rc = migrate(&cfg);
   if (rc == 0 && serve && (rc = setup_keys(&cfg)) == 0)
     rc = eng_server_run(&cfg);

@@ -326,3 +326,18 @@ describe("engine connection limit and JSON logs", function()
     assert.equal("number", type(entry.duration_ms))
   end)
 end)
+
+describe("engine files", function()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA }
+
+  it("creates the database without access for others and the key file owner-only", function()
+    local function mode(path)
+      local p = io.popen("stat -c %a " .. path)
+      local m = p:read("l")
+      p:close()
+      return m
+    end
+    assert.equal("640", mode(srv.db_path))
+    assert.equal("600", mode(srv.db_path .. ".key"))
+  end)
+end)
