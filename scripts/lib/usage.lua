@@ -1,5 +1,5 @@
 -- lib/usage.lua - call records and usage (API.md sections 5 and 6) over the rollups of
--- schema/0002_usage.sql.
+-- schema/0002_usage.sql and 0005_usage_hours.sql.
 --
 --   usage.check_record(v)            -> record | nil, message naming the field (no "record N: ")
 --   usage.store(customer_id, app_id, records, created_at)
@@ -21,7 +21,9 @@
 --   whole days    -> usage_days (counters)
 --     of which whole months -> usage_app_years / usage_user_years (presence, month bitmask)
 --     the other whole days  -> usage_app_months / usage_user_months (presence, day bitmask)
---   partial edges -> the raw calls (covering index calls_usage)
+--   whole hours outside whole days -> usage_hours (counters),
+--                    usage_app_days / usage_user_days (presence, hour bitmask)
+--   partial edge hours -> the raw calls (covering index calls_usage)
 -- so every answer is exactly what the raw rows say.
 local db = require "engine.db"
 local json = require "engine.json"
@@ -34,6 +36,7 @@ M.MAX_BATCH = 1000
 M.MAX_SID = 64
 M.MAX_DURATION = 86400
 local DAY_MS = 86400000
+local HOUR_MS = 3600000
 
 -- ---- calendar (proleptic Gregorian, UTC; days since 1970-01-01) ----------------------------
 
@@ -69,6 +72,7 @@ function M.month_start(month)
 end
 
 local NO_MONTH = math.mininteger -- matches no row
+local NO_DAY = math.mininteger
 
 -- Bits first..last (1-based, inclusive) set.
 local function bits(first, last)
@@ -77,17 +81,40 @@ end
 
 -- The pieces of the half-open ms range [lo, hi), all half-open unless said otherwise:
 --   d0, d1     whole days (counters)
---   r0, r1 / r2, r3   the raw edges before and after the whole days
+--   h0, h1 / h2, h3   whole hours before and after the whole days (counters); each run lies in
+--                     one day
+--   hd1, hm1 / hd2, hm2  the same runs as day and hour bitmask (NO_DAY if none)
+--   r0, r1 / r2, r3   the raw edges (partial hours) before and after the whole hours
 --   y0, y1, ym0, ym1  whole months, as years y0..y1 (inclusive) with the month bitmask of the
 --                     first (ym0) and last (ym1) year; the years between are whole
 --   pm1, pd1 / pm2, pd2  whole days outside whole months: month and day bitmask (NO_MONTH if none)
 function M.split(lo, hi)
   local p = { d0 = 0, d1 = 0, r0 = lo, r1 = hi, r2 = 0, r3 = 0, y0 = 0, y1 = -1, ym0 = 0, ym1 = 0,
-              pm1 = NO_MONTH, pd1 = 0, pm2 = NO_MONTH, pd2 = 0 }
-  local d0, d1 = -((-lo) // DAY_MS), hi // DAY_MS -- ceil, floor
+              pm1 = NO_MONTH, pd1 = 0, pm2 = NO_MONTH, pd2 = 0,
+              h0 = 0, h1 = 0, h2 = 0, h3 = 0, hd1 = NO_DAY, hm1 = 0, hd2 = NO_DAY, hm2 = 0 }
+  local hh0, hh1 = -((-lo) // HOUR_MS), hi // HOUR_MS -- ceil, floor
+  if hh0 >= hh1 then return p end
+  p.r1, p.r2, p.r3 = hh0 * HOUR_MS, hh1 * HOUR_MS, hi
+  local d0, d1 = -((-hh0) // 24), hh1 // 24
+  -- Whole-hour runs outside whole days: { first hour, end hour }, each within one day.
+  local runs
+  if d0 < d1 then
+    runs = { { hh0, d0 * 24 }, { d1 * 24, hh1 } }
+  else
+    -- No whole day: the hours lie in one day or straddle one day boundary.
+    local mid = math.max(hh0, (hh1 - 1) // 24 * 24)
+    runs = { { hh0, mid }, { mid, hh1 } }
+  end
+  for k, run in ipairs(runs) do
+    local a, b = run[1], run[2]
+    p["h" .. (2 * k - 2)], p["h" .. (2 * k - 1)] = a, b
+    if a < b then
+      local first = a % 24 + 1
+      p["hd" .. k], p["hm" .. k] = a // 24, bits(first, first + (b - a) - 1)
+    end
+  end
   if d0 >= d1 then return p end
   p.d0, p.d1 = d0, d1
-  p.r1, p.r2, p.r3 = d0 * DAY_MS, d1 * DAY_MS, hi
   -- Whole months [m0, m1).
   local m0 = M.month_of_day(d0)
   if M.month_start(m0) ~= d0 then m0 = m0 + 1 end
@@ -213,6 +240,16 @@ local UPSERT_DAY = [[
   ON CONFLICT (customer_id, day) DO UPDATE SET calls = calls + excluded.calls,
     minutes = minutes + excluded.minutes, inbound = inbound + excluded.inbound,
     outbound = outbound + excluded.outbound, sip = sip + excluded.sip, pstn = pstn + excluded.pstn]]
+local UPSERT_HOUR = [[
+  INSERT INTO usage_hours (customer_id, hour, calls, minutes, inbound, outbound, sip, pstn)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+  ON CONFLICT (customer_id, hour) DO UPDATE SET calls = calls + excluded.calls,
+    minutes = minutes + excluded.minutes, inbound = inbound + excluded.inbound,
+    outbound = outbound + excluded.outbound, sip = sip + excluded.sip, pstn = pstn + excluded.pstn]]
+local APP_DAY = [[INSERT INTO usage_app_days (customer_id, day, app_id, hours) VALUES (?, ?, ?, ?)
+                  ON CONFLICT DO UPDATE SET hours = hours | excluded.hours]]
+local USER_DAY = [[INSERT INTO usage_user_days (customer_id, day, app_id, app_user_id, hours) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT DO UPDATE SET hours = hours | excluded.hours]]
 local APP_MONTH = [[INSERT INTO usage_app_months (customer_id, month, app_id, days) VALUES (?, ?, ?, ?)
                     ON CONFLICT DO UPDATE SET days = days | excluded.days]]
 local USER_MONTH = [[INSERT INTO usage_user_months (customer_id, month, app_id, app_user_id, days) VALUES (?, ?, ?, ?, ?)
@@ -224,14 +261,15 @@ local USER_YEAR = [[INSERT INTO usage_user_years (customer_id, year, app_id, app
 
 -- Inserts the records of one app (the first record of a CallSid wins, across batches too) and
 -- adds the new ones to the rollups. Must run inside db.tx. Returns how many were new.
--- The rollups are aggregated here first, so a batch writes one row per day it touches and one
--- per (month, user) and (year, user), not one per record.
+-- The rollups are aggregated here first, so a batch writes one row per hour and per day it
+-- touches and one per (day, user), (month, user) and (year, user), not one per record.
 function M.sync_keys()
   db.keys_sync(KEY_SCAN)
 end
 
 function M.store(customer_id, app_id, records, created_at)
-  local days, users = {}, {} -- day -> counters; day -> { user -> true }
+  -- hour -> counters; day -> counters; day -> hour mask; day -> { user -> hour mask }
+  local hours, days, app_days, users = {}, {}, {}, {}
   local accepted = 0
   local sids, taken, rows = {}, {}, {}
   for i = 1, #records do sids[i] = records[i].sid end
@@ -242,25 +280,48 @@ function M.store(customer_id, app_id, records, created_at)
       taken[r.sid] = true
       accepted = accepted + 1
       rows[accepted] = r
-      local day = r.start_ms // DAY_MS
-      local c = days[day]
-      if not c then
-        c = { 0, 0, 0, 0, 0, 0 }
-        days[day] = c
-        users[day] = {}
+      local hour = r.start_ms // HOUR_MS
+      local day = hour // 24
+      local hbit = 1 << (hour - day * 24)
+      local h = hours[hour]
+      if not h then
+        h = { 0, 0, 0, 0, 0, 0 }
+        hours[hour] = h
       end
-      c[1] = c[1] + 1
-      c[2] = c[2] + (r.duration + 59) // 60
-      if r.direction == "inbound" then c[3] = c[3] + 1 else c[4] = c[4] + 1 end
-      if r.channel == "sip" then c[5] = c[5] + 1 else c[6] = c[6] + 1 end
-      if r.user then users[day][r.user] = true end
+      h[1] = h[1] + 1
+      h[2] = h[2] + (r.duration + 59) // 60
+      if r.direction == "inbound" then h[3] = h[3] + 1 else h[4] = h[4] + 1 end
+      if r.channel == "sip" then h[5] = h[5] + 1 else h[6] = h[6] + 1 end
+      local du = users[day]
+      if not du then
+        du = {}
+        users[day] = du
+        app_days[day] = 0
+      end
+      app_days[day] = app_days[day] | hbit
+      local user = r.user
+      if user then du[user] = (du[user] or 0) | hbit end
     end
   end
   db.exec_many(INSERT_CALL, rows, { customer_id = customer_id, app_id = app_id, created_at = created_at })
+  for hour, h in pairs(hours) do
+    db.exec(UPSERT_HOUR, customer_id, hour, h[1], h[2], h[3], h[4], h[5], h[6])
+    local day = hour // 24
+    local c = days[day]
+    if not c then
+      days[day] = { h[1], h[2], h[3], h[4], h[5], h[6] }
+    else
+      for k = 1, 6 do c[k] = c[k] + h[k] end
+    end
+  end
   -- month -> day mask, month -> user -> day mask; the same per year with month masks.
   local app_months, user_months, app_years, user_years = {}, {}, {}, {}
   for day, c in pairs(days) do
     db.exec(UPSERT_DAY, customer_id, day, c[1], c[2], c[3], c[4], c[5], c[6])
+    db.exec(APP_DAY, customer_id, day, app_id, app_days[day])
+    for user, hmask in pairs(users[day]) do
+      db.exec(USER_DAY, customer_id, day, app_id, user, hmask)
+    end
     local month = M.month_of_day(day)
     local dbit = 1 << (day - M.month_start(month))
     local year, mbit = month // 12, 1 << (month % 12)
@@ -334,6 +395,8 @@ local TOTALS = [[
           AND months & (CASE year WHEN :y0 THEN :ym0 WHEN :y1 THEN :ym1 ELSE 4095 END) != 0
        UNION SELECT app_id FROM usage_app_months WHERE customer_id = :c AND month = :pm1 AND days & :pd1 != 0
        UNION SELECT app_id FROM usage_app_months WHERE customer_id = :c AND month = :pm2 AND days & :pd2 != 0
+       UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day = :hd1 AND hours & :hm1 != 0
+       UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day = :hd2 AND hours & :hm2 != 0
        UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1
        UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3)) AS apps,
     (SELECT count(*) FROM (
@@ -343,6 +406,10 @@ local TOTALS = [[
              WHERE customer_id = :c AND month = :pm1 AND days & :pd1 != 0
        UNION SELECT app_id, app_user_id FROM usage_user_months
              WHERE customer_id = :c AND month = :pm2 AND days & :pd2 != 0
+       UNION SELECT app_id, app_user_id FROM usage_user_days
+             WHERE customer_id = :c AND day = :hd1 AND hours & :hm1 != 0
+       UNION SELECT app_id, app_user_id FROM usage_user_days
+             WHERE customer_id = :c AND day = :hd2 AND hours & :hm2 != 0
        UNION SELECT app_id, app_user_id FROM calls
              WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1 AND app_user_id IS NOT NULL
        UNION SELECT app_id, app_user_id FROM calls
@@ -350,6 +417,12 @@ local TOTALS = [[
   FROM (
     SELECT calls, minutes, inbound, outbound, sip, pstn FROM usage_days
      WHERE customer_id = :c AND day >= :d0 AND day < :d1
+    UNION ALL
+    SELECT calls, minutes, inbound, outbound, sip, pstn FROM usage_hours
+     WHERE customer_id = :c AND hour >= :h0 AND hour < :h1
+    UNION ALL
+    SELECT calls, minutes, inbound, outbound, sip, pstn FROM usage_hours
+     WHERE customer_id = :c AND hour >= :h2 AND hour < :h3
     UNION ALL
     SELECT count(*), sum((duration_s + 59) / 60), sum(direction = 'inbound'), sum(direction = 'outbound'),
            sum(channel = 'sip'), sum(channel = 'pstn')

@@ -215,6 +215,16 @@ describe("POST /v2/integrations/calls", function()
       { day = 19904, calls = 1, minutes = 2, inbound = 1, outbound = 0, sip = 1, pstn = 0 },
       { day = 19905, calls = 2, minutes = 1, inbound = 1, outbound = 1, sip = 1, pstn = 1 },
     }, app.db.query("SELECT day, calls, minutes, inbound, outbound, sip, pstn FROM usage_days WHERE customer_id = ? ORDER BY day", c.id))
+    -- Hours: 19904 * 24 + 23 (the last of June 30), then hours 0 and 12 of July 1.
+    assert.same({
+      { hour = 477719, calls = 1, minutes = 2, inbound = 1, outbound = 0, sip = 1, pstn = 0 },
+      { hour = 477720, calls = 1, minutes = 1, inbound = 0, outbound = 1, sip = 0, pstn = 1 },
+      { hour = 477732, calls = 1, minutes = 0, inbound = 1, outbound = 0, sip = 1, pstn = 0 },
+    }, app.db.query("SELECT hour, calls, minutes, inbound, outbound, sip, pstn FROM usage_hours WHERE customer_id = ? ORDER BY hour", c.id))
+    assert.same({ { day = 19904, hours = 1 << 23 }, { day = 19905, hours = 1 | (1 << 12) } },
+      app.db.query("SELECT day, hours FROM usage_app_days WHERE customer_id = ? ORDER BY day", c.id))
+    assert.same({ { day = 19904, app_user_id = "u1", hours = 1 << 23 }, { day = 19905, app_user_id = "u2", hours = 1 << 12 } },
+      app.db.query("SELECT day, app_user_id, hours FROM usage_user_days WHERE customer_id = ? ORDER BY day", c.id))
     -- June 30 is day 30 of month 24293 (bit 29), July 1 day 1 of 24294; both in 2024 (bits 5, 6).
     assert.same({ { month = 24293, app_user_id = "u1", days = 1 << 29 }, { month = 24294, app_user_id = "u2", days = 1 } },
       app.db.query("SELECT month, app_user_id, days FROM usage_user_months WHERE customer_id = ? ORDER BY month", c.id))
@@ -227,8 +237,14 @@ describe("POST /v2/integrations/calls", function()
     -- A later batch ORs into the masks.
     U.ingest(app, a.token, { U.call { StartTime = "2024-06-01T08:00:00Z", AppUserId = "u1" } })
     assert.equal((1 << 29) | 1, app.db.one("SELECT days FROM usage_user_months WHERE customer_id = ? AND month = 24293", c.id).days)
+    U.ingest(app, a.token, { U.call { StartTime = "2024-07-01T03:00:00Z", AppUserId = "u2" },
+                             U.call { StartTime = "2024-07-01T12:30:00Z", AppUserId = "u2", Duration = 120 } })
+    assert.equal((1 << 3) | (1 << 12), app.db.one("SELECT hours FROM usage_user_days WHERE customer_id = ? AND day = 19905", c.id).hours)
+    assert.same({ calls = 2, minutes = 2 },
+      app.db.one("SELECT calls, minutes FROM usage_hours WHERE customer_id = ? AND hour = 477732", c.id))
     P.ok(app.request("DELETE", "/v2/integrations/customer", { headers = P.auth(c.token) }))
-    for _, t in ipairs { "calls", "usage_days", "usage_app_months", "usage_user_months", "usage_app_years", "usage_user_years" } do
+    for _, t in ipairs { "calls", "usage_days", "usage_app_months", "usage_user_months", "usage_app_years", "usage_user_years",
+                         "usage_hours", "usage_app_days", "usage_user_days" } do
       assert.equal(0, P.count(app, t .. " WHERE customer_id = ?", c.id), t)
     end
   end)

@@ -247,7 +247,9 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
       local apps = { a, P.app(app, c.token), P.app(app, c.token) }
       -- Calls bunched on day and month edges as well as spread at random.
       local edges = { "2023-12-31T23:59:59Z", "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-02-29T23:59:59Z", "2024-03-01T00:00:00Z", "2024-03-31T23:59:59.999Z",
-                      "2024-04-01T00:00:00Z", "2024-04-30T23:59:59Z", "2024-05-01T00:00:00.001Z" }
+                      "2024-04-01T00:00:00Z", "2024-04-30T23:59:59Z", "2024-05-01T00:00:00.001Z",
+                      "2024-01-15T09:59:59.999Z", "2024-01-15T10:00:00Z", "2024-01-15T10:59:59Z", "2024-02-10T23:00:00Z",
+                      "2024-02-10T22:59:59.999Z", "2024-03-05T05:30:00Z", "2024-03-05T06:00:00.500Z" }
       for _, who in ipairs(apps) do
         local batch = {}
         for i = 1, 400 do
@@ -273,14 +275,17 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
         local shift = sign and ((sign == "+" and 1 or -1) * (hh * 3600 + mm * 60)) or 0
         return os.date("!%Y-%m-%dT%H:%M:%S", t // 1000 + shift) .. off
       end
-      local pieces = { months = 0, edges = 0 }
+      local pieces = { months = 0, edges = 0, hours = 0, hour_edges = 0, mid_hour = 0 }
       for i = 1, 400 do
         local s = T0 - 3 * 86400000 + (rand(SPAN + 6 * 86400) - 1) * 1000
         local len = ({ 1, 59, 3600, 86399, 86400, 86401, 40 * 86400, SPAN })[rand(8)] * 1000
         local e = s + (rand(len) - 1) * 1000
-        -- Sometimes snap to day edges, the cases where rollups take over.
-        if rand(3) == 1 then s = s // 86400000 * 86400000 end
-        if rand(3) == 1 then e = e // 86400000 * 86400000 + 86399000 end
+        -- Sometimes snap to day or hour edges, the cases where rollups take over; otherwise the
+        -- bounds fall mid-hour (or on the hour through the offsets' whole hours, or by chance).
+        local snap = rand(6)
+        if snap <= 2 then s = s // 86400000 * 86400000 elseif snap == 3 then s = s // 3600000 * 3600000 end
+        snap = rand(6)
+        if snap <= 2 then e = e // 86400000 * 86400000 + 86399000 elseif snap == 3 then e = e // 3600000 * 3600000 + 3599000 end
         local sd, ed = rand(4) == 1, rand(4) == 1
         local query = "start_date=" .. bound(s, sd):gsub("+", "%%2B") .. "&end_date=" .. bound(e, ed):gsub("+", "%%2B")
         local ps, pe = usage.period({ start_date = bound(s, sd), end_date = bound(e, ed) }, 0)
@@ -296,11 +301,18 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
           local p = usage.split(ps, pe + 1000)
           if p.y0 <= p.y1 then pieces.months = pieces.months + 1 end
           if p.r1 > p.r0 or p.r3 > p.r2 then pieces.edges = pieces.edges + 1 end
+          if p.h1 > p.h0 or p.h3 > p.h2 then pieces.hours = pieces.hours + 1 end
+          -- Both ends on the hour with whole hours between: no raw rows at all.
+          if p.h0 < p.h3 and p.r0 == p.r1 and p.r2 == p.r3 then pieces.hour_edges = pieces.hour_edges + 1 end
+          if ps % 3600000 ~= 0 and (pe + 1000) % 3600000 ~= 0 then pieces.mid_hour = pieces.mid_hour + 1 end
         end
       end
       -- The random periods did exercise whole months and raw edges.
       assert.is_true(pieces.months >= 20, "whole-month periods: " .. pieces.months)
       assert.is_true(pieces.edges >= 100, "periods with raw edges: " .. pieces.edges)
+      assert.is_true(pieces.hours >= 100, "periods with whole edge hours: " .. pieces.hours)
+      assert.is_true(pieces.hour_edges >= 20, "periods from the hour to the hour: " .. pieces.hour_edges)
+      assert.is_true(pieces.mid_hour >= 30, "periods with both ends mid-hour: " .. pieces.mid_hour)
       -- And the data is not trivial.
       local all = U.get(app, c, "start_date=2023-01-01&end_date=2024-12-31").usage
       assert.same(U.brute(app.db, c.id, ms("2023-01-01T00:00:00Z"), ms("2024-12-31T23:59:59Z")), all)
@@ -312,32 +324,63 @@ describe("GET /v2/integrations/{customer_id}/usage", function()
       local usage = require "lib.usage"
       local D = 86400000
       local function day(s) return ms(s .. "T00:00:00Z") // D end
+      local H = 3600000
+      local function hour(s) return ms(s) // H end
       local p = usage.split(ms("2024-01-15T10:00:00Z"), ms("2024-04-03T05:00:00Z"))
       assert.same({ day("2024-01-16"), day("2024-04-03") }, { p.d0, p.d1 })
+      -- Jan 15 10:00..24:00 and Apr 3 00:00..05:00 from the hour rows, no raw rows.
+      assert.same({ hour("2024-01-15T10:00:00Z"), hour("2024-01-16T00:00:00Z") }, { p.h0, p.h1 })
+      assert.same({ day("2024-01-15"), ((1 << 14) - 1) << 10 }, { p.hd1, p.hm1 })
+      assert.same({ hour("2024-04-03T00:00:00Z"), hour("2024-04-03T05:00:00Z") }, { p.h2, p.h3 })
+      assert.same({ day("2024-04-03"), 31 }, { p.hd2, p.hm2 })
       -- February and March from the year rows, Jan 16..31 and Apr 1..2 from the month rows.
       assert.same({ 2024, 2024, 6, 6 }, { p.y0, p.y1, p.ym0, p.ym1 })
       assert.same({ 2024 * 12, ((1 << 16) - 1) << 15 }, { p.pm1, p.pd1 })
       assert.same({ 2024 * 12 + 3, 3 }, { p.pm2, p.pd2 })
-      assert.same({ ms("2024-01-15T10:00:00Z"), ms("2024-01-16T00:00:00Z") }, { p.r0, p.r1 })
-      assert.same({ ms("2024-04-03T00:00:00Z"), ms("2024-04-03T05:00:00Z") }, { p.r2, p.r3 })
+      assert.equal(p.r0, p.r1)
+      assert.equal(p.r2, p.r3)
+      -- Mid-hour ends: the partial hours are raw.
+      p = usage.split(ms("2024-01-15T10:20:00Z"), ms("2024-04-03T05:00:30Z"))
+      assert.same({ ms("2024-01-15T10:20:00Z"), ms("2024-01-15T11:00:00Z") }, { p.r0, p.r1 })
+      assert.same({ ms("2024-04-03T05:00:00Z"), ms("2024-04-03T05:00:30Z") }, { p.r2, p.r3 })
+      assert.same({ hour("2024-01-15T11:00:00Z"), hour("2024-01-16T00:00:00Z"), ((1 << 13) - 1) << 11 }, { p.h0, p.h1, p.hm1 })
+      assert.same({ hour("2024-04-03T00:00:00Z"), hour("2024-04-03T05:00:00Z"), 31 }, { p.h2, p.h3, p.hm2 })
       -- Over a year boundary: Dec 2023 .. Feb 2025 whole.
       p = usage.split(ms("2023-12-01T00:00:00Z"), ms("2025-03-01T00:00:00Z"))
       assert.same({ 2023, 2025, 1 << 11, 3 }, { p.y0, p.y1, p.ym0, p.ym1 })
       assert.same({ math.mininteger, math.mininteger }, { p.pm1, p.pm2 })
       assert.equal(p.r0, p.r1)
       assert.equal(p.r2, p.r3)
+      assert.same({ p.h0, p.h2, math.mininteger, math.mininteger }, { p.h1, p.h3, p.hd1, p.hd2 })
       -- No whole month, straddling a month end: Jan 30..Feb 2.
       p = usage.split(ms("2024-01-30T00:00:00Z"), ms("2024-02-03T00:00:00Z"))
       assert.same({ 0, -1 }, { p.y0, p.y1 })
       assert.same({ 2024 * 12, (1 << 29) | (1 << 30), 2024 * 12 + 1, 3 }, { p.pm1, p.pd1, p.pm2, p.pd2 })
-      -- Within one day: all raw.
+      -- Within one day: hours 0..22 whole, the last one raw.
       p = usage.split(ms("2024-06-03T00:00:00Z"), ms("2024-06-03T23:59:59Z"))
-      assert.same({ 0, 0, ms("2024-06-03T00:00:00Z"), ms("2024-06-03T23:59:59Z") }, { p.d0, p.d1, p.r0, p.r1 })
+      assert.same({ 0, 0, ms("2024-06-03T00:00:00Z"), ms("2024-06-03T00:00:00Z") }, { p.d0, p.d1, p.r0, p.r1 })
+      assert.same({ ms("2024-06-03T23:00:00Z"), ms("2024-06-03T23:59:59Z") }, { p.r2, p.r3 })
+      assert.same({ p.h0, math.mininteger }, { p.h1, p.hd1 })
+      assert.same({ hour("2024-06-03T00:00:00Z"), hour("2024-06-03T23:00:00Z"), day("2024-06-03"), (1 << 23) - 1 },
+        { p.h2, p.h3, p.hd2, p.hm2 })
       assert.same({ math.mininteger, math.mininteger, 0, -1 }, { p.pm1, p.pm2, p.y0, p.y1 })
+      -- No whole day, straddling a day end: hour 23 of Jun 3 and hour 0 of Jun 4.
+      p = usage.split(ms("2024-06-03T22:30:00Z"), ms("2024-06-04T01:15:00Z"))
+      assert.same({ 0, 0 }, { p.d0, p.d1 })
+      assert.same({ day("2024-06-03"), 1 << 23, day("2024-06-04"), 1 }, { p.hd1, p.hm1, p.hd2, p.hm2 })
+      assert.same({ ms("2024-06-03T22:30:00Z"), ms("2024-06-03T23:00:00Z") }, { p.r0, p.r1 })
+      assert.same({ ms("2024-06-04T01:00:00Z"), ms("2024-06-04T01:15:00Z") }, { p.r2, p.r3 })
+      -- Within one hour: all raw.
+      p = usage.split(ms("2024-06-03T10:15:00Z"), ms("2024-06-03T10:45:00Z"))
+      assert.same({ ms("2024-06-03T10:15:00Z"), ms("2024-06-03T10:45:00Z"), 0, 0 }, { p.r0, p.r1, p.r2, p.r3 })
+      assert.same({ p.h0, p.h2, math.mininteger, math.mininteger }, { p.h1, p.h3, p.hd1, p.hd2 })
       -- Before 1970 too.
       p = usage.split(ms("1969-12-01T00:00:00Z"), ms("1970-01-01T00:00:00Z"))
       assert.same({ 1969, 1969, 1 << 11 }, { p.y0, p.y1, p.ym0 })
       assert.equal(-31, p.d0)
+      p = usage.split(ms("1969-12-31T22:10:00Z"), ms("1970-01-01T01:00:00Z"))
+      assert.same({ -1, 1 << 23, 0, 1 }, { p.hd1, p.hm1, p.hd2, p.hm2 })
+      assert.same({ ms("1969-12-31T22:10:00Z"), ms("1969-12-31T23:00:00Z") }, { p.r0, p.r1 })
     end)
   end)
 end)
