@@ -12,6 +12,7 @@
 #include "error.h"
 #include "log.h"
 #include "lua_common.h"
+#include "lua_crypto.h"
 #include "lua_db.h"
 #include "lua_json.h"
 
@@ -817,6 +818,16 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
 
 eng_runtime *eng_runtime_of(lua_State *L) { return RT(L); }
+
+void eng_runtime_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]) {
+  eng_http_header h;
+  if (req && eng_http_find_header(req, "x-request-id", &h) && eng_http_request_id_ok(h.value, h.value_len)) {
+    memcpy(out, h.value, h.value_len);
+    out[h.value_len] = '\0';
+    return;
+  }
+  eng_crypto_uuid4(out);
+}
 
 const eng_http_limits *eng_runtime_limits(const eng_runtime *rt) { return rt->limits; }
 

@@ -77,6 +77,10 @@ eng_runtime *eng_runtime_of(lua_State *L);
 /* Copies the limits the in-process test client applies. */
 const eng_http_limits *eng_runtime_limits(const eng_runtime *rt);
 
+/* The request id of a request: the client's X-Request-Id when it is acceptable
+ * (eng_http_request_id_ok), else a new UUID v4. req may be NULL (nothing parsed). */
+void eng_runtime_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]);
+
 /* Bytes the Lua state currently holds. */
 size_t eng_runtime_memory(const eng_runtime *rt);
 

@@ -11,7 +11,6 @@
 #include "error.h"
 #include "http.h"
 #include "log.h"
-#include "lua_crypto.h"
 #include "lua_runtime.h"
 
 #include <uv.h>
@@ -216,16 +215,6 @@ static int conn_send(conn *c, const char *data, size_t len) {
   return 0;
 }
 
-static void request_id_for(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]) {
-  eng_http_header h;
-  if (req && eng_http_find_header(req, "x-request-id", &h) && eng_http_request_id_ok(h.value, h.value_len)) {
-    memcpy(out, h.value, h.value_len);
-    out[h.value_len] = '\0';
-    return;
-  }
-  eng_crypto_uuid4(out);
-}
-
 /* Writes w->resp as the answer to a request (req may be NULL for parse errors). */
 static void send_response(conn *c, const eng_http_request *req, const char *request_id, int keep_alive) {
   worker *w = c->w;
@@ -260,7 +249,7 @@ static void handle_request(conn *c) {
   worker *w = c->w;
   eng_http_request *req = &c->hp.req;
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
-  request_id_for(req, rid);
+  eng_runtime_request_id(req, rid);
   eng_response_reset(&w->resp);
   eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
   int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&g_stopping, memory_order_relaxed);
@@ -273,7 +262,7 @@ static void handle_parse_error(conn *c) {
   worker *w = c->w;
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   /* Headers may be complete (413 on Content-Length): honour their request id. */
-  request_id_for(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
+  eng_runtime_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
   eng_response_reset(&w->resp);
   eng_runtime_error(w->rt, c->hp.error_status, c->hp.error_code, c->hp.error_reason, rid, &w->resp);
   send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0);

@@ -100,14 +100,7 @@ static int t_request(lua_State *L) {
   size_t used = 0;
   int r = eng_http_parser_feed(&hp, raw, rawlen, &used);
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
-  eng_http_header h;
-  if ((r == ENG_HTTP_REQUEST || hp.req.nheaders) && eng_http_find_header(&hp.req, "x-request-id", &h) &&
-      eng_http_request_id_ok(h.value, h.value_len)) {
-    memcpy(rid, h.value, h.value_len);
-    rid[h.value_len] = '\0';
-  } else {
-    eng_crypto_uuid4(rid);
-  }
+  eng_runtime_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
   if (r == ENG_HTTP_REQUEST) {
     eng_runtime_handle_in(ts->rt, L, &hp.req, "127.0.0.1:0", rid, &resp);
   } else if (r == ENG_HTTP_ERROR) {
