@@ -470,15 +470,18 @@ static int search_scripts(lua_State *L) {
 /* load() that refuses binary chunks. */
 static int text_load(lua_State *L) {
   int nargs = lua_gettop(L);
+  if (nargs < 2)
+    lua_settop(L, 2); /* chunk, chunkname (nil) */
+  int base = lua_gettop(L);
   lua_pushvalue(L, lua_upvalueindex(1));
-  for (int i = 1; i <= 2; i++)
-    lua_pushvalue(L, i);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
   lua_pushliteral(L, "t");
+  /* env only when given: an explicit nil env would be used as the chunk's _ENV. */
   for (int i = 4; i <= nargs; i++)
     lua_pushvalue(L, i);
-  int n = nargs > 4 ? nargs : 4;
-  lua_call(L, n, LUA_MULTRET);
-  return lua_gettop(L) - nargs;
+  lua_call(L, 3 + (nargs > 3 ? nargs - 3 : 0), LUA_MULTRET);
+  return lua_gettop(L) - base;
 }
 
 static int global_newindex(lua_State *L) {

@@ -77,6 +77,12 @@ describe("engine runtime (in-process)", function()
     assert.equal("method_not_allowed", res.json.error.code)
   end)
 
+  it("lets scripts load text chunks, with or without an env, and refuses binary ones", function()
+    local res = app.request("GET", "/load")
+    assert.equal(200, res.status)
+    assert.same({ f = 2, g = 5, h = true, err = "attempt to load a binary chunk (mode is 't')" }, res.json)
+  end)
+
   it("answers /healthz by itself", function()
     local res = app.request("GET", "/healthz")
     assert.equal(200, res.status)
