@@ -19,6 +19,7 @@
 #include <openssl/evp.h>
 
 #include "error.h"
+#include "files.h"
 #include "log.h"
 
 #define MIGRATION_FILES_MAX 10000 /* four digits: more files than numbers means duplicates */
@@ -652,7 +653,6 @@ void eng_db_close(eng_db *db) {
 
 /* ---- migrations ---- */
 
-#define MIGRATION_DIRS_MAX 16
 
 typedef struct mig_file {
   int id;
@@ -686,47 +686,16 @@ static int cmp_mig(const void *a, const void *b) {
 /* Reads dir/name into a malloc'd NUL-terminated buffer. */
 static int read_migration(const char *dir, const char *name, char **data, size_t *len, char **err) {
   char path[4096];
-  FILE *f = NULL;
-  char *buf = NULL;
-  int rc = 0;
-  struct stat sb;
-
-  *data = NULL;
-  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) {
-    set_err(err, "db: migration path too long: %s/%s", dir, name);
-    return ENG_ETOOBIG;
-  }
-  f = fopen(path, "rb");
-  if (!f || fstat(fileno(f), &sb) != 0) {
-    set_err(err, "db: cannot read migration %s: %s", path, strerror(errno));
-    rc = ENG_EIO;
-    goto cleanup;
-  }
-  if (sb.st_size > ENG_DB_MIGRATION_MAX_BYTES) {
-    set_err(err, "db: migration %s is larger than %d bytes", name, ENG_DB_MIGRATION_MAX_BYTES);
-    rc = ENG_ETOOBIG;
-    goto cleanup;
-  }
-  buf = malloc((size_t)sb.st_size + 1);
-  if (!buf) {
-    set_err(err, "db: out of memory reading migration %s", name);
-    rc = ENG_ENOMEM;
-    goto cleanup;
-  }
-  *len = fread(buf, 1, (size_t)sb.st_size, f);
-  if (ferror(f) || *len != (size_t)sb.st_size) {
-    set_err(err, "db: cannot read migration %s", path);
-    rc = ENG_EIO;
-    goto cleanup;
-  }
-  buf[*len] = '\0';
-  *data = buf;
-  buf = NULL;
-cleanup:
-  free(buf);
-  if (f)
-    fclose(f);
-  return rc;
+  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+    return eng_errorf(err, ENG_ETOOBIG, "db: migration path too long: %s/%s", dir, name);
+  int rc = eng_file_read(path, ENG_DB_MIGRATION_MAX_BYTES, data, len);
+  if (rc == ENG_ETOOBIG)
+    return eng_errorf(err, rc, "db: migration %s is larger than %d bytes", name, ENG_DB_MIGRATION_MAX_BYTES);
+  if (rc == ENG_ENOMEM)
+    return eng_errorf(err, rc, "db: out of memory reading migration %s", name);
+  if (rc != 0)
+    return eng_errorf(err, rc, "db: cannot read migration %s: %s", path, strerror(errno));
+  return 0;
 }
 
 static int sha256_hex(const char *data, size_t len, char out[SHA256_HEX_LEN + 1]) {
@@ -1005,31 +974,16 @@ int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err)
   size_t n = 0;
   int max_id, done, rc;
   int count = 0;
-  char *dirs[MIGRATION_DIRS_MAX];
-  int ndirs = 0;
-  char *spec = strdup(schema_dir);
+  eng_dirs dl;
 
   if (err)
     *err = NULL;
-  if (spec == NULL) {
-    set_err(err, "db: out of memory");
-    rc = ENG_ENOMEM;
+  /* "dir[:dir...]": an overlay of migration directories, numbered as one sequence. */
+  if ((rc = eng_dirs_split(&dl, schema_dir)) == ENG_ETOOBIG) {
+    rc = eng_errorf(err, ENG_ECONFIG, "db: more than %d schema directories (or a setting too long)", ENG_DIRS_MAX);
     goto cleanup;
   }
-  /* "dir[:dir...]": an overlay of migration directories, numbered as one sequence. */
-  for (char *p = spec, *colon; p; p = colon ? colon + 1 : NULL) {
-    if ((colon = strchr(p, ':')) != NULL)
-      *colon = '\0';
-    if (*p == '\0')
-      continue;
-    if (ndirs == MIGRATION_DIRS_MAX) {
-      set_err(err, "db: more than %d schema directories", MIGRATION_DIRS_MAX);
-      rc = ENG_ECONFIG;
-      goto cleanup;
-    }
-    dirs[ndirs++] = p;
-  }
-  if ((rc = list_migrations(dirs, ndirs, &files, &n, err)) != 0)
+  if ((rc = list_migrations(dl.dirs, dl.n, &files, &n, err)) != 0)
     goto cleanup;
   if ((rc = check_records(db, schema_dir, files, n, &max_id, err)) != 0)
     goto cleanup;
@@ -1052,6 +1006,5 @@ cleanup:
   if (applied)
     *applied = count;
   free(files);
-  free(spec);
   return rc;
 }

@@ -33,4 +33,10 @@ const char *eng_strerror(int err);
 /* Static name for an ENG_E* code, e.g. "ENG_ENOMEM". */
 const char *eng_err_name(int err);
 
+/* The one way to hand a caller an owned error message: when err is not NULL,
+ * *err = a malloc'd printf-formatted message (NULL if even that allocation
+ * fails; the caller frees it). Returns code, so `return eng_errorf(err, ENG_EIO,
+ * "cannot read %s", path);` reads as one statement. */
+int eng_errorf(char **err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -35,21 +35,6 @@ static unsigned char token_key[ENG_KEY_LEN];
 static unsigned char seal_key[ENG_KEY_LEN];
 static int keys_loaded;
 
-__attribute__((format(printf, 3, 4))) static int set_err(char **err, int code, const char *fmt,
-                                                         ...) {
-  if (!err) return code;
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
-  va_end(ap);
-  *err = n >= 0 ? malloc((size_t)n + 1) : NULL;
-  if (*err) {
-    va_start(ap, fmt);
-    vsnprintf(*err, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
 
 static int derive(const unsigned char master[ENG_KEY_LEN], const char *label,
                   unsigned char out[ENG_KEY_LEN]) {
@@ -105,7 +90,7 @@ static int parse_configured(const char *s, unsigned char master[ENG_KEY_LEN], ch
   if (ok) memcpy(master, raw, ENG_KEY_LEN);
   OPENSSL_cleanse(raw, sizeof raw);
   if (!ok)
-    return set_err(err, ENG_ECONFIG,
+    return eng_errorf(err, ENG_ECONFIG,
                    "configured server key is invalid: expected 64 hex characters or "
                    "base64/base64url of exactly 32 bytes");
   return 0;
@@ -121,18 +106,18 @@ static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], ch
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return KEY_FILE_MISSING;
-    return set_err(err, ENG_EIO, "cannot open key file %s: %s", path, strerror(errno));
+    return eng_errorf(err, ENG_EIO, "cannot open key file %s: %s", path, strerror(errno));
   }
   if (fstat(fd, &st) != 0) {
-    rc = set_err(err, ENG_EIO, "cannot stat key file %s: %s", path, strerror(errno));
+    rc = eng_errorf(err, ENG_EIO, "cannot stat key file %s: %s", path, strerror(errno));
     goto cleanup;
   }
   if (!S_ISREG(st.st_mode)) {
-    rc = set_err(err, ENG_ECONFIG, "key file %s is not a regular file", path);
+    rc = eng_errorf(err, ENG_ECONFIG, "key file %s is not a regular file", path);
     goto cleanup;
   }
   if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-    rc = set_err(err, ENG_ECONFIG,
+    rc = eng_errorf(err, ENG_ECONFIG,
                  "key file %s is accessible by group or others: run chmod 600 %s", path, path);
     goto cleanup;
   }
@@ -140,7 +125,7 @@ static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], ch
     ssize_t r = read(fd, text + len, sizeof text - len);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) {
-      rc = set_err(err, ENG_EIO, "cannot read key file %s: %s", path, strerror(errno));
+      rc = eng_errorf(err, ENG_EIO, "cannot read key file %s: %s", path, strerror(errno));
       goto cleanup;
     }
     if (r == 0) break;
@@ -148,7 +133,7 @@ static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], ch
   }
   if (len == KEY_HEX_LEN + 1 && text[KEY_HEX_LEN] == '\n') len--;
   if (len != KEY_HEX_LEN || eng_crypto_hex_decode(text, len, master, &n, &msg) != 0) {
-    rc = set_err(err, ENG_ECONFIG,
+    rc = eng_errorf(err, ENG_ECONFIG,
                  "key file %s is malformed: expected 64 hex characters and an optional newline",
                  path);
     goto cleanup;
@@ -193,12 +178,12 @@ static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], 
   int rc = 0, fd = -1, tmp_created = 0;
   size_t path_len = strlen(path);
   char *tmp = malloc(path_len + sizeof TMP_SUFFIX);
-  if (!tmp) return set_err(err, ENG_ENOMEM, "out of memory");
+  if (!tmp) return eng_errorf(err, ENG_ENOMEM, "out of memory");
   memcpy(tmp, path, path_len);
   memcpy(tmp + path_len, TMP_SUFFIX, sizeof TMP_SUFFIX);
 
   if (eng_crypto_random(master, ENG_KEY_LEN) != 0) {
-    rc = set_err(err, ENG_ECRYPTO, "cannot generate a server key: random generator failure");
+    rc = eng_errorf(err, ENG_ECRYPTO, "cannot generate a server key: random generator failure");
     goto cleanup;
   }
   eng_crypto_hex_encode(master, ENG_KEY_LEN, text);
@@ -207,22 +192,22 @@ static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], 
   fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     if (errno == EEXIST)
-      rc = set_err(err, ENG_ECONFIG,
+      rc = eng_errorf(err, ENG_ECONFIG,
                    "%s exists: another instance is creating the key file, or a crash left it "
                    "behind (then remove it)",
                    tmp);
     else
-      rc = set_err(err, ENG_EIO, "cannot create key file %s: %s", tmp, strerror(errno));
+      rc = eng_errorf(err, ENG_EIO, "cannot create key file %s: %s", tmp, strerror(errno));
     goto cleanup;
   }
   tmp_created = 1;
   if (write_all(fd, text, sizeof text) != 0 || fsync(fd) != 0) {
-    rc = set_err(err, ENG_EIO, "cannot write key file %s: %s", tmp, strerror(errno));
+    rc = eng_errorf(err, ENG_EIO, "cannot write key file %s: %s", tmp, strerror(errno));
     goto cleanup;
   }
   if (close(fd) != 0) {
     fd = -1;
-    rc = set_err(err, ENG_EIO, "cannot write key file %s: %s", tmp, strerror(errno));
+    rc = eng_errorf(err, ENG_EIO, "cannot write key file %s: %s", tmp, strerror(errno));
     goto cleanup;
   }
   fd = -1;
@@ -232,11 +217,11 @@ static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], 
       goto cleanup;
     }
     if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOSYS) {
-      rc = set_err(err, ENG_EIO, "cannot install key file %s: %s", path, strerror(errno));
+      rc = eng_errorf(err, ENG_EIO, "cannot install key file %s: %s", path, strerror(errno));
       goto cleanup;
     }
     if (rename(tmp, path) != 0) {
-      rc = set_err(err, ENG_EIO, "cannot install key file %s: %s", path, strerror(errno));
+      rc = eng_errorf(err, ENG_EIO, "cannot install key file %s: %s", path, strerror(errno));
       goto cleanup;
     }
     tmp_created = 0;
@@ -258,18 +243,18 @@ int eng_keys_init(const char *configured, const char *key_path, char **err) {
   if (configured && *configured) {
     rc = parse_configured(configured, master, err);
   } else if (!key_path || !*key_path) {
-    rc = set_err(err, ENG_ECONFIG, "no server key configured and no key file path");
+    rc = eng_errorf(err, ENG_ECONFIG, "no server key configured and no key file path");
   } else {
     rc = read_key_file(key_path, master, err);
     if (rc == KEY_FILE_MISSING) {
       rc = create_key_file(key_path, master, err);
       if (rc == KEY_FILE_LOST_RACE) rc = read_key_file(key_path, master, err);
       if (rc == KEY_FILE_MISSING)
-        rc = set_err(err, ENG_EIO, "key file %s vanished while being created", key_path);
+        rc = eng_errorf(err, ENG_EIO, "key file %s vanished while being created", key_path);
     }
   }
   if (rc == 0 && keys_install(master) != 0)
-    rc = set_err(err, ENG_ECRYPTO, "cannot derive keys from the server key");
+    rc = eng_errorf(err, ENG_ECRYPTO, "cannot derive keys from the server key");
   OPENSSL_cleanse(master, sizeof master);
   return rc;
 }

@@ -2,6 +2,7 @@
 #include "log.h"
 #include "buf.h"
 #include "error.h"
+#include "text.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,9 +33,7 @@ int eng_log_parse_level(const char *s, eng_log_level *out) {
   return ENG_EINVAL;
 }
 
-const char *eng_log_level_name(eng_log_level level) { return level_names[level]; }
 int eng_log_enabled(eng_log_level level) { return level <= g_level; }
-int eng_log_is_json(void) { return g_json; }
 
 static void timestamp(char out[32]) {
   struct timespec ts;
@@ -45,20 +44,9 @@ static void timestamp(char out[32]) {
   snprintf(out + n, 32 - n, ".%03ldZ", ts.tv_nsec / 1000000);
 }
 
-/* Appends s as a JSON string body (without quotes), escaping controls. */
-static void json_escape(eng_buf *b, const char *s, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c == '"' || c == '\\') {
-      eng_buf_append_char(b, '\\');
-      eng_buf_append_char(b, (char)c);
-    } else if (c < 0x20) {
-      eng_buf_appendf(b, "\\u%04x", c);
-    } else {
-      eng_buf_append_char(b, (char)c);
-    }
-  }
-}
+/* A JSON string, valid whatever bytes s holds (ill-formed UTF-8 becomes U+FFFD). A line
+ * that runs out of memory is cut short: emit() still writes what it has. */
+static void json_str(eng_buf *b, const char *s, size_t n) { (void)eng_json_escape(b, s, n, ENG_JSON_REPLACE); }
 
 /* Plain lines stay one line: control characters become spaces. */
 static void plain_clean(eng_buf *b, const char *s, size_t n) {
@@ -86,13 +74,13 @@ void eng_log_msg(eng_log_level level, const char *request_id, const char *msg, s
   if (g_json) {
     eng_buf_appendf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",", ts, level_names[level]);
     if (request_id) {
-      eng_buf_append_str(&b, "\"request_id\":\"");
-      json_escape(&b, request_id, strlen(request_id));
-      eng_buf_append_str(&b, "\",");
+      eng_buf_append_str(&b, "\"request_id\":");
+      json_str(&b, request_id, strlen(request_id));
+      eng_buf_append_char(&b, ',');
     }
-    eng_buf_append_str(&b, "\"msg\":\"");
-    json_escape(&b, msg, len);
-    eng_buf_append_str(&b, "\"}");
+    eng_buf_append_str(&b, "\"msg\":");
+    json_str(&b, msg, len);
+    eng_buf_append_char(&b, '}');
   } else {
     eng_buf_appendf(&b, "%s %-5s ", ts, level_names[level]);
     if (request_id)
@@ -129,16 +117,16 @@ void eng_log_access(const eng_access_entry *e) {
   timestamp(ts);
   eng_buf b = {0};
   if (g_json) {
-    eng_buf_appendf(&b, "{\"ts\":\"%s\",\"type\":\"access\",\"method\":\"", ts);
-    json_escape(&b, e->method, strlen(e->method));
-    eng_buf_append_str(&b, "\",\"path\":\"");
-    json_escape(&b, e->path, e->path_len);
-    eng_buf_appendf(&b, "\",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%.3f,\"request_id\":\"", e->status,
+    eng_buf_appendf(&b, "{\"ts\":\"%s\",\"type\":\"access\",\"method\":", ts);
+    json_str(&b, e->method, strlen(e->method));
+    eng_buf_append_str(&b, ",\"path\":");
+    json_str(&b, e->path, e->path_len);
+    eng_buf_appendf(&b, ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%.3f,\"request_id\":", e->status,
                     (unsigned long long)e->bytes, e->duration_ms);
-    json_escape(&b, e->request_id, strlen(e->request_id));
-    eng_buf_append_str(&b, "\",\"peer\":\"");
-    json_escape(&b, e->peer, strlen(e->peer));
-    eng_buf_append_str(&b, "\"}");
+    json_str(&b, e->request_id, strlen(e->request_id));
+    eng_buf_append_str(&b, ",\"peer\":");
+    json_str(&b, e->peer, strlen(e->peer));
+    eng_buf_append_char(&b, '}');
   } else {
     eng_buf_appendf(&b, "%s access %s ", ts, e->peer);
     plain_clean(&b, e->method, strlen(e->method));

@@ -15,9 +15,7 @@ void eng_log_setup(eng_log_level level, int json);
 /* Where lines go (default: stderr). The caller keeps the descriptor open. */
 void eng_log_set_fd(int fd);
 int eng_log_parse_level(const char *s, eng_log_level *out); /* 0 or ENG_EINVAL */
-const char *eng_log_level_name(eng_log_level level);
 int eng_log_enabled(eng_log_level level);
-int eng_log_is_json(void);
 
 void eng_log(eng_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Like eng_log, with an extra request id and a message that is used verbatim. */

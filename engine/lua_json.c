@@ -20,6 +20,7 @@
 
 #include "error.h"
 #include "lua_common.h"
+#include "text.h"
 
 /* The Lua module's reusable encode buffer is released after a call that grew it beyond this. */
 #define ENCODE_BUF_KEEP (64 * 1024)
@@ -27,39 +28,6 @@
 
 /* ---------------------------------------------------------------------------------------------
  * UTF-8 */
-
-/* Length (1..4) of the well-formed UTF-8 sequence at p, which has avail >= 1 bytes, or 0 when
- * it is ill-formed: stray continuation byte, overlong form, surrogate (U+D800..DFFF), beyond
- * U+10FFFF, or truncated. Follows the table of well-formed sequences in Unicode 3.9. */
-static size_t utf8_len(const unsigned char *p, size_t avail) {
-  unsigned c = p[0];
-  unsigned lo = 0x80, hi = 0xBF;
-  if (c < 0x80)
-    return 1;
-  if (c < 0xC2) /* continuation byte, or C0/C1 which only start overlongs */
-    return 0;
-  if (c < 0xE0)
-    return avail >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
-  if (c < 0xF0) {
-    if (c == 0xE0)
-      lo = 0xA0; /* E0 80..9F would be overlong */
-    else if (c == 0xED)
-      hi = 0x9F; /* ED A0..BF would be a surrogate */
-    if (avail < 3 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80)
-      return 0;
-    return 3;
-  }
-  if (c < 0xF5) {
-    if (c == 0xF0)
-      lo = 0x90; /* F0 80..8F would be overlong */
-    else if (c == 0xF4)
-      hi = 0x8F; /* F4 90.. would exceed U+10FFFF */
-    if (avail < 4 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
-      return 0;
-    return 4;
-  }
-  return 0;
-}
 
 /* Writes code point cp (a scalar value, not a surrogate) as UTF-8 to o; returns the length. */
 static size_t utf8_put(unsigned long cp, char *o) {
@@ -155,58 +123,13 @@ static int keyref_cmp(const void *a, const void *b) {
   return (x->len > y->len) - (x->len < y->len);
 }
 
-/* Validates and escapes in one pass, copying runs of plain bytes at once. */
 static int encode_string(encoder *e, const char *str, size_t len) {
-  static const char hex[] = "0123456789abcdef";
-  const unsigned char *p = (const unsigned char *)str;
-  size_t i = 0, run = 0;
-  int rc;
-  if (eng_buf_reserve(e->out, len + 2) != 0)
+  int rc = eng_json_escape(e->out, str, len, ENG_JSON_STRICT);
+  if (rc == ENG_EINVAL)
+    return enc_fail(e, rc, "invalid UTF-8 in string");
+  if (rc != 0)
     return enc_fail(e, ENG_ENOMEM, "out of memory");
-  if ((rc = PUT_LIT(e, "\"")) != 0)
-    return rc;
-  while (i < len) {
-    unsigned c = p[i];
-    char esc[6];
-    size_t n = 2;
-    if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
-      i++;
-      continue;
-    }
-    if (c >= 0x80) {
-      size_t sl = utf8_len(p + i, len - i);
-      if (sl == 0)
-        return enc_fail(e, ENG_EINVAL, "invalid UTF-8 in string");
-      i += sl;
-      continue;
-    }
-    if ((rc = put(e, str + run, i - run)) != 0)
-      return rc;
-    esc[0] = '\\';
-    switch (c) {
-    case '"': esc[1] = '"'; break;
-    case '\\': esc[1] = '\\'; break;
-    case '\b': esc[1] = 'b'; break;
-    case '\f': esc[1] = 'f'; break;
-    case '\n': esc[1] = 'n'; break;
-    case '\r': esc[1] = 'r'; break;
-    case '\t': esc[1] = 't'; break;
-    default:
-      esc[1] = 'u';
-      esc[2] = '0';
-      esc[3] = '0';
-      esc[4] = hex[c >> 4];
-      esc[5] = hex[c & 0xF];
-      n = 6;
-      break;
-    }
-    if ((rc = put(e, esc, n)) != 0)
-      return rc;
-    run = ++i;
-  }
-  if ((rc = put(e, str + run, len - run)) != 0)
-    return rc;
-  return PUT_LIT(e, "\"");
+  return 0;
 }
 
 /* Shortest of %.15g/%.16g/%.17g that reads back as the same double (%.17g always does), then
@@ -556,7 +479,7 @@ __attribute__((noinline)) static int parse_string(decoder *d) {
     if (c < 0x80) {
       p++;
     } else {
-      size_t sl = utf8_len(p, (size_t)(end - p));
+      size_t sl = eng_utf8_len(p, (size_t)(end - p));
       if (sl == 0)
         return dec_fail(d, p, "invalid UTF-8 in string");
       p += sl;
@@ -619,7 +542,7 @@ __attribute__((noinline)) static int parse_string(decoder *d) {
       *o++ = (char)c;
       p++;
     } else {
-      size_t sl = utf8_len(p, (size_t)(q - p));
+      size_t sl = eng_utf8_len(p, (size_t)(q - p));
       if (sl == 0)
         return dec_fail(d, p, "invalid UTF-8 in string");
       memcpy(o, p, sl);

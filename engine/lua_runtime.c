@@ -10,6 +10,7 @@
 #include "text.h"
 #include "db.h"
 #include "error.h"
+#include "files.h"
 #include "log.h"
 #include "lua_common.h"
 #include "lua_crypto.h"
@@ -372,30 +373,11 @@ static int load_settings(lua_State *L, const char *file, char **err) {
 
 /* ---- script loading ------------------------------------------------------------------------ */
 
-/* Reads a whole file (text scripts only; bounded). Returns malloc'd bytes or NULL. */
-static char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
-    return NULL;
-  char *buf = NULL;
-  struct stat st;
-  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > ENG_MAX_SCRIPT_BYTES)
-    goto out;
-  buf = malloc((size_t)st.st_size + 1);
-  if (buf == NULL)
-    goto out;
-  *len = fread(buf, 1, (size_t)st.st_size, f);
-  buf[*len] = '\0';
-out:
-  fclose(f);
-  return buf;
-}
-
 /* Loads path as a text chunk named "@path"; pushes the function or an error message. */
 static int load_text_file(lua_State *L, const char *path) {
   size_t len = 0;
-  char *src = read_file(path, &len);
-  if (src == NULL) {
+  char *src = NULL;
+  if (eng_file_read(path, ENG_MAX_SCRIPT_BYTES, &src, &len) != 0) {
     lua_pushfstring(L, "cannot read %s", path);
     return LUA_ERRFILE;
   }
@@ -406,40 +388,12 @@ static int load_text_file(lua_State *L, const char *path) {
   return st;
 }
 
-/* The scripts setting is a list of directories separated by ':' (an overlay:
- * later directories add scripts and replace same-named ones of earlier ones). */
-#define ENG_MAX_SCRIPT_DIRS 16
-
-typedef struct dir_list {
-  int n;
-  char *dirs[ENG_MAX_SCRIPT_DIRS];
-  char buf[4096];
-} dir_list;
-
-static int split_dirs(const char *spec, dir_list *out) {
-  out->n = 0;
-  if (strlen(spec) >= sizeof out->buf)
-    return ENG_ETOOBIG;
-  strcpy(out->buf, spec);
-  for (char *p = out->buf, *colon; p; p = colon ? colon + 1 : NULL) {
-    colon = strchr(p, ':');
-    if (colon)
-      *colon = '\0';
-    if (*p == '\0')
-      continue;
-    if (out->n == ENG_MAX_SCRIPT_DIRS)
-      return ENG_ETOOBIG;
-    out->dirs[out->n++] = p;
-  }
-  return out->n ? 0 : ENG_EINVAL;
-}
-
 /* package.searchers entry: modules from the scripts directories (last first), text only. */
 static int search_scripts(lua_State *L) {
   eng_runtime *rt = RT(L);
   const char *name = luaL_checkstring(L, 1);
-  dir_list dl;
-  if (rt->scripts_dir == NULL || split_dirs(rt->scripts_dir, &dl) != 0) {
+  eng_dirs dl;
+  if (rt->scripts_dir == NULL || eng_dirs_split(&dl, rt->scripts_dir) != 0) {
     lua_pushliteral(L, "no scripts directory");
     return 1;
   }
@@ -654,10 +608,10 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
   int rc = 0;
   script *list = NULL;
   size_t n = 0;
-  dir_list dl;
+  eng_dirs dl;
   *err = NULL;
 
-  if (split_dirs(dirs, &dl) != 0) {
+  if (eng_dirs_split(&dl, dirs) != 0) {
     *err = strdup("the scripts setting must name 1 to 16 directories separated by ':'");
     return ENG_EINVAL;
   }
@@ -1100,20 +1054,7 @@ static const char *take_headers(lua_State *co, int idx, eng_response *resp) {
   return NULL;
 }
 
-/* JSON-escapes s into b (for the fallback error body built without Lua). */
-static void json_str(eng_buf *b, const char *s) {
-  eng_buf_append_char(b, '"');
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      eng_buf_appendf(b, "\\%c", c);
-    else if (c < 0x20 || c >= 0x80)
-      eng_buf_appendf(b, "\\u%04x", c);
-    else
-      eng_buf_append_char(b, (char)c);
-  }
-  eng_buf_append_char(b, '"');
-}
+static void json_str(eng_buf *b, const char *s) { eng_json_escape(b, s, strlen(s), ENG_JSON_REPLACE); }
 
 static void default_error_body(int status, const char *code, const char *message, const char *request_id,
                                eng_response *resp) {

@@ -448,7 +448,7 @@ int eng_test_main(int argc, char **argv) {
       return 0;
     }
     if ((strcmp(argv[i], "--scripts") == 0 || strcmp(argv[i], "--schema") == 0) && i + 1 < argc) {
-      char *dst = argv[i][3] == 'c' && argv[i][4] == 'r' ? ts.scripts_dir : ts.schema_dir;
+      char *dst = strcmp(argv[i], "--scripts") == 0 ? ts.scripts_dir : ts.schema_dir;
       snprintf(dst, 1024, "%s", argv[i + 1]);
       i++;
       continue;
