@@ -80,6 +80,23 @@ struct worker {
  * busy in a handler sees it at once and answers that request with Connection: close. */
 static atomic_int g_stopping;
 
+/* libuv and errno codes stop here: what leaves this file is an ENG_E* code (error.h). */
+static int eng_err_from_uv(int uv_rc) {
+  switch (uv_rc) {
+  case 0:
+    return 0;
+  case UV_ENOMEM:
+    return ENG_ENOMEM;
+  case UV_EINVAL:
+    return ENG_EINVAL;
+  case UV_E2BIG:
+  case UV_ENOBUFS:
+    return ENG_ETOOBIG;
+  default:
+    return ENG_EIO;
+  }
+}
+
 /* ---- lists --------------------------------------------------------------------------------- */
 
 static void list_remove(conn *c) {
@@ -176,12 +193,16 @@ static void on_write(uv_write_t *req, int status) {
     return;
   }
   if (!c->reading && !c->closing && c->pending < ENG_WRITE_HIGH / 4) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read) != 0) {
+      conn_close(c);
+      return;
+    }
     c->reading = 1;
-    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
   }
 }
 
-/* Sends bytes in order: straight to the socket when nothing is queued, else queued. */
+/* Sends bytes in order: straight to the socket when nothing is queued, else queued.
+ * Returns 0 or an ENG_E* code (the caller closes the connection). */
 static int conn_send(conn *c, const char *data, size_t len) {
   if (c->pending == 0) {
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
@@ -189,7 +210,7 @@ static int conn_send(conn *c, const char *data, size_t len) {
     if (n == (int)len)
       return 0;
     if (n < 0 && n != UV_EAGAIN)
-      return n;
+      return eng_err_from_uv(n);
     if (n > 0) {
       data += n;
       len -= (size_t)n;
@@ -197,7 +218,7 @@ static int conn_send(conn *c, const char *data, size_t len) {
   }
   wreq *wr = malloc(sizeof *wr + len);
   if (wr == NULL)
-    return UV_ENOMEM;
+    return ENG_ENOMEM;
   memcpy(wr->data, data, len);
   wr->c = c;
   wr->len = len;
@@ -205,11 +226,11 @@ static int conn_send(conn *c, const char *data, size_t len) {
   int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
   if (rc != 0) {
     free(wr);
-    return rc;
+    return eng_err_from_uv(rc);
   }
   c->pending += len;
   if (c->pending > ENG_WRITE_HIGH && c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    (void)uv_read_stop((uv_stream_t *)&c->tcp); /* cannot fail on a TCP handle (always 0 since libuv 1.x) */
     c->reading = 0;
   }
   return 0;
@@ -352,10 +373,18 @@ static void on_connection(uv_stream_t *server, int status) {
   if (status != 0)
     return;
   conn *c = calloc(1, sizeof *c);
-  if (c == NULL)
+  int rc;
+  if (c == NULL) {
+    /* The connection stays in the kernel's backlog; libuv offers it again. */
+    eng_log_error("worker %d: out of memory accepting a connection", w->id);
     return;
+  }
   c->w = w;
-  uv_tcp_init(&w->loop, &c->tcp);
+  if ((rc = uv_tcp_init(&w->loop, &c->tcp)) != 0) {
+    eng_log_error("worker %d: cannot accept a connection: %s", w->id, uv_strerror(rc));
+    free(c);
+    return;
+  }
   w->nconns++;
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -366,13 +395,19 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     return;
   }
-  uv_tcp_nodelay(&c->tcp, 1);
+  /* Without TCP_NODELAY answers are only slower (Nagle), so a failure is not fatal. */
+  if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0)
+    eng_log_debug("worker %d: TCP_NODELAY: %s", w->id, uv_strerror(rc));
   format_peer(&c->tcp, c->peer, sizeof c->peer);
   eng_http_parser_init(&c->hp, &w->cfg->limits);
   c->state = C_IDLE;
   list_push(&w->idle, c, uv_now(&w->loop) + (uint64_t)w->cfg->header_timeout_ms);
+  if ((rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read)) != 0) {
+    eng_log_warn("worker %d: cannot read from %s: %s", w->id, c->peer, uv_strerror(rc));
+    conn_close(c);
+    return;
+  }
   c->reading = 1;
-  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
 }
 
 /* ---- worker lifecycle ---------------------------------------------------------------------- */
@@ -419,6 +454,41 @@ static void on_wake(uv_async_t *a) {
   maybe_finish(w);
 }
 
+static void close_any(uv_handle_t *h, void *arg) {
+  (void)arg;
+  close_handle_once(h);
+}
+
+/* Sets up the worker's loop: the listener on its socket, the wake-up async, the
+ * sweep timer. Returns 0 or a libuv code; on failure every handle it made is closed
+ * and the loop too (w->fd stays with the caller unless the listener took it). */
+static int worker_listen(worker *w) {
+  int rc;
+  if ((rc = uv_loop_init(&w->loop)) != 0)
+    return rc;
+  if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0)
+    goto fail;
+  w->listener.data = w;
+  if ((rc = uv_tcp_open(&w->listener, w->fd)) != 0)
+    goto fail;
+  w->fd = -1; /* closed with the listener from here on */
+  if ((rc = uv_listen((uv_stream_t *)&w->listener, ENG_BACKLOG, on_connection)) != 0 ||
+      (rc = uv_async_init(&w->loop, &w->wake, on_wake)) != 0)
+    goto fail;
+  w->wake.data = w;
+  if ((rc = uv_timer_init(&w->loop, &w->sweep)) != 0)
+    goto fail;
+  w->sweep.data = w;
+  if ((rc = uv_timer_start(&w->sweep, on_sweep, ENG_SWEEP_MS, ENG_SWEEP_MS)) != 0)
+    goto fail;
+  return 0;
+fail:
+  uv_walk(&w->loop, close_any, NULL);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  (void)uv_loop_close(&w->loop); /* every handle is closed: cannot be busy */
+  return rc;
+}
+
 static void worker_main(void *arg) {
   worker *w = arg;
   char *err = NULL;
@@ -440,42 +510,24 @@ static void worker_main(void *arg) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
   }
-  if ((rc = uv_loop_init(&w->loop)) != 0)
-    goto fail_uv;
-  uv_tcp_init(&w->loop, &w->listener);
-  w->listener.data = w;
-  if ((rc = uv_tcp_open(&w->listener, w->fd)) == 0)
-    w->fd = -1; /* closed with the listener from here on */
-  if (rc != 0 ||
-      (rc = uv_listen((uv_stream_t *)&w->listener, ENG_BACKLOG, on_connection)) != 0)
-    goto fail_loop;
-  uv_async_init(&w->loop, &w->wake, on_wake);
-  w->wake.data = w;
-  uv_timer_init(&w->loop, &w->sweep);
-  w->sweep.data = w;
-  uv_timer_start(&w->sweep, on_sweep, ENG_SWEEP_MS, ENG_SWEEP_MS);
+  if ((rc = worker_listen(w)) != 0) {
+    eng_log_error("worker %d: listen: %s", w->id, uv_strerror(rc));
+    rc = eng_err_from_uv(rc);
+    goto fail;
+  }
   w->start_rc = 0;
   uv_sem_post(&w->started);
 
   uv_run(&w->loop, UV_RUN_DEFAULT);
 
-  uv_loop_close(&w->loop);
+  if ((rc = uv_loop_close(&w->loop)) != 0)
+    eng_log_warn("worker %d: loop closed with handles still open: %s", w->id, uv_strerror(rc));
   eng_runtime_free(w->rt);
   eng_db_close(w->db);
   eng_response_free(&w->resp);
   eng_buf_free(&w->out);
   return;
 
-fail_loop:
-  eng_log_error("worker %d: listen: %s", w->id, uv_strerror(rc));
-  uv_close((uv_handle_t *)&w->listener, NULL);
-  uv_run(&w->loop, UV_RUN_DEFAULT);
-  uv_loop_close(&w->loop);
-  rc = ENG_EIO;
-  goto fail;
-fail_uv:
-  eng_log_error("worker %d: %s", w->id, uv_strerror(rc));
-  rc = ENG_EIO;
 fail:
   free(err);
   eng_runtime_free(w->rt);
@@ -493,8 +545,8 @@ static int bind_socket(const struct sockaddr *sa, socklen_t salen, int *out) {
   if (fd < 0)
     return -errno;
   int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 || bind(fd, sa, salen) != 0) {
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 || bind(fd, sa, salen) != 0) {
     int e = errno;
     close(fd);
     return -e;
@@ -528,7 +580,11 @@ static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
     }
     if (i == 0 && cfg->port == 0) {
       socklen_t l = sizeof ss;
-      getsockname(ws[0].fd, (struct sockaddr *)&ss, &l);
+      if (getsockname(ws[0].fd, (struct sockaddr *)&ss, &l) != 0) {
+        eng_log_error("cannot read the port picked for %s: %s", cfg->listen_host, strerror(errno));
+        close(ws[0].fd);
+        return ENG_EIO;
+      }
     }
   }
   *port_out = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
@@ -545,10 +601,12 @@ typedef struct main_ctx {
   int signo;
 } main_ctx;
 
+/* uv_async_send fails only on a closed handle, and a started worker closes its
+ * wake-up handle only after it was told to stop: nothing to undo. */
 static void stop_workers(main_ctx *m) {
   for (int i = 0; i < m->n; i++)
     if (m->ws[i].start_rc == 0)
-      uv_async_send(&m->ws[i].wake);
+      (void)uv_async_send(&m->ws[i].wake);
 }
 
 static void on_signal(uv_signal_t *s, int signo) {
@@ -560,6 +618,31 @@ static void on_signal(uv_signal_t *s, int signo) {
   stop_workers(m);
   uv_close((uv_handle_t *)&m->sigterm, NULL);
   uv_close((uv_handle_t *)&m->sigint, NULL);
+}
+
+/* Installs the SIGTERM and SIGINT handlers on the default loop. 0 or an ENG_E* code
+ * (after logging why; what it made is closed). */
+static int watch_signals(main_ctx *m) {
+  uv_loop_t *loop = uv_default_loop();
+  int rc;
+  m->sigterm.data = m->sigint.data = m;
+  if ((rc = uv_signal_init(loop, &m->sigterm)) != 0)
+    goto out;
+  if ((rc = uv_signal_init(loop, &m->sigint)) != 0) {
+    uv_close((uv_handle_t *)&m->sigterm, NULL);
+    goto out;
+  }
+  if ((rc = uv_signal_start(&m->sigterm, on_signal, SIGTERM)) != 0 ||
+      (rc = uv_signal_start(&m->sigint, on_signal, SIGINT)) != 0) {
+    uv_close((uv_handle_t *)&m->sigterm, NULL);
+    uv_close((uv_handle_t *)&m->sigint, NULL);
+  }
+out:
+  if (rc != 0) {
+    eng_log_error("cannot watch signals: %s", uv_strerror(rc));
+    uv_run(loop, UV_RUN_DEFAULT); /* finish the closes */
+  }
+  return eng_err_from_uv(rc);
 }
 
 int eng_server_run(const eng_config *cfg) {
@@ -582,8 +665,14 @@ int eng_server_run(const eng_config *cfg) {
     w->cfg = cfg;
     w->max_conns = per > 0 ? per : 1;
     eng_response_init(&w->resp);
-    uv_sem_init(&w->started, 0);
+    if (uv_sem_init(&w->started, 0) != 0) {
+      eng_log_error("worker %d: cannot create its start-up semaphore", i);
+      w->start_rc = ENG_EIO;
+      break;
+    }
     if (uv_thread_create(&w->thread, worker_main, w) != 0) {
+      eng_log_error("worker %d: cannot start its thread", i);
+      uv_sem_destroy(&w->started);
       w->start_rc = ENG_EIO;
       break;
     }
@@ -592,34 +681,30 @@ int eng_server_run(const eng_config *cfg) {
     if (w->start_rc != 0)
       break;
   }
-  main_ctx m = {.ws = ws, .n = n};
+  main_ctx m = {.ws = ws, .n = started}; /* only started workers have a wake-up handle */
   int ok = started == n;
   for (int i = 0; i < started; i++)
     ok = ok && ws[i].start_rc == 0;
+  if (ok && (rc = watch_signals(&m)) != 0)
+    ok = 0;
   if (!ok) {
-    rc = ENG_EIO;
-    for (int i = 0; i < started; i++)
-      if (ws[i].start_rc == 0)
-        uv_async_send(&ws[i].wake);
+    rc = rc ? rc : ENG_EIO;
+    stop_workers(&m);
   } else {
     eng_log_info("apiengine %s listening on http://%s%s%s:%d (%d workers, scripts '%s', db '%s')", APIENGINE_VERSION,
                  strchr(cfg->listen_host, ':') ? "[" : "", cfg->listen_host, strchr(cfg->listen_host, ':') ? "]" : "",
                  port, n, cfg->scripts_dir, cfg->db_path);
-    uv_loop_t *loop = uv_default_loop();
-    uv_signal_init(loop, &m.sigterm);
-    uv_signal_init(loop, &m.sigint);
-    m.sigterm.data = m.sigint.data = &m;
-    uv_signal_start(&m.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&m.sigint, on_signal, SIGINT);
-    uv_run(loop, UV_RUN_DEFAULT);
-    uv_loop_close(loop);
+    uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   }
+  (void)uv_loop_close(uv_default_loop()); /* the signal handles are closed by now */
   for (int i = 0; i < started; i++)
-    uv_thread_join(&ws[i].thread);
+    if (uv_thread_join(&ws[i].thread) != 0)
+      eng_log_error("worker %d: cannot join its thread", i);
   for (int i = 0; i < n; i++) {
     if (ws[i].fd >= 0)
       close(ws[i].fd);
-    uv_sem_destroy(&ws[i].started);
+    if (i < started)
+      uv_sem_destroy(&ws[i].started);
   }
   free(ws);
   if (rc == 0)
