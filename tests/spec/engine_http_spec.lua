@@ -325,6 +325,25 @@ describe("engine connection limit and JSON logs", function()
     assert.equal(17, entry.bytes)
     assert.equal("number", type(entry.duration_ms))
   end)
+
+  it("keeps every JSON log line valid JSON whatever bytes a path or message holds", function()
+    -- UTF-8 passes through as it is; an ill-formed byte (a lone 0xFF, a cut sequence) becomes U+FFFD.
+    local res = spec.parse_response(srv.raw("GET /say/caf%C3%A9%20%FF%E2%82 HTTP/1.1\r\nX-Request-Id: json-utf8\r\nConnection: close\r\n\r\n"))
+    assert.equal(200, res.status)
+    res = spec.parse_response(srv.raw("GET /caf\xC3\xA9/\xFF HTTP/1.1\r\nX-Request-Id: json-raw\r\nConnection: close\r\n\r\n"))
+    assert.equal(404, res.status)
+    testing.sleep(50)
+    local json = require("engine.json")
+    local log = srv.read_log()
+    local said = json.decode(log:match('[^\n]*"msg":"said [^\n]*'))
+    assert.equal("said caf\u{e9} \u{fffd}\u{fffd}\u{fffd}", said.msg)
+    assert.equal("json-utf8", said.request_id)
+    local access = json.decode(log:match('[^\n]*"request_id":"json%-raw"[^\n]*'))
+    assert.equal("/caf\u{e9}/\u{fffd}", access.path)
+    for line in log:gmatch("[^\n]+") do
+      assert.is_table(json.decode(line), line)
+    end
+  end)
 end)
 
 describe("engine files", function()
