@@ -8,6 +8,7 @@
 local crypto = require "engine.crypto"
 local db = require "engine.db"
 local settings = require "lib.settings"
+local validate = require "lib.validate"
 
 local M = {}
 
@@ -17,7 +18,7 @@ M.TYPES = { customer = true, app = true }
 function M.credential(req)
   local h = req.headers["authorization"]
   if type(h) ~= "string" then return nil end
-  h = h:match("^%s*(.-)%s*$")
+  h = validate.trim(h)
   local rest = h:match("^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$")
   if rest then h = rest end
   if h == "" or h:lower() == "bearer" then return nil end

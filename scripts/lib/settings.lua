@@ -4,6 +4,7 @@
 -- names the setting) rather than silently falling back.
 local config = require "engine.config"
 local json = require "engine.json"
+local trim = require("lib.validate").trim
 
 local M = {}
 
@@ -71,7 +72,7 @@ function M.list(name)
     else
       local out = {}
       for item in v:gmatch("[^,]+") do
-        item = item:match("^%s*(.-)%s*$")
+        item = trim(item)
         if item ~= "" then out[#out + 1] = item end
       end
       return out
