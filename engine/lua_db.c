@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "db_keyset.h"
 #include "error.h"
 #include "log.h"
 #include "lua_common.h"
@@ -551,9 +552,10 @@ static int l_tx(lua_State *L) {
 
 /* ---- key sets ---- */
 
-/* Syncs the key set of the SQL at stack index 1 (db.h: eng_db_keyset_sync). Inside a db.tx it
- * refuses once the transaction has written anything: its uncommitted rows could enter the set.
- * In a transaction opened by db.exec('BEGIN') it refuses always: nothing recorded when it began. */
+/* Syncs the key set of the SQL at stack index 1 (db_keyset.h: eng_db_keyset_sync). Inside a
+ * db.tx it refuses once the transaction has written anything: its uncommitted rows could enter
+ * the set. In a transaction opened by db.exec('BEGIN') it refuses always: nothing recorded when
+ * it began. */
 static eng_db_keyset *sync_keyset(lua_State *L, eng_db *db) {
   size_t len;
   const char *sql = luaL_checklstring(L, 1, &len);
