@@ -618,9 +618,11 @@ static int l_keys_unseen(lua_State *L) {
 
 int eng_luaopen_db(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"query", l_query}, {"one", l_one},           {"exec", l_exec}, {"tx", l_tx},
-      {"is_error", l_is_error}, {"kind", l_kind}, {"keys_sync", l_keys_sync}, {"exec_many", l_exec_many}, {"keys_unseen", l_keys_unseen},
-      {NULL, NULL},
+      {"query", l_query},         {"one", l_one},
+      {"exec", l_exec},           {"tx", l_tx},
+      {"is_error", l_is_error},   {"kind", l_kind},
+      {"keys_sync", l_keys_sync}, {"exec_many", l_exec_many},
+      {"keys_unseen", l_keys_unseen}, {NULL, NULL},
   };
   push_error_mt(L);
   lua_pop(L, 1);
