@@ -1,4 +1,7 @@
-/* db.h - the SQLite connection of one worker: open, statement cache, request cleanup, migrations.
+/* db.h - the SQLite connection of one worker: open, statement cache, request cleanup.
+ *
+ * Key sets (db_keyset.h) and migrations (db_migrate.h) work on this connection; this header
+ * includes both. db_internal.h holds what db.c and db_keyset.c share (the eng_db struct).
  *
  * One eng_db per worker thread; a connection is never shared between threads (it is opened
  * in SQLite's multi-thread mode, so SQLite does no locking of its own for it). Workers share
@@ -19,8 +22,6 @@
 #define ENG_DB_STMT_CACHE_MIN 4
 #define ENG_DB_STMT_CACHE_MAX 65536
 #define ENG_DB_SQL_MAX_BYTES (1024 * 1024)             /* one statement's text */
-#define ENG_DB_MIGRATION_MAX_BYTES (16 * 1024 * 1024)  /* one migration file */
-#define ENG_DB_MIGRATIONS_TABLE "_migrations"
 #define ENG_DB_CACHE_DEFAULT_MB 64   /* page cache per connection (PRAGMA cache_size) */
 #define ENG_DB_MMAP_DEFAULT_MB 1024  /* memory-mapped reads of the database file (PRAGMA mmap_size) */
 #define ENG_DB_SIZE_MAX_MB 65536     /* upper bound for both */
@@ -80,58 +81,9 @@ int eng_db_prepare_ex(eng_db *db, const char *sql, size_t len, sqlite3_stmt **ou
  * Returns 1 if it had to roll back, else 0. */
 int eng_db_after_request(eng_db *db);
 
-/* ---- key sets ----
- * An exact in-memory set of (group, key) text pairs mirroring an append-only table, so that
- * "insert if new" for keys that arrive in random order (CallSids) reads memory instead of
- * writing a unique index at random places: with a B-tree keyed by random text, every one of a
- * batch's 1000 inserts dirties its own page (~4 MB of WAL per commit, written again at the
- * checkpoint), while the appended rows fill ~40 pages. The set belongs to its connection (one
- * per worker), lives until eng_db_close and costs ~70 bytes per pair. */
-#define ENG_DB_KEYSETS_MAX 4                            /* distinct scan statements per connection */
-#define ENG_DB_KEYSET_BYTES_MAX ((size_t)0xffffffffu)   /* key bytes per set (32-bit offsets) */
-
-typedef struct eng_db_keyset eng_db_keyset;
-
-/* Finds or creates the set named by scan_sql (its exact text; len bytes) and brings it up to
- * date: runs scan_sql with ?1 = the highest id seen so far (0 at first) and adds every row
- * (id INTEGER, group TEXT, key TEXT). The rows must come in increasing id order, and ids must
- * never be reused (INTEGER PRIMARY KEY AUTOINCREMENT), so that a row committed later always has a
- * higher id than every row already seen. Call it only when all the rows it can see are committed:
- * outside a transaction, or in a write transaction before that transaction wrote to the scanned
- * table (an uncommitted row that is then rolled back would stay in the set). Under BEGIN
- * IMMEDIATE, after a sync, "not in the set" is exact until the transaction ends. Rows deleted
- * later stay in the set (their ids are not reused, so this only matters if their pair is
- * inserted again). Rows added before an error stay added. *out (if not NULL) gets the set.
- * Errors: ENG_EDB (bad SQL, or SQLite failed while scanning), ENG_EINVAL (a row that is not
- * integer, text, text), ENG_ETOOBIG (more than ENG_DB_KEYSETS_MAX sets, or more than
- * ENG_DB_KEYSET_BYTES_MAX bytes in one), ENG_ENOMEM; *errmsg as for eng_db_prepare. */
-int eng_db_keyset_sync(eng_db *db, const char *scan_sql, size_t len, eng_db_keyset **out, const char **errmsg);
-
-/* The id of group in ks (glen bytes), or 0 when ks has no pair of that group. Valid until
- * eng_db_close. */
-uint32_t eng_db_keyset_group(const eng_db_keyset *ks, const char *group, size_t glen);
-
-/* 1 if (the group of group_id, key) is in ks, else 0 (always 0 for group_id 0). */
-int eng_db_keyset_has(const eng_db_keyset *ks, uint32_t group_id, const char *key, size_t klen);
-
-/* The number of distinct pairs in ks. */
-size_t eng_db_keyset_count(const eng_db_keyset *ks);
-
-/* Applies schema_dir/NNNN_name.sql files (4 digits, '_', a non-empty name, ".sql"; other names
- * are ignored) in number order, each in its own BEGIN IMMEDIATE transaction together with its
- * record in _migrations(id, name, checksum, applied_at), checksum = hex SHA-256 of the file bytes.
- * Safe to run from several processes or threads at once (each connection its own): BEGIN
- * IMMEDIATE serialises them and a migration applied meanwhile by another is skipped.
- * Refuses with ENG_ECONFIG, before applying anything, when: the db records a migration the
- * directory does not have; a recorded migration's file changed ("migration 0002_x.sql was changed
- * after it was applied"); two files share a number; a new file's number is below an applied one.
- * A failing migration is rolled back fully (ENG_EDB; the message names the file and SQLite's
- * error); the ones before it stay applied. ENG_EIO when the directory or a file can't be read.
- * *applied (if not NULL) gets the number of newly applied files, also on error. *err (if not
- * NULL) gets a malloc'd message on failure. Logs one info line per applied migration.
- * schema_dir may name up to 16 directories separated by ':' (an overlay, e.g. the default
- * schema plus an operator's own): their files form one numbered sequence, and a number used in
- * two of them is refused like two files with one number. */
-int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err);
+/* The rest of the storage API, in its own headers: included here so that a caller of the
+ * connection gets all of it with one include. */
+#include "db_keyset.h"
+#include "db_migrate.h"
 
 #endif

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "db_keyset.h"
 #include "error.h"
 #include "log.h"
 #include "lua_common.h"
@@ -551,9 +552,10 @@ static int l_tx(lua_State *L) {
 
 /* ---- key sets ---- */
 
-/* Syncs the key set of the SQL at stack index 1 (db.h: eng_db_keyset_sync). Inside a db.tx it
- * refuses once the transaction has written anything: its uncommitted rows could enter the set.
- * In a transaction opened by db.exec('BEGIN') it refuses always: nothing recorded when it began. */
+/* Syncs the key set of the SQL at stack index 1 (db_keyset.h: eng_db_keyset_sync). Inside a
+ * db.tx it refuses once the transaction has written anything: its uncommitted rows could enter
+ * the set. In a transaction opened by db.exec('BEGIN') it refuses always: nothing recorded when
+ * it began. */
 static eng_db_keyset *sync_keyset(lua_State *L, eng_db *db) {
   size_t len;
   const char *sql = luaL_checklstring(L, 1, &len);
@@ -616,9 +618,11 @@ static int l_keys_unseen(lua_State *L) {
 
 int eng_luaopen_db(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"query", l_query}, {"one", l_one},           {"exec", l_exec}, {"tx", l_tx},
-      {"is_error", l_is_error}, {"kind", l_kind}, {"keys_sync", l_keys_sync}, {"exec_many", l_exec_many}, {"keys_unseen", l_keys_unseen},
-      {NULL, NULL},
+      {"query", l_query},         {"one", l_one},
+      {"exec", l_exec},           {"tx", l_tx},
+      {"is_error", l_is_error},   {"kind", l_kind},
+      {"keys_sync", l_keys_sync}, {"exec_many", l_exec_many},
+      {"keys_unseen", l_keys_unseen}, {NULL, NULL},
   };
   push_error_mt(L);
   lua_pop(L, 1);

@@ -12,8 +12,8 @@
  *                          rolled back when it raises, and the error is re-raised unchanged
  *   db.is_error(e), db.kind(e) -> helpers for the error tables raised by the functions above
  *   db.keys_sync(scan_sql)    -> pairs in the connection's key set for scan_sql, brought up to date
- *                                (db.h: eng_db_keyset_sync; in a transaction only in db.tx and
- *                                before it writes)
+ *                                (db_keyset.h: eng_db_keyset_sync; in a transaction only in
+ *                                db.tx and before it writes)
  *   db.keys_unseen(scan_sql, group, keys) -> syncs, then {[i] = true when (group, keys[i]) is not
  *                                in the set, false when it is}; exact under db.tx (BEGIN IMMEDIATE)
  * Parameters are bound, never spliced: `?`/`?NNN` from the extra arguments, or `:name`/`@name`/

@@ -12,6 +12,8 @@
 
 #include "check.h"
 #include "db.h"
+#include "db_keyset.h"
+#include "db_migrate.h"
 #include "error.h"
 
 static char tmpdir[64];

@@ -1,0 +1,373 @@
+/* db_migrate.c - schema migrations (db_migrate.h): list the numbered files of the schema
+ * directories, checksum them, check the records of what was applied, apply the rest in order.
+ *
+ * Everything here goes through the public connection API (db.h): the statement cache for the
+ * record queries, eng_db_handle for sqlite3_exec of a migration's text. */
+#include "db_migrate.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/evp.h>
+
+#include "db.h"
+#include "error.h"
+#include "files.h"
+#include "log.h"
+
+#define MIGRATION_FILES_MAX 10000 /* four digits: more files than numbers means duplicates */
+#define MIGRATION_NAME_MAX 255
+#define SHA256_LEN 32
+#define SHA256_HEX_LEN (2 * SHA256_LEN)
+
+typedef struct mig_file {
+  int id;
+  int recorded;
+  const char *dir; /* the schema directory holding it (points into the caller's split list) */
+  char name[MIGRATION_NAME_MAX + 1];
+  char checksum[SHA256_HEX_LEN + 1];
+} mig_file;
+
+/* NNNN_name.sql: four digits, '_', at least one character, ".sql". Returns the number or -1. */
+static int migration_number(const char *name) {
+  size_t n = strlen(name);
+  if (n < 10 || n > MIGRATION_NAME_MAX || name[4] != '_' || strcmp(name + n - 4, ".sql") != 0)
+    return -1;
+  int id = 0;
+  for (int i = 0; i < 4; i++) {
+    if (name[i] < '0' || name[i] > '9')
+      return -1;
+    id = id * 10 + (name[i] - '0');
+  }
+  return id;
+}
+
+static int cmp_mig(const void *a, const void *b) {
+  const mig_file *x = a, *y = b;
+  if (x->id != y->id)
+    return x->id < y->id ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+/* Reads dir/name into a malloc'd NUL-terminated buffer. */
+static int read_migration(const char *dir, const char *name, char **data, size_t *len, char **err) {
+  char path[4096];
+  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+    return eng_errorf(err, ENG_ETOOBIG, "db: migration path too long: %s/%s", dir, name);
+  int rc = eng_file_read(path, ENG_DB_MIGRATION_MAX_BYTES, data, len);
+  if (rc == ENG_ETOOBIG)
+    return eng_errorf(err, rc, "db: migration %s is larger than %d bytes", name, ENG_DB_MIGRATION_MAX_BYTES);
+  if (rc == ENG_ENOMEM)
+    return eng_errorf(err, rc, "db: out of memory reading migration %s", name);
+  if (rc != 0)
+    return eng_errorf(err, rc, "db: cannot read migration %s: %s", path, strerror(errno));
+  return 0;
+}
+
+/* The one OpenSSL call of the migrations, kept apart so that it can become the core's
+ * shared SHA-256 helper without touching the rest. */
+static int sha256(const void *data, size_t len, unsigned char out[SHA256_LEN]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != SHA256_LEN)
+    return ENG_ECRYPTO;
+  memcpy(out, md, SHA256_LEN);
+  return 0;
+}
+
+static int sha256_hex(const char *data, size_t len, char out[SHA256_HEX_LEN + 1]) {
+  static const char hex[] = "0123456789abcdef";
+  unsigned char md[SHA256_LEN];
+  if (sha256(data, len, md) != 0)
+    return ENG_ECRYPTO;
+  for (size_t i = 0; i < SHA256_LEN; i++) {
+    out[2 * i] = hex[md[i] >> 4];
+    out[2 * i + 1] = hex[md[i] & 15];
+  }
+  out[SHA256_HEX_LEN] = '\0';
+  return 0;
+}
+
+/* Reads and checksums one file; *data is the text to run (malloc'd, caller frees). */
+static int load_migration(mig_file *f, char **data, char **err) {
+  size_t len = 0;
+  int rc = read_migration(f->dir, f->name, data, &len, err);
+  if (rc)
+    return rc;
+  if (memchr(*data, '\0', len))
+    rc = eng_errorf(err, ENG_ECONFIG, "db: migration %s contains a NUL byte", f->name);
+  else if (sha256_hex(*data, len, f->checksum) != 0)
+    rc = eng_errorf(err, ENG_ECRYPTO, "db: cannot checksum migration %s", f->name);
+  if (rc) {
+    free(*data);
+    *data = NULL;
+  }
+  return rc;
+}
+
+/* Lists the migrations of every directory in dirs (ndirs of them), sorted by number;
+ * the same number twice, in one directory or across them, is an error. */
+static int list_migrations(char *const *dirs, int ndirs, mig_file **out, size_t *count, char **err) {
+  mig_file *files = NULL;
+  size_t n = 0, cap = 0;
+  int rc = 0;
+  struct dirent *de;
+  char *data = NULL;
+  DIR *d = NULL;
+
+  for (int di = 0; di < ndirs; di++) {
+    const char *dir = dirs[di];
+    if ((d = opendir(dir)) == NULL) {
+      rc = eng_errorf(err, ENG_EIO, "db: cannot open schema directory %s: %s", dir, strerror(errno));
+      goto cleanup;
+    }
+    while ((de = readdir(d)) != NULL) {
+      int id = migration_number(de->d_name);
+      if (id < 0)
+        continue;
+      char path[4096];
+      struct stat sb;
+      if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path || stat(path, &sb) != 0 ||
+          !S_ISREG(sb.st_mode))
+        continue;
+      if (n == MIGRATION_FILES_MAX) {
+        rc = eng_errorf(err, ENG_ECONFIG, "db: more than %d migration files in %s", MIGRATION_FILES_MAX, dir);
+        goto cleanup;
+      }
+      if (n == cap) {
+        size_t ncap = cap ? cap * 2 : 16;
+        mig_file *nf = realloc(files, ncap * sizeof *nf);
+        if (!nf) {
+          rc = eng_errorf(err, ENG_ENOMEM, "db: out of memory listing %s", dir);
+          goto cleanup;
+        }
+        files = nf;
+        cap = ncap;
+      }
+      mig_file *f = &files[n++];
+      memset(f, 0, sizeof *f);
+      f->id = id;
+      f->dir = dir;
+      memcpy(f->name, de->d_name, strlen(de->d_name) + 1);
+    }
+    closedir(d);
+    d = NULL;
+  }
+  if (n)
+    qsort(files, n, sizeof *files, cmp_mig);
+  for (size_t i = 1; i < n; i++) {
+    if (files[i].id == files[i - 1].id) {
+      if (files[i].dir == files[i - 1].dir)
+        rc = eng_errorf(err, ENG_ECONFIG, "db: migrations %s and %s share the number %04d", files[i - 1].name,
+                        files[i].name, files[i].id);
+      else
+        rc = eng_errorf(err, ENG_ECONFIG, "db: migrations %s/%s and %s/%s share the number %04d",
+                        files[i - 1].dir, files[i - 1].name, files[i].dir, files[i].name, files[i].id);
+      goto cleanup;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    rc = load_migration(&files[i], &data, err);
+    free(data);
+    data = NULL;
+    if (rc)
+      goto cleanup;
+  }
+  *out = files;
+  *count = n;
+  files = NULL;
+cleanup:
+  free(files);
+  if (d)
+    closedir(d);
+  return rc;
+}
+
+static void rollback_if_open(eng_db *db) {
+  sqlite3 *h = eng_db_handle(db);
+  if (!sqlite3_get_autocommit(h))
+    sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int exec_sql(eng_db *db, const char *sql, const char *what, char **err) {
+  sqlite3 *h = eng_db_handle(db);
+  if (sqlite3_exec(h, sql, NULL, NULL, NULL) == SQLITE_OK)
+    return 0;
+  return eng_errorf(err, ENG_EDB, "db: %s: %s", what, sqlite3_errmsg(h));
+}
+
+#define SQL_CREATE_MIGRATIONS                                                                  \
+  "CREATE TABLE IF NOT EXISTS " ENG_DB_MIGRATIONS_TABLE " (id INTEGER PRIMARY KEY, name TEXT NOT NULL, " \
+  "checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
+#define SQL_SELECT_MIGRATIONS "SELECT id, name, checksum FROM " ENG_DB_MIGRATIONS_TABLE " ORDER BY id"
+#define SQL_SELECT_MIGRATION "SELECT name, checksum FROM " ENG_DB_MIGRATIONS_TABLE " WHERE id = ?1"
+#define SQL_INSERT_MIGRATION                                                      \
+  "INSERT INTO " ENG_DB_MIGRATIONS_TABLE " (id, name, checksum, applied_at) " \
+  "VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+
+static mig_file *find_migration(mig_file *files, size_t n, int id) {
+  size_t lo = 0, hi = n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (files[mid].id < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < n && files[lo].id == id ? &files[lo] : NULL;
+}
+
+/* Compares a recorded migration with the directory's file of that number. */
+static int check_record(const char *dir, mig_file *f, int id, const char *name, const char *checksum,
+                        char **err) {
+  if (!f || strcmp(f->name, name) != 0)
+    return eng_errorf(err, ENG_ECONFIG, "db: the database records migration %s (id %d), which is not in %s", name,
+                      id, dir);
+  if (strcmp(f->checksum, checksum) != 0)
+    return eng_errorf(err, ENG_ECONFIG, "db: migration %s was changed after it was applied", f->name);
+  f->recorded = 1;
+  return 0;
+}
+
+/* In one BEGIN IMMEDIATE transaction: creates the record table, checks every record against the
+ * directory. Returns the highest recorded id in *max_id (-1 for none). */
+static int check_records(eng_db *db, const char *dir, mig_file *files, size_t n, int *max_id, char **err) {
+  sqlite3_stmt *st;
+  const char *emsg;
+  int rc, step;
+
+  *max_id = -1;
+  if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start migration check", err)) != 0)
+    return rc;
+  if ((rc = exec_sql(db, SQL_CREATE_MIGRATIONS, "cannot create " ENG_DB_MIGRATIONS_TABLE, err)) != 0)
+    goto cleanup;
+  if (eng_db_prepare(db, SQL_SELECT_MIGRATIONS, strlen(SQL_SELECT_MIGRATIONS), &st, &emsg) != 0) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s", emsg);
+    goto cleanup;
+  }
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    int id = sqlite3_column_int(st, 0);
+    const char *name = (const char *)sqlite3_column_text(st, 1);
+    const char *sum = (const char *)sqlite3_column_text(st, 2);
+    rc = check_record(dir, find_migration(files, n, id), id, name ? name : "", sum ? sum : "", err);
+    if (rc)
+      break;
+    *max_id = id;
+  }
+  if (!rc && step != SQLITE_DONE)
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s",
+                    sqlite3_errmsg(eng_db_handle(db)));
+  sqlite3_reset(st);
+  if (!rc)
+    rc = exec_sql(db, "COMMIT", "cannot finish migration check", err);
+cleanup:
+  rollback_if_open(db);
+  return rc;
+}
+
+/* Applies one migration in its own transaction. *done = 1 when it ran (0 when another
+ * migrator had applied it meanwhile). */
+static int apply_migration(eng_db *db, const char *dir, mig_file *f, int *done, char **err) {
+  sqlite3 *h = eng_db_handle(db);
+  char *sql = NULL;
+  char *emsg = NULL;
+  const char *pmsg;
+  sqlite3_stmt *st;
+  int rc, step;
+
+  *done = 0;
+  if ((rc = load_migration(f, &sql, err)) != 0)
+    return rc;
+  if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start migration", err)) != 0)
+    goto cleanup;
+  if (eng_db_prepare(db, SQL_SELECT_MIGRATION, strlen(SQL_SELECT_MIGRATION), &st, &pmsg) != 0) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s", pmsg);
+    goto cleanup;
+  }
+  sqlite3_bind_int(st, 1, f->id);
+  step = sqlite3_step(st);
+  if (step == SQLITE_ROW) { /* applied by a concurrent migrator since check_records */
+    const char *name = (const char *)sqlite3_column_text(st, 0);
+    const char *sum = (const char *)sqlite3_column_text(st, 1);
+    rc = check_record(dir, f, f->id, name ? name : "", sum ? sum : "", err);
+    sqlite3_reset(st);
+    goto cleanup;
+  }
+  sqlite3_reset(st);
+  if (step != SQLITE_DONE) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s", sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  if (sqlite3_exec(h, sql, NULL, NULL, &emsg) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: migration %s failed: %s", f->name, emsg ? emsg : sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  if (eng_db_prepare(db, SQL_INSERT_MIGRATION, strlen(SQL_INSERT_MIGRATION), &st, &pmsg) != 0) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot record migration %s: %s", f->name, pmsg);
+    goto cleanup;
+  }
+  sqlite3_bind_int(st, 1, f->id);
+  sqlite3_bind_text(st, 2, f->name, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, f->checksum, -1, SQLITE_STATIC);
+  step = sqlite3_step(st);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (step != SQLITE_DONE) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot record migration %s: %s", f->name, sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  if (sqlite3_exec(h, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: migration %s failed on commit: %s", f->name, sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  *done = 1;
+  eng_log_info("db: applied migration %s (sha256 %.12s)", f->name, f->checksum);
+cleanup:
+  rollback_if_open(db);
+  sqlite3_free(emsg);
+  free(sql);
+  return rc;
+}
+
+int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err) {
+  mig_file *files = NULL;
+  size_t n = 0;
+  int max_id, done, rc;
+  int count = 0;
+  eng_dirs dl;
+
+  if (err)
+    *err = NULL;
+  /* "dir[:dir...]": an overlay of migration directories, numbered as one sequence. */
+  if ((rc = eng_dirs_split(&dl, schema_dir)) == ENG_ETOOBIG) {
+    rc = eng_errorf(err, ENG_ECONFIG, "db: more than %d schema directories (or a setting too long)", ENG_DIRS_MAX);
+    goto cleanup;
+  }
+  if ((rc = list_migrations(dl.dirs, dl.n, &files, &n, err)) != 0)
+    goto cleanup;
+  if ((rc = check_records(db, schema_dir, files, n, &max_id, err)) != 0)
+    goto cleanup;
+  for (size_t i = 0; i < n; i++) {
+    if (!files[i].recorded && files[i].id < max_id) {
+      rc = eng_errorf(err, ENG_ECONFIG, "db: migration %s is numbered below migrations already applied (up to %04d)",
+                      files[i].name, max_id);
+      goto cleanup;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (files[i].recorded)
+      continue;
+    if ((rc = apply_migration(db, schema_dir, &files[i], &done, err)) != 0)
+      goto cleanup;
+    count += done;
+  }
+cleanup:
+  if (applied)
+    *applied = count;
+  free(files);
+  return rc;
+}
