@@ -19,11 +19,11 @@
 #include <openssl/sha.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "error.h"
 #include "keys.h"
 #include "lua_common.h"
 #include "lua_json.h"
-#include "lua_time.h"
 
 #define DIGEST_LEN 32
 #define UUID_POOL_SIZE 4096 /* 256 UUIDs per RAND_bytes call: its fixed cost showed in profiles at 16 */
@@ -443,7 +443,7 @@ static int l_sign(lua_State *L) {
   lua_Integer ttl = luaL_checkinteger(L, 2);
   luaL_argcheck(L, ttl >= 1 && ttl <= ENG_TOKEN_MAX_TTL_S, 2, "ttl out of range");
   require_keys(L);
-  int64_t now = eng_time_now_ms(), ttl_ms = (int64_t)ttl * 1000;
+  int64_t now = eng_clock_now_ms(), ttl_ms = (int64_t)ttl * 1000;
   if (now > INT64_MAX - ttl_ms) return luaL_error(L, "sign: expiry out of range");
   lua_settop(L, 2);
 
@@ -522,7 +522,7 @@ static int l_verify(lua_State *L) {
   lua_Integer exp = isint ? lua_tointeger(L, -1) : 0;
   lua_pop(L, 1);
   if (!isint) return push_fail(L, "malformed");
-  if (eng_time_now_ms() >= (int64_t)exp) return push_fail(L, "expired");
+  if (eng_clock_now_ms() >= (int64_t)exp) return push_fail(L, "expired");
   return 1;
 }
 

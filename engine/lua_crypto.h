@@ -18,7 +18,7 @@
  *   open(sealed [, aad])      -> plaintext | nil, "cannot open sealed data"
  *   sign(payload, ttl_s)      -> "v1.<b64url(json)>.<b64url(HMAC-SHA256(token key,
  *                                "v1." .. b64url(json)))>", json = payload (shallow copy)
- *                                plus "exp" = now_ms + ttl_s*1000 (eng_time_now_ms).
+ *                                plus "exp" = now_ms + ttl_s*1000 (eng_clock_now_ms).
  *                                1 <= ttl_s <= ENG_TOKEN_MAX_TTL_S; raises if the payload
  *                                cannot be encoded or the token would exceed ENG_TOKEN_MAX.
  *   verify(token)             -> payload table (with exp) | nil, "malformed" |

@@ -6,6 +6,7 @@
  * path as the server. engine.testing is the C half of the spec helper
  * (engine.spec, embedded from engine/lua/spec.lua). */
 #define _GNU_SOURCE 1 /* nftw */
+#include "clock.h"
 #include "db.h"
 #include "error.h"
 #include "http.h"
@@ -14,7 +15,6 @@
 #include "lua_common.h"
 #include "lua_crypto.h"
 #include "lua_runtime.h"
-#include "lua_time.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -210,16 +210,16 @@ static int t_limits(lua_State *L) {
 }
 
 static int t_freeze(lua_State *L) {
-  eng_time_freeze(luaL_checkinteger(L, 1));
+  eng_clock_freeze(luaL_checkinteger(L, 1));
   return 0;
 }
 static int t_advance(lua_State *L) {
-  eng_time_advance(luaL_checkinteger(L, 1));
+  eng_clock_advance(luaL_checkinteger(L, 1));
   return 0;
 }
 static int t_reset_clock(lua_State *L) {
   (void)L;
-  eng_time_reset();
+  eng_clock_reset();
   return 0;
 }
 

@@ -11,11 +11,11 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "clock.h"
 #include "error.h"
 #include "keys.h"
 #include "lua_common.h"
 #include "lua_crypto.h"
-#include "lua_time.h"
 
 /* ---- harness ---- */
 
@@ -59,18 +59,18 @@ static int lua_seal_key(lua_State *L) {
 }
 
 static int lua_freeze(lua_State *L) {
-  eng_time_freeze((int64_t)luaL_checkinteger(L, 1));
+  eng_clock_freeze((int64_t)luaL_checkinteger(L, 1));
   return 0;
 }
 
 static int lua_advance(lua_State *L) {
-  eng_time_advance((int64_t)luaL_checkinteger(L, 1));
+  eng_clock_advance((int64_t)luaL_checkinteger(L, 1));
   return 0;
 }
 
 static int lua_reset(lua_State *L) {
   (void)L;
-  eng_time_reset();
+  eng_clock_reset();
   return 0;
 }
 
@@ -650,6 +650,6 @@ int main(void) {
   lua_close(L);
 
   CHECK_INT(rmdir(tmpdir), 0); /* every file the test made is gone */
-  eng_time_reset();
+  eng_clock_reset();
   return check_summary("test_crypto");
 }
