@@ -62,6 +62,12 @@ static int keys_install(const unsigned char master[ENG_KEY_LEN]) {
 
 void eng_keys_set(const unsigned char key[ENG_KEY_LEN]) { (void)keys_install(key); }
 
+void eng_keys_clear(void) {
+  keys_loaded = 0;
+  OPENSSL_cleanse(token_key, sizeof token_key);
+  OPENSSL_cleanse(seal_key, sizeof seal_key);
+}
+
 int eng_keys_ready(void) { return keys_loaded; }
 
 const unsigned char *eng_keys_token_key(void) { return keys_loaded ? token_key : NULL; }
