@@ -7,13 +7,13 @@
  * (engine.spec, embedded from engine/lua/spec.lua). */
 #define _GNU_SOURCE 1 /* nftw */
 #include "clock.h"
+#include "crypto.h"
 #include "db.h"
 #include "error.h"
 #include "http.h"
 #include "keys.h"
 #include "log.h"
 #include "lua_common.h"
-#include "lua_crypto.h"
 #include "lua_runtime.h"
 
 #include <lauxlib.h>

@@ -1,8 +1,8 @@
-# Tests of engine/keys.c and engine/lua_crypto.c (test_crypto) and engine/clock.c (test_time).
-# The engine.time Lua module is covered by tests/spec/engine_time_spec.lua.
-set(ENG_CRYPTO_TEST_SOURCES ${CMAKE_SOURCE_DIR}/tests/c/test_crypto.c ${CMAKE_SOURCE_DIR}/engine/keys.c
-    ${CMAKE_SOURCE_DIR}/engine/lua_crypto.c ${CMAKE_SOURCE_DIR}/engine/lua_time.c ${CMAKE_SOURCE_DIR}/engine/clock.c)
-eng_add_unit_test(test_crypto ${ENG_CRYPTO_TEST_SOURCES} ${CMAKE_SOURCE_DIR}/engine/lua_json.c)
+# Tests of engine/crypto.c and engine/keys.c (test_crypto) and engine/clock.c (test_time): the
+# plain C primitives. The Lua modules over them, engine.crypto and engine.time, are covered by
+# tests/spec/engine_crypto_spec.lua and tests/spec/engine_time_spec.lua.
+eng_add_unit_test(test_crypto ${CMAKE_SOURCE_DIR}/tests/c/test_crypto.c ${CMAKE_SOURCE_DIR}/engine/crypto.c
+                  ${CMAKE_SOURCE_DIR}/engine/keys.c)
 
 eng_add_unit_test(test_time ${CMAKE_SOURCE_DIR}/tests/c/test_time.c ${CMAKE_SOURCE_DIR}/engine/clock.c)
 
