@@ -21,7 +21,7 @@ static const unsigned char KEY_A[ENG_KEY_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 
                                                  23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
 static unsigned char KEY_B[ENG_KEY_LEN];
 
-/* ---- C API ---- */
+/* ---- codecs, uuid4, random bytes ---- */
 
 static const char *b64(const char *in, int url) {
   static char out[256];
@@ -230,7 +230,7 @@ static void test_seal_open(void) {
   /* a flipped bit anywhere (version, nonce, ciphertext, tag) fails */
   int failures = 0;
   for (size_t i = 0; i < len; i++) {
-    for (int bit = 1; bit <= 128; bit <<= 7) {
+    for (int bit = 1; bit <= 128; bit <<= 7) { /* the lowest and the highest bit */
       s[i] ^= (unsigned char)bit;
       failures += refused(KEY_A, "user:42", s, len);
       s[i] ^= (unsigned char)bit;
