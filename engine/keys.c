@@ -1,7 +1,8 @@
 /* keys.c - loading, creating and deriving the server key.
  *
  * Only the two derived subkeys are kept in memory; the master key lives on the stack for the
- * duration of eng_keys_init/eng_keys_set and is wiped with OPENSSL_cleanse. */
+ * duration of eng_keys_init/eng_keys_set and is wiped with eng_crypto_wipe. The primitives
+ * (random bytes, codecs, HMAC derivation) come from crypto.h. */
 #include "keys.h"
 
 #include <errno.h>
@@ -13,12 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-
+#include "crypto.h"
 #include "error.h"
-#include "lua_crypto.h"
 
 #define TOKEN_LABEL "apiengine token v1"
 #define SEAL_LABEL "apiengine seal v1"
@@ -35,32 +32,29 @@ static unsigned char token_key[ENG_KEY_LEN];
 static unsigned char seal_key[ENG_KEY_LEN];
 static int keys_loaded;
 
-
-static int derive(const unsigned char master[ENG_KEY_LEN], const char *label,
-                  unsigned char out[ENG_KEY_LEN]) {
-  unsigned int len = 0;
-  if (!HMAC(EVP_sha256(), master, ENG_KEY_LEN, (const unsigned char *)label, strlen(label), out,
-            &len) ||
-      len != ENG_KEY_LEN)
-    return ENG_ECRYPTO;
-  return 0;
-}
+_Static_assert(ENG_KEY_LEN == ENG_CRYPTO_KEY_LEN, "the server key is a crypto.h key");
 
 static int keys_install(const unsigned char master[ENG_KEY_LEN]) {
   unsigned char tk[ENG_KEY_LEN], sk[ENG_KEY_LEN];
-  int rc = derive(master, TOKEN_LABEL, tk);
-  if (rc == 0) rc = derive(master, SEAL_LABEL, sk);
+  int rc = eng_crypto_derive_key(master, TOKEN_LABEL, tk);
+  if (rc == 0) rc = eng_crypto_derive_key(master, SEAL_LABEL, sk);
   if (rc == 0) {
     memcpy(token_key, tk, ENG_KEY_LEN);
     memcpy(seal_key, sk, ENG_KEY_LEN);
     keys_loaded = 1;
   }
-  OPENSSL_cleanse(tk, sizeof tk);
-  OPENSSL_cleanse(sk, sizeof sk);
+  eng_crypto_wipe(tk, sizeof tk);
+  eng_crypto_wipe(sk, sizeof sk);
   return rc;
 }
 
 void eng_keys_set(const unsigned char key[ENG_KEY_LEN]) { (void)keys_install(key); }
+
+void eng_keys_clear(void) {
+  keys_loaded = 0;
+  eng_crypto_wipe(token_key, sizeof token_key);
+  eng_crypto_wipe(seal_key, sizeof seal_key);
+}
 
 int eng_keys_ready(void) { return keys_loaded; }
 
@@ -83,12 +77,12 @@ static int parse_configured(const char *s, unsigned char master[ENG_KEY_LEN], ch
       memcpy(padded, s, KEY_B64_UNPADDED_LEN);
       padded[KEY_B64_UNPADDED_LEN] = '=';
       ok = eng_crypto_b64_decode(padded, KEY_B64_UNPADDED_LEN + 1, 0, raw, &n, &msg) == 0;
-      OPENSSL_cleanse(padded, sizeof padded);
+      eng_crypto_wipe(padded, sizeof padded);
     }
   }
   ok = ok && n == ENG_KEY_LEN;
   if (ok) memcpy(master, raw, ENG_KEY_LEN);
-  OPENSSL_cleanse(raw, sizeof raw);
+  eng_crypto_wipe(raw, sizeof raw);
   if (!ok)
     return eng_errorf(err, ENG_ECONFIG,
                    "configured server key is invalid: expected 64 hex characters or "
@@ -139,7 +133,7 @@ static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], ch
     goto cleanup;
   }
 cleanup:
-  OPENSSL_cleanse(text, sizeof text);
+  eng_crypto_wipe(text, sizeof text);
   close(fd);
   return rc;
 }
@@ -230,8 +224,8 @@ static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], 
 cleanup:
   if (fd >= 0) close(fd);
   if (tmp_created) unlink(tmp);
-  OPENSSL_cleanse(text, sizeof text);
-  if (rc != 0) OPENSSL_cleanse(master, ENG_KEY_LEN);
+  eng_crypto_wipe(text, sizeof text);
+  if (rc != 0) eng_crypto_wipe(master, ENG_KEY_LEN);
   free(tmp);
   return rc;
 }
@@ -255,6 +249,6 @@ int eng_keys_init(const char *configured, const char *key_path, char **err) {
   }
   if (rc == 0 && keys_install(master) != 0)
     rc = eng_errorf(err, ENG_ECRYPTO, "cannot derive keys from the server key");
-  OPENSSL_cleanse(master, sizeof master);
+  eng_crypto_wipe(master, sizeof master);
   return rc;
 }

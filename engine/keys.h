@@ -28,10 +28,14 @@ int eng_keys_init(const char *configured, const char *key_path, char **err);
 /* Sets the master key directly (tests; an in-memory database without a configured key). */
 void eng_keys_set(const unsigned char key[ENG_KEY_LEN]);
 
+/* Unloads the keys (wiped): eng_keys_ready() is 0 again. Tests only (the "no key" state). */
+void eng_keys_clear(void);
+
 /* 1 once a key is loaded. */
 int eng_keys_ready(void);
 
-/* The derived subkeys (ENG_KEY_LEN bytes each), for lua_crypto.c only. NULL until ready. */
+/* The derived subkeys (ENG_KEY_LEN bytes each), for lua_crypto.c (and the tests) only.
+ * NULL until ready. */
 const unsigned char *eng_keys_token_key(void);
 const unsigned char *eng_keys_seal_key(void);
 

@@ -6,15 +6,15 @@
  * path as the server. engine.testing is the C half of the spec helper
  * (engine.spec, embedded from engine/lua/spec.lua). */
 #define _GNU_SOURCE 1 /* nftw */
+#include "clock.h"
+#include "crypto.h"
 #include "db.h"
 #include "error.h"
 #include "http.h"
 #include "keys.h"
 #include "log.h"
 #include "lua_common.h"
-#include "lua_crypto.h"
 #include "lua_runtime.h"
-#include "lua_time.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -210,17 +210,40 @@ static int t_limits(lua_State *L) {
 }
 
 static int t_freeze(lua_State *L) {
-  eng_time_freeze(luaL_checkinteger(L, 1));
+  eng_clock_freeze(luaL_checkinteger(L, 1));
   return 0;
 }
 static int t_advance(lua_State *L) {
-  eng_time_advance(luaL_checkinteger(L, 1));
+  eng_clock_advance(luaL_checkinteger(L, 1));
   return 0;
 }
 static int t_reset_clock(lua_State *L) {
   (void)L;
-  eng_time_reset();
+  eng_clock_reset();
   return 0;
+}
+
+/* testing.use_key(master): loads a 32-byte master key (a string); nil unloads the key store,
+ * so specs can use known keys and see the state before a key is loaded. */
+static int t_use_key(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    eng_keys_clear();
+    return 0;
+  }
+  size_t len;
+  const char *key = luaL_checklstring(L, 1, &len);
+  luaL_argcheck(L, len == ENG_KEY_LEN, 1, "32 bytes expected");
+  eng_keys_set((const unsigned char *)key);
+  return 0;
+}
+
+/* testing.derived_keys() -> token key, seal key (raw), or nothing while no key is loaded. */
+static int t_derived_keys(lua_State *L) {
+  if (!eng_keys_ready())
+    return 0;
+  lua_pushlstring(L, (const char *)eng_keys_token_key(), ENG_KEY_LEN);
+  lua_pushlstring(L, (const char *)eng_keys_seal_key(), ENG_KEY_LEN);
+  return 2;
 }
 
 static int t_exe(lua_State *L) {
@@ -363,7 +386,8 @@ static int open_testing(lua_State *L) {
       {"advance", t_advance},       {"reset_clock", t_reset_clock}, {"exe", t_exe},
       {"mkdtemp", t_mkdtemp},       {"rmtree", t_rmtree},     {"free_port", t_free_port},
       {"spawn", t_spawn},           {"kill", t_kill},         {"wait", t_wait},
-      {"sleep", t_sleep},           {"memory", t_memory},     {NULL, NULL}};
+      {"sleep", t_sleep},           {"memory", t_memory},     {"use_key", t_use_key},
+      {"derived_keys", t_derived_keys}, {NULL, NULL}};
   luaL_newlibtable(L, fns);
   lua_pushvalue(L, lua_upvalueindex(1));
   luaL_setfuncs(L, fns, 1);

@@ -1,4 +1,5 @@
-# engine.json: the JSON codec (engine/lua_json.c).
+# engine.json: the C entry points of the JSON codec (engine/lua_json.c); its Lua-level cases
+# are tests/spec/engine_json_spec.lua.
 eng_add_unit_test(test_json ${CMAKE_SOURCE_DIR}/tests/c/test_json.c ${CMAKE_SOURCE_DIR}/engine/lua_json.c)
 
 # libFuzzer target for the decoder (and encode/decode round trip); opt-in, Clang only:

@@ -1,20 +1,16 @@
-/* test_time.c - engine/lua_time.c: formatting, strict RFC 3339 parsing, the test clock, and
- * the engine.time Lua module. */
-#include <lauxlib.h>
-#include <lua.h>
-#include <lualib.h>
+/* test_time.c - engine/clock.c: formatting, strict RFC 3339 parsing and the test clock.
+ * The engine.time Lua module over it is tested in tests/spec/engine_time_spec.lua. */
 #include <stdint.h>
 #include <string.h>
 
 #include "check.h"
+#include "clock.h"
 #include "error.h"
-#include "lua_common.h"
-#include "lua_time.h"
 
 static const char *fmt(int64_t ms) {
-  static char out[ENG_TIME_FORMAT_MAX];
+  static char out[ENG_CLOCK_FORMAT_MAX];
   memset(out, 'X', sizeof out);
-  eng_time_format(ms, out);
+  eng_clock_format(ms, out);
   return out;
 }
 
@@ -22,7 +18,7 @@ static int parse_ok(const char *s, int64_t want_ms, int want_date) {
   int64_t ms = -12345;
   int is_date = -1;
   const char *msg = NULL;
-  int rc = eng_time_parse(s, strlen(s), &ms, &is_date, &msg);
+  int rc = eng_clock_parse(s, strlen(s), &ms, &is_date, &msg);
   if (rc != 0 || ms != want_ms || is_date != want_date) {
     fprintf(stderr, "parse(\"%s\"): rc=%d ms=%lld is_date=%d msg=%s\n", s, rc, (long long)ms,
             is_date, msg ? msg : "-");
@@ -36,7 +32,7 @@ static const char *parse_err(const char *s) {
   int64_t ms = 0;
   int is_date = 0;
   const char *msg = NULL;
-  int rc = eng_time_parse(s, strlen(s), &ms, &is_date, &msg);
+  int rc = eng_clock_parse(s, strlen(s), &ms, &is_date, &msg);
   if (rc == 0) return "(accepted)";
   return rc == ENG_EPARSE && msg ? msg : "(bad rc or no message)";
 }
@@ -56,14 +52,14 @@ static void test_format(void) {
   CHECK_STR(fmt(253402300800000), "+10000-01-01T00:00:00.000Z");
   CHECK_STR(fmt(INT64_MAX), "+292278994-08-17T07:12:55.807Z");
   CHECK_STR(fmt(INT64_MIN), "-292275055-05-16T16:47:04.192Z");
-  CHECK(strlen(fmt(INT64_MIN)) < ENG_TIME_FORMAT_MAX);
+  CHECK(strlen(fmt(INT64_MIN)) < ENG_CLOCK_FORMAT_MAX);
 }
 
 static void test_days_from_civil(void) {
-  CHECK_INT(eng_time_days_from_civil(1970, 1, 1), 0);
-  CHECK_INT(eng_time_days_from_civil(2000, 3, 1), 11017);
-  CHECK_INT(eng_time_days_from_civil(1969, 12, 31), -1);
-  CHECK_INT(eng_time_days_from_civil(0, 1, 1), -719528);
+  CHECK_INT(eng_clock_days_from_civil(1970, 1, 1), 0);
+  CHECK_INT(eng_clock_days_from_civil(2000, 3, 1), 11017);
+  CHECK_INT(eng_clock_days_from_civil(1969, 12, 31), -1);
+  CHECK_INT(eng_clock_days_from_civil(0, 1, 1), -719528);
 }
 
 static void test_parse_valid(void) {
@@ -91,12 +87,12 @@ static void test_parse_valid(void) {
   int64_t ms = 0;
   int is_date = 0;
   const char *msg = NULL;
-  CHECK_INT(eng_time_parse("2024-06-15garbage", 10, &ms, &is_date, &msg), 0);
+  CHECK_INT(eng_clock_parse("2024-06-15garbage", 10, &ms, &is_date, &msg), 0);
   CHECK_INT(ms, 1718409600000);
   CHECK_INT(is_date, 1);
   /* NULL outputs are allowed. */
-  CHECK_INT(eng_time_parse("2024-06-15", 10, NULL, NULL, NULL), 0);
-  CHECK_INT(eng_time_parse("2024-06-1", 9, NULL, NULL, NULL), ENG_EPARSE);
+  CHECK_INT(eng_clock_parse("2024-06-15", 10, NULL, NULL, NULL), 0);
+  CHECK_INT(eng_clock_parse("2024-06-1", 9, NULL, NULL, NULL), ENG_EPARSE);
 }
 
 static void test_parse_invalid(void) {
@@ -138,7 +134,7 @@ static void test_parse_invalid(void) {
   CHECK_STR(parse_err(" 2024-06-15"), "invalid year");
   /* An embedded NUL is a character like any other. */
   const char *msg = NULL;
-  CHECK_INT(eng_time_parse("2024-06-15\0", 11, NULL, NULL, &msg), ENG_EPARSE);
+  CHECK_INT(eng_clock_parse("2024-06-15\0", 11, NULL, NULL, &msg), ENG_EPARSE);
   CHECK_STR(msg, "expected 'T' after date");
 }
 
@@ -149,89 +145,30 @@ static void test_round_trip(void) {
     const char *s = fmt(values[i]);
     int64_t ms = 0;
     int is_date = 1;
-    CHECK_INT(eng_time_parse(s, strlen(s), &ms, &is_date, NULL), 0);
+    CHECK_INT(eng_clock_parse(s, strlen(s), &ms, &is_date, NULL), 0);
     CHECK_INT(ms, values[i]);
     CHECK_INT(is_date, 0);
   }
 }
 
 static void test_clock(void) {
-  int64_t before = eng_time_now_ms();
+  int64_t before = eng_clock_now_ms();
   CHECK(before > 1700000000000); /* after 2023-11 */
-  eng_time_freeze(1718445600000);
-  CHECK_INT(eng_time_now_ms(), 1718445600000);
-  CHECK_INT(eng_time_now_ms(), 1718445600000);
-  eng_time_advance(1500);
-  CHECK_INT(eng_time_now_ms(), 1718445601500);
-  eng_time_advance(-2000);
-  CHECK_INT(eng_time_now_ms(), 1718445599500);
-  eng_time_reset();
-  int64_t real = eng_time_now_ms();
+  eng_clock_freeze(1718445600000);
+  CHECK_INT(eng_clock_now_ms(), 1718445600000);
+  CHECK_INT(eng_clock_now_ms(), 1718445600000);
+  eng_clock_advance(1500);
+  CHECK_INT(eng_clock_now_ms(), 1718445601500);
+  eng_clock_advance(-2000);
+  CHECK_INT(eng_clock_now_ms(), 1718445599500);
+  eng_clock_reset();
+  int64_t real = eng_clock_now_ms();
   CHECK(real >= before && real < before + 60000);
-  eng_time_advance(3600000); /* offset on the real clock */
-  int64_t shifted = eng_time_now_ms();
+  eng_clock_advance(3600000); /* offset on the real clock */
+  int64_t shifted = eng_clock_now_ms();
   CHECK(shifted >= real + 3600000 && shifted < real + 3600000 + 60000);
-  eng_time_reset();
-  CHECK(eng_time_now_ms() < real + 60000);
-}
-
-/* ---- Lua ---- */
-
-static int lua_check(lua_State *L) {
-  int ok = lua_toboolean(L, 1);
-  if (ok) {
-    check_passed_++;
-  } else {
-    check_failed_++;
-    lua_Debug ar;
-    int line = lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar) ? ar.currentline : -1;
-    fprintf(stderr, "lua line %d: check failed: %s\n", line, luaL_optstring(L, 2, "?"));
-  }
-  return 0;
-}
-
-static void run_lua(lua_State *L, const char *name, const char *code) {
-  int rc = luaL_loadbufferx(L, code, strlen(code), name, "t");
-  if (rc == LUA_OK) rc = lua_pcall(L, 0, 0, 0);
-  if (rc != LUA_OK) {
-    fprintf(stderr, "%s: %s\n", name, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  CHECK(rc == LUA_OK);
-}
-
-static void test_lua(void) {
-  lua_State *L = luaL_newstate();
-  luaL_openlibs(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, eng_luaopen_time);
-  lua_setfield(L, -2, "engine.time");
-  lua_pop(L, 1);
-  lua_register(L, "check", lua_check);
-
-  eng_time_freeze(1718445600000);
-  run_lua(L, "=lua_time", "local time = require 'engine.time'\n"
-                          "check(time.now() == 1718445600000, 'now honours the frozen clock')\n"
-                          "check(math.type(time.now()) == 'integer', 'now is an integer')\n"
-                          "check(time.format(0) == '1970-01-01T00:00:00.000Z', 'format 0')\n"
-                          "check(time.format(1718445600000.0) == '2024-06-15T10:00:00.000Z', "
-                          "'integral float accepted')\n"
-                          "check(not pcall(time.format, 1.5), 'format raises on 1.5')\n"
-                          "check(not pcall(time.format, '0'), 'format raises on a string')\n"
-                          "check(not pcall(time.format), 'format raises without argument')\n"
-                          "local ms, is_date = time.parse('2024-06-15T10:00:00+05:30')\n"
-                          "check(ms == 1718425800000 and is_date == false, 'parse date-time')\n"
-                          "ms, is_date = time.parse('2024-02-29')\n"
-                          "check(ms == 1709164800000 and is_date == true, 'parse date')\n"
-                          "local v, err = time.parse('2024-02-30')\n"
-                          "check(v == nil and err == 'day out of range for month', 'parse error')\n"
-                          "v, err = time.parse('')\n"
-                          "check(v == nil and err == 'empty string', 'empty')\n"
-                          "check(not pcall(time.parse, 20240101), 'parse raises on a number')\n"
-                          "check(time.parse(time.format(1718445600123)) == 1718445600123, "
-                          "'round trip')\n");
-  eng_time_reset();
-  lua_close(L);
+  eng_clock_reset();
+  CHECK(eng_clock_now_ms() < real + 60000);
 }
 
 int main(void) {
@@ -241,6 +178,5 @@ int main(void) {
   test_parse_invalid();
   test_round_trip();
   test_clock();
-  test_lua();
   return check_summary("test_time");
 }
