@@ -190,15 +190,13 @@ int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out
 
 /* ---- digests, comparison, key derivation ---- */
 
-/* SHA-256 over the default provider fails only when OpenSSL cannot allocate its context; a
- * caller that stores or compares the digest (migration checksums, API-key hashes) must never
- * see a wrong one, and the signature has no room for an error, so that case aborts. */
-void eng_crypto_sha256(const void *data, size_t len, unsigned char out[ENG_CRYPTO_SHA256_LEN]) {
+/* SHA-256 over the default provider fails only when OpenSSL cannot allocate its context; the
+ * caller then gets ENG_ECRYPTO (a Lua error, a failed start), never a wrong digest. */
+int eng_crypto_sha256(const void *data, size_t len, unsigned char out[ENG_CRYPTO_SHA256_LEN]) {
   unsigned int out_len = 0;
-  if (!EVP_Digest(data, len, out, &out_len, EVP_sha256(), NULL) || out_len != ENG_CRYPTO_SHA256_LEN) {
-    fputs("apiengine: SHA-256 failed inside OpenSSL (out of memory?)\n", stderr);
-    abort();
-  }
+  if (!EVP_Digest(data, len, out, &out_len, EVP_sha256(), NULL) || out_len != ENG_CRYPTO_SHA256_LEN)
+    return ENG_ECRYPTO;
+  return 0;
 }
 
 int eng_crypto_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t msg_len,

@@ -45,9 +45,9 @@ size_t eng_crypto_b64_encode(const unsigned char *in, size_t n, int url, char *o
 int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out,
                           size_t *out_len, const char **errmsg);
 
-/* SHA-256 of len bytes at data into out. Has no error return: OpenSSL fails here only when it
- * cannot allocate, and then the process aborts rather than hand out a wrong digest. */
-void eng_crypto_sha256(const void *data, size_t len, unsigned char out[ENG_CRYPTO_SHA256_LEN]);
+/* SHA-256 of len bytes at data into out. Returns 0, or ENG_ECRYPTO when OpenSSL cannot
+ * allocate (out is then not a digest). */
+int eng_crypto_sha256(const void *data, size_t len, unsigned char out[ENG_CRYPTO_SHA256_LEN]);
 
 /* HMAC-SHA256(key, msg) into out. Returns 0, ENG_EINVAL (key_len > INT_MAX) or ENG_ECRYPTO. */
 int eng_crypto_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t msg_len,

@@ -12,8 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
 
+#include "crypto.h"
 #include "db.h"
 #include "error.h"
 #include "files.h"
@@ -21,8 +21,8 @@
 
 #define MIGRATION_FILES_MAX 10000 /* four digits: more files than numbers means duplicates */
 #define MIGRATION_NAME_MAX 255
-#define SHA256_LEN 32
-#define SHA256_HEX_LEN (2 * SHA256_LEN)
+
+#define SHA256_HEX_LEN (2 * ENG_CRYPTO_SHA256_LEN)
 
 typedef struct mig_file {
   int id;
@@ -68,27 +68,11 @@ static int read_migration(const char *dir, const char *name, char **data, size_t
   return 0;
 }
 
-/* The one OpenSSL call of the migrations, kept apart so that it can become the core's
- * shared SHA-256 helper without touching the rest. */
-static int sha256(const void *data, size_t len, unsigned char out[SHA256_LEN]) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int mdlen = 0;
-  if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != SHA256_LEN)
-    return ENG_ECRYPTO;
-  memcpy(out, md, SHA256_LEN);
-  return 0;
-}
-
 static int sha256_hex(const char *data, size_t len, char out[SHA256_HEX_LEN + 1]) {
-  static const char hex[] = "0123456789abcdef";
-  unsigned char md[SHA256_LEN];
-  if (sha256(data, len, md) != 0)
+  unsigned char md[ENG_CRYPTO_SHA256_LEN];
+  if (eng_crypto_sha256(data, len, md) != 0)
     return ENG_ECRYPTO;
-  for (size_t i = 0; i < SHA256_LEN; i++) {
-    out[2 * i] = hex[md[i] >> 4];
-    out[2 * i + 1] = hex[md[i] & 15];
-  }
-  out[SHA256_HEX_LEN] = '\0';
+  out[eng_crypto_hex_encode(md, sizeof md, out)] = '\0';
   return 0;
 }
 

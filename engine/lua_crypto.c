@@ -74,7 +74,8 @@ static int l_sha256(lua_State *L) {
   size_t len;
   const char *s = check_string(L, 1, &len);
   unsigned char md[DIGEST_LEN];
-  eng_crypto_sha256(s, len, md);
+  if (eng_crypto_sha256(s, len, md) != 0)
+    return luaL_error(L, "sha256 failed");
   lua_pushlstring(L, (const char *)md, DIGEST_LEN);
   return 1;
 }

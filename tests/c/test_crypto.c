@@ -128,9 +128,9 @@ static const char *hex_of(const unsigned char *raw, size_t n) {
 
 static void test_digests(void) {
   unsigned char md[ENG_CRYPTO_SHA256_LEN];
-  eng_crypto_sha256("abc", 3, md);
+  CHECK(eng_crypto_sha256("abc", 3, md) == 0);
   CHECK_STR(hex_of(md, sizeof md), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  eng_crypto_sha256("", 0, md);
+  CHECK(eng_crypto_sha256("", 0, md) == 0);
   CHECK_STR(hex_of(md, sizeof md), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   /* RFC 4231 test case 2 */
   static const char msg[] = "what do ya want for nothing?";
