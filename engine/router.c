@@ -87,6 +87,33 @@ static int valid_static_char(unsigned char c) {
   return c > 0x20 && c < 0x7f && c != '{' && c != '}' && c != '?' && c != '#' && c != '%';
 }
 
+/* Walks the nodes pattern (already validated) shares with the tree: 1 when one of its
+ * {name} segments sits where an existing parameter node has another name. One node serves
+ * both patterns there, so the second route's handler would read its parameter under the
+ * first route's name (params.id instead of params.customer_id): refused. */
+static int param_name_clash(const eng_router *r, const char *pattern) {
+  const node *n = &r->root;
+  for (const char *p = pattern + 1; *p && n;) {
+    const char *end = strchr(p, '/');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    const node *next = NULL;
+    if (p[0] == '{') {
+      next = n->param;
+      if (next && (next->seg_len != len - 2 || memcmp(next->seg, p + 1, len - 2) != 0))
+        return 1;
+    } else {
+      for (size_t i = 0; i < n->nkids && !next; i++)
+        if (n->kids[i]->seg_len == len && memcmp(n->kids[i]->seg, p, len) == 0)
+          next = n->kids[i];
+    }
+    n = next;
+    if (!end)
+      break;
+    p = end + 1;
+  }
+  return 0;
+}
+
 int eng_router_add(eng_router *r, int method, const char *pattern, int handler, const char **errmsg) {
   *errmsg = NULL;
   if (method < 0 || method >= ENG_M_COUNT_) {
@@ -138,6 +165,11 @@ int eng_router_add(eng_router *r, int method, const char *pattern, int handler, 
     if (!end)
       break;
     p = end + 1;
+  }
+
+  if (param_name_clash(r, pattern)) {
+    *errmsg = "a parameter at this position has another name in a route already added: use one name";
+    return ENG_EINVAL;
   }
 
   node *n = &r->root;

@@ -52,9 +52,10 @@ void eng_router_free(eng_router *r);
 int eng_router_method(const char *name, size_t len);
 const char *eng_router_method_name(int method);
 
-/* Adds a route. The pattern is copied. Errors: ENG_EINVAL (bad pattern or method,
- * *errmsg says why), ENG_EEXISTS (same method and same shape already routed; a
- * pattern that differs only in parameter names counts as the same), ENG_ENOMEM. */
+/* Adds a route. The pattern is copied. Errors: ENG_EINVAL (bad pattern or method, or a
+ * {name} where an earlier route has a parameter of another name: one tree node serves
+ * both, so names must agree; *errmsg says why), ENG_EEXISTS (same method and same
+ * pattern already routed), ENG_ENOMEM. Nothing is added on error. */
 int eng_router_add(eng_router *r, int method, const char *pattern, int handler, const char **errmsg);
 
 /* The handler slot of an existing route, found by pattern shape (parameter names

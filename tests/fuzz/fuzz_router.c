@@ -2,8 +2,10 @@
  *
  * Input: lines. Lines starting with '+' add a pattern (errors are fine), the
  * others are matched as paths with every method. Invariants: a 200 match has a
- * handler that was added, parameter values lie inside the scratch buffer, and
- * a 405 reports a non-empty Allow set. */
+ * handler that was added, parameter values lie inside the scratch buffer, the
+ * parameter names are the {name} segments of the matched pattern in order (a
+ * route never reads its parameters under another route's names), and a 405
+ * reports a non-empty Allow set. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,21 @@
 #include "router.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* 1 when m's parameter names are exactly the {name} segments of m->pattern. */
+static int names_match_pattern(const eng_route_match *m) {
+  int i = 0;
+  for (const char *p = m->pattern; (p = strchr(p, '{')) != NULL; i++) {
+    const char *close = strchr(p, '}');
+    if (close == NULL || i >= m->nparams)
+      return 0;
+    size_t n = (size_t)(close - p - 1);
+    if (m->params[i].name_len != n || memcmp(m->params[i].name, p + 1, n) != 0)
+      return 0;
+    p = close;
+  }
+  return i == m->nparams;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   eng_router *r;
@@ -40,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int m = -1; m < ENG_M_COUNT_; m++) {
       eng_route_match mt;
       eng_router_match(r, m, line, len, scratch, &mt);
-      if (mt.status == 200 && (mt.handler < 1 || mt.handler >= next_handler))
+      if (mt.status == 200 && (mt.handler < 1 || mt.handler >= next_handler || !names_match_pattern(&mt)))
         abort();
       if (mt.status == 405 && mt.allow == 0)
         abort();

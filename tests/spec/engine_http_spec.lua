@@ -248,6 +248,21 @@ describe("engine start-up", function()
     testing.rmtree(dir)
   end)
 
+  it("refuses a route whose parameter is named differently from an earlier route's at that position", function()
+    local dir = testing.mkdtemp()
+    os.execute("mkdir -p " .. dir .. "/scripts")
+    local f = io.open(dir .. "/scripts/clash.lua", "w")
+    f:write("local route = require 'engine.route'\nroute.get('/c/{id}/orders', function() return 200 end)\n" ..
+      "route.get('/c/{customer_id}', function(req) return 200, req.params end)\n")
+    f:close()
+    local code, out = run { testing.exe(), "serve", "--listen", "127.0.0.1:" .. testing.free_port(), "--scripts",
+      dir .. "/scripts", "--schema", SCHEMA, "--db", dir .. "/db.sqlite", "--workers", "1" }
+    assert.equal(1, code)
+    assert.matches(dir .. "/scripts/clash.lua:3:", out, 1, true)
+    assert.matches("has another name", out, 1, true)
+    testing.rmtree(dir)
+  end)
+
   it("refuses a binary (precompiled) chunk", function()
     local dir = testing.mkdtemp()
     os.execute("mkdir -p " .. dir .. "/scripts")
