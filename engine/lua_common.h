@@ -8,7 +8,7 @@
  * encoded as an array even when empty; the decoder marks arrays with it too.
  *
  * Module openers follow the luaopen_ convention: they push the module table
- * and return 1. The runtime registers them in package.preload under the names
+ * and return 1. lua_modules.c registers them in package.preload under the names
  * in the comments. */
 #ifndef ENG_LUA_COMMON_H
 #define ENG_LUA_COMMON_H

@@ -139,13 +139,6 @@ static void run_release(eng_runtime *rt, lua_State *co, int st) {
 
 /* ---- state ----------------------------------------------------------------------------------- */
 
-static void preload(lua_State *L, const char *name, lua_CFunction fn) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, fn);
-  lua_setfield(L, -2, name);
-  lua_pop(L, 1);
-}
-
 int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **err) {
   *err = NULL;
   eng_runtime *rt = calloc(1, sizeof *rt);
@@ -169,13 +162,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   *(eng_runtime **)lua_getextraspace(L) = rt;
   lua_gc(L, LUA_GCGEN, 0, 0);
   luaL_openlibs(L);
-  preload(L, "engine.json", eng_luaopen_json);
-  preload(L, "engine.db", eng_luaopen_db);
-  preload(L, "engine.crypto", eng_luaopen_crypto);
-  preload(L, "engine.time", eng_luaopen_time);
-  preload(L, "engine.log", eng_luaopen_log);
-  preload(L, "engine.config", eng_luaopen_config);
-  preload(L, "engine.route", eng_luaopen_route);
+  eng_lua_modules_preload(L);
   if (opt->scripts_dir)
     rt->scripts_dir = strdup(opt->scripts_dir);
   eng_lua_load_sandbox(L, opt->test_mode);

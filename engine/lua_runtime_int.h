@@ -7,6 +7,7 @@
  *   lua_load.c     script loading: files, overlays, require, text-only load, the sandbox
  *   lua_request.c  the lazy request table handed to handlers
  *   lua_route.c    engine.route      lua_log.c  engine.log      lua_config.c  engine.config
+ *   lua_modules.c  the table of engine modules registered in package.preload
  *
  * Every function here that touches a lua_State may raise (memory errors at least): call it
  * from Lua or under lua_pcall, never between protected calls. */
@@ -71,6 +72,11 @@ void eng_lua_request_init(eng_runtime *rt, lua_State *L);
  * peer and request_id first and unlinks lr (rt->live = lr->prev) once the handler is done;
  * if this raises, lr is not linked. */
 void eng_lua_request_push(eng_runtime *rt, lua_State *L, eng_live_request *lr);
+
+/* ---- lua_modules.c ---- */
+
+/* Registers every engine module (engine.json, engine.route, ...) in package.preload. */
+void eng_lua_modules_preload(lua_State *L);
 
 /* ---- lua_config.c ---- */
 
