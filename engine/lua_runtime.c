@@ -108,11 +108,9 @@ static int run_budgeted(eng_runtime *rt, lua_State *L, int nargs, lua_State **co
   rt->budget_blown = 0;
   rt->mem_blown = 0;
   rt->deadline_ms = mono_ms() + rt->budget_ms;
-  rt->in_request = 1;
   lua_sethook(co, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT);
   int st = lua_resume(co, L, nargs, nres);
   lua_sethook(co, NULL, 0, 0);
-  rt->in_request = 0;
   if (st == LUA_YIELD) {
     lua_settop(co, 0);
     lua_pushliteral(co, "handler yielded: coroutine.yield is not allowed across the handler boundary");
@@ -150,8 +148,6 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   rt->mem_limit = opt->memory_limit ? opt->memory_limit : (size_t)256 << 20;
   rt->error_hook = LUA_NOREF;
   rt->co_ref = LUA_NOREF;
-  rt->limits = opt->limits;
-  rt->test_mode = opt->test_mode;
   int rc = 0;
   lua_State *L = rt->L = lua_newstate(l_alloc, rt);
   if (L == NULL || eng_router_new(&rt->router) != 0) {
@@ -204,8 +200,6 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
 
-eng_runtime *eng_runtime_of(lua_State *L) { return eng_rt(L); }
-
 void eng_runtime_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]) {
   eng_http_header h;
   if (req && eng_http_find_header(req, "x-request-id", &h) && eng_http_request_id_ok(h.value, h.value_len)) {
@@ -215,8 +209,6 @@ void eng_runtime_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUE
   }
   eng_crypto_uuid4(out);
 }
-
-const eng_http_limits *eng_runtime_limits(const eng_runtime *rt) { return rt->limits; }
 
 void eng_response_init(eng_response *r) { memset(r, 0, sizeof *r); }
 

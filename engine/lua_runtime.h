@@ -22,7 +22,6 @@ typedef struct eng_runtime_options {
   const char *config_file; /* its `settings` table becomes engine.config; may be NULL */
   int budget_ms;           /* per handler call */
   size_t memory_limit;     /* bytes for the whole Lua state */
-  const eng_http_limits *limits; /* borrowed */
   int test_mode; /* full standard library, writable globals, system package paths (busted) */
   eng_db *db;    /* attached before the scripts load, so they can read it at start-up; may be NULL */
 } eng_runtime_options;
@@ -71,11 +70,6 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
                            const char *request_id, eng_response *resp);
 void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
                           const char *request_id, eng_response *resp);
-
-/* The runtime of a Lua state created by eng_runtime_new (any of its threads). */
-eng_runtime *eng_runtime_of(lua_State *L);
-/* Copies the limits the in-process test client applies. */
-const eng_http_limits *eng_runtime_limits(const eng_runtime *rt);
 
 /* The request id of a request: the client's X-Request-Id when it is acceptable
  * (eng_http_request_id_ok), else a new UUID v4. req may be NULL (nothing parsed). */

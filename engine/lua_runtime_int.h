@@ -36,7 +36,6 @@ struct eng_runtime {
   char *scripts_dir;  /* "dir[:dir...]" of the last load, for require (lua_load.c); may be NULL */
   int budget_ms;
   size_t mem_used, mem_limit; /* the allocator's count and cap, for the whole state */
-  int in_request; /* limits apply to allocations only while a script runs a request */
   int budget_blown, mem_blown;
   int64_t deadline_ms;
   int error_hook; /* registry ref of route.on_error's function, or LUA_NOREF */
@@ -48,8 +47,6 @@ struct eng_runtime {
   lua_State *co; /* the reusable handler coroutine, or NULL (see run_budgeted in lua_runtime.c) */
   int co_ref;    /* its registry ref (the anchor), or LUA_NOREF */
   int co_busy;   /* co is running a call right now */
-  const eng_http_limits *limits;
-  int test_mode;
 };
 
 /* The runtime of a Lua state created by eng_runtime_new (any of its threads). */

@@ -428,7 +428,6 @@ static void worker_main(void *arg) {
       .config_file = w->cfg->config_file,
       .budget_ms = w->cfg->budget_ms,
       .memory_limit = w->cfg->memory_limit,
-      .limits = &w->cfg->limits,
   };
   eng_db_options dbo = {.synchronous = w->cfg->synchronous};
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {

@@ -468,7 +468,7 @@ int eng_test_main(int argc, char **argv) {
   eng_crypto_random(key, sizeof key);
   eng_keys_set(key);
 
-  eng_runtime_options ro = {.budget_ms = 1000, .memory_limit = (size_t)256 << 20, .limits = &ts.limits, .test_mode = 1};
+  eng_runtime_options ro = {.budget_ms = 1000, .memory_limit = (size_t)256 << 20, .test_mode = 1};
   char *err = NULL;
   if (eng_runtime_new(&ts.rt, &ro, &err) != 0) {
     fprintf(stderr, "apiengine test: %s\n", err ? err : "cannot create the Lua state");
