@@ -4,7 +4,6 @@
  * (built on first read, see below); req:json() decodes the body with engine.json. */
 #include "lua_runtime_int.h"
 #include "lua_json.h"
-#include "text.h"
 
 #include <lauxlib.h>
 
@@ -24,45 +23,24 @@ static int req_json(lua_State *L) {
   return eng_json_decode(L, body, len);
 }
 
-/* Pushes the form-decoded s ('+' is a space; a bad %-escape stays as it is). */
+/* Pushes the form-decoded s (eng_http_form_decode: '+' is a space, a bad %-escape stays). */
 static void push_form_decoded(lua_State *L, const char *s, size_t n) {
   luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  for (size_t i = 0; i < n; i++) {
-    int hi, lo;
-    if (s[i] == '+') {
-      luaL_addchar(&b, ' ');
-    } else if (s[i] == '%' && i + 2 < n && (hi = eng_hex_digit((unsigned char)s[i + 1])) >= 0 && (lo = eng_hex_digit((unsigned char)s[i + 2])) >= 0) {
-      luaL_addchar(&b, (char)(hi * 16 + lo));
-      i += 2;
-    } else {
-      luaL_addchar(&b, s[i]);
-    }
-  }
-  luaL_pushresult(&b);
+  char *p = luaL_buffinitsize(L, &b, n);
+  luaL_pushresultsize(&b, eng_http_form_decode(s, n, p));
 }
 
-static void push_query(lua_State *L, const char *q, size_t n) {
+/* Pushes the table of req's query string: name -> value, both decoded; the last of a
+ * repeated name wins; an item without '=' has the value "". */
+static void push_query(lua_State *L, const eng_http_request *req) {
+  size_t n, pos = 0;
+  const char *q = eng_http_query(req, &n);
+  eng_http_param p;
   lua_newtable(L);
-  size_t i = 0;
-  while (i < n) {
-    size_t j = i;
-    while (j < n && q[j] != '&' && q[j] != '#')
-      j++;
-    if (j > i) {
-      size_t eq = i;
-      while (eq < j && q[eq] != '=')
-        eq++;
-      push_form_decoded(L, q + i, eq - i);
-      if (eq < j)
-        push_form_decoded(L, q + eq + 1, j - eq - 1);
-      else
-        lua_pushliteral(L, "");
-      lua_rawset(L, -3);
-    }
-    if (j < n && q[j] == '#')
-      break;
-    i = j + 1;
+  while (q != NULL && eng_http_query_next(q, n, &pos, &p)) {
+    push_form_decoded(L, p.name, p.name_len);
+    push_form_decoded(L, p.value, p.value_len);
+    lua_rawset(L, -3);
   }
 }
 
@@ -151,10 +129,7 @@ static int req_index(lua_State *L) {
     push_params(L, lr->m);
     break;
   case F_QUERY:
-    if (req->path_len < req->url.len && req->url.data[req->path_len] == '?')
-      push_query(L, req->url.data + req->path_len + 1, req->url.len - req->path_len - 1);
-    else
-      lua_newtable(L);
+    push_query(L, req);
     break;
   case F_HEADERS:
     push_headers(rt, L, req);

@@ -200,58 +200,6 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
 
-void eng_runtime_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]) {
-  eng_http_header h;
-  if (req && eng_http_find_header(req, "x-request-id", &h) && eng_http_request_id_ok(h.value, h.value_len)) {
-    memcpy(out, h.value, h.value_len);
-    out[h.value_len] = '\0';
-    return;
-  }
-  eng_crypto_uuid4(out);
-}
-
-void eng_response_init(eng_response *r) { memset(r, 0, sizeof *r); }
-
-void eng_response_reset(eng_response *r) {
-  r->status = 0;
-  eng_buf_reset(&r->headers);
-  eng_buf_reset(&r->body);
-  r->content_type[0] = '\0';
-}
-
-void eng_response_free(eng_response *r) {
-  eng_buf_free(&r->headers);
-  eng_buf_free(&r->body);
-}
-
-static int valid_header_name(const char *s, size_t n) {
-  if (n == 0 || n > 128)
-    return 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (!(isalnum(c) || strchr("!#$%&'*+-.^_`|~", c)))
-      return 0;
-  }
-  return 1;
-}
-
-static int valid_header_value(const char *s, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if ((c < 0x20 && c != '\t') || c == 0x7f)
-      return 0;
-  }
-  return 1;
-}
-
-static int reserved_header(const char *s, size_t n) {
-  static const char *const names[] = {"content-length", "transfer-encoding", "connection", "date", "x-request-id", NULL};
-  for (int i = 0; names[i]; i++)
-    if (strlen(names[i]) == n && strncasecmp(names[i], s, n) == 0)
-      return 1;
-  return 0;
-}
-
 /* Copies a handler's headers table (at idx on co) into resp; NULL or a message. */
 static const char *take_headers(lua_State *co, int idx, eng_response *resp) {
   if (lua_isnoneornil(co, idx))
@@ -268,22 +216,10 @@ static const char *take_headers(lua_State *co, int idx, eng_response *resp) {
     const char *k = lua_tolstring(co, -2, &kn);
     lua_pushvalue(co, -1);
     const char *v = lua_tolstring(co, -1, &vn);
-    if (!valid_header_name(k, kn) || !valid_header_value(v, vn)) {
+    const char *why = NULL;
+    if (eng_response_add_header(resp, k, kn, v, vn, &why) != 0) {
       lua_pop(co, 3);
-      return "invalid header name or value";
-    }
-    if (kn == 12 && strncasecmp(k, "content-type", 12) == 0) {
-      if (vn >= sizeof resp->content_type) {
-        lua_pop(co, 3);
-        return "Content-Type too long";
-      }
-      memcpy(resp->content_type, v, vn);
-      resp->content_type[vn] = '\0';
-    } else if (!reserved_header(k, kn)) {
-      eng_buf_append(&resp->headers, k, kn);
-      eng_buf_append(&resp->headers, ": ", 2);
-      eng_buf_append(&resp->headers, v, vn);
-      eng_buf_append(&resp->headers, "\r\n", 2);
+      return why;
     }
     lua_pop(co, 2);
   }

@@ -44,17 +44,6 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
  * first. ENG_ELUA (or ENG_EINVAL, ENG_ETOOBIG) with a malloc'd *err on failure. */
 int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err);
 
-typedef struct eng_response {
-  int status;
-  eng_buf headers; /* extra "Name: value\r\n" lines */
-  eng_buf body;
-  char content_type[128];
-} eng_response;
-
-void eng_response_init(eng_response *r);
-void eng_response_reset(eng_response *r);
-void eng_response_free(eng_response *r);
-
 /* Routes and runs one request. Always fills resp (errors become responses). */
 void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
                         eng_response *resp);
@@ -70,10 +59,6 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
                            const char *request_id, eng_response *resp);
 void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
                           const char *request_id, eng_response *resp);
-
-/* The request id of a request: the client's X-Request-Id when it is acceptable
- * (eng_http_request_id_ok), else a new UUID v4. req may be NULL (nothing parsed). */
-void eng_runtime_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]);
 
 /* Bytes the Lua state currently holds. */
 size_t eng_runtime_memory(const eng_runtime *rt);

@@ -249,7 +249,7 @@ static void handle_request(conn *c) {
   worker *w = c->w;
   eng_http_request *req = &c->hp.req;
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
-  eng_runtime_request_id(req, rid);
+  eng_http_request_id(req, rid);
   eng_response_reset(&w->resp);
   eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
   int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&g_stopping, memory_order_relaxed);
@@ -262,7 +262,7 @@ static void handle_parse_error(conn *c) {
   worker *w = c->w;
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   /* Headers may be complete (413 on Content-Length): honour their request id. */
-  eng_runtime_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
+  eng_http_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
   eng_response_reset(&w->resp);
   eng_runtime_error(w->rt, c->hp.error_status, c->hp.error_code, c->hp.error_reason, rid, &w->resp);
   send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0);

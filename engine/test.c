@@ -100,7 +100,7 @@ static int t_request(lua_State *L) {
   size_t used = 0;
   int r = eng_http_parser_feed(&hp, raw, rawlen, &used);
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
-  eng_runtime_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
+  eng_http_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
   if (r == ENG_HTTP_REQUEST) {
     eng_runtime_handle_in(ts->rt, L, &hp.req, "127.0.0.1:0", rid, &resp);
   } else if (r == ENG_HTTP_ERROR) {
