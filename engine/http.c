@@ -8,7 +8,6 @@
 #include "error.h"
 #include "text.h"
 
-#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -384,14 +383,19 @@ size_t eng_http_form_decode(const char *s, size_t n, char *out) {
 
 /* ---- response headers ----------------------------------------------------------------------- */
 
+/* ASCII only and spelled out: isalnum follows the locale, and strchr(set, c) also finds
+ * the set's terminating NUL, which let a NUL byte through in a name. */
+static int is_tchar(unsigned char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 int eng_http_header_name_ok(const char *s, size_t n) {
   if (n == 0 || n > ENG_HTTP_HEADER_NAME_MAX)
     return 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (!(isalnum(c) || strchr("!#$%&'*+-.^_`|~", c)))
+  for (size_t i = 0; i < n; i++)
+    if (!is_tchar((unsigned char)s[i]))
       return 0;
-  }
   return 1;
 }
 
