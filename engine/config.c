@@ -1,6 +1,7 @@
 /* config.c - settings from defaults, file, environment, flags (see config.h). */
 #include "config.h"
 #include "error.h"
+#include "lua_config.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -95,6 +96,7 @@ void eng_config_free(eng_config *c) {
     free(c->key);
   }
   free(c->synchronous);
+  eng_buf_free(&c->settings);
   memset(c, 0, sizeof *c);
 }
 
@@ -205,13 +207,22 @@ bad:
   return ENG_ECONFIG;
 }
 
-static int load_file(eng_config *c, const char *path, char **err) {
+typedef struct file_ctx {
+  eng_config *c;
+  const char *path;
+  char **err;
+  int rc;
+} file_ctx;
+
+/* The config file's Lua work, run under lua_pcall (load_file) so that a memory error in it
+ * is a start-up error, not a panic: evaluate the file, apply its settings of the engine,
+ * pack its `settings` table for the workers' states. Failures set f->rc and *f->err. */
+static int load_file_p(lua_State *L) {
+  file_ctx *f = lua_touserdata(L, 1);
+  eng_config *c = f->c;
+  const char *path = f->path;
+  char **err = f->err;
   int rc = 0;
-  lua_State *L = luaL_newstate();
-  if (L == NULL) {
-    *err = strdup("out of memory");
-    return ENG_ENOMEM;
-  }
   /* Text only, no globals: the file is data. */
   if (luaL_loadfilex(L, path, "t") != LUA_OK) {
     *err = fmt_err("config file: %s", lua_tostring(L, -1));
@@ -266,9 +277,36 @@ static int load_file(eng_config *c, const char *path, char **err) {
       goto done;
     lua_pop(L, 1);
   }
+  /* Scripts read `settings` through engine.config; a value that is not a table means none. */
+  eng_buf_reset(&c->settings);
+  lua_getfield(L, -1, "settings");
+  if (lua_istable(L, -1)) {
+    char *why = NULL;
+    if ((rc = eng_lua_config_pack(L, -1, &c->settings, &why)) != 0)
+      *err = fmt_err("config file %s: %s", path, why ? why : eng_strerror(rc));
+    free(why);
+  }
 done:
+  f->rc = rc;
+  return 0;
+}
+
+static int load_file(eng_config *c, const char *path, char **err) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    *err = strdup("out of memory");
+    return ENG_ENOMEM;
+  }
+  file_ctx f = {.c = c, .path = path, .err = err};
+  lua_pushcfunction(L, load_file_p);
+  lua_pushlightuserdata(L, &f);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK && f.rc == 0) { /* raised outside the file's own code */
+    free(*err);
+    *err = fmt_err("config file %s: %s", path, lua_tostring(L, -1));
+    f.rc = ENG_ECONFIG;
+  }
   lua_close(L);
-  return rc;
+  return f.rc;
 }
 
 int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_help, int *want_version, char **err) {

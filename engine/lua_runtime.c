@@ -11,6 +11,7 @@
 #include "error.h"
 #include "log.h"
 #include "lua_common.h"
+#include "lua_config.h"
 #include "lua_crypto.h"
 #include "lua_db.h"
 #include "lua_json.h"
@@ -166,8 +167,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
 
   eng_lua_request_init(rt, L);
 
-  if ((rc = eng_lua_config_load(L, opt->config_file, err)) != 0)
-    goto fail;
+  eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
   if (!opt->test_mode)
     eng_lua_load_lock_globals(L);
   if (opt->db)

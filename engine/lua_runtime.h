@@ -19,7 +19,8 @@ typedef struct eng_runtime eng_runtime;
 
 typedef struct eng_runtime_options {
   const char *scripts_dir; /* loaded at creation (server mode), "dir[:dir...]"; may be NULL */
-  const char *config_file; /* its `settings` table becomes engine.config; may be NULL */
+  const eng_buf *settings; /* engine.config's settings as eng_config_load packed them
+                              (eng_config.settings); borrowed for the call; NULL: none */
   int budget_ms;           /* per handler call */
   size_t memory_limit;     /* bytes for the whole Lua state */
   int test_mode; /* full standard library, writable globals, system package paths (busted) */

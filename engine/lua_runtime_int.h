@@ -75,10 +75,4 @@ void eng_lua_request_push(eng_runtime *rt, lua_State *L, eng_live_request *lr);
 /* Registers every engine module (engine.json, engine.route, ...) in package.preload. */
 void eng_lua_modules_preload(lua_State *L);
 
-/* ---- lua_config.c ---- */
-
-/* Evaluates the config file (NULL: none) and keeps its `settings` table for engine.config.
- * ENG_ECONFIG with a malloc'd *err when the file does not load or run. */
-int eng_lua_config_load(lua_State *L, const char *file, char **err);
-
 #endif

@@ -425,7 +425,7 @@ static void worker_main(void *arg) {
   int rc;
   eng_runtime_options ro = {
       .scripts_dir = w->cfg->scripts_dir,
-      .config_file = w->cfg->config_file,
+      .settings = &w->cfg->settings,
       .budget_ms = w->cfg->budget_ms,
       .memory_limit = w->cfg->memory_limit,
   };
