@@ -9,7 +9,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,15 +99,6 @@ void eng_config_free(eng_config *c) {
   memset(c, 0, sizeof *c);
 }
 
-static char *fmt_err(const char *fmt, ...) {
-  char tmp[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  return strdup(tmp);
-}
-
 static int parse_long(const char *s, long *out) {
   char *end;
   errno = 0;
@@ -140,11 +130,9 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
   case T_INT:
   case T_SIZE:
   case T_MB:
-    if (parse_long(val, &n) != 0 || n < o->min || n > o->max) {
-      *err = fmt_err("%s: %s must be an integer from %ld to %ld, got '%s'", src, o->key ? o->key : o->flag, o->min,
-                     o->max, val);
-      return ENG_ECONFIG;
-    }
+    if (parse_long(val, &n) != 0 || n < o->min || n > o->max)
+      return eng_errorf(err, ENG_ECONFIG, "%s: %s must be an integer from %ld to %ld, got '%s'", src,
+                        o->key ? o->key : o->flag, o->min, o->max, val);
     if (o->type == T_INT)
       *(int *)(base + o->offset) = (int)n;
     else if (o->type == T_SIZE)
@@ -201,10 +189,8 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
 bad:
   /* Never echo the key. */
   if (o->offset == OFF(key) && o->type == T_STR)
-    *err = fmt_err("%s: invalid key", src);
-  else
-    *err = fmt_err("%s: invalid value '%s' for %s", src, val, o->flag ? o->flag : o->key);
-  return ENG_ECONFIG;
+    return eng_errorf(err, ENG_ECONFIG, "%s: invalid key", src);
+  return eng_errorf(err, ENG_ECONFIG, "%s: invalid value '%s' for %s", src, val, o->flag ? o->flag : o->key);
 }
 
 typedef struct file_ctx {
@@ -225,27 +211,23 @@ static int load_file_p(lua_State *L) {
   int rc = 0;
   /* Text only, no globals: the file is data. */
   if (luaL_loadfilex(L, path, "t") != LUA_OK) {
-    *err = fmt_err("config file: %s", lua_tostring(L, -1));
-    rc = ENG_ECONFIG;
+    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
     goto done;
   }
   lua_newtable(L);
   lua_setupvalue(L, -2, 1); /* _ENV = {} */
   if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    *err = fmt_err("config file: %s", lua_tostring(L, -1));
-    rc = ENG_ECONFIG;
+    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
     goto done;
   }
   if (!lua_istable(L, -1)) {
-    *err = fmt_err("config file %s must return a table", path);
-    rc = ENG_ECONFIG;
+    rc = eng_errorf(err, ENG_ECONFIG, "config file %s must return a table", path);
     goto done;
   }
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     if (lua_type(L, -2) != LUA_TSTRING) {
-      *err = fmt_err("config file %s: keys must be strings", path);
-      rc = ENG_ECONFIG;
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: keys must be strings", path);
       goto done;
     }
     const char *k = lua_tostring(L, -2);
@@ -258,8 +240,7 @@ static int load_file_p(lua_State *L) {
       if (opts[i].key && strcmp(opts[i].key, k) == 0)
         o = &opts[i];
     if (o == NULL) {
-      *err = fmt_err("config file %s: unknown setting '%s'", path, k);
-      rc = ENG_ECONFIG;
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: unknown setting '%s'", path, k);
       goto done;
     }
     int t = lua_type(L, -1);
@@ -270,8 +251,7 @@ static int load_file_p(lua_State *L) {
     } else if (t == LUA_TNUMBER || t == LUA_TSTRING) {
       rc = apply(c, o, lua_tostring(L, -1), src, err);
     } else {
-      *err = fmt_err("config file %s: '%s' must be a string or number", path, k);
-      rc = ENG_ECONFIG;
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: '%s' must be a string or number", path, k);
     }
     if (rc)
       goto done;
@@ -282,8 +262,8 @@ static int load_file_p(lua_State *L) {
   lua_getfield(L, -1, "settings");
   if (lua_istable(L, -1)) {
     char *why = NULL;
-    if ((rc = eng_lua_config_pack(L, -1, &c->settings, &why)) != 0)
-      *err = fmt_err("config file %s: %s", path, why ? why : eng_strerror(rc));
+    if (eng_lua_config_pack(L, -1, &c->settings, &why) != 0)
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, why ? why : "out of memory");
     free(why);
   }
 done:
@@ -293,17 +273,14 @@ done:
 
 static int load_file(eng_config *c, const char *path, char **err) {
   lua_State *L = luaL_newstate();
-  if (L == NULL) {
-    *err = strdup("out of memory");
-    return ENG_ENOMEM;
-  }
+  if (L == NULL)
+    return eng_errorf(err, ENG_ENOMEM, "out of memory");
   file_ctx f = {.c = c, .path = path, .err = err};
   lua_pushcfunction(L, load_file_p);
   lua_pushlightuserdata(L, &f);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK && f.rc == 0) { /* raised outside the file's own code */
     free(*err);
-    *err = fmt_err("config file %s: %s", path, lua_tostring(L, -1));
-    f.rc = ENG_ECONFIG;
+    f.rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, lua_tostring(L, -1));
   }
   lua_close(L);
   return f.rc;
@@ -354,8 +331,7 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
       if (strcmp(a, opts[j].flag) == 0) {
         o = &opts[j];
         if (i + 1 >= argc) {
-          *err = fmt_err("%s needs a value", a);
-          return ENG_ECONFIG;
+          return eng_errorf(err, ENG_ECONFIG, "%s needs a value", a);
         }
         val = argv[++i];
       } else if (strncmp(a, opts[j].flag, fl) == 0 && a[fl] == '=') {
@@ -364,8 +340,7 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
       }
     }
     if (o == NULL) {
-      *err = fmt_err("unknown option '%s' (see --help)", a);
-      return ENG_ECONFIG;
+      return eng_errorf(err, ENG_ECONFIG, "unknown option '%s' (see --help)", a);
     }
     if (o->offset == OFF(config_file) && o->type == T_STR && strcmp(o->flag, "--config") == 0)
       continue; /* already loaded */
