@@ -21,16 +21,18 @@
 #define ENG_MAX_SCRIPT_BYTES (16u << 20)
 #define ENG_MAX_SCRIPTS 1024
 
-/* Loads path as a text chunk named "@path"; pushes the function or an error message. */
+/* Loads path as a text chunk named "@path"; pushes the function or an error message.
+ * The name is pushed before the file is read, so nothing raises while the source is held. */
 static int load_text_file(lua_State *L, const char *path) {
+  const char *chunkname = lua_pushfstring(L, "@%s", path);
   size_t len = 0;
   char *src = NULL;
   if (eng_file_read(path, ENG_MAX_SCRIPT_BYTES, &src, &len) != 0) {
+    lua_pop(L, 1);
     lua_pushfstring(L, "cannot read %s", path);
     return LUA_ERRFILE;
   }
-  lua_pushfstring(L, "@%s", path);
-  int st = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
+  int st = luaL_loadbufferx(L, src, len, chunkname, "t"); /* reports errors, never raises */
   free(src);
   lua_remove(L, -2);
   return st;
@@ -183,6 +185,24 @@ static int healthz(lua_State *L) {
   return 2;
 }
 
+/* Routes GET /healthz to healthz (rt given as a light userdata); under eng_lua_protect. */
+static int add_healthz_p(lua_State *L) {
+  eng_runtime *rt = lua_touserdata(L, 1);
+  lua_pushcfunction(L, healthz);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  const char *why;
+  eng_router_add(rt->router, ENG_M_GET, "/healthz", ref, &why);
+  return 0;
+}
+
+/* Pushes the chunk of the script whose path is given as a light userdata, or raises
+ * its load error; under eng_lua_protect (the chunk name and the source allocate). */
+static int load_p(lua_State *L) {
+  if (load_text_file(L, lua_touserdata(L, 1)) != LUA_OK)
+    return lua_error(L);
+  return 1;
+}
+
 typedef struct script {
   char *name; /* file name, the overlay key */
   char *path;
@@ -284,8 +304,8 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
 
   for (size_t i = 0; rc == 0 && i < n; i++) {
     lua_pushcfunction(L, msgh);
-    if (load_text_file(L, list[i].path) != LUA_OK || lua_pcall(L, 0, 0, -2) != LUA_OK) {
-      *err = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "script error");
+    if (eng_lua_protect(L, load_p, list[i].path, 1) != LUA_OK || lua_pcall(L, 0, 0, -2) != LUA_OK) {
+      *err = strdup(lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "script error");
       rc = ENG_ELUA;
       lua_pop(L, 2);
       break;
@@ -302,11 +322,10 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
     eng_route_match m;
     char scratch[16];
     eng_router_match(rt->router, ENG_M_GET, "/healthz", 8, scratch, &m);
-    if (m.status == 404) {
-      lua_pushcfunction(L, healthz);
-      int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-      const char *why;
-      eng_router_add(rt->router, ENG_M_GET, "/healthz", ref, &why);
+    if (m.status == 404 && eng_lua_protect(L, add_healthz_p, rt, 0) != LUA_OK) {
+      *err = strdup("out of memory");
+      rc = ENG_ENOMEM;
+      lua_pop(L, 1);
     }
   }
   return rc;

@@ -1,18 +1,26 @@
-/* lua_runtime.c - Lua states, route scripts, budgets and dispatch (see lua_runtime.h).
+/* lua_runtime.c - Lua states, budgets, dispatch and the error hook (see lua_runtime.h).
  *
  * Budgets: every handler runs in a coroutine with a count hook. The hook
  * checks a monotonic deadline every ENG_HOOK_COUNT instructions; once the
  * deadline passes it raises on every instruction, so a script that catches the
  * error with pcall cannot keep running. The allocator enforces the memory cap
  * for the whole state and refuses growth past it (Lua raises "not enough
- * memory"). Either way the flag set here turns the answer into a 503. */
+ * memory"). Either way the flag set here turns the answer into a 503.
+ *
+ * Protected glue: the C between calls into Lua (building the state, pushing a
+ * request, reading a handler's results, formatting a traceback) allocates on
+ * the state too, so it runs inside lua_pcall of a C function (eng_lua_protect,
+ * like lua.c's pmain). A memory error there becomes a 500/503 answer or a
+ * start-up error. Values are read off a finished coroutine only after they are
+ * moved to the calling thread: an error raised on a coroutine that is not
+ * running would go to the main thread's handler, not to ours. A panic handler
+ * logs anything that still escapes. */
 #include "lua_runtime_int.h"
 #include "db.h"
 #include "error.h"
 #include "log.h"
 #include "lua_common.h"
 #include "lua_config.h"
-#include "lua_crypto.h"
 #include "lua_db.h"
 #include "lua_json.h"
 #include "text.h"
@@ -20,7 +28,6 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,24 +73,30 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   }
 }
 
-/* Turns the error object at the top of co into a message with a traceback (pushed on L). */
-static void push_error_text(lua_State *L, lua_State *co) {
-  const char *msg;
-  if (lua_type(co, -1) == LUA_TSTRING) {
-    msg = lua_tostring(co, -1);
-  } else if (luaL_callmeta(co, -1, "__tostring") && lua_type(co, -1) == LUA_TSTRING) {
-    msg = lua_tostring(co, -1);
-  } else {
-    msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
-  }
-  luaL_traceback(L, co, msg, 0);
+/* The last resort for an error raised outside every protected call. There should be none
+ * (see the top of this file); if one is left, the log says what it was before Lua aborts
+ * the process, which it does when this returns. */
+static int panic(lua_State *L) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)";
+  eng_log(ENG_LOG_ERROR, "Lua panic (an error outside any protected call): %s", msg);
+  return 0;
 }
 
+/* ---- budgeted runs ------------------------------------------------------------------------- */
+
+/* One call of run_budgeted, until run_release. */
+typedef struct run {
+  lua_State *co; /* the thread it ran on; NULL before run_budgeted and after run_release */
+  int shared;    /* co is rt->co, taken (rt->co_busy), rather than a fresh thread anchored on L */
+  int yielded;   /* the function yielded: an error with no error object on co */
+  int st;        /* lua_resume's status, LUA_YIELD turned into LUA_ERRRUN */
+  int nres;      /* results on co's stack when st is LUA_OK */
+} run;
+
 /* Runs the function below nargs arguments on L's top in a coroutine under the
- * budget. On return *co holds the thread and the results are on its stack; the
- * caller reads them, then calls run_release and restores L's top (a fresh thread
- * is anchored there). Returns the lua_resume status; LUA_YIELD is turned into an
- * error.
+ * budget. On return r says how it went; the results (or the error object) are on
+ * r->co's stack. The caller takes them (take_results, push_error_text), calls
+ * run_release and restores L's top (a fresh thread is anchored there).
  *
  * A new thread per call (a lua_State and its stack) was a large share of a small
  * request's cost, so one coroutine per runtime is reused: once a call returns
@@ -92,42 +105,49 @@ static void push_error_text(lua_State *L, lua_State *co) {
  * yields or blows a budget leaves it unusable, so run_release drops it. While it
  * runs (a handler calls back into the runtime: the in-process test client) the
  * nested call gets a fresh thread. */
-static int run_budgeted(eng_runtime *rt, lua_State *L, int nargs, lua_State **co_out, int *nres) {
+static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, run *r) {
   lua_State *co;
   if (rt->co_busy) {
     co = lua_newthread(L);
     lua_insert(L, -(nargs + 2));
+    r->shared = 0;
   } else {
     if (rt->co == NULL) {
-      rt->co = lua_newthread(L);
-      rt->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+      lua_State *fresh = lua_newthread(L);
+      int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* if this raises, rt->co stays NULL */
+      rt->co = fresh;
+      rt->co_ref = ref;
     }
     co = rt->co;
     rt->co_busy = 1;
+    r->shared = 1;
   }
+  r->co = co;
   lua_xmove(L, co, nargs + 1);
   rt->budget_blown = 0;
   rt->mem_blown = 0;
   rt->deadline_ms = mono_ms() + rt->budget_ms;
   lua_sethook(co, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT);
-  int st = lua_resume(co, L, nargs, nres);
+  r->st = lua_resume(co, L, nargs, &r->nres);
   lua_sethook(co, NULL, 0, 0);
-  if (st == LUA_YIELD) {
+  r->yielded = r->st == LUA_YIELD;
+  if (r->yielded) {
     lua_settop(co, 0);
-    lua_pushliteral(co, "handler yielded: coroutine.yield is not allowed across the handler boundary");
-    st = LUA_ERRRUN;
+    r->st = LUA_ERRRUN;
   }
-  *co_out = co;
-  return st;
 }
 
-/* Ends a run_budgeted call whose results have been read: the reusable coroutine is
+/* Ends a run_budgeted call whose results have been taken: the reusable coroutine is
  * emptied for the next call after a clean return, dropped otherwise. */
-static void run_release(eng_runtime *rt, lua_State *co, int st) {
-  if (co != rt->co)
+static void run_release(eng_runtime *rt, run *r) {
+  lua_State *co = r->co;
+  if (co == NULL)
+    return;
+  r->co = NULL;
+  if (!r->shared)
     return; /* a fresh thread: garbage once the caller restores L's top */
   rt->co_busy = 0;
-  if (st == LUA_OK && !rt->budget_blown && !rt->mem_blown) {
+  if (r->st == LUA_OK && !rt->budget_blown && !rt->mem_blown) {
     lua_settop(co, 0);
     return;
   }
@@ -136,42 +156,378 @@ static void run_release(eng_runtime *rt, lua_State *co, int st) {
   rt->co = NULL;
 }
 
+/* Releases a run its caller could not finish (the glue raised): whatever is left on the
+ * thread is dropped with it. */
+static void run_abandon(eng_runtime *rt, run *r) {
+  if (r->co == NULL)
+    return;
+  lua_resetthread(r->co);
+  r->st = LUA_ERRRUN;
+  run_release(rt, r);
+}
+
+/* Moves the first `want` results of a clean run onto L (nil for missing ones) and
+ * releases the run. */
+static void take_results(eng_runtime *rt, lua_State *L, run *r, int want) {
+  luaL_checkstack(L, want, "results");
+  int n = r->nres < want ? r->nres : want;
+  lua_settop(r->co, lua_gettop(r->co) - r->nres + n);
+  lua_xmove(r->co, L, n);
+  for (int i = n; i < want; i++)
+    lua_pushnil(L);
+  run_release(rt, r);
+}
+
+/* Pushes on L the message of a failed run with the traceback of its thread (one value). */
+static void push_error_text(lua_State *L, const run *r) {
+  luaL_checkstack(L, 4, "error text");
+  int base = lua_gettop(L);
+  if (r->yielded)
+    lua_pushliteral(L, "handler yielded: coroutine.yield is not allowed across the handler boundary");
+  else
+    lua_xmove(r->co, L, 1); /* the error object: its __tostring runs on L, under our pcall */
+  const char *msg;
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    msg = lua_tostring(L, -1);
+  } else if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+    msg = lua_tostring(L, -1);
+  } else {
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
+  }
+  luaL_traceback(L, r->co, msg, 0);
+  lua_replace(L, base + 1);
+  lua_settop(L, base + 1);
+}
+
+/* ---- answers ------------------------------------------------------------------------------- */
+
+/* Copies a handler's headers table (at the absolute index idx of L) into resp; NULL or a message. */
+static const char *take_headers(lua_State *L, int idx, eng_response *resp) {
+  if (lua_isnoneornil(L, idx))
+    return NULL;
+  if (!lua_istable(L, idx))
+    return "headers must be a table";
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t kn, vn;
+    if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)) {
+      lua_pop(L, 2);
+      return "header names and values must be strings";
+    }
+    const char *k = lua_tolstring(L, -2, &kn);
+    lua_pushvalue(L, -1); /* a number becomes a string in the copy, not under lua_next's feet */
+    const char *v = lua_tolstring(L, -1, &vn);
+    const char *why = NULL;
+    if (eng_response_add_header(resp, k, kn, v, vn, &why) != 0) {
+      lua_pop(L, 3);
+      return why;
+    }
+    lua_pop(L, 2);
+  }
+  return NULL;
+}
+
+static void json_str(eng_buf *b, const char *s) { eng_json_escape(b, s, strlen(s), ENG_JSON_REPLACE); }
+
+static void default_error_body(int status, const char *code, const char *message, const char *request_id,
+                               eng_response *resp) {
+  resp->status = status;
+  eng_buf_reset(&resp->body);
+  strcpy(resp->content_type, "application/json");
+  eng_buf_append_str(&resp->body, "{\"error\":{\"code\":");
+  json_str(&resp->body, code);
+  eng_buf_append_str(&resp->body, ",\"message\":");
+  json_str(&resp->body, message);
+  eng_buf_append_str(&resp->body, "},\"request_id\":");
+  json_str(&resp->body, request_id);
+  eng_buf_append_char(&resp->body, '}');
+}
+
+/* Fills resp->body from the value at the absolute index idx of L (table -> JSON, string ->
+ * bytes). NULL or a message. */
+static const char *take_body(lua_State *L, int idx, eng_response *resp) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TNONE || t == LUA_TNIL)
+    return NULL;
+  if (t == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (eng_buf_append(&resp->body, s, n) != 0)
+      return "out of memory";
+    if (!resp->content_type[0])
+      strcpy(resp->content_type, "text/plain; charset=utf-8");
+    return NULL;
+  }
+  const char *why = NULL;
+  if (eng_json_encode(L, idx, &resp->body, &why) != 0)
+    return why ? why : "cannot encode the body as JSON";
+  if (!resp->content_type[0])
+    strcpy(resp->content_type, "application/json");
+  return NULL;
+}
+
+/* After any script call: statements reset, no transaction left open. */
+static void after_call(eng_runtime *rt) {
+  if (rt->db && eng_db_after_request(rt->db) == 1)
+    eng_log(ENG_LOG_WARN, "request %s: handler left a transaction open: rolled back",
+            rt->request_id ? rt->request_id : "-");
+}
+
+/* Logs that the glue of a request failed (the error object is on L's top). */
+static void log_glue_error(lua_State *L, const char *what, const char *request_id) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)";
+  char line[512];
+  int n = snprintf(line, sizeof line, "%s: %s", what, msg);
+  eng_log_msg(ENG_LOG_ERROR, request_id, line, n < 0 ? 0 : (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+/* ---- the error hook (route.on_error) -------------------------------------------------------- */
+
+typedef struct hook_call {
+  eng_runtime *rt;
+  int status;
+  const char *code, *message, *request_id;
+  eng_response *resp;
+  run run;
+} hook_call;
+
+/* The error hook's call and the reading of its answer; under eng_lua_protect. */
+static int error_hook_p(lua_State *L) {
+  hook_call *h = lua_touserdata(L, 1);
+  eng_runtime *rt = h->rt;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->error_hook);
+  lua_pushinteger(L, h->status);
+  lua_pushstring(L, h->code);
+  lua_pushstring(L, h->message);
+  lua_pushstring(L, h->request_id);
+  run_budgeted(rt, L, 4, &h->run);
+  if (h->run.st != LUA_OK) {
+    push_error_text(L, &h->run);
+    eng_log(ENG_LOG_ERROR, "error hook failed: %s", lua_tostring(L, -1));
+    lua_resetthread(h->run.co);
+    run_release(rt, &h->run);
+    default_error_body(h->status, h->code, h->message, h->request_id, h->resp);
+    return 0;
+  }
+  take_results(rt, L, &h->run, 2);
+  int base = lua_gettop(L) - 2;
+  const char *why = take_headers(L, base + 2, h->resp);
+  if (why == NULL)
+    why = take_body(L, base + 1, h->resp);
+  if (why == NULL) {
+    if (!h->resp->content_type[0])
+      strcpy(h->resp->content_type, "application/json");
+  } else {
+    eng_log(ENG_LOG_ERROR, "error hook returned a bad answer: %s", why);
+    default_error_body(h->status, h->code, h->message, h->request_id, h->resp);
+  }
+  return 0;
+}
+
+void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
+                          const char *request_id, eng_response *resp) {
+  resp->status = status;
+  eng_buf_reset(&resp->body);
+  resp->content_type[0] = '\0';
+  if (rt->error_hook == LUA_NOREF) {
+    default_error_body(status, code, message, request_id, resp);
+    return;
+  }
+  int top = lua_gettop(L);
+  const char *saved = rt->request_id;
+  rt->request_id = request_id;
+  hook_call h = {.rt = rt, .status = status, .code = code, .message = message, .request_id = request_id,
+                 .resp = resp};
+  if (eng_lua_protect(L, error_hook_p, &h, 0) != LUA_OK) {
+    log_glue_error(L, "error hook", request_id);
+    run_abandon(rt, &h.run);
+    default_error_body(status, code, message, request_id, resp);
+  }
+  after_call(rt);
+  rt->request_id = saved;
+  lua_settop(L, top);
+}
+
+void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char *message, const char *request_id,
+                       eng_response *resp) {
+  eng_runtime_error_in(rt, rt->L, status, code, message, request_id, resp);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+typedef struct call {
+  eng_runtime *rt;
+  eng_live_request lr; /* req, route match, peer, request id */
+  eng_response *resp;
+  run run;
+} call;
+
+/* Logs a failed script call and answers 500 or 503. */
+static void script_failed(eng_runtime *rt, lua_State *L, run *r, const char *request_id, eng_response *resp) {
+  int blown = rt->budget_blown || rt->mem_blown;
+  push_error_text(L, r);
+  size_t len;
+  const char *text = lua_tolstring(L, -1, &len);
+  eng_log_msg(ENG_LOG_ERROR, request_id, text, len);
+  lua_pop(L, 1);
+  lua_resetthread(r->co);
+  run_release(rt, r);
+  eng_buf_reset(&resp->headers);
+  resp->content_type[0] = '\0';
+  if (blown) {
+    if (rt->mem_blown)
+      lua_gc(L, LUA_GCCOLLECT);
+    eng_runtime_error_in(rt, L, 503, "budget_exceeded", rt->mem_blown ? "script memory budget exceeded"
+                                                                : "script time budget exceeded", request_id, resp);
+  } else {
+    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", request_id, resp);
+  }
+}
+
+/* The handler's call and the reading of its answer; under eng_lua_protect. */
+static int handle_p(lua_State *L) {
+  call *c = lua_touserdata(L, 1);
+  eng_runtime *rt = c->rt;
+  const eng_live_request *lr = &c->lr;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lr->m->handler);
+  eng_lua_request_push(rt, L, &c->lr);
+  run_budgeted(rt, L, 1, &c->run);
+  if (c->run.st != LUA_OK) {
+    script_failed(rt, L, &c->run, lr->request_id, c->resp);
+    return 0;
+  }
+  take_results(rt, L, &c->run, 3);
+  int base = lua_gettop(L) - 3;
+  const char *why = NULL;
+  int isnum = 0;
+  lua_Integer status = lua_type(L, base + 1) == LUA_TNUMBER ? lua_tointegerx(L, base + 1, &isnum) : 0;
+  if (!isnum || status < 100 || status > 599)
+    why = "handler must return an HTTP status (integer 100..599) first";
+  else if ((why = take_headers(L, base + 3, c->resp)) == NULL)
+    why = take_body(L, base + 2, c->resp);
+  if (why) {
+    char msg[256];
+    int n = snprintf(msg, sizeof msg, "%s %s: %s", lr->req->method, lr->m->pattern, why);
+    eng_log_msg(ENG_LOG_ERROR, lr->request_id, msg, n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    eng_buf_reset(&c->resp->headers);
+    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", lr->request_id, c->resp);
+  } else {
+    c->resp->status = (int)status;
+    if (!c->resp->content_type[0])
+      strcpy(c->resp->content_type, "application/json");
+  }
+  return 0;
+}
+
+/* handle_p raised (a memory error in the glue, error object on L's top): drop what it left
+ * half done and answer 503 when the memory budget was blown, 500 otherwise. */
+static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
+  log_glue_error(L, "request", c->lr.request_id);
+  lua_pop(L, 1);
+  run_abandon(rt, &c->run);
+  eng_buf_reset(&c->resp->headers);
+  c->resp->content_type[0] = '\0';
+  if (rt->mem_blown) {
+    lua_gc(L, LUA_GCCOLLECT);
+    eng_runtime_error_in(rt, L, 503, "budget_exceeded", "script memory budget exceeded", c->lr.request_id, c->resp);
+  } else {
+    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", c->lr.request_id, c->resp);
+  }
+}
+
+void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
+                           const char *request_id, eng_response *resp) {
+  int top = lua_gettop(L);
+  int method = eng_router_method(req->method, strlen(req->method));
+  eng_route_match m;
+  char small[512];
+  char *scratch = req->path_len < sizeof small ? small : malloc(req->path_len + 1);
+  if (scratch == NULL) {
+    eng_runtime_error_in(rt, L, 500, "internal_error", "out of memory", request_id, resp);
+    return;
+  }
+  eng_router_match(rt->router, method, req->url.data, req->path_len, scratch, &m);
+  if (m.status == 404) {
+    eng_runtime_error_in(rt, L, 404, "not_found", "no route for this path", request_id, resp);
+    goto done;
+  }
+  if (m.status == 405) {
+    char allow[96];
+    eng_router_allow_string(m.allow, allow, sizeof allow);
+    eng_buf_appendf(&resp->headers, "Allow: %s\r\n", allow);
+    eng_runtime_error_in(rt, L, 405, "method_not_allowed", "method not allowed for this path", request_id, resp);
+    goto done;
+  }
+  rt->request_id = request_id;
+  rt->budget_blown = rt->mem_blown = 0; /* so a failure before the handler runs reads today's flags */
+  call c = {.rt = rt, .lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id}, .resp = resp};
+  if (eng_lua_protect(L, handle_p, &c, 0) != LUA_OK)
+    handle_failed(rt, L, &c);
+  if (rt->live == &c.lr)
+    rt->live = c.lr.prev;
+  after_call(rt);
+  rt->request_id = NULL;
+  lua_settop(L, top);
+done:
+  if (scratch != small)
+    free(scratch);
+}
+
+void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
+                        eng_response *resp) {
+  eng_runtime_handle_in(rt, rt->L, req, peer, request_id, resp);
+}
+
 /* ---- state ----------------------------------------------------------------------------------- */
+
+typedef struct init_ctx {
+  eng_runtime *rt;
+  const eng_runtime_options *opt;
+} init_ctx;
+
+/* Everything state creation does on the new state; under eng_lua_protect. */
+static int init_p(lua_State *L) {
+  const init_ctx *c = lua_touserdata(L, 1);
+  const eng_runtime_options *opt = c->opt;
+  luaL_openlibs(L);
+  eng_lua_modules_preload(L);
+  eng_lua_load_sandbox(L, opt->test_mode);
+  eng_lua_db_attach(L, NULL); /* the registry slot exists from here on: later attaches do not allocate */
+  eng_lua_request_init(c->rt, L);
+  eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
+  if (!opt->test_mode)
+    eng_lua_load_lock_globals(L);
+  if (opt->db)
+    eng_runtime_set_db(c->rt, opt->db);
+  return 0;
+}
 
 int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **err) {
   *err = NULL;
   eng_runtime *rt = calloc(1, sizeof *rt);
-  if (rt == NULL) {
-    *err = strdup("out of memory");
-    return ENG_ENOMEM;
-  }
+  if (rt == NULL)
+    return eng_errorf(err, ENG_ENOMEM, "out of memory");
   rt->budget_ms = opt->budget_ms > 0 ? opt->budget_ms : 1000;
   rt->mem_limit = opt->memory_limit ? opt->memory_limit : (size_t)256 << 20;
   rt->error_hook = LUA_NOREF;
   rt->co_ref = LUA_NOREF;
   int rc = 0;
   lua_State *L = rt->L = lua_newstate(l_alloc, rt);
-  if (L == NULL || eng_router_new(&rt->router) != 0) {
-    *err = strdup("out of memory");
-    rc = ENG_ENOMEM;
+  if (L == NULL || eng_router_new(&rt->router) != 0 ||
+      (opt->scripts_dir && (rt->scripts_dir = strdup(opt->scripts_dir)) == NULL)) {
+    rc = eng_errorf(err, ENG_ENOMEM, "out of memory");
     goto fail;
   }
   *(eng_runtime **)lua_getextraspace(L) = rt;
+  lua_atpanic(L, panic);
   lua_gc(L, LUA_GCGEN, 0, 0);
-  luaL_openlibs(L);
-  eng_lua_modules_preload(L);
-  if (opt->scripts_dir)
-    rt->scripts_dir = strdup(opt->scripts_dir);
-  eng_lua_load_sandbox(L, opt->test_mode);
-  eng_lua_db_attach(L, NULL);
-
-  eng_lua_request_init(rt, L);
-
-  eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
-  if (!opt->test_mode)
-    eng_lua_load_lock_globals(L);
-  if (opt->db)
-    eng_runtime_set_db(rt, opt->db);
+  init_ctx ic = {.rt = rt, .opt = opt};
+  int st = eng_lua_protect(L, init_p, &ic, 0);
+  if (st != LUA_OK) {
+    rc = eng_errorf(err, st == LUA_ERRMEM ? ENG_ENOMEM : ENG_ELUA, "cannot set up the Lua state: %s",
+                    lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
+    goto fail;
+  }
   if (opt->scripts_dir && (rc = eng_runtime_load_scripts(rt, opt->scripts_dir, err)) != 0)
     goto fail;
   *out = rt;
@@ -199,215 +555,3 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 }
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
-
-/* Copies a handler's headers table (at idx on co) into resp; NULL or a message. */
-static const char *take_headers(lua_State *co, int idx, eng_response *resp) {
-  if (lua_isnoneornil(co, idx))
-    return NULL;
-  if (!lua_istable(co, idx))
-    return "headers must be a table";
-  lua_pushnil(co);
-  while (lua_next(co, idx)) {
-    size_t kn, vn;
-    if (lua_type(co, -2) != LUA_TSTRING || (lua_type(co, -1) != LUA_TSTRING && lua_type(co, -1) != LUA_TNUMBER)) {
-      lua_pop(co, 2);
-      return "header names and values must be strings";
-    }
-    const char *k = lua_tolstring(co, -2, &kn);
-    lua_pushvalue(co, -1);
-    const char *v = lua_tolstring(co, -1, &vn);
-    const char *why = NULL;
-    if (eng_response_add_header(resp, k, kn, v, vn, &why) != 0) {
-      lua_pop(co, 3);
-      return why;
-    }
-    lua_pop(co, 2);
-  }
-  return NULL;
-}
-
-static void json_str(eng_buf *b, const char *s) { eng_json_escape(b, s, strlen(s), ENG_JSON_REPLACE); }
-
-static void default_error_body(int status, const char *code, const char *message, const char *request_id,
-                               eng_response *resp) {
-  resp->status = status;
-  eng_buf_reset(&resp->body);
-  strcpy(resp->content_type, "application/json");
-  eng_buf_append_str(&resp->body, "{\"error\":{\"code\":");
-  json_str(&resp->body, code);
-  eng_buf_append_str(&resp->body, ",\"message\":");
-  json_str(&resp->body, message);
-  eng_buf_append_str(&resp->body, "},\"request_id\":");
-  json_str(&resp->body, request_id);
-  eng_buf_append_char(&resp->body, '}');
-}
-
-/* Fills resp->body from the value at idx on co (table -> JSON, string -> bytes). NULL or a message. */
-static const char *take_body(lua_State *co, int idx, eng_response *resp) {
-  int t = lua_type(co, idx);
-  if (t == LUA_TNONE || t == LUA_TNIL)
-    return NULL;
-  if (t == LUA_TSTRING) {
-    size_t n;
-    const char *s = lua_tolstring(co, idx, &n);
-    if (eng_buf_append(&resp->body, s, n) != 0)
-      return "out of memory";
-    if (!resp->content_type[0])
-      strcpy(resp->content_type, "text/plain; charset=utf-8");
-    return NULL;
-  }
-  const char *why = NULL;
-  if (eng_json_encode(co, idx, &resp->body, &why) != 0)
-    return why ? why : "cannot encode the body as JSON";
-  if (!resp->content_type[0])
-    strcpy(resp->content_type, "application/json");
-  return NULL;
-}
-
-/* After any script call: statements reset, no transaction left open. */
-static void after_call(eng_runtime *rt) {
-  if (rt->db && eng_db_after_request(rt->db) == 1)
-    eng_log(ENG_LOG_WARN, "request %s: handler left a transaction open: rolled back",
-            rt->request_id ? rt->request_id : "-");
-}
-
-/* Logs a failed script call and answers 500 or 503. */
-static void script_failed(eng_runtime *rt, lua_State *L, lua_State *co, int st, const char *request_id,
-                          eng_response *resp) {
-  int blown = rt->budget_blown || rt->mem_blown;
-  push_error_text(L, co);
-  size_t len;
-  const char *text = lua_tolstring(L, -1, &len);
-  eng_log_msg(ENG_LOG_ERROR, request_id, text, len);
-  lua_pop(L, 1);
-  lua_resetthread(co);
-  run_release(rt, co, st);
-  eng_buf_reset(&resp->headers);
-  resp->content_type[0] = '\0';
-  if (blown) {
-    if (rt->mem_blown)
-      lua_gc(L, LUA_GCCOLLECT);
-    eng_runtime_error_in(rt, L, 503, "budget_exceeded", rt->mem_blown ? "script memory budget exceeded"
-                                                                : "script time budget exceeded", request_id, resp);
-  } else {
-    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", request_id, resp);
-  }
-}
-
-void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
-                          const char *request_id, eng_response *resp) {
-  resp->status = status;
-  eng_buf_reset(&resp->body);
-  resp->content_type[0] = '\0';
-  if (rt->error_hook == LUA_NOREF) {
-    default_error_body(status, code, message, request_id, resp);
-    return;
-  }
-  int top = lua_gettop(L);
-  const char *saved = rt->request_id;
-  rt->request_id = request_id;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->error_hook);
-  lua_pushinteger(L, status);
-  lua_pushstring(L, code);
-  lua_pushstring(L, message);
-  lua_pushstring(L, request_id);
-  lua_State *co;
-  int nres = 0;
-  int st = run_budgeted(rt, L, 4, &co, &nres);
-  const char *why = NULL;
-  if (st != LUA_OK) {
-    push_error_text(L, co);
-    eng_log(ENG_LOG_ERROR, "error hook failed: %s", lua_tostring(L, -1));
-    lua_resetthread(co);
-    run_release(rt, co, st);
-    default_error_body(status, code, message, request_id, resp);
-  } else {
-    int base = lua_gettop(co) - nres;
-    if ((why = take_headers(co, base + 2, resp)) == NULL)
-      why = take_body(co, base + 1, resp);
-    run_release(rt, co, st);
-    if (why == NULL) {
-      if (!resp->content_type[0])
-        strcpy(resp->content_type, "application/json");
-    } else {
-      eng_log(ENG_LOG_ERROR, "error hook returned a bad answer: %s", why);
-      default_error_body(status, code, message, request_id, resp);
-    }
-  }
-  after_call(rt);
-  rt->request_id = saved;
-  lua_settop(L, top);
-}
-
-void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
-                           const char *request_id, eng_response *resp) {
-  int top = lua_gettop(L);
-  int method = eng_router_method(req->method, strlen(req->method));
-  eng_route_match m;
-  char small[512];
-  char *scratch = req->path_len < sizeof small ? small : malloc(req->path_len + 1);
-  if (scratch == NULL) {
-    eng_runtime_error_in(rt, L, 500, "internal_error", "out of memory", request_id, resp);
-    return;
-  }
-  eng_router_match(rt->router, method, req->url.data, req->path_len, scratch, &m);
-  if (m.status == 404) {
-    eng_runtime_error_in(rt, L, 404, "not_found", "no route for this path", request_id, resp);
-    goto done;
-  }
-  if (m.status == 405) {
-    char allow[96];
-    eng_router_allow_string(m.allow, allow, sizeof allow);
-    eng_buf_appendf(&resp->headers, "Allow: %s\r\n", allow);
-    eng_runtime_error_in(rt, L, 405, "method_not_allowed", "method not allowed for this path", request_id, resp);
-    goto done;
-  }
-  rt->request_id = request_id;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, m.handler);
-  eng_live_request lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id};
-  eng_lua_request_push(rt, L, &lr);
-  lua_State *co;
-  int nres = 0;
-  int st = run_budgeted(rt, L, 1, &co, &nres);
-  if (st != LUA_OK) {
-    script_failed(rt, L, co, st, request_id, resp);
-  } else {
-    int base = lua_gettop(co) - nres;
-    const char *why = NULL;
-    int isnum = 0;
-    lua_Integer status = nres >= 1 && lua_type(co, base + 1) == LUA_TNUMBER ? lua_tointegerx(co, base + 1, &isnum) : 0;
-    if (!isnum || status < 100 || status > 599)
-      why = "handler must return an HTTP status (integer 100..599) first";
-    else if ((why = take_headers(co, base + 3, resp)) == NULL)
-      why = take_body(co, base + 2, resp);
-    run_release(rt, co, st);
-    if (why) {
-      char msg[256];
-      int n = snprintf(msg, sizeof msg, "%s %s: %s", req->method, m.pattern, why);
-      eng_log_msg(ENG_LOG_ERROR, request_id, msg, n > 0 ? (size_t)n : 0);
-      eng_buf_reset(&resp->headers);
-      eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", request_id, resp);
-    } else {
-      resp->status = (int)status;
-      if (!resp->content_type[0])
-        strcpy(resp->content_type, "application/json");
-    }
-  }
-  rt->live = lr.prev;
-  after_call(rt);
-  rt->request_id = NULL;
-  lua_settop(L, top);
-done:
-  if (scratch != small)
-    free(scratch);
-}
-
-void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char *message, const char *request_id,
-                       eng_response *resp) {
-  eng_runtime_error_in(rt, rt->L, status, code, message, request_id, resp);
-}
-
-void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
-                        eng_response *resp) {
-  eng_runtime_handle_in(rt, rt->L, req, peer, request_id, resp);
-}

@@ -1,9 +1,10 @@
 /* lua_runtime.h - one Lua state per worker: scripts, routes, budgets, dispatch.
  *
  * The runtime owns its lua_State and its router. It is not thread-safe: each
- * worker thread has its own. Every call into Lua is protected; a script error
- * or a blown budget becomes a 500 / 503 response and a log line with the
- * traceback and request id, never a crash. */
+ * worker thread has its own. Every call into Lua is protected, and so is the C
+ * glue around those calls: a script error, a blown budget or a memory error
+ * becomes a 500 / 503 response and a log line with the traceback and request
+ * id, never a crash. The files behind it: lua_runtime_int.h. */
 #ifndef ENG_LUA_RUNTIME_H
 #define ENG_LUA_RUNTIME_H
 
@@ -29,12 +30,16 @@ typedef struct eng_runtime_options {
 
 /* Creates the state, opens the engine modules and, when scripts_dir is set,
  * loads every scripts_dir/ *.lua file in name order. A load or runtime error in
- * a script fails with ENG_ELUA and *err = a malloc'd message naming file:line. */
+ * a script fails with ENG_ELUA and *err = a malloc'd message naming file:line;
+ * a state that cannot be built (memory) with ENG_ENOMEM and a message. opt and
+ * what it points to are borrowed for the call (opt->db: until detached). */
 int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **err);
 void eng_runtime_free(eng_runtime *rt);
 
+/* The runtime's main Lua state (owned by the runtime). */
 lua_State *eng_runtime_lua(eng_runtime *rt);
-/* The connection engine.db uses (borrowed; NULL detaches). */
+/* The connection engine.db uses (borrowed; NULL detaches). Does not allocate on the
+ * state, so it may be called between protected calls. */
 void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
 
 /* Loads the route scripts of dirs (as eng_runtime_new does), replacing the routes
@@ -45,7 +50,8 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
  * first. ENG_ELUA (or ENG_EINVAL, ENG_ETOOBIG) with a malloc'd *err on failure. */
 int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err);
 
-/* Routes and runs one request. Always fills resp (errors become responses). */
+/* Routes and runs one request. Always fills resp (errors become responses); resp must
+ * be empty or reset (eng_response_reset). req, peer and request_id are borrowed. */
 void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
                         eng_response *resp);
 

@@ -52,6 +52,17 @@ struct eng_runtime {
 /* The runtime of a Lua state created by eng_runtime_new (any of its threads). */
 static inline eng_runtime *eng_rt(lua_State *L) { return *(eng_runtime **)lua_getextraspace(L); }
 
+/* Runs fn(L) with ud as its one argument (a light userdata) under lua_pcall, like lua.c's
+ * pmain: the C glue between calls into Lua allocates on the state too, and a memory error
+ * there must become an answer or a start-up error, not a panic. Leaves nresults results,
+ * or the error object, on L's top; returns the lua_pcall status. Needs two free stack
+ * slots (any C function called by Lua has them). */
+static inline int eng_lua_protect(lua_State *L, lua_CFunction fn, void *ud, int nresults) {
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, ud);
+  return lua_pcall(L, 1, nresults, 0);
+}
+
 /* ---- lua_load.c ---- */
 
 /* Makes load() text-only, puts the scripts searcher into package.searchers and, unless

@@ -1,8 +1,9 @@
-# Core unit tests: router, HTTP parser glue and its limits, config.
+# Core unit tests: router, HTTP parser glue and its limits, config; the runtime's protected glue.
 eng_add_unit_test(test_router ${CMAKE_SOURCE_DIR}/tests/c/test_router.c ${CMAKE_SOURCE_DIR}/engine/router.c)
 eng_add_unit_test(test_http ${CMAKE_SOURCE_DIR}/tests/c/test_http.c ${CMAKE_SOURCE_DIR}/engine/http.c)
 eng_add_unit_test(test_config ${CMAKE_SOURCE_DIR}/tests/c/test_config.c ${CMAKE_SOURCE_DIR}/engine/config.c
                   ${CMAKE_SOURCE_DIR}/engine/http.c ${CMAKE_SOURCE_DIR}/engine/lua_config.c)
+eng_add_c_test(test_runtime ${CMAKE_SOURCE_DIR}/tests/c/test_runtime.c)
 
 # libFuzzer targets for the HTTP glue and the router; opt-in, Clang only (see ./dev fuzz).
 if(CMAKE_C_COMPILER_ID STREQUAL "Clang" AND APIENGINE_FUZZ)
