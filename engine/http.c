@@ -409,7 +409,8 @@ int eng_http_header_value_ok(const char *s, size_t n) {
 }
 
 int eng_http_header_reserved(const char *s, size_t n) {
-  static const char *const names[] = {"content-length", "transfer-encoding", "connection", "date", "x-request-id", NULL};
+  static const char *const names[] = {"content-length", "transfer-encoding", "connection", "date",
+                                      "x-request-id", NULL};
   for (int i = 0; names[i]; i++)
     if (strlen(names[i]) == n && strncasecmp(names[i], s, n) == 0)
       return 1;

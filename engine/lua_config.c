@@ -1,10 +1,11 @@
 /* lua_config.c - the Lua module "engine.config" and the packed form of the settings
  * (see lua_config.h).
  *
- * Why a format of its own rather than JSON: settings are whatever data the config file
- * builds, and JSON would change some of it on the way (integer-valued floats stay floats
- * here, strings need not be UTF-8, tables may mix keys or have non-string ones, a table
- * used twice stays one table, arrays get no JSON metatable). The packed form keeps it all:
+ * Why not JSON text: settings are whatever data the config file builds, and engine.json
+ * would refuse some of it (strings that are not UTF-8, NaN, tables with mixed, sparse or
+ * non-string keys, cycles) or change it (a table used twice would come back as two, arrays
+ * would come back with the JSON array metatable). The packed form brings it all back as it
+ * was:
  *
  *   value = 's' <u64 length> <bytes>      a string
  *         | 'i' <int64> | 'f' <double>    an integer / a float (host byte order: the bytes

@@ -216,12 +216,8 @@ static int cmp_script(const void *a, const void *b) {
  * (from an earlier directory) keeps its place and takes this path. */
 static int list_scripts(const char *dir, script **list, size_t *n, char **err) {
   DIR *d = opendir(dir);
-  if (d == NULL) {
-    char tmp[512];
-    snprintf(tmp, sizeof tmp, "cannot open scripts directory '%s'", dir);
-    *err = strdup(tmp);
-    return ENG_ELUA;
-  }
+  if (d == NULL)
+    return eng_errorf(err, ENG_ELUA, "cannot open scripts directory '%s'", dir);
   size_t first_new = *n;
   int rc = 0;
   struct dirent *e;
@@ -245,8 +241,7 @@ static int list_scripts(const char *dir, script **list, size_t *n, char **err) {
       continue;
     }
     if (*n == ENG_MAX_SCRIPTS) {
-      *err = strdup("too many scripts");
-      rc = ENG_ETOOBIG;
+      rc = eng_errorf(err, ENG_ETOOBIG, "too many scripts");
       break;
     }
     script *grown = realloc(*list, (*n + 1) * sizeof **list);
@@ -263,7 +258,7 @@ static int list_scripts(const char *dir, script **list, size_t *n, char **err) {
   }
   closedir(d);
   if (rc == ENG_ENOMEM && *err == NULL)
-    *err = strdup("out of memory");
+    eng_errorf(err, rc, "out of memory");
   if (rc == 0)
     qsort(*list + first_new, *n - first_new, sizeof **list, cmp_script);
   return rc;
@@ -277,16 +272,13 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
   eng_dirs dl;
   *err = NULL;
 
-  if (eng_dirs_split(&dl, dirs) != 0) {
-    *err = strdup("the scripts setting must name 1 to 16 directories separated by ':'");
-    return ENG_EINVAL;
-  }
+  if (eng_dirs_split(&dl, dirs) != 0)
+    return eng_errorf(err, ENG_EINVAL, "the scripts setting must name 1 to %d directories separated by ':'",
+                      ENG_DIRS_MAX);
   /* Fresh router: drop the old routes and their references. */
   eng_router *fresh;
-  if (eng_router_new(&fresh) != 0) {
-    *err = strdup("out of memory");
-    return ENG_ENOMEM;
-  }
+  if (eng_router_new(&fresh) != 0)
+    return eng_errorf(err, ENG_ENOMEM, "out of memory");
   if (rt->router) {
     eng_router_each_handler(rt->router, unref_handler, L);
     eng_router_free(rt->router);
@@ -305,8 +297,7 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
   for (size_t i = 0; rc == 0 && i < n; i++) {
     lua_pushcfunction(L, msgh);
     if (eng_lua_protect(L, load_p, list[i].path, 1) != LUA_OK || lua_pcall(L, 0, 0, -2) != LUA_OK) {
-      *err = strdup(lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "script error");
-      rc = ENG_ELUA;
+      rc = eng_errorf(err, ENG_ELUA, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "script error");
       lua_pop(L, 2);
       break;
     }
@@ -323,8 +314,7 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
     char scratch[16];
     eng_router_match(rt->router, ENG_M_GET, "/healthz", 8, scratch, &m);
     if (m.status == 404 && eng_lua_protect(L, add_healthz_p, rt, 0) != LUA_OK) {
-      *err = strdup("out of memory");
-      rc = ENG_ENOMEM;
+      rc = eng_errorf(err, ENG_ENOMEM, "out of memory");
       lua_pop(L, 1);
     }
   }

@@ -153,6 +153,8 @@ static int req_index(lua_State *L) {
   return 1;
 }
 
+/* Pushes the request table of lr->req and makes lr the innermost live request
+ * (the caller unlinks it when the handler is done). */
 void eng_lua_request_push(eng_runtime *rt, lua_State *L, eng_live_request *lr) {
   lua_createtable(L, 0, 4); /* method, path and two lazy fields before the first rehash */
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->key_method);

@@ -19,7 +19,6 @@
 #include "db.h"
 #include "error.h"
 #include "log.h"
-#include "lua_common.h"
 #include "lua_config.h"
 #include "lua_db.h"
 #include "lua_json.h"

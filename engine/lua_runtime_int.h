@@ -1,6 +1,6 @@
 /* lua_runtime_int.h - internal to the Lua layer: the eng_runtime struct and the functions
- * its files call in each other. Only engine/lua_*.c (and white-box tests) include it;
- * everything else uses lua_runtime.h.
+ * its files call in each other. Only engine/lua_*.c and the white-box tests/c/test_runtime.c
+ * include it; everything else uses lua_runtime.h.
  *
  *   lua_runtime.c  state creation, budgets (allocator, count hook, budgeted runs), dispatch,
  *                  the error hook
@@ -9,8 +9,8 @@
  *   lua_route.c    engine.route      lua_log.c  engine.log      lua_config.c  engine.config
  *   lua_modules.c  the table of engine modules registered in package.preload
  *
- * Every function here that touches a lua_State may raise (memory errors at least): call it
- * from Lua or under lua_pcall, never between protected calls. */
+ * Every function declared below but eng_rt and eng_lua_protect may raise (memory errors at
+ * least): call it from Lua or under eng_lua_protect, never between protected calls. */
 #ifndef ENG_LUA_RUNTIME_INT_H
 #define ENG_LUA_RUNTIME_INT_H
 

@@ -57,7 +57,8 @@ static void test_settings_are_rebuilt_exactly(void) {
                         "cyc.self = cyc\n"
                         "return { workers = 2, settings = {\n"
                         "  a = shared, b = shared, cyc = cyc, n = 3, f = 1.0, big = 9007199254740993,\n"
-                        "  s = 'h\\0\\255', list = { 1, 2, 'x' }, mixed = { 1, 2, k = 'v', [2.5] = true, [true] = 'b' },\n"
+                        "  s = 'h\\0\\255', list = { 1, 2, 'x' },\n"
+                        "  mixed = { 1, 2, k = 'v', [2.5] = true, [true] = 'b' },\n"
                         "  yes = true, no = false, nan = 0/0, neg0 = -0.0, empty = {},\n"
                         "  plans = { standard = { max_apps = 5 } } } }\n",
                         &err),
