@@ -10,7 +10,8 @@ eng_add_unit_test(test_config ${CMAKE_SOURCE_DIR}/tests/c/test_config.c ${CMAKE_
                   ${CMAKE_SOURCE_DIR}/engine/http.c ${CMAKE_SOURCE_DIR}/engine/lua_config.c)
 eng_add_c_test(test_runtime ${CMAKE_SOURCE_DIR}/tests/c/test_runtime.c)
 
-# libFuzzer targets for the HTTP glue and the router; opt-in, Clang only (see ./dev fuzz).
+# libFuzzer targets for the HTTP layer's parsers (requests, query strings, forms, header checks) and the
+# router; opt-in, Clang only (see ./dev fuzz).
 if(CMAKE_C_COMPILER_ID STREQUAL "Clang" AND APIENGINE_FUZZ)
   foreach(t http router)
     add_executable(fuzz_${t} ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_${t}.c ${CMAKE_SOURCE_DIR}/engine/${t}.c
