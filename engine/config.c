@@ -1,6 +1,7 @@
 /* config.c - settings from defaults, file, environment, flags (see config.h). */
 #include "config.h"
 #include "error.h"
+#include "lua_config.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -8,7 +9,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,16 +95,8 @@ void eng_config_free(eng_config *c) {
     free(c->key);
   }
   free(c->synchronous);
+  eng_buf_free(&c->settings);
   memset(c, 0, sizeof *c);
-}
-
-static char *fmt_err(const char *fmt, ...) {
-  char tmp[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  return strdup(tmp);
 }
 
 static int parse_long(const char *s, long *out) {
@@ -138,11 +130,9 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
   case T_INT:
   case T_SIZE:
   case T_MB:
-    if (parse_long(val, &n) != 0 || n < o->min || n > o->max) {
-      *err = fmt_err("%s: %s must be an integer from %ld to %ld, got '%s'", src, o->key ? o->key : o->flag, o->min,
-                     o->max, val);
-      return ENG_ECONFIG;
-    }
+    if (parse_long(val, &n) != 0 || n < o->min || n > o->max)
+      return eng_errorf(err, ENG_ECONFIG, "%s: %s must be an integer from %ld to %ld, got '%s'", src,
+                        o->key ? o->key : o->flag, o->min, o->max, val);
     if (o->type == T_INT)
       *(int *)(base + o->offset) = (int)n;
     else if (o->type == T_SIZE)
@@ -199,42 +189,45 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
 bad:
   /* Never echo the key. */
   if (o->offset == OFF(key) && o->type == T_STR)
-    *err = fmt_err("%s: invalid key", src);
-  else
-    *err = fmt_err("%s: invalid value '%s' for %s", src, val, o->flag ? o->flag : o->key);
-  return ENG_ECONFIG;
+    return eng_errorf(err, ENG_ECONFIG, "%s: invalid key", src);
+  return eng_errorf(err, ENG_ECONFIG, "%s: invalid value '%s' for %s", src, val, o->flag ? o->flag : o->key);
 }
 
-static int load_file(eng_config *c, const char *path, char **err) {
+typedef struct file_ctx {
+  eng_config *c;
+  const char *path;
+  char **err;
+  int rc;
+} file_ctx;
+
+/* The config file's Lua work, run under lua_pcall (load_file) so that a memory error in it
+ * is a start-up error, not a panic: evaluate the file, apply its settings of the engine,
+ * pack its `settings` table for the workers' states. Failures set f->rc and *f->err. */
+static int load_file_p(lua_State *L) {
+  file_ctx *f = lua_touserdata(L, 1);
+  eng_config *c = f->c;
+  const char *path = f->path;
+  char **err = f->err;
   int rc = 0;
-  lua_State *L = luaL_newstate();
-  if (L == NULL) {
-    *err = strdup("out of memory");
-    return ENG_ENOMEM;
-  }
   /* Text only, no globals: the file is data. */
   if (luaL_loadfilex(L, path, "t") != LUA_OK) {
-    *err = fmt_err("config file: %s", lua_tostring(L, -1));
-    rc = ENG_ECONFIG;
+    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
     goto done;
   }
   lua_newtable(L);
   lua_setupvalue(L, -2, 1); /* _ENV = {} */
   if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    *err = fmt_err("config file: %s", lua_tostring(L, -1));
-    rc = ENG_ECONFIG;
+    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
     goto done;
   }
   if (!lua_istable(L, -1)) {
-    *err = fmt_err("config file %s must return a table", path);
-    rc = ENG_ECONFIG;
+    rc = eng_errorf(err, ENG_ECONFIG, "config file %s must return a table", path);
     goto done;
   }
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     if (lua_type(L, -2) != LUA_TSTRING) {
-      *err = fmt_err("config file %s: keys must be strings", path);
-      rc = ENG_ECONFIG;
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: keys must be strings", path);
       goto done;
     }
     const char *k = lua_tostring(L, -2);
@@ -247,8 +240,7 @@ static int load_file(eng_config *c, const char *path, char **err) {
       if (opts[i].key && strcmp(opts[i].key, k) == 0)
         o = &opts[i];
     if (o == NULL) {
-      *err = fmt_err("config file %s: unknown setting '%s'", path, k);
-      rc = ENG_ECONFIG;
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: unknown setting '%s'", path, k);
       goto done;
     }
     int t = lua_type(L, -1);
@@ -259,16 +251,39 @@ static int load_file(eng_config *c, const char *path, char **err) {
     } else if (t == LUA_TNUMBER || t == LUA_TSTRING) {
       rc = apply(c, o, lua_tostring(L, -1), src, err);
     } else {
-      *err = fmt_err("config file %s: '%s' must be a string or number", path, k);
-      rc = ENG_ECONFIG;
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: '%s' must be a string or number", path, k);
     }
     if (rc)
       goto done;
     lua_pop(L, 1);
   }
+  /* Scripts read `settings` through engine.config; a value that is not a table means none. */
+  eng_buf_reset(&c->settings);
+  lua_getfield(L, -1, "settings");
+  if (lua_istable(L, -1)) {
+    char *why = NULL;
+    if (eng_lua_config_pack(L, -1, &c->settings, &why) != 0)
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, why ? why : "out of memory");
+    free(why);
+  }
 done:
+  f->rc = rc;
+  return 0;
+}
+
+static int load_file(eng_config *c, const char *path, char **err) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL)
+    return eng_errorf(err, ENG_ENOMEM, "out of memory");
+  file_ctx f = {.c = c, .path = path, .err = err};
+  lua_pushcfunction(L, load_file_p);
+  lua_pushlightuserdata(L, &f);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK && f.rc == 0) { /* raised outside the file's own code */
+    free(*err);
+    f.rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, lua_tostring(L, -1));
+  }
   lua_close(L);
-  return rc;
+  return f.rc;
 }
 
 int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_help, int *want_version, char **err) {
@@ -316,8 +331,7 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
       if (strcmp(a, opts[j].flag) == 0) {
         o = &opts[j];
         if (i + 1 >= argc) {
-          *err = fmt_err("%s needs a value", a);
-          return ENG_ECONFIG;
+          return eng_errorf(err, ENG_ECONFIG, "%s needs a value", a);
         }
         val = argv[++i];
       } else if (strncmp(a, opts[j].flag, fl) == 0 && a[fl] == '=') {
@@ -326,8 +340,7 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
       }
     }
     if (o == NULL) {
-      *err = fmt_err("unknown option '%s' (see --help)", a);
-      return ENG_ECONFIG;
+      return eng_errorf(err, ENG_ECONFIG, "unknown option '%s' (see --help)", a);
     }
     if (o->offset == OFF(config_file) && o->type == T_STR && strcmp(o->flag, "--config") == 0)
       continue; /* already loaded */

@@ -2,12 +2,13 @@
  *
  * Precedence, lowest first: built-in defaults, the config file (a Lua file
  * returning a table, evaluated with no globals but its own), APIENGINE_*
- * environment variables, command-line flags. The config file's `settings`
- * table is not read here: each Lua state evaluates the file itself and hands
- * `settings` to scripts as engine.config. */
+ * environment variables, command-line flags. The config file is evaluated once,
+ * here; its `settings` table (for scripts, engine.config) is packed into
+ * eng_config.settings, which each worker's Lua state rebuilds (lua_config.h). */
 #ifndef ENG_CONFIG_H
 #define ENG_CONFIG_H
 
+#include "buf.h"
 #include "http.h"
 #include "log.h"
 
@@ -45,6 +46,7 @@ typedef struct eng_config {
   int drain_ms;
   int budget_ms;
   size_t memory_limit; /* bytes per worker Lua state */
+  eng_buf settings;    /* the config file's `settings`, packed (lua_config.h); empty: none */
 } eng_config;
 
 /* Fills defaults. */
@@ -53,8 +55,8 @@ void eng_config_free(eng_config *c);
 
 /* Applies, in order, the config file (path from --config / APIENGINE_CONFIG),
  * the environment and the flags in argv[first..argc). Unknown flags, bad
- * values and an unreadable config file are errors: ENG_ECONFIG with a
- * malloc'd *err. *want_help / *want_version are set for --help / --version. */
+ * values, an unreadable config file and settings that are not data (a function)
+ * are errors: ENG_ECONFIG with a malloc'd *err. *want_help / *want_version are set for --help / --version. */
 int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_help, int *want_version, char **err);
 
 /* The usage text for `apiengine serve` options (shared by --help). */

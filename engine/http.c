@@ -6,11 +6,13 @@
  * handler never runs with the parser mid-callback. */
 #include "http.h"
 #include "error.h"
+#include "text.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 /* Request buffers are released whenever a connection goes idle, so an idle keep-alive
@@ -325,6 +327,94 @@ int eng_http_request_id_ok(const char *s, size_t len) {
     if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
       return 0;
   return 1;
+}
+
+/* ---- query strings and forms ---------------------------------------------------------------- */
+
+const char *eng_http_query(const eng_http_request *req, size_t *len) {
+  if (req->path_len < req->url.len && req->url.data[req->path_len] == '?') {
+    *len = req->url.len - req->path_len - 1;
+    return req->url.data + req->path_len + 1;
+  }
+  *len = 0;
+  return NULL;
+}
+
+int eng_http_query_next(const char *q, size_t n, size_t *pos, eng_http_param *out) {
+  size_t i = *pos;
+  while (i < n) {
+    size_t j = i;
+    while (j < n && q[j] != '&' && q[j] != '#')
+      j++;
+    size_t next = j < n && q[j] == '&' ? j + 1 : n; /* a '#' ends the query */
+    if (j > i) {
+      size_t eq = i;
+      while (eq < j && q[eq] != '=')
+        eq++;
+      out->name = q + i;
+      out->name_len = eq - i;
+      out->value = eq < j ? q + eq + 1 : "";
+      out->value_len = eq < j ? j - eq - 1 : 0;
+      *pos = next;
+      return 1;
+    }
+    i = next;
+  }
+  *pos = n;
+  return 0;
+}
+
+size_t eng_http_form_decode(const char *s, size_t n, char *out) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    int hi, lo;
+    if (s[i] == '+') {
+      out[o++] = ' ';
+    } else if (s[i] == '%' && i + 2 < n && (hi = eng_hex_digit((unsigned char)s[i + 1])) >= 0 &&
+               (lo = eng_hex_digit((unsigned char)s[i + 2])) >= 0) {
+      out[o++] = (char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      out[o++] = s[i];
+    }
+  }
+  return o;
+}
+
+/* ---- response headers ----------------------------------------------------------------------- */
+
+/* ASCII only and spelled out: isalnum follows the locale, and strchr(set, c) also finds
+ * the set's terminating NUL, which let a NUL byte through in a name. */
+static int is_tchar(unsigned char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+int eng_http_header_name_ok(const char *s, size_t n) {
+  if (n == 0 || n > ENG_HTTP_HEADER_NAME_MAX)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!is_tchar((unsigned char)s[i]))
+      return 0;
+  return 1;
+}
+
+int eng_http_header_value_ok(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f)
+      return 0;
+  }
+  return 1;
+}
+
+int eng_http_header_reserved(const char *s, size_t n) {
+  static const char *const names[] = {"content-length", "transfer-encoding", "connection", "date",
+                                      "x-request-id", NULL};
+  for (int i = 0; names[i]; i++)
+    if (strlen(names[i]) == n && strncasecmp(names[i], s, n) == 0)
+      return 1;
+  return 0;
 }
 
 const char *eng_http_reason(int status) {

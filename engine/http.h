@@ -1,8 +1,12 @@
-/* http.h - HTTP/1.1 request parsing (llhttp glue), limits and response heads.
+/* http.h - HTTP/1.1 request parsing (llhttp glue), limits, query strings, responses.
  *
  * An eng_http_parser turns bytes into complete requests, one at a time, and
  * enforces the size limits as bytes arrive. It knows nothing about sockets:
- * the server feeds it what it reads, and the tests feed it strings. */
+ * the server feeds it what it reads, and the tests feed it strings.
+ *
+ * http.c: the parser, header lookup, query-string and form decoding, header checks,
+ * response heads. http_response.c: eng_response (what a handler or the engine answers)
+ * and the request id of an answer. Nothing here touches Lua. */
 #ifndef ENG_HTTP_H
 #define ENG_HTTP_H
 
@@ -85,6 +89,45 @@ int eng_http_find_header(const eng_http_request *req, const char *lname, eng_htt
 /* True when s (len bytes) is an acceptable client request id: 1..128 printable ASCII. */
 int eng_http_request_id_ok(const char *s, size_t len);
 
+/* ---- query strings and forms ---------------------------------------------------------------- */
+
+/* One name=value item of a query string or form body, still encoded; the pointers are
+ * borrowed from the string being split. */
+typedef struct eng_http_param {
+  const char *name;
+  size_t name_len;
+  const char *value; /* "" (value_len 0) when the item has no '=' */
+  size_t value_len;
+} eng_http_param;
+
+/* The query string of req: the bytes of the request target after the '?' that ends its path
+ * (a '#' and what follows included), or NULL with *len = 0 when the target has none. */
+const char *eng_http_query(const eng_http_request *req, size_t *len);
+
+/* Iterates the items of a query string q (n bytes, no leading '?'): split at '&', ending at
+ * the first '#'; empty items are skipped; a name runs to the first '='. Start with *pos = 0;
+ * returns 1 with *out set, or 0 at the end. */
+int eng_http_query_next(const char *q, size_t n, size_t *pos, eng_http_param *out);
+
+/* Form-decodes s (n bytes) into out, which has room for n bytes (decoding never grows): '+'
+ * is a space, %XX a byte (hex digits of either case), a '%' not followed by two hex digits
+ * stays as it is. Returns the decoded length. out may be s (decoding in place). */
+size_t eng_http_form_decode(const char *s, size_t n, char *out);
+
+/* ---- response headers ----------------------------------------------------------------------- */
+
+#define ENG_HTTP_HEADER_NAME_MAX 128
+
+/* True when s (n bytes) may be sent as a header name: 1..ENG_HTTP_HEADER_NAME_MAX token
+ * characters (RFC 9110 tchar: letters, digits and !#$%&'*+-.^_`|~). */
+int eng_http_header_name_ok(const char *s, size_t n);
+/* True when s (n bytes, may be 0) may be sent as a header value: no control character but
+ * tab, no DEL (so no CR, LF or NUL: a value cannot split the response). */
+int eng_http_header_value_ok(const char *s, size_t n);
+/* True for the headers the engine writes itself, in any case: Content-Length,
+ * Transfer-Encoding, Connection, Date, X-Request-Id. A handler's are dropped. */
+int eng_http_header_reserved(const char *s, size_t n);
+
 const char *eng_http_reason(int status);
 
 /* Appends a response head: status line, Date, Server-less minimal headers,
@@ -92,5 +135,37 @@ const char *eng_http_reason(int status);
  * an HTTP/1.0 client keeps alive), then `extra` (already "Name: value\r\n" lines) and the blank line. */
 int eng_http_write_head(eng_buf *out, int status, int http_minor, int keep_alive, const char *content_type,
                         size_t content_length, const char *request_id, const char *extra, size_t extra_len);
+
+/* ---- responses (http_response.c) ------------------------------------------------------------ */
+
+#define ENG_RESPONSE_CONTENT_TYPE_MAX 127
+
+/* What is answered to one request. Owns its buffers; a zeroed one (eng_response_init) is
+ * valid and empty. The server keeps one per worker and resets it between requests. */
+typedef struct eng_response {
+  int status;
+  eng_buf headers; /* extra "Name: value\r\n" lines (the handler's, Allow, ...) */
+  eng_buf body;
+  char content_type[ENG_RESPONSE_CONTENT_TYPE_MAX + 1]; /* "" until set (written as application/json) */
+} eng_response;
+
+void eng_response_init(eng_response *r);
+/* Empties r for the next answer, keeping its buffers' memory. */
+void eng_response_reset(eng_response *r);
+/* Releases the buffers; r is back to the init state. */
+void eng_response_free(eng_response *r);
+
+/* Adds a header a script set (name and value borrowed, n bytes each). Content-Type goes to
+ * r->content_type; a reserved header (eng_http_header_reserved) is dropped; any other is
+ * appended to r->headers. Returns 0, ENG_EINVAL with a static *why ("invalid header name or
+ * value", "Content-Type too long"), or ENG_ENOMEM (*why "out of memory"); r is unchanged on
+ * failure. */
+int eng_response_add_header(eng_response *r, const char *name, size_t name_len, const char *value,
+                            size_t value_len, const char **why);
+
+/* The request id of the answer to req: the client's X-Request-Id when eng_http_request_id_ok
+ * accepts it, else a new UUID v4 ("-" in the unlikely case the CSPRNG fails). req may be NULL
+ * (nothing parsed). out always ends with a NUL. */
+void eng_http_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]);
 
 #endif

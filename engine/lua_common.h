@@ -8,7 +8,7 @@
  * encoded as an array even when empty; the decoder marks arrays with it too.
  *
  * Module openers follow the luaopen_ convention: they push the module table
- * and return 1. The runtime registers them in package.preload under the names
+ * and return 1. lua_modules.c registers them in package.preload under the names
  * in the comments. */
 #ifndef ENG_LUA_COMMON_H
 #define ENG_LUA_COMMON_H
@@ -36,8 +36,8 @@ int eng_luaopen_json(lua_State *L);   /* "engine.json"   lua_json.c   */
 int eng_luaopen_crypto(lua_State *L); /* "engine.crypto" lua_crypto.c */
 int eng_luaopen_time(lua_State *L);   /* "engine.time"   lua_time.c   */
 int eng_luaopen_db(lua_State *L);     /* "engine.db"     lua_db.c     */
-int eng_luaopen_log(lua_State *L);    /* "engine.log"    lua_runtime.c */
-int eng_luaopen_config(lua_State *L); /* "engine.config" lua_runtime.c */
-int eng_luaopen_route(lua_State *L);  /* "engine.route"  lua_runtime.c */
+int eng_luaopen_log(lua_State *L);    /* "engine.log"    lua_log.c    */
+int eng_luaopen_config(lua_State *L); /* "engine.config" lua_config.c */
+int eng_luaopen_route(lua_State *L);  /* "engine.route"  lua_route.c  */
 
 #endif

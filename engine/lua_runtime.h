@@ -1,9 +1,10 @@
 /* lua_runtime.h - one Lua state per worker: scripts, routes, budgets, dispatch.
  *
  * The runtime owns its lua_State and its router. It is not thread-safe: each
- * worker thread has its own. Every call into Lua is protected; a script error
- * or a blown budget becomes a 500 / 503 response and a log line with the
- * traceback and request id, never a crash. */
+ * worker thread has its own. Every call into Lua is protected, and so is the C
+ * glue around those calls: a script error, a blown budget or a memory error
+ * becomes a 500 / 503 response and a log line with the traceback and request
+ * id, never a crash. The files behind it: lua_runtime_int.h. */
 #ifndef ENG_LUA_RUNTIME_H
 #define ENG_LUA_RUNTIME_H
 
@@ -19,22 +20,26 @@ typedef struct eng_runtime eng_runtime;
 
 typedef struct eng_runtime_options {
   const char *scripts_dir; /* loaded at creation (server mode), "dir[:dir...]"; may be NULL */
-  const char *config_file; /* its `settings` table becomes engine.config; may be NULL */
+  const eng_buf *settings; /* engine.config's settings as eng_config_load packed them
+                              (eng_config.settings); borrowed for the call; NULL: none */
   int budget_ms;           /* per handler call */
   size_t memory_limit;     /* bytes for the whole Lua state */
-  const eng_http_limits *limits; /* borrowed */
   int test_mode; /* full standard library, writable globals, system package paths (busted) */
   eng_db *db;    /* attached before the scripts load, so they can read it at start-up; may be NULL */
 } eng_runtime_options;
 
 /* Creates the state, opens the engine modules and, when scripts_dir is set,
  * loads every scripts_dir/ *.lua file in name order. A load or runtime error in
- * a script fails with ENG_ELUA and *err = a malloc'd message naming file:line. */
+ * a script fails with ENG_ELUA and *err = a malloc'd message naming file:line;
+ * a state that cannot be built (memory) with ENG_ENOMEM and a message. opt and
+ * what it points to are borrowed for the call (opt->db: until detached). */
 int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **err);
 void eng_runtime_free(eng_runtime *rt);
 
+/* The runtime's main Lua state (owned by the runtime). */
 lua_State *eng_runtime_lua(eng_runtime *rt);
-/* The connection engine.db uses (borrowed; NULL detaches). */
+/* The connection engine.db uses (borrowed; NULL detaches). Does not allocate on the
+ * state, so it may be called between protected calls. */
 void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
 
 /* Loads the route scripts of dirs (as eng_runtime_new does), replacing the routes
@@ -45,18 +50,8 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
  * first. ENG_ELUA (or ENG_EINVAL, ENG_ETOOBIG) with a malloc'd *err on failure. */
 int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err);
 
-typedef struct eng_response {
-  int status;
-  eng_buf headers; /* extra "Name: value\r\n" lines */
-  eng_buf body;
-  char content_type[128];
-} eng_response;
-
-void eng_response_init(eng_response *r);
-void eng_response_reset(eng_response *r);
-void eng_response_free(eng_response *r);
-
-/* Routes and runs one request. Always fills resp (errors become responses). */
+/* Routes and runs one request. Always fills resp (errors become responses); resp must
+ * be empty or reset (eng_response_reset). req, peer and request_id are borrowed. */
 void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
                         eng_response *resp);
 
@@ -71,15 +66,6 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
                            const char *request_id, eng_response *resp);
 void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
                           const char *request_id, eng_response *resp);
-
-/* The runtime of a Lua state created by eng_runtime_new (any of its threads). */
-eng_runtime *eng_runtime_of(lua_State *L);
-/* Copies the limits the in-process test client applies. */
-const eng_http_limits *eng_runtime_limits(const eng_runtime *rt);
-
-/* The request id of a request: the client's X-Request-Id when it is acceptable
- * (eng_http_request_id_ok), else a new UUID v4. req may be NULL (nothing parsed). */
-void eng_runtime_request_id(const eng_http_request *req, char out[ENG_HTTP_REQUEST_ID_MAX + 1]);
 
 /* Bytes the Lua state currently holds. */
 size_t eng_runtime_memory(const eng_runtime *rt);

@@ -270,7 +270,7 @@ static void handle_request(conn *c) {
   worker *w = c->w;
   eng_http_request *req = &c->hp.req;
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
-  eng_runtime_request_id(req, rid);
+  eng_http_request_id(req, rid);
   eng_response_reset(&w->resp);
   eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
   int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&g_stopping, memory_order_relaxed);
@@ -283,7 +283,7 @@ static void handle_parse_error(conn *c) {
   worker *w = c->w;
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   /* Headers may be complete (413 on Content-Length): honour their request id. */
-  eng_runtime_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
+  eng_http_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
   eng_response_reset(&w->resp);
   eng_runtime_error(w->rt, c->hp.error_status, c->hp.error_code, c->hp.error_reason, rid, &w->resp);
   send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0);
@@ -495,10 +495,9 @@ static void worker_main(void *arg) {
   int rc;
   eng_runtime_options ro = {
       .scripts_dir = w->cfg->scripts_dir,
-      .config_file = w->cfg->config_file,
+      .settings = &w->cfg->settings,
       .budget_ms = w->cfg->budget_ms,
       .memory_limit = w->cfg->memory_limit,
-      .limits = &w->cfg->limits,
   };
   eng_db_options dbo = {.synchronous = w->cfg->synchronous};
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {

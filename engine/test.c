@@ -100,7 +100,7 @@ static int t_request(lua_State *L) {
   size_t used = 0;
   int r = eng_http_parser_feed(&hp, raw, rawlen, &used);
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
-  eng_runtime_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
+  eng_http_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
   if (r == ENG_HTTP_REQUEST) {
     eng_runtime_handle_in(ts->rt, L, &hp.req, "127.0.0.1:0", rid, &resp);
   } else if (r == ENG_HTTP_ERROR) {
@@ -444,6 +444,40 @@ static void usage(void) {
          "  --schema DIR    default migrations directory (default: schema)\n");
 }
 
+typedef struct setup_ctx {
+  test_state *ts;
+  char **bargs;
+  int nb;
+} setup_ctx;
+
+/* The test runner's additions to the runtime's state (engine.testing, engine.spec,
+ * os.exit, arg), under lua_pcall so a memory error is a message, not a panic. */
+static int setup_p(lua_State *L) {
+  const setup_ctx *sc = lua_touserdata(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushlightuserdata(L, sc->ts);
+  lua_pushcclosure(L, open_testing, 1);
+  lua_setfield(L, -2, "engine.testing");
+  lua_pushcfunction(L, open_spec);
+  lua_setfield(L, -2, "engine.spec");
+  lua_pop(L, 1);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, test_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+
+  /* arg as busted expects it */
+  lua_createtable(L, sc->nb, 1);
+  lua_pushstring(L, "apiengine test");
+  lua_rawseti(L, -2, 0);
+  for (int i = 0; i < sc->nb; i++) {
+    lua_pushstring(L, sc->bargs[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setglobal(L, "arg");
+  return 0;
+}
+
 int eng_test_main(int argc, char **argv) {
   test_state ts;
   memset(&ts, 0, sizeof ts);
@@ -492,7 +526,7 @@ int eng_test_main(int argc, char **argv) {
   eng_crypto_random(key, sizeof key);
   eng_keys_set(key);
 
-  eng_runtime_options ro = {.budget_ms = 1000, .memory_limit = (size_t)256 << 20, .limits = &ts.limits, .test_mode = 1};
+  eng_runtime_options ro = {.budget_ms = 1000, .memory_limit = (size_t)256 << 20, .test_mode = 1};
   char *err = NULL;
   if (eng_runtime_new(&ts.rt, &ro, &err) != 0) {
     fprintf(stderr, "apiengine test: %s\n", err ? err : "cannot create the Lua state");
@@ -501,34 +535,24 @@ int eng_test_main(int argc, char **argv) {
     return 1;
   }
   lua_State *L = eng_runtime_lua(ts.rt);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushlightuserdata(L, &ts);
-  lua_pushcclosure(L, open_testing, 1);
-  lua_setfield(L, -2, "engine.testing");
-  lua_pushcfunction(L, open_spec);
-  lua_setfield(L, -2, "engine.spec");
-  lua_pop(L, 1);
-  lua_getglobal(L, "os");
-  lua_pushcfunction(L, test_exit);
-  lua_setfield(L, -2, "exit");
-  lua_pop(L, 1);
-
-  /* arg as busted expects it */
-  lua_createtable(L, nb, 1);
-  lua_pushstring(L, "apiengine test");
-  lua_rawseti(L, -2, 0);
-  for (int i = 0; i < nb; i++) {
-    lua_pushstring(L, bargs[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_setglobal(L, "arg");
+  setup_ctx sc = {.ts = &ts, .bargs = bargs, .nb = nb};
+  lua_pushcfunction(L, setup_p);
+  lua_pushlightuserdata(L, &sc);
+  int st = lua_pcall(L, 1, 0, 0);
   free(bargs);
+  if (st != LUA_OK) {
+    fprintf(stderr, "apiengine test: %s\n", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "set-up failed");
+    eng_runtime_free(ts.rt);
+    if (log_fd >= 0)
+      close(log_fd);
+    return 1;
+  }
 
   static const char boot[] = "require 'busted.runner'({ standalone = false })";
   int code = 0;
   if (luaL_loadbufferx(L, boot, sizeof boot - 1, "@apiengine-test", "t") != LUA_OK ||
       lua_pcall(L, 0, 0, 0) != LUA_OK) {
-    const char *msg = lua_tostring(L, -1);
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     if (msg && strstr(msg, "__apiengine_test_exit__")) {
       lua_pushliteral(L, "apiengine.test.exit");
       lua_rawget(L, LUA_REGISTRYINDEX);

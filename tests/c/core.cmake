@@ -1,10 +1,17 @@
-# Core unit tests: router, HTTP parser glue and its limits, config.
+# Core unit tests: router, HTTP parser glue and its limits, config; the runtime's protected glue.
 eng_add_unit_test(test_router ${CMAKE_SOURCE_DIR}/tests/c/test_router.c ${CMAKE_SOURCE_DIR}/engine/router.c)
-eng_add_unit_test(test_http ${CMAKE_SOURCE_DIR}/tests/c/test_http.c ${CMAKE_SOURCE_DIR}/engine/http.c)
+# test_http also covers http_response.c, whose request ids need the CSPRNG (lua_crypto.c and
+# what it links against).
+eng_add_unit_test(test_http ${CMAKE_SOURCE_DIR}/tests/c/test_http.c ${CMAKE_SOURCE_DIR}/engine/http.c
+                  ${CMAKE_SOURCE_DIR}/engine/http_response.c ${CMAKE_SOURCE_DIR}/engine/lua_crypto.c
+                  ${CMAKE_SOURCE_DIR}/engine/keys.c ${CMAKE_SOURCE_DIR}/engine/lua_time.c
+                  ${CMAKE_SOURCE_DIR}/engine/lua_json.c)
 eng_add_unit_test(test_config ${CMAKE_SOURCE_DIR}/tests/c/test_config.c ${CMAKE_SOURCE_DIR}/engine/config.c
-                  ${CMAKE_SOURCE_DIR}/engine/http.c)
+                  ${CMAKE_SOURCE_DIR}/engine/http.c ${CMAKE_SOURCE_DIR}/engine/lua_config.c)
+eng_add_c_test(test_runtime ${CMAKE_SOURCE_DIR}/tests/c/test_runtime.c)
 
-# libFuzzer targets for the HTTP glue and the router; opt-in, Clang only (see ./dev fuzz).
+# libFuzzer targets for the HTTP layer's parsers (requests, query strings, forms, header checks) and the
+# router; opt-in, Clang only (see ./dev fuzz).
 if(CMAKE_C_COMPILER_ID STREQUAL "Clang" AND APIENGINE_FUZZ)
   foreach(t http router)
     add_executable(fuzz_${t} ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_${t}.c ${CMAKE_SOURCE_DIR}/engine/${t}.c

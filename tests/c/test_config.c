@@ -1,7 +1,13 @@
-/* test_config.c - defaults, config file, environment and flag precedence, bad values. */
+/* test_config.c - defaults, config file, environment and flag precedence, bad values; the
+ * config file's `settings`, packed once and rebuilt in another state exactly. */
 #include "check.h"
 #include "config.h"
 #include "error.h"
+#include "lua_common.h"
+#include "lua_config.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +18,119 @@ static int load(eng_config *c, int argc, char **argv, char **err) {
   int help, version;
   eng_config_init(c);
   return eng_config_load(c, argc, argv, 0, &help, &version, err);
+}
+
+/* Writes source to a temporary config file and loads it; returns the eng_config_load code. */
+static int load_source(eng_config *c, const char *source, char **err) {
+  char file[] = "/tmp/apiengine-config-XXXXXX";
+  int fd = mkstemp(file);
+  FILE *f = fdopen(fd, "w");
+  fputs(source, f);
+  fclose(f);
+  char *argv[] = {"--config", file};
+  int rc = load(c, 2, argv, err);
+  unlink(file);
+  return rc;
+}
+
+/* Runs check (a chunk that raises on a mismatch) in a fresh state whose engine.config
+ * settings are rebuilt from c's packed bytes; returns 1 when it passed. */
+static int rebuilt_passes(const eng_config *c, const char *check) {
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_requiref(L, "engine.config", eng_luaopen_config, 0);
+  lua_setglobal(L, "config");
+  eng_lua_config_unpack(L, c->settings.data, c->settings.len);
+  int ok = luaL_loadstring(L, check) == LUA_OK && lua_pcall(L, 0, 0, 0) == LUA_OK;
+  if (!ok)
+    fprintf(stderr, "rebuilt settings: %s\n", lua_tostring(L, -1));
+  lua_close(L);
+  return ok;
+}
+
+static void test_settings_are_rebuilt_exactly(void) {
+  eng_config c;
+  char *err = NULL;
+  CHECK_INT(load_source(&c,
+                        "local shared = { x = 1 }\n"
+                        "local cyc = { name = 'c' }\n"
+                        "cyc.self = cyc\n"
+                        "return { workers = 2, settings = {\n"
+                        "  a = shared, b = shared, cyc = cyc, n = 3, f = 1.0, big = 9007199254740993,\n"
+                        "  s = 'h\\0\\255', list = { 1, 2, 'x' },\n"
+                        "  mixed = { 1, 2, k = 'v', [2.5] = true, [true] = 'b' },\n"
+                        "  yes = true, no = false, nan = 0/0, neg0 = -0.0, empty = {},\n"
+                        "  plans = { standard = { max_apps = 5 } } } }\n",
+                        &err),
+            0);
+  CHECK(err == NULL);
+  CHECK(c.settings.len > 0);
+  CHECK(rebuilt_passes(&c, "local s = config.settings()\n"
+                           "assert(s.a == s.b and s.a.x == 1, 'shared table')\n"
+                           "assert(s.cyc.self == s.cyc and s.cyc.name == 'c', 'cycle')\n"
+                           "assert(math.type(s.n) == 'integer' and math.type(s.f) == 'float' and s.f == 1)\n"
+                           "assert(s.big == 9007199254740993 and math.type(s.big) == 'integer', 'big integer')\n"
+                           "assert(s.s == 'h\\0\\255', 'bytes')\n"
+                           "assert(#s.list == 3 and s.list[3] == 'x' and getmetatable(s.list) == nil, 'list')\n"
+                           "assert(s.mixed[1] == 1 and s.mixed.k == 'v' and s.mixed[2.5] and s.mixed[true] == 'b')\n"
+                           "assert(s.yes == true and s.no == false, 'booleans')\n"
+                           "assert(s.nan ~= s.nan and 1 / s.neg0 < 0, 'nan and -0.0')\n"
+                           "assert(next(s.empty) == nil, 'empty')\n"
+                           "assert(config.get('plans').standard.max_apps == 5, 'nested')\n"
+                           "assert(config.get('missing', 'd') == 'd', 'default')\n"
+                           "assert(s.workers == nil, 'engine settings stay out')\n"));
+  eng_config_free(&c);
+}
+
+static void test_settings_that_are_not_data_are_refused_at_start_up(void) {
+  eng_config c;
+  char *err = NULL;
+  CHECK_INT(load_source(&c, "return { settings = { hooks = { f = function() end } } }\n", &err), ENG_ECONFIG);
+  CHECK(err && strstr(err, ": settings.hooks.f is a function: settings hold only strings, numbers, booleans "
+                           "and tables") != NULL);
+  free(err);
+  err = NULL;
+  eng_config_free(&c);
+  CHECK_INT(load_source(&c, "return { settings = { t = { [function() end] = 1 } } }\n", &err), ENG_ECONFIG);
+  CHECK(err && strstr(err, ": settings.t has a key that is a function") != NULL);
+  free(err);
+  err = NULL;
+  eng_config_free(&c);
+  CHECK_INT(load_source(&c, "local t = {} local r = t for i = 1, 300 do r.n = {} r = r.n end\n"
+                            "return { settings = t }\n", &err), ENG_ECONFIG);
+  CHECK(err && strstr(err, "tables nested deeper than 200") != NULL);
+  free(err);
+  err = NULL;
+  eng_config_free(&c);
+}
+
+static void test_settings_missing_or_not_a_table_are_empty(void) {
+  static const char *const sources[] = {"return { workers = 1 }\n", "return { settings = 5 }\n",
+                                        "return { settings = function() end }\n"};
+  for (size_t i = 0; i < sizeof sources / sizeof sources[0]; i++) {
+    eng_config c;
+    char *err = NULL;
+    CHECK_INT(load_source(&c, sources[i], &err), 0);
+    CHECK_INT(c.settings.len, 0);
+    CHECK(rebuilt_passes(&c, "assert(next(config.settings()) == nil)"));
+    eng_config_free(&c);
+  }
+  eng_config c;
+  char *err = NULL;
+  CHECK_INT(load(&c, 0, NULL, &err), 0); /* no config file at all */
+  CHECK(rebuilt_passes(&c, "assert(next(config.settings()) == nil)"));
+  eng_config_free(&c);
+}
+
+static void test_environment_wins_over_settings_as_a_string(void) {
+  eng_config c;
+  char *err = NULL;
+  CHECK_INT(load_source(&c, "return { settings = { token_ttl_days = 30 } }\n", &err), 0);
+  setenv("APIENGINE_TOKEN_TTL_DAYS", "7", 1);
+  CHECK(rebuilt_passes(&c, "assert(config.get('token_ttl_days') == '7')"));
+  unsetenv("APIENGINE_TOKEN_TTL_DAYS");
+  CHECK(rebuilt_passes(&c, "assert(config.get('token_ttl_days') == 30)"));
+  eng_config_free(&c);
 }
 
 int main(void) {
@@ -97,5 +216,9 @@ int main(void) {
   free(err);
   eng_config_free(&c);
   unlink(file);
+  test_settings_are_rebuilt_exactly();
+  test_settings_that_are_not_data_are_refused_at_start_up();
+  test_settings_missing_or_not_a_table_are_empty();
+  test_environment_wins_over_settings_as_a_string();
   return check_summary("test_config");
 }

@@ -1,5 +1,8 @@
-/* test_http.c - the llhttp glue: requests, pipelining, chunked bodies, limits, malformed input. */
+/* test_http.c - the llhttp glue: requests, pipelining, chunked bodies, limits, malformed input;
+ * query strings and form decoding; the checks on a handler's headers; eng_response; the
+ * request id of an answer. */
 #include "check.h"
+#include "error.h"
 #include "http.h"
 
 #include <stdlib.h>
@@ -185,6 +188,190 @@ static void test_request_id_and_head(void) {
   eng_buf_free(&b);
 }
 
+/* Splits q and checks each item against want ("name=value" per item, value "" when none). */
+static void expect_items(const char *q, const char *const *want, size_t nwant) {
+  size_t pos = 0, i = 0;
+  eng_http_param p;
+  while (eng_http_query_next(q, strlen(q), &pos, &p)) {
+    char got[128];
+    snprintf(got, sizeof got, "%.*s=%.*s", (int)p.name_len, p.name, (int)p.value_len, p.value);
+    CHECK(i < nwant);
+    if (i < nwant)
+      CHECK_STR(got, want[i]);
+    i++;
+  }
+  CHECK_INT(i, nwant);
+  CHECK_INT(pos, strlen(q));
+}
+
+static void test_query_items_split_at_ampersands_and_stop_at_fragment(void) {
+  static const char *const all[] = {"a=1", "b=", "c=", "d=x=y", "=v"};
+  expect_items("a=1&b=&c&&d=x=y&=v", all, 5);
+  static const char *const frag[] = {"a=1"};
+  expect_items("a=1#b=2&c=3", frag, 1);
+  expect_items("#a=1", NULL, 0);
+  expect_items("", NULL, 0);
+  expect_items("&&&", NULL, 0);
+  static const char *const trailing[] = {"x=%20"};
+  expect_items("&x=%20&", trailing, 1);
+}
+
+static void test_query_of_a_request_is_after_the_first_question_mark(void) {
+  static const struct {
+    const char *target, *query; /* query NULL: none */
+  } cases[] = {{"/p?x=1#f", "x=1#f"}, {"/p", NULL}, {"/p#f?x=1", NULL}, {"/p?", ""}, {"/p?a?b", "a?b"}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char raw[128];
+    snprintf(raw, sizeof raw, "GET %s HTTP/1.1\r\n\r\n", cases[i].target);
+    eng_http_parser p;
+    size_t at, len = 99;
+    eng_http_parser_init(&p, &lim);
+    CHECK_INT(feed_all(&p, raw, 100, &at), ENG_HTTP_REQUEST);
+    const char *q = eng_http_query(&p.req, &len);
+    if (cases[i].query == NULL) {
+      CHECK(q == NULL);
+      CHECK_INT(len, 0);
+    } else {
+      CHECK(q != NULL && len == strlen(cases[i].query) && memcmp(q, cases[i].query, len) == 0);
+    }
+    eng_http_parser_free(&p);
+  }
+}
+
+static void test_form_decode_plus_percent_and_bad_escapes(void) {
+  static const struct {
+    const char *in, *out;
+  } cases[] = {{"a+b", "a b"},          {"%2F%2f", "//"},   {"%41%4a%4A", "AJJ"}, {"%zz%4", "%zz%4"},
+               {"100%", "100%"},        {"%%41", "%A"},     {"", ""},             {"t%20wo+", "t wo "},
+               {"%e2%82%ac", "\xe2\x82\xac"}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char out[64];
+    size_t n = eng_http_form_decode(cases[i].in, strlen(cases[i].in), out);
+    out[n] = '\0';
+    CHECK_STR(out, cases[i].out);
+    /* in place gives the same */
+    char inplace[64];
+    strcpy(inplace, cases[i].in);
+    size_t m = eng_http_form_decode(inplace, strlen(inplace), inplace);
+    CHECK(m == n && memcmp(inplace, out, n) == 0);
+  }
+  char out[4];
+  CHECK_INT(eng_http_form_decode("%00", 3, out), 1); /* a NUL byte is data */
+  CHECK_INT(out[0], 0);
+}
+
+static void test_header_names_are_tokens_of_at_most_128_bytes(void) {
+  CHECK(eng_http_header_name_ok("X-Custom", 8));
+  CHECK(eng_http_header_name_ok("!#$%&'*+-.^_`|~09azAZ", 21));
+  CHECK(!eng_http_header_name_ok("", 0));
+  CHECK(!eng_http_header_name_ok("a b", 3));
+  CHECK(!eng_http_header_name_ok("a:b", 3));
+  CHECK(!eng_http_header_name_ok("a\r\nb", 4));
+  CHECK(!eng_http_header_name_ok("a\0b", 3)); /* strchr(set, 0) once let this through */
+  CHECK(!eng_http_header_name_ok("\xc3\xa9", 2));
+  CHECK(!eng_http_header_name_ok("a\"b", 3));
+  char big[200];
+  memset(big, 'h', sizeof big);
+  CHECK(eng_http_header_name_ok(big, ENG_HTTP_HEADER_NAME_MAX));
+  CHECK(!eng_http_header_name_ok(big, ENG_HTTP_HEADER_NAME_MAX + 1));
+}
+
+static void test_header_values_refuse_controls_but_tab(void) {
+  CHECK(eng_http_header_value_ok("", 0));
+  CHECK(eng_http_header_value_ok("a\tb c", 5));
+  CHECK(eng_http_header_value_ok("\x80\xff", 2)); /* obs-text passes */
+  CHECK(!eng_http_header_value_ok("a\rb", 3));
+  CHECK(!eng_http_header_value_ok("a\nb", 3));
+  CHECK(!eng_http_header_value_ok("a\0b", 3));
+  CHECK(!eng_http_header_value_ok("\x7f", 1));
+  CHECK(!eng_http_header_value_ok("\x1f", 1));
+}
+
+static void test_reserved_headers_in_any_case(void) {
+  CHECK(eng_http_header_reserved("Content-Length", 14));
+  CHECK(eng_http_header_reserved("TRANSFER-ENCODING", 17));
+  CHECK(eng_http_header_reserved("connection", 10));
+  CHECK(eng_http_header_reserved("Date", 4));
+  CHECK(eng_http_header_reserved("x-request-id", 12));
+  CHECK(!eng_http_header_reserved("Content-Type", 12));
+  CHECK(!eng_http_header_reserved("Dates", 5));
+  CHECK(!eng_http_header_reserved("Dat", 3));
+}
+
+static void test_response_add_header_sorts_content_type_reserved_and_the_rest(void) {
+  eng_response r;
+  eng_response_init(&r);
+  const char *why = NULL;
+  CHECK_INT(eng_response_add_header(&r, "X-A", 3, "1", 1, &why), 0);
+  CHECK_INT(eng_response_add_header(&r, "content-TYPE", 12, "text/csv", 8, &why), 0);
+  CHECK_INT(eng_response_add_header(&r, "Content-Length", 14, "99", 2, &why), 0); /* dropped */
+  CHECK_INT(eng_response_add_header(&r, "X-Empty", 7, "", 0, &why), 0);
+  CHECK_STR(r.content_type, "text/csv");
+  static const char want[] = "X-A: 1\r\nX-Empty: \r\n";
+  CHECK(r.headers.len == sizeof want - 1 && memcmp(r.headers.data, want, r.headers.len) == 0);
+
+  size_t before = r.headers.len;
+  CHECK_INT(eng_response_add_header(&r, "X-Bad", 5, "a\r\nb", 4, &why), ENG_EINVAL);
+  CHECK_STR(why, "invalid header name or value");
+  CHECK_INT(eng_response_add_header(&r, "X Bad", 5, "a", 1, &why), ENG_EINVAL);
+  CHECK_INT(r.headers.len, before);
+
+  char type[ENG_RESPONSE_CONTENT_TYPE_MAX + 2];
+  memset(type, 't', sizeof type);
+  CHECK_INT(eng_response_add_header(&r, "Content-Type", 12, type, ENG_RESPONSE_CONTENT_TYPE_MAX + 1, &why), ENG_EINVAL);
+  CHECK_STR(why, "Content-Type too long");
+  CHECK_STR(r.content_type, "text/csv");
+  CHECK_INT(eng_response_add_header(&r, "Content-Type", 12, type, ENG_RESPONSE_CONTENT_TYPE_MAX, &why), 0);
+  CHECK_INT(strlen(r.content_type), ENG_RESPONSE_CONTENT_TYPE_MAX);
+
+  r.status = 201;
+  eng_buf_append_str(&r.body, "x");
+  eng_response_reset(&r);
+  CHECK_INT(r.status, 0);
+  CHECK_INT(r.headers.len, 0);
+  CHECK_INT(r.body.len, 0);
+  CHECK_STR(r.content_type, "");
+  eng_response_free(&r);
+  CHECK(r.headers.data == NULL && r.body.data == NULL);
+}
+
+static int is_uuid4(const char *s) {
+  if (strlen(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' || s[14] != '4' ||
+      !strchr("89ab", s[19]))
+    return 0;
+  for (int i = 0; i < 36; i++)
+    if (i != 8 && i != 13 && i != 18 && i != 23 && !strchr("0123456789abcdef", s[i]))
+      return 0;
+  return 1;
+}
+
+static void test_request_id_is_the_clients_when_acceptable_else_a_uuid4(void) {
+  char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
+  eng_http_request_id(NULL, rid);
+  CHECK(is_uuid4(rid));
+  static const struct {
+    const char *head, *want; /* want NULL: a fresh UUID */
+  } cases[] = {{"X-Request-Id: my-id-1\r\n", "my-id-1"},
+               {"x-request-id: abc\r\n", "abc"},
+               {"X-Request-Id: has space\r\n", NULL},
+               {"X-Request-Id:\r\n", NULL},
+               {"", NULL}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char raw[256];
+    snprintf(raw, sizeof raw, "GET / HTTP/1.1\r\n%s\r\n", cases[i].head);
+    eng_http_parser p;
+    size_t at;
+    eng_http_parser_init(&p, &lim);
+    CHECK_INT(feed_all(&p, raw, 100, &at), ENG_HTTP_REQUEST);
+    eng_http_request_id(&p.req, rid);
+    if (cases[i].want)
+      CHECK_STR(rid, cases[i].want);
+    else
+      CHECK(is_uuid4(rid));
+    eng_http_parser_free(&p);
+  }
+}
+
 int main(void) {
   eng_http_limits_default(&lim);
   test_simple();
@@ -194,5 +381,13 @@ int main(void) {
   test_limits();
   test_malformed();
   test_request_id_and_head();
+  test_query_items_split_at_ampersands_and_stop_at_fragment();
+  test_query_of_a_request_is_after_the_first_question_mark();
+  test_form_decode_plus_percent_and_bad_escapes();
+  test_header_names_are_tokens_of_at_most_128_bytes();
+  test_header_values_refuse_controls_but_tab();
+  test_reserved_headers_in_any_case();
+  test_response_add_header_sorts_content_type_reserved_and_the_rest();
+  test_request_id_is_the_clients_when_acceptable_else_a_uuid4();
   return check_summary("test_http");
 }

@@ -1,0 +1,37 @@
+/* lua_config.h - the Lua module "engine.config", and how the settings reach it.
+ *
+ * Lua API (eng_luaopen_config, declared in lua_common.h):
+ *   config.get(name [, default])  APIENGINE_<NAME> from the environment (a string; NAME is
+ *                                 name in upper case), else the config file's settings[name],
+ *                                 else default
+ *   config.settings()             the settings table itself (tests may change it)
+ *
+ * The config file is evaluated once, by eng_config_load (config.c), in a state of its own.
+ * Its `settings` table is packed there into bytes (eng_config.settings) with
+ * eng_lua_config_pack; each worker's state rebuilds its own table from those bytes with
+ * eng_lua_config_unpack. Settings are data: strings, numbers (integers stay integers, floats
+ * floats), booleans and tables, nested up to ENG_SETTINGS_MAX_DEPTH, any table used twice (or
+ * in a cycle) rebuilt as one table. A function in the settings is refused when packing. */
+#ifndef ENG_LUA_CONFIG_H
+#define ENG_LUA_CONFIG_H
+
+#include "buf.h"
+
+#include <lua.h>
+#include <stddef.h>
+
+#define ENG_SETTINGS_MAX_DEPTH 200 /* tables, counting settings itself; Lua's parser stops near it */
+
+/* Packs the table at idx of L into out (reset first). Returns 0, ENG_ECONFIG with *err = a
+ * malloc'd message naming the setting ("settings.hooks.f is a function: settings hold only
+ * strings, numbers, booleans and tables"), or ENG_ENOMEM (*err "out of memory"); out is
+ * empty on failure. Raises on Lua memory errors: call it in protected mode. L's stack is
+ * left as it was. */
+int eng_lua_config_pack(lua_State *L, int idx, eng_buf *out, char **err);
+
+/* Rebuilds the table packed in data (len bytes, borrowed; NULL or 0 bytes: an empty table)
+ * and makes it the settings engine.config reads in L. Raises on memory errors (and on bytes
+ * eng_lua_config_pack did not make): call it in protected mode. */
+void eng_lua_config_unpack(lua_State *L, const char *data, size_t len);
+
+#endif

@@ -1,0 +1,322 @@
+/* lua_load.c - route scripts into a runtime's state: reading files, directory overlays,
+ * the package.searchers entry for the scripts directories, text-only load(), the sandbox
+ * and locked globals (see lua_runtime.h for eng_runtime_load_scripts, lua_runtime_int.h
+ * for the rest).
+ *
+ * Scripts are loaded as text only, with the chunk name "@path", so tracebacks read
+ * scripts/customer.lua:42. */
+#include "lua_runtime_int.h"
+#include "error.h"
+#include "files.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define ENG_MAX_SCRIPT_BYTES (16u << 20)
+#define ENG_MAX_SCRIPTS 1024
+
+/* Loads path as a text chunk named "@path"; pushes the function or an error message.
+ * The name is pushed before the file is read, so nothing raises while the source is held. */
+static int load_text_file(lua_State *L, const char *path) {
+  const char *chunkname = lua_pushfstring(L, "@%s", path);
+  size_t len = 0;
+  char *src = NULL;
+  if (eng_file_read(path, ENG_MAX_SCRIPT_BYTES, &src, &len) != 0) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "cannot read %s", path);
+    return LUA_ERRFILE;
+  }
+  int st = luaL_loadbufferx(L, src, len, chunkname, "t"); /* reports errors, never raises */
+  free(src);
+  lua_remove(L, -2);
+  return st;
+}
+
+/* package.searchers entry: modules from the scripts directories (last first), text only. */
+static int search_scripts(lua_State *L) {
+  eng_runtime *rt = eng_rt(L);
+  const char *name = luaL_checkstring(L, 1);
+  eng_dirs dl;
+  if (rt->scripts_dir == NULL || eng_dirs_split(&dl, rt->scripts_dir) != 0) {
+    lua_pushliteral(L, "no scripts directory");
+    return 1;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (const char *p = name; *p; p++)
+    luaL_addchar(&b, *p == '.' ? '/' : *p);
+  luaL_pushresult(&b);
+  const char *rel = lua_tostring(L, -1);
+  const char *tries[2] = {"%s/%s.lua", "%s/%s/init.lua"};
+  for (int d = dl.n - 1; d >= 0; d--) {
+    for (int i = 0; i < 2; i++) {
+      const char *path = lua_pushfstring(L, tries[i], dl.dirs[d], rel);
+      struct stat st;
+      if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+        if (load_text_file(L, path) != LUA_OK)
+          return luaL_error(L, "error loading module '%s':\n\t%s", name, lua_tostring(L, -1));
+        lua_pushstring(L, path);
+        return 2;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pushfstring(L, "no file '%s.lua' in the scripts directories (%s)", rel, rt->scripts_dir);
+  return 1;
+}
+
+/* load() that refuses binary chunks. */
+static int text_load(lua_State *L) {
+  int nargs = lua_gettop(L);
+  if (nargs < 2)
+    lua_settop(L, 2); /* chunk, chunkname (nil) */
+  int base = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushliteral(L, "t");
+  /* env only when given: an explicit nil env would be used as the chunk's _ENV. */
+  for (int i = 4; i <= nargs; i++)
+    lua_pushvalue(L, i);
+  lua_call(L, 3 + (nargs > 3 ? nargs - 3 : 0), LUA_MULTRET);
+  return lua_gettop(L) - base;
+}
+
+static int global_newindex(lua_State *L) {
+  return luaL_error(L, "assignment to undeclared global '%s' (use local)", luaL_tolstring(L, 2, NULL));
+}
+
+void eng_lua_load_sandbox(lua_State *L, int test_mode) {
+  /* Binary chunks never load: load() is text-only in every mode. */
+  lua_getglobal(L, "load");
+  lua_pushcclosure(L, text_load, 1);
+  lua_setglobal(L, "load");
+
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  if (test_mode) {
+    /* busted needs the system paths and C modules; scripts come first. */
+    int n = (int)lua_rawlen(L, -1);
+    for (int i = n; i >= 2; i--) {
+      lua_rawgeti(L, -1, i);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushcfunction(L, search_scripts);
+    lua_rawseti(L, -2, 2);
+  } else {
+    lua_newtable(L);
+    lua_rawgeti(L, -2, 1); /* preload */
+    lua_rawseti(L, -2, 1);
+    lua_pushcfunction(L, search_scripts);
+    lua_rawseti(L, -2, 2);
+    lua_setfield(L, -3, "searchers");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -3, "cpath");
+    lua_pushnil(L);
+    lua_setfield(L, -3, "loadlib");
+  }
+  lua_pop(L, 2);
+  if (test_mode)
+    return;
+
+  /* Server mode: no process control, no file system, no debug library. */
+  static const char *const os_drop[] = {"exit", "execute", "remove", "rename", "tmpname", "setlocale", NULL};
+  lua_getglobal(L, "os");
+  for (int i = 0; os_drop[i]; i++) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, os_drop[i]);
+  }
+  lua_pop(L, 1);
+  static const char *const g_drop[] = {"io", "dofile", "loadfile", NULL};
+  for (int i = 0; g_drop[i]; i++) {
+    lua_pushnil(L);
+    lua_setglobal(L, g_drop[i]);
+  }
+  /* debug keeps traceback only; io and debug leave package.loaded too. */
+  lua_newtable(L);
+  lua_getglobal(L, "debug");
+  lua_getfield(L, -1, "traceback");
+  lua_setfield(L, -3, "traceback");
+  lua_pop(L, 1);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "debug");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "io");
+  lua_pop(L, 2);
+  lua_setglobal(L, "debug");
+}
+
+void eng_lua_load_lock_globals(lua_State *L) {
+  lua_pushglobaltable(L);
+  lua_newtable(L);
+  lua_pushcfunction(L, global_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
+static int msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static void unref_handler(int handler, void *ud) { luaL_unref((lua_State *)ud, LUA_REGISTRYINDEX, handler); }
+
+static int healthz(lua_State *L) {
+  lua_pushinteger(L, 200);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "ok");
+  lua_setfield(L, -2, "status");
+  return 2;
+}
+
+/* Routes GET /healthz to healthz (rt given as a light userdata); under eng_lua_protect. */
+static int add_healthz_p(lua_State *L) {
+  eng_runtime *rt = lua_touserdata(L, 1);
+  lua_pushcfunction(L, healthz);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  const char *why;
+  eng_router_add(rt->router, ENG_M_GET, "/healthz", ref, &why);
+  return 0;
+}
+
+/* Pushes the chunk of the script whose path is given as a light userdata, or raises
+ * its load error; under eng_lua_protect (the chunk name and the source allocate). */
+static int load_p(lua_State *L) {
+  if (load_text_file(L, lua_touserdata(L, 1)) != LUA_OK)
+    return lua_error(L);
+  return 1;
+}
+
+typedef struct script {
+  char *name; /* file name, the overlay key */
+  char *path;
+} script;
+
+static int cmp_script(const void *a, const void *b) {
+  return strcmp(((const script *)a)->name, ((const script *)b)->name);
+}
+
+/* Adds dir's *.lua files to the list, sorted by name: a name already listed
+ * (from an earlier directory) keeps its place and takes this path. */
+static int list_scripts(const char *dir, script **list, size_t *n, char **err) {
+  DIR *d = opendir(dir);
+  if (d == NULL)
+    return eng_errorf(err, ENG_ELUA, "cannot open scripts directory '%s'", dir);
+  size_t first_new = *n;
+  int rc = 0;
+  struct dirent *e;
+  while (rc == 0 && (e = readdir(d)) != NULL) {
+    size_t len = strlen(e->d_name);
+    if (len < 5 || e->d_name[0] == '.' || strcmp(e->d_name + len - 4, ".lua") != 0)
+      continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    size_t i = 0;
+    while (i < first_new && strcmp((*list)[i].name, e->d_name) != 0)
+      i++;
+    if (i < first_new) { /* overlay: same name, later directory */
+      char *p = strdup(path);
+      if (p == NULL) {
+        rc = ENG_ENOMEM;
+        break;
+      }
+      free((*list)[i].path);
+      (*list)[i].path = p;
+      continue;
+    }
+    if (*n == ENG_MAX_SCRIPTS) {
+      rc = eng_errorf(err, ENG_ETOOBIG, "too many scripts");
+      break;
+    }
+    script *grown = realloc(*list, (*n + 1) * sizeof **list);
+    if (grown == NULL) {
+      rc = ENG_ENOMEM;
+      break;
+    }
+    *list = grown;
+    grown[*n].name = strdup(e->d_name);
+    grown[*n].path = strdup(path);
+    (*n)++;
+    if (!grown[*n - 1].name || !grown[*n - 1].path)
+      rc = ENG_ENOMEM;
+  }
+  closedir(d);
+  if (rc == ENG_ENOMEM && *err == NULL)
+    eng_errorf(err, rc, "out of memory");
+  if (rc == 0)
+    qsort(*list + first_new, *n - first_new, sizeof **list, cmp_script);
+  return rc;
+}
+
+int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
+  lua_State *L = rt->L;
+  int rc = 0;
+  script *list = NULL;
+  size_t n = 0;
+  eng_dirs dl;
+  *err = NULL;
+
+  if (eng_dirs_split(&dl, dirs) != 0)
+    return eng_errorf(err, ENG_EINVAL, "the scripts setting must name 1 to %d directories separated by ':'",
+                      ENG_DIRS_MAX);
+  /* Fresh router: drop the old routes and their references. */
+  eng_router *fresh;
+  if (eng_router_new(&fresh) != 0)
+    return eng_errorf(err, ENG_ENOMEM, "out of memory");
+  if (rt->router) {
+    eng_router_each_handler(rt->router, unref_handler, L);
+    eng_router_free(rt->router);
+  }
+  rt->router = fresh;
+  if (dirs != rt->scripts_dir) {
+    free(rt->scripts_dir);
+    rt->scripts_dir = strdup(dirs);
+  }
+
+  /* Base directory's scripts in name order (overlaid ones in their place), then
+   * each later directory's new scripts: an overlay can wrap the routes below it. */
+  for (int i = 0; rc == 0 && i < dl.n; i++)
+    rc = list_scripts(dl.dirs[i], &list, &n, err);
+
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    lua_pushcfunction(L, msgh);
+    if (eng_lua_protect(L, load_p, list[i].path, 1) != LUA_OK || lua_pcall(L, 0, 0, -2) != LUA_OK) {
+      rc = eng_errorf(err, ENG_ELUA, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "script error");
+      lua_pop(L, 2);
+      break;
+    }
+    lua_pop(L, 1);
+  }
+  for (size_t i = 0; i < n; i++) {
+    free(list[i].name);
+    free(list[i].path);
+  }
+  free(list);
+  if (rc == 0) {
+    /* /healthz is the engine's unless a script answers it. */
+    eng_route_match m;
+    char scratch[16];
+    eng_router_match(rt->router, ENG_M_GET, "/healthz", 8, scratch, &m);
+    if (m.status == 404 && eng_lua_protect(L, add_healthz_p, rt, 0) != LUA_OK) {
+      rc = eng_errorf(err, ENG_ENOMEM, "out of memory");
+      lua_pop(L, 1);
+    }
+  }
+  return rc;
+}

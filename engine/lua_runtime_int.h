@@ -1,0 +1,89 @@
+/* lua_runtime_int.h - internal to the Lua layer: the eng_runtime struct and the functions
+ * its files call in each other. Only engine/lua_*.c and the white-box tests/c/test_runtime.c
+ * include it; everything else uses lua_runtime.h.
+ *
+ *   lua_runtime.c  state creation, budgets (allocator, count hook, budgeted runs), dispatch,
+ *                  the error hook
+ *   lua_load.c     script loading: files, overlays, require, text-only load, the sandbox
+ *   lua_request.c  the lazy request table handed to handlers
+ *   lua_route.c    engine.route      lua_log.c  engine.log      lua_config.c  engine.config
+ *   lua_modules.c  the table of engine modules registered in package.preload
+ *
+ * Every function declared below but eng_rt and eng_lua_protect may raise (memory errors at
+ * least): call it from Lua or under eng_lua_protect, never between protected calls. */
+#ifndef ENG_LUA_RUNTIME_INT_H
+#define ENG_LUA_RUNTIME_INT_H
+
+#include "lua_runtime.h"
+
+#include <lua.h>
+#include <stdint.h>
+
+/* A request whose handler is running: what its table's lazy fields are built from
+ * (see lua_request.c). Lives on the C stack of eng_runtime_handle_in. */
+typedef struct eng_live_request {
+  const void *table; /* lua_topointer of the request table */
+  const eng_http_request *req;
+  const eng_route_match *m;
+  const char *peer, *request_id;
+  struct eng_live_request *prev; /* the request of the enclosing handler (test client), or NULL */
+} eng_live_request;
+
+struct eng_runtime {
+  lua_State *L;
+  eng_router *router; /* routes of the loaded scripts (lua_route.c adds, lua_load.c replaces) */
+  eng_db *db;         /* borrowed; NULL when detached */
+  char *scripts_dir;  /* "dir[:dir...]" of the last load, for require (lua_load.c); may be NULL */
+  int budget_ms;
+  size_t mem_used, mem_limit; /* the allocator's count and cap, for the whole state */
+  int budget_blown, mem_blown;
+  int64_t deadline_ms;
+  int error_hook; /* registry ref of route.on_error's function, or LUA_NOREF */
+  int req_mt;     /* registry ref: metatable of request tables (lua_request.c) */
+  int headers_mt; /* registry ref: metatable of header tables */
+  int key_method, key_path; /* registry refs: the key strings of the eagerly set request fields */
+  eng_live_request *live;   /* requests whose handlers are running, innermost first */
+  const char *request_id;   /* of the request being handled (for engine.log), or NULL */
+  lua_State *co; /* the reusable handler coroutine, or NULL (see run_budgeted in lua_runtime.c) */
+  int co_ref;    /* its registry ref (the anchor), or LUA_NOREF */
+  int co_busy;   /* co is running a call right now */
+};
+
+/* The runtime of a Lua state created by eng_runtime_new (any of its threads). */
+static inline eng_runtime *eng_rt(lua_State *L) { return *(eng_runtime **)lua_getextraspace(L); }
+
+/* Runs fn(L) with ud as its one argument (a light userdata) under lua_pcall, like lua.c's
+ * pmain: the C glue between calls into Lua allocates on the state too, and a memory error
+ * there must become an answer or a start-up error, not a panic. Leaves nresults results,
+ * or the error object, on L's top; returns the lua_pcall status. Needs two free stack
+ * slots (any C function called by Lua has them). */
+static inline int eng_lua_protect(lua_State *L, lua_CFunction fn, void *ud, int nresults) {
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, ud);
+  return lua_pcall(L, 1, nresults, 0);
+}
+
+/* ---- lua_load.c ---- */
+
+/* Makes load() text-only, puts the scripts searcher into package.searchers and, unless
+ * test_mode, takes away process control, the file system and most of debug. */
+void eng_lua_load_sandbox(lua_State *L, int test_mode);
+/* Makes a write to an undeclared global an error (server mode). */
+void eng_lua_load_lock_globals(lua_State *L);
+
+/* ---- lua_request.c ---- */
+
+/* Creates the metatables and key strings request tables use (rt->req_mt, ...). */
+void eng_lua_request_init(eng_runtime *rt, lua_State *L);
+/* Pushes the request table of lr->req (method and path set, the other fields built on
+ * first read) and makes lr the innermost live request. The caller fills lr's req, m,
+ * peer and request_id first and unlinks lr (rt->live = lr->prev) once the handler is done;
+ * if this raises, lr is not linked. */
+void eng_lua_request_push(eng_runtime *rt, lua_State *L, eng_live_request *lr);
+
+/* ---- lua_modules.c ---- */
+
+/* Registers every engine module (engine.json, engine.route, ...) in package.preload. */
+void eng_lua_modules_preload(lua_State *L);
+
+#endif

@@ -1,0 +1,207 @@
+/* test_runtime.c - the runtime's protected glue: a memory error (or any raise) in the C
+ * between calls into Lua becomes a 500/503 answer or a start-up error, the runtime keeps
+ * serving afterwards, and the log says what happened. White-box: it reads and squeezes the
+ * runtime's memory cap (lua_runtime_int.h) to make an allocation fail at a chosen point. */
+#define _XOPEN_SOURCE 700
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "check.h"
+#include "error.h"
+#include "http.h"
+#include "log.h"
+#include "lua_runtime_int.h"
+
+static char tmpdir[64];
+static char log_path[128];
+static eng_runtime *squeezed; /* the runtime whose cap squeeze() lowers */
+static size_t saved_limit;
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(p);
+}
+
+/* squeeze(): from a handler, caps the state well below what it holds now, so the next
+ * allocation on it fails even after the emergency collection Lua tries first (which frees
+ * the request table once the handler has returned). The test puts the cap back after the
+ * request. */
+static int squeeze(lua_State *L) {
+  (void)L;
+  saved_limit = squeezed->mem_limit;
+  squeezed->mem_limit = squeezed->mem_used / 2;
+  return 0;
+}
+
+static int open_squeeze(lua_State *L) {
+  lua_pushcfunction(L, squeeze);
+  return 1;
+}
+
+/* A server-mode runtime with the one script `source` loaded, and require "test.squeeze". */
+static eng_runtime *runtime_with(const char *source) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/routes.lua", tmpdir);
+  FILE *f = fopen(path, "w");
+  fputs(source, f);
+  fclose(f);
+  eng_runtime_options o = {.budget_ms = 1000, .memory_limit = (size_t)64 << 20};
+  eng_runtime *rt = NULL;
+  char *err = NULL;
+  CHECK_INT(eng_runtime_new(&rt, &o, &err), 0);
+  lua_State *L = eng_runtime_lua(rt);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open_squeeze);
+  lua_setfield(L, -2, "test.squeeze");
+  lua_pop(L, 1);
+  CHECK_INT(eng_runtime_load_scripts(rt, tmpdir, &err), 0);
+  if (err)
+    fprintf(stderr, "load: %s\n", err);
+  free(err);
+  squeezed = rt;
+  return rt;
+}
+
+/* Runs "GET target" through the runtime; returns the status, body in resp. */
+static int get(eng_runtime *rt, const char *target, eng_response *resp) {
+  char raw[256];
+  snprintf(raw, sizeof raw, "GET %s HTTP/1.1\r\nHost: t\r\nX-Request-Id: rid-1\r\n\r\n", target);
+  eng_http_limits lim;
+  eng_http_limits_default(&lim);
+  eng_http_parser hp;
+  eng_http_parser_init(&hp, &lim);
+  size_t used;
+  CHECK_INT(eng_http_parser_feed(&hp, raw, strlen(raw), &used), ENG_HTTP_REQUEST);
+  eng_response_reset(resp);
+  int top = lua_gettop(eng_runtime_lua(rt));
+  eng_runtime_handle(rt, &hp.req, "127.0.0.1:1", "rid-1", resp);
+  CHECK_INT(lua_gettop(eng_runtime_lua(rt)), top);
+  if (saved_limit) { /* squeeze() ran: undo it */
+    rt->mem_limit = saved_limit;
+    saved_limit = 0;
+  }
+  eng_http_parser_free(&hp);
+  return resp->status;
+}
+
+static int log_has(const char *needle) {
+  char buf[65536];
+  FILE *f = fopen(log_path, "r");
+  size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  if (f)
+    fclose(f);
+  buf[n] = '\0';
+  return strstr(buf, needle) != NULL;
+}
+
+static int body_has(const eng_response *r, const char *needle) {
+  return r->body.data != NULL && strstr(r->body.data, needle) != NULL;
+}
+
+static void test_memory_error_before_the_handler_is_a_503(void) {
+  eng_runtime *rt = runtime_with("local route = require 'engine.route'\n"
+                                 "route.get('/ok', function(req) return 200, { ok = true } end)\n");
+  eng_response r;
+  eng_response_init(&r);
+  lua_gc(eng_runtime_lua(rt), LUA_GCCOLLECT);
+  size_t limit = rt->mem_limit;
+  rt->mem_limit = rt->mem_used; /* the request table cannot be built */
+  CHECK_INT(get(rt, "/ok", &r), 503);
+  CHECK(body_has(&r, "\"budget_exceeded\""));
+  CHECK(body_has(&r, "\"request_id\":\"rid-1\""));
+  CHECK(log_has("request: not enough memory"));
+  rt->mem_limit = limit;
+  CHECK_INT(get(rt, "/ok", &r), 200);
+  CHECK(body_has(&r, "{\"ok\":true}"));
+  CHECK(rt->live == NULL);
+  eng_response_free(&r);
+  eng_runtime_free(rt);
+}
+
+static void test_memory_error_reading_results_is_a_503(void) {
+  eng_runtime *rt = runtime_with("local route = require 'engine.route'\n"
+                                 "local squeeze = require 'test.squeeze'\n"
+                                 "route.get('/squeeze', function(req)\n"
+                                 "  local body, headers = { a = 1 }, { ['X-Float'] = 1.5 }\n"
+                                 "  squeeze() -- converting 1.5 to a header string must allocate\n"
+                                 "  return 200, body, headers\n"
+                                 "end)\n"
+                                 "route.get('/ok', function(req) return 200, { ok = true } end)\n");
+  eng_response r;
+  eng_response_init(&r);
+  CHECK_INT(get(rt, "/squeeze", &r), 503);
+  CHECK(body_has(&r, "script memory budget exceeded"));
+  CHECK_INT(r.headers.len, 0);
+  CHECK_INT(get(rt, "/ok", &r), 200);
+  CHECK_INT(get(rt, "/ok", &r), 200); /* the reused coroutine still works */
+  eng_response_free(&r);
+  eng_runtime_free(rt);
+}
+
+static void test_memory_error_in_the_error_hook_gives_the_default_answer(void) {
+  eng_runtime *rt = runtime_with("local route = require 'engine.route'\n"
+                                 "local squeeze = require 'test.squeeze'\n"
+                                 "route.on_error(function(status, code, message, rid)\n"
+                                 "  local headers = { ['X-Float'] = 2.5 }\n"
+                                 "  squeeze()\n"
+                                 "  return { shaped = true }, headers\n"
+                                 "end)\n");
+  eng_response r;
+  eng_response_init(&r);
+  CHECK_INT(get(rt, "/nope", &r), 404);
+  CHECK(body_has(&r, "{\"error\":{\"code\":\"not_found\""));
+  CHECK(!body_has(&r, "shaped"));
+  CHECK(log_has("error hook: not enough memory"));
+  eng_response_free(&r);
+  eng_runtime_free(rt);
+}
+
+static void test_error_object_whose_tostring_raises_is_a_500(void) {
+  eng_runtime *rt = runtime_with("local route = require 'engine.route'\n"
+                                 "route.get('/bad-error', function(req)\n"
+                                 "  error(setmetatable({}, { __tostring = function() error('tostring failed') end }))\n"
+                                 "end)\n"
+                                 "route.get('/ok', function(req) return 200, { ok = true } end)\n");
+  eng_response r;
+  eng_response_init(&r);
+  CHECK_INT(get(rt, "/bad-error", &r), 500);
+  CHECK(body_has(&r, "\"internal_error\""));
+  CHECK(log_has("tostring failed"));
+  CHECK_INT(get(rt, "/ok", &r), 200);
+  eng_response_free(&r);
+  eng_runtime_free(rt);
+}
+
+static void test_state_too_small_to_build_is_a_start_up_error(void) {
+  eng_runtime_options o = {.budget_ms = 1000, .memory_limit = 16 * 1024};
+  eng_runtime *rt = NULL;
+  char *err = NULL;
+  CHECK_INT(eng_runtime_new(&rt, &o, &err), ENG_ENOMEM);
+  CHECK(rt == NULL);
+  CHECK(err != NULL);
+  free(err);
+}
+
+int main(void) {
+  strcpy(tmpdir, "/tmp/apiengine-runtime-XXXXXX");
+  if (mkdtemp(tmpdir) == NULL)
+    return 1;
+  snprintf(log_path, sizeof log_path, "%s.log", tmpdir);
+  int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  eng_log_set_fd(fd);
+  test_memory_error_before_the_handler_is_a_503();
+  test_memory_error_reading_results_is_a_503();
+  test_memory_error_in_the_error_hook_gives_the_default_answer();
+  test_error_object_whose_tostring_raises_is_a_500();
+  test_state_too_small_to_build_is_a_start_up_error();
+  close(fd);
+  unlink(log_path);
+  nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+  return check_summary("test_runtime");
+}
