@@ -3,9 +3,6 @@
 #include "error.h"
 #include "lua_config.h"
 
-#include <lauxlib.h>
-#include <lua.h>
-#include <lualib.h>
 
 #include <errno.h>
 #include <limits.h>
@@ -196,94 +193,27 @@ bad:
 typedef struct file_ctx {
   eng_config *c;
   const char *path;
-  char **err;
-  int rc;
 } file_ctx;
 
-/* The config file's Lua work, run under lua_pcall (load_file) so that a memory error in it
- * is a start-up error, not a panic: evaluate the file, apply its settings of the engine,
- * pack its `settings` table for the workers' states. Failures set f->rc and *f->err. */
-static int load_file_p(lua_State *L) {
-  file_ctx *f = lua_touserdata(L, 1);
-  eng_config *c = f->c;
-  const char *path = f->path;
-  char **err = f->err;
-  int rc = 0;
-  /* Text only, no globals: the file is data. */
-  if (luaL_loadfilex(L, path, "t") != LUA_OK) {
-    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
-    goto done;
-  }
-  lua_newtable(L);
-  lua_setupvalue(L, -2, 1); /* _ENV = {} */
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
-    goto done;
-  }
-  if (!lua_istable(L, -1)) {
-    rc = eng_errorf(err, ENG_ECONFIG, "config file %s must return a table", path);
-    goto done;
-  }
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    if (lua_type(L, -2) != LUA_TSTRING) {
-      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: keys must be strings", path);
-      goto done;
-    }
-    const char *k = lua_tostring(L, -2);
-    if (strcmp(k, "settings") == 0) {
-      lua_pop(L, 1);
-      continue;
-    }
-    const opt *o = NULL;
-    for (size_t i = 0; i < NOPTS; i++)
-      if (opts[i].key && strcmp(opts[i].key, k) == 0)
-        o = &opts[i];
-    if (o == NULL) {
-      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: unknown setting '%s'", path, k);
-      goto done;
-    }
-    int t = lua_type(L, -1);
-    char src[512];
-    snprintf(src, sizeof src, "config file %s", path);
-    if (t == LUA_TBOOLEAN) {
-      rc = apply(c, o, lua_toboolean(L, -1) ? "on" : "off", src, err);
-    } else if (t == LUA_TNUMBER || t == LUA_TSTRING) {
-      rc = apply(c, o, lua_tostring(L, -1), src, err);
-    } else {
-      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: '%s' must be a string or number", path, k);
-    }
-    if (rc)
-      goto done;
-    lua_pop(L, 1);
-  }
-  /* Scripts read `settings` through engine.config; a value that is not a table means none. */
-  eng_buf_reset(&c->settings);
-  lua_getfield(L, -1, "settings");
-  if (lua_istable(L, -1)) {
-    char *why = NULL;
-    if (eng_lua_config_pack(L, -1, &c->settings, &why) != 0)
-      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, why ? why : "out of memory");
-    free(why);
-  }
-done:
-  f->rc = rc;
-  return 0;
+/* One engine setting of the config file (eng_lua_config_read_file's callback). */
+static int file_setting(void *ud, const char *key, const char *value, char **err) {
+  file_ctx *f = ud;
+  const opt *o = NULL;
+  for (size_t i = 0; i < NOPTS; i++)
+    if (opts[i].key && strcmp(opts[i].key, key) == 0)
+      o = &opts[i];
+  if (o == NULL)
+    return eng_errorf(err, ENG_ECONFIG, "config file %s: unknown setting '%s'", f->path, key);
+  if (value == NULL)
+    return eng_errorf(err, ENG_ECONFIG, "config file %s: '%s' must be a string or number", f->path, key);
+  char src[512];
+  snprintf(src, sizeof src, "config file %s", f->path);
+  return apply(f->c, o, value, src, err);
 }
 
 static int load_file(eng_config *c, const char *path, char **err) {
-  lua_State *L = luaL_newstate();
-  if (L == NULL)
-    return eng_errorf(err, ENG_ENOMEM, "out of memory");
-  file_ctx f = {.c = c, .path = path, .err = err};
-  lua_pushcfunction(L, load_file_p);
-  lua_pushlightuserdata(L, &f);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK && f.rc == 0) { /* raised outside the file's own code */
-    free(*err);
-    f.rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, lua_tostring(L, -1));
-  }
-  lua_close(L);
-  return f.rc;
+  file_ctx f = {.c = c, .path = path};
+  return eng_lua_config_read_file(path, file_setting, &f, &c->settings, err);
 }
 
 int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_help, int *want_version, char **err) {

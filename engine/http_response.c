@@ -4,7 +4,7 @@
  * tests and fuzz target link http.c alone. */
 #include "http.h"
 #include "error.h"
-#include "lua_crypto.h"
+#include "crypto.h"
 
 #include <string.h>
 #include <strings.h>

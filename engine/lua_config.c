@@ -279,3 +279,83 @@ void eng_lua_config_unpack(lua_State *L, const char *data, size_t len) {
   }
   lua_setfield(L, LUA_REGISTRYINDEX, SETTINGS_KEY);
 }
+
+/* ---- the config file -------------------------------------------------------------------- */
+
+typedef struct file_ctx {
+  const char *path;
+  eng_config_file_fn fn;
+  void *ud;
+  eng_buf *settings;
+  char **err;
+  int rc;
+} file_ctx;
+
+/* The whole read, run under lua_pcall (eng_lua_config_read_file). Failures set f->rc and *f->err. */
+static int read_file_p(lua_State *L) {
+  file_ctx *f = lua_touserdata(L, 1);
+  const char *path = f->path;
+  char **err = f->err;
+  int rc = 0;
+  /* Text only, no globals: the file is data. */
+  if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
+    goto done;
+  }
+  lua_newtable(L);
+  lua_setupvalue(L, -2, 1); /* _ENV = {} */
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    rc = eng_errorf(err, ENG_ECONFIG, "config file: %s", lua_tostring(L, -1));
+    goto done;
+  }
+  if (!lua_istable(L, -1)) {
+    rc = eng_errorf(err, ENG_ECONFIG, "config file %s must return a table", path);
+    goto done;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: keys must be strings", path);
+      goto done;
+    }
+    const char *k = lua_tostring(L, -2);
+    if (strcmp(k, "settings") != 0) {
+      int t = lua_type(L, -1);
+      const char *v = NULL;
+      if (t == LUA_TBOOLEAN)
+        v = lua_toboolean(L, -1) ? "on" : "off";
+      else if (t == LUA_TNUMBER || t == LUA_TSTRING)
+        v = lua_tostring(L, -1);
+      if ((rc = f->fn(f->ud, k, v, err)) != 0)
+        goto done;
+    }
+    lua_pop(L, 1);
+  }
+  /* Scripts read `settings` through engine.config; a value that is not a table means none. */
+  eng_buf_reset(f->settings);
+  lua_getfield(L, -1, "settings");
+  if (lua_istable(L, -1)) {
+    char *why = NULL;
+    if (eng_lua_config_pack(L, -1, f->settings, &why) != 0)
+      rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, why ? why : "out of memory");
+    free(why);
+  }
+done:
+  f->rc = rc;
+  return 0;
+}
+
+int eng_lua_config_read_file(const char *path, eng_config_file_fn fn, void *ud, eng_buf *settings, char **err) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL)
+    return eng_errorf(err, ENG_ENOMEM, "out of memory");
+  file_ctx f = {.path = path, .fn = fn, .ud = ud, .settings = settings, .err = err};
+  lua_pushcfunction(L, read_file_p);
+  lua_pushlightuserdata(L, &f);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK && f.rc == 0) { /* raised outside the file's own code */
+    free(*err);
+    f.rc = eng_errorf(err, ENG_ECONFIG, "config file %s: %s", path, lua_tostring(L, -1));
+  }
+  lua_close(L);
+  return f.rc;
+}
