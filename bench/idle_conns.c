@@ -26,8 +26,8 @@
 
 #define DEFAULT_CONNS 10000
 #define DEFAULT_HOLD_S 120
-#define FD_HEADROOM 64      /* stdio and friends, on top of one fd per connection */
-#define RESPONSE_MAX 4096   /* the /healthz answer is ~150 bytes */
+#define FD_HEADROOM 64    /* stdio and friends, on top of one fd per connection */
+#define RESPONSE_MAX 4096 /* the /healthz answer is ~150 bytes */
 #define RECV_TIMEOUT_S 5
 
 static int raise_nofile(long want) {

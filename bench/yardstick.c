@@ -392,8 +392,7 @@ int main(int argc, char **argv) {
   }
   struct sockaddr_in sa;
   if (nthreads < 1 || nthreads > MAX_THREADS || parse_listen(listen_at, &sa) != 0) {
-    fprintf(stderr, "yardstick: bad --listen '%s' (IPv4 HOST:PORT) or --threads (1..%d)\n", listen_at,
-            MAX_THREADS);
+    fprintf(stderr, "yardstick: bad --listen '%s' (IPv4 HOST:PORT) or --threads (1..%d)\n", listen_at, MAX_THREADS);
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);

@@ -11,7 +11,7 @@
 
 #define MS_PER_SEC INT64_C(1000)
 #define MS_PER_DAY INT64_C(86400000)
-#define DAYS_PER_ERA INT64_C(146097) /* 400 Gregorian years */
+#define DAYS_PER_ERA INT64_C(146097)      /* 400 Gregorian years */
 #define DAYS_0000_TO_1970 INT64_C(719468) /* from 0000-03-01, the start of era 0 */
 #define FRACTION_MAX_DIGITS 9
 
@@ -21,7 +21,8 @@ static _Thread_local int64_t clock_frozen_ms;
 static _Thread_local int64_t clock_offset_ms;
 
 int64_t eng_clock_now_ms(void) {
-  if (clock_frozen) return clock_frozen_ms;
+  if (clock_frozen)
+    return clock_frozen_ms;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * MS_PER_SEC + ts.tv_nsec / 1000000 + clock_offset_ms;
@@ -49,9 +50,9 @@ void eng_clock_reset(void) {
 int64_t eng_clock_days_from_civil(int64_t y, int m, int d) {
   y -= m <= 2;
   int64_t era = (y >= 0 ? y : y - 399) / 400;
-  int64_t yoe = y - era * 400;                                  /* [0, 399] */
+  int64_t yoe = y - era * 400;                                   /* [0, 399] */
   int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1; /* [0, 365] */
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;          /* [0, 146096] */
+  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;           /* [0, 146096] */
   return era * DAYS_PER_ERA + doe - DAYS_0000_TO_1970;
 }
 
@@ -75,8 +76,10 @@ static char *put_digits(char *p, uint64_t v, int width) {
     tmp[n++] = (char)('0' + v % 10);
     v /= 10;
   } while (v > 0);
-  while (n < width) tmp[n++] = '0';
-  while (n > 0) *p++ = tmp[--n];
+  while (n < width)
+    tmp[n++] = '0';
+  while (n > 0)
+    *p++ = tmp[--n];
   return p;
 }
 
@@ -92,7 +95,8 @@ void eng_clock_format(int64_t ms, char out[ENG_CLOCK_FORMAT_MAX]) {
   int hh = (int)(rem / 3600000), mi = (int)(rem / 60000 % 60), ss = (int)(rem / 1000 % 60);
   int frac = (int)(rem % 1000);
   char *p = out;
-  if (y < 0 || y > 9999) *p++ = y < 0 ? '-' : '+';
+  if (y < 0 || y > 9999)
+    *p++ = y < 0 ? '-' : '+';
   p = put_digits(p, y < 0 ? (uint64_t)-y : (uint64_t)y, 4);
   *p++ = '-';
   p = put_digits(p, (uint64_t)m, 2);
@@ -120,10 +124,12 @@ static int days_in_month(int64_t y, int m) {
 /* Reads exactly n decimal digits at s[*p]; 0 or -1 if fewer are there. */
 static int read_digits(const char *s, size_t len, size_t *p, int n, int *out) {
   int v = 0;
-  if (len - *p < (size_t)n) return -1;
+  if (len - *p < (size_t)n)
+    return -1;
   for (int i = 0; i < n; i++) {
     char c = s[*p + (size_t)i];
-    if (c < '0' || c > '9') return -1;
+    if (c < '0' || c > '9')
+      return -1;
     v = v * 10 + (c - '0');
   }
   *p += (size_t)n;
@@ -132,7 +138,8 @@ static int read_digits(const char *s, size_t len, size_t *p, int n, int *out) {
 }
 
 static int expect_char(const char *s, size_t len, size_t *p, char c) {
-  if (*p >= len || s[*p] != c) return -1;
+  if (*p >= len || s[*p] != c)
+    return -1;
   (*p)++;
   return 0;
 }
@@ -147,13 +154,20 @@ static int parse(const char *s, size_t len, int64_t *out_ms, int *is_date, const
   size_t p = 0;
   int year = 0, mon = 0, day = 0, hh = 0, mi = 0, ss = 0, off_h = 0, off_m = 0, off_sign = 0, frac_ms = 0;
 
-  if (len == 0) PARSE_FAIL("empty string");
-  if (read_digits(s, len, &p, 4, &year)) PARSE_FAIL("invalid year");
-  if (expect_char(s, len, &p, '-')) PARSE_FAIL("expected '-' after year");
-  if (read_digits(s, len, &p, 2, &mon) || mon < 1 || mon > 12) PARSE_FAIL("invalid month");
-  if (expect_char(s, len, &p, '-')) PARSE_FAIL("expected '-' after month");
-  if (read_digits(s, len, &p, 2, &day)) PARSE_FAIL("invalid day");
-  if (day < 1 || day > days_in_month(year, mon)) PARSE_FAIL("day out of range for month");
+  if (len == 0)
+    PARSE_FAIL("empty string");
+  if (read_digits(s, len, &p, 4, &year))
+    PARSE_FAIL("invalid year");
+  if (expect_char(s, len, &p, '-'))
+    PARSE_FAIL("expected '-' after year");
+  if (read_digits(s, len, &p, 2, &mon) || mon < 1 || mon > 12)
+    PARSE_FAIL("invalid month");
+  if (expect_char(s, len, &p, '-'))
+    PARSE_FAIL("expected '-' after month");
+  if (read_digits(s, len, &p, 2, &day))
+    PARSE_FAIL("invalid day");
+  if (day < 1 || day > days_in_month(year, mon))
+    PARSE_FAIL("day out of range for month");
   int64_t days = eng_clock_days_from_civil(year, mon, day);
   if (p == len) {
     *out_ms = days * MS_PER_DAY;
@@ -161,25 +175,36 @@ static int parse(const char *s, size_t len, int64_t *out_ms, int *is_date, const
     return 0;
   }
 
-  if (s[p] != 'T' && s[p] != 't') PARSE_FAIL("expected 'T' after date");
+  if (s[p] != 'T' && s[p] != 't')
+    PARSE_FAIL("expected 'T' after date");
   p++;
-  if (read_digits(s, len, &p, 2, &hh) || hh > 23) PARSE_FAIL("invalid hour");
-  if (expect_char(s, len, &p, ':')) PARSE_FAIL("expected ':' after hour");
-  if (read_digits(s, len, &p, 2, &mi) || mi > 59) PARSE_FAIL("invalid minute");
-  if (expect_char(s, len, &p, ':')) PARSE_FAIL("expected ':' after minute");
-  if (read_digits(s, len, &p, 2, &ss) || ss > 59) PARSE_FAIL("invalid second");
+  if (read_digits(s, len, &p, 2, &hh) || hh > 23)
+    PARSE_FAIL("invalid hour");
+  if (expect_char(s, len, &p, ':'))
+    PARSE_FAIL("expected ':' after hour");
+  if (read_digits(s, len, &p, 2, &mi) || mi > 59)
+    PARSE_FAIL("invalid minute");
+  if (expect_char(s, len, &p, ':'))
+    PARSE_FAIL("expected ':' after minute");
+  if (read_digits(s, len, &p, 2, &ss) || ss > 59)
+    PARSE_FAIL("invalid second");
   if (p < len && s[p] == '.') {
     int ndigits = 0;
     p++;
     while (p < len && s[p] >= '0' && s[p] <= '9') {
-      if (++ndigits > FRACTION_MAX_DIGITS) PARSE_FAIL("fraction longer than 9 digits");
-      if (ndigits <= 3) frac_ms = frac_ms * 10 + (s[p] - '0');
+      if (++ndigits > FRACTION_MAX_DIGITS)
+        PARSE_FAIL("fraction longer than 9 digits");
+      if (ndigits <= 3)
+        frac_ms = frac_ms * 10 + (s[p] - '0');
       p++;
     }
-    if (ndigits == 0) PARSE_FAIL("invalid fraction");
-    for (int i = ndigits; i < 3; i++) frac_ms *= 10;
+    if (ndigits == 0)
+      PARSE_FAIL("invalid fraction");
+    for (int i = ndigits; i < 3; i++)
+      frac_ms *= 10;
   }
-  if (p == len) PARSE_FAIL("missing UTC offset");
+  if (p == len)
+    PARSE_FAIL("missing UTC offset");
   if (s[p] == 'Z' || s[p] == 'z') {
     p++;
   } else if (s[p] == '+' || s[p] == '-') {
@@ -191,7 +216,8 @@ static int parse(const char *s, size_t len, int64_t *out_ms, int *is_date, const
   } else {
     PARSE_FAIL("invalid UTC offset");
   }
-  if (p != len) PARSE_FAIL("trailing characters");
+  if (p != len)
+    PARSE_FAIL("trailing characters");
 
   /* Local time minus the offset is UTC: 10:00+05:30 is 04:30Z. */
   int64_t secs = (int64_t)hh * 3600 + mi * 60 + ss - (int64_t)off_sign * (off_h * 3600 + off_m * 60);
@@ -204,6 +230,5 @@ int eng_clock_parse(const char *s, size_t len, int64_t *out_ms, int *is_date, co
   int64_t ms_dummy;
   int date_dummy;
   const char *msg_dummy;
-  return parse(s, len, out_ms ? out_ms : &ms_dummy, is_date ? is_date : &date_dummy,
-               errmsg ? errmsg : &msg_dummy);
+  return parse(s, len, out_ms ? out_ms : &ms_dummy, is_date ? is_date : &date_dummy, errmsg ? errmsg : &msg_dummy);
 }

@@ -3,7 +3,6 @@
 #include "error.h"
 #include "lua_config.h"
 
-
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -26,24 +25,31 @@ typedef struct opt {
 #define OFF(f) offsetof(eng_config, f)
 
 static const opt opts[] = {
-    {"--listen", "APIENGINE_LISTEN", "listen", T_LISTEN, 0, 0, 0, "HOST:PORT to listen on (default " ENG_DEFAULT_LISTEN ")"},
+    {"--listen", "APIENGINE_LISTEN", "listen", T_LISTEN, 0, 0, 0,
+     "HOST:PORT to listen on (default " ENG_DEFAULT_LISTEN ")"},
     {"--workers", "APIENGINE_WORKERS", "workers", T_INT, OFF(workers), 1, ENG_MAX_WORKERS,
      "worker threads, each with its own loop, socket and Lua state (default: number of cores)"},
-    {"--scripts", "APIENGINE_SCRIPTS", "scripts", T_STR, OFF(scripts_dir), 0, 0, "route scripts directory, or dirs joined by ':' to overlay (default " ENG_DEFAULT_SCRIPTS ")"},
-    {"--schema", "APIENGINE_SCHEMA", "schema", T_STR, OFF(schema_dir), 0, 0, "migrations directory, or dirs joined by ':' (default " ENG_DEFAULT_SCHEMA ")"},
+    {"--scripts", "APIENGINE_SCRIPTS", "scripts", T_STR, OFF(scripts_dir), 0, 0,
+     "route scripts directory, or dirs joined by ':' to overlay (default " ENG_DEFAULT_SCRIPTS ")"},
+    {"--schema", "APIENGINE_SCHEMA", "schema", T_STR, OFF(schema_dir), 0, 0,
+     "migrations directory, or dirs joined by ':' (default " ENG_DEFAULT_SCHEMA ")"},
     {"--db", "APIENGINE_DB", "db", T_STR, OFF(db_path), 0, 0, "SQLite database file (default " ENG_DEFAULT_DB ")"},
-    {"--config", "APIENGINE_CONFIG", NULL, T_STR, OFF(config_file), 0, 0, "Lua config file returning a table of these settings"},
-    {NULL, "APIENGINE_KEY", "key", T_STR, OFF(key), 0, 0, "server key: 64 hex chars or base64 of 32 bytes (env/file only)"},
-    {"--synchronous", "APIENGINE_SYNCHRONOUS", "synchronous", T_SYNC, OFF(synchronous), 0, 0, "SQLite synchronous: FULL (default), NORMAL, OFF"},
-    {"--log-level", "APIENGINE_LOG_LEVEL", "log_level", T_LEVEL, OFF(log_level), 0, 0, "error, warn, info (default), debug"},
+    {"--config", "APIENGINE_CONFIG", NULL, T_STR, OFF(config_file), 0, 0,
+     "Lua config file returning a table of these settings"},
+    {NULL, "APIENGINE_KEY", "key", T_STR, OFF(key), 0, 0,
+     "server key: 64 hex chars or base64 of 32 bytes (env/file only)"},
+    {"--synchronous", "APIENGINE_SYNCHRONOUS", "synchronous", T_SYNC, OFF(synchronous), 0, 0,
+     "SQLite synchronous: FULL (default), NORMAL, OFF"},
+    {"--log-level", "APIENGINE_LOG_LEVEL", "log_level", T_LEVEL, OFF(log_level), 0, 0,
+     "error, warn, info (default), debug"},
     {"--log-format", "APIENGINE_LOG_FORMAT", "log_format", T_FORMAT, OFF(log_json), 0, 0, "plain (default) or json"},
     {"--access-log", "APIENGINE_ACCESS_LOG", "access_log", T_ONOFF, OFF(access_log), 0, 0, "on (default) or off"},
     {"--max-header-bytes", "APIENGINE_MAX_HEADER_BYTES", "max_header_bytes", T_SIZE, OFF(limits.max_header_bytes), 256,
      1 << 20, "request header limit, 431 past it (default 16384)"},
     {"--max-url-bytes", "APIENGINE_MAX_URL_BYTES", "max_url_bytes", T_SIZE, OFF(limits.max_url_bytes), 64, 1 << 20,
      "request target limit, 414 past it (default 8192)"},
-    {"--max-body-bytes", "APIENGINE_MAX_BODY_BYTES", "max_body_bytes", T_SIZE, OFF(limits.max_body_bytes), 0,
-     1L << 30, "request body limit, 413 past it (default 1048576)"},
+    {"--max-body-bytes", "APIENGINE_MAX_BODY_BYTES", "max_body_bytes", T_SIZE, OFF(limits.max_body_bytes), 0, 1L << 30,
+     "request body limit, 413 past it (default 1048576)"},
     {"--header-timeout", "APIENGINE_HEADER_TIMEOUT", "header_timeout", T_INT, OFF(header_timeout_ms), 100, 3600000,
      "ms to receive a whole request once it starts (default 10000)"},
     {"--idle-timeout", "APIENGINE_IDLE_TIMEOUT", "idle_timeout", T_INT, OFF(idle_timeout_ms), 100, 3600000,

@@ -29,7 +29,8 @@
 int eng_crypto_random(void *buf, size_t n) {
   while (n > 0) { /* RAND_bytes takes an int */
     int chunk = n > INT_MAX ? INT_MAX : (int)n;
-    if (RAND_bytes(buf, chunk) != 1) return ENG_ECRYPTO;
+    if (RAND_bytes(buf, chunk) != 1)
+      return ENG_ECRYPTO;
     buf = (unsigned char *)buf + chunk;
     n -= (size_t)chunk;
   }
@@ -56,7 +57,8 @@ int eng_crypto_uuid4(char out[ENG_CRYPTO_UUID_LEN + 1]) {
   unsigned char raw[UUID_RAW_LEN];
   pthread_once(&uuid_atfork_once, uuid_atfork_register);
   if (uuid_pool_pos + UUID_RAW_LEN > UUID_POOL_SIZE) {
-    if (RAND_bytes(uuid_pool, UUID_POOL_SIZE) != 1) return ENG_ECRYPTO;
+    if (RAND_bytes(uuid_pool, UUID_POOL_SIZE) != 1)
+      return ENG_ECRYPTO;
     uuid_pool_pos = 0;
   }
   memcpy(raw, uuid_pool + uuid_pool_pos, UUID_RAW_LEN);
@@ -66,7 +68,8 @@ int eng_crypto_uuid4(char out[ENG_CRYPTO_UUID_LEN + 1]) {
   raw[8] = (unsigned char)((raw[8] & 0x3f) | 0x80); /* variant 10xx (RFC 4122) */
   char *p = out;
   for (int i = 0; i < UUID_RAW_LEN; i++) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) *p++ = '-';
+    if (i == 4 || i == 6 || i == 8 || i == 10)
+      *p++ = '-';
     *p++ = HEX_DIGITS[raw[i] >> 4];
     *p++ = HEX_DIGITS[raw[i] & 0x0f];
   }
@@ -84,8 +87,7 @@ size_t eng_crypto_hex_encode(const unsigned char *in, size_t n, char *out) {
   return 2 * n;
 }
 
-int eng_crypto_hex_decode(const char *s, size_t len, unsigned char *out, size_t *out_len,
-                          const char **errmsg) {
+int eng_crypto_hex_decode(const char *s, size_t len, unsigned char *out, size_t *out_len, const char **errmsg) {
   if (len % 2 != 0) {
     *errmsg = "odd hex length";
     return ENG_EPARSE;
@@ -128,40 +130,51 @@ size_t eng_crypto_b64_encode(const unsigned char *in, size_t n, int url, char *o
     out[o++] = abc[v >> 18];
     out[o++] = abc[(v >> 12) & 63];
     out[o++] = abc[(v >> 6) & 63];
-    if (!url) out[o++] = '=';
+    if (!url)
+      out[o++] = '=';
   }
   return o;
 }
 
 static int b64_value(char c, int url) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == (url ? '-' : '+')) return 62;
-  if (c == (url ? '_' : '/')) return 63;
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (c >= '0' && c <= '9')
+    return c - '0' + 52;
+  if (c == (url ? '-' : '+'))
+    return 62;
+  if (c == (url ? '_' : '/'))
+    return 63;
   return -1;
 }
 
-#define B64_FAIL(msg) \
-  do {                \
-    *errmsg = (msg);  \
+#define B64_FAIL(msg)  \
+  do {                 \
+    *errmsg = (msg);   \
     return ENG_EPARSE; \
   } while (0)
 
-int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out,
-                          size_t *out_len, const char **errmsg) {
+int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out, size_t *out_len,
+                          const char **errmsg) {
   size_t data_len = len, o = 0;
   if (!url) {
-    if (len % 4 != 0) B64_FAIL("invalid base64 length");
-    if (len > 0 && s[len - 1] == '=') data_len--;
-    if (len > 1 && s[len - 2] == '=') data_len--;
+    if (len % 4 != 0)
+      B64_FAIL("invalid base64 length");
+    if (len > 0 && s[len - 1] == '=')
+      data_len--;
+    if (len > 1 && s[len - 2] == '=')
+      data_len--;
   }
   /* Data characters must leave 0, 2 or 3 in the last group (1 cannot hold a whole byte). */
-  if (data_len % 4 == 1) B64_FAIL(url ? "invalid base64url length" : "invalid base64 padding");
+  if (data_len % 4 == 1)
+    B64_FAIL(url ? "invalid base64url length" : "invalid base64 padding");
   uint32_t acc = 0;
   for (size_t i = 0; i < data_len; i++) {
     int v = b64_value(s[i], url);
-    if (v < 0) B64_FAIL(url ? "invalid base64url character" : "invalid base64 character");
+    if (v < 0)
+      B64_FAIL(url ? "invalid base64url character" : "invalid base64 character");
     acc = acc << 6 | (uint32_t)v;
     if (i % 4 == 3) {
       out[o++] = (unsigned char)(acc >> 16);
@@ -173,11 +186,13 @@ int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out
   /* A partial group's unused low bits must be zero, or two strings would decode alike. */
   switch (data_len % 4) {
   case 2:
-    if (acc & 0x0f) B64_FAIL("non-canonical base64 trailing bits");
+    if (acc & 0x0f)
+      B64_FAIL("non-canonical base64 trailing bits");
     out[o++] = (unsigned char)(acc >> 4);
     break;
   case 3:
-    if (acc & 0x03) B64_FAIL("non-canonical base64 trailing bits");
+    if (acc & 0x03)
+      B64_FAIL("non-canonical base64 trailing bits");
     out[o++] = (unsigned char)(acc >> 10);
     out[o++] = (unsigned char)(acc >> 2);
     break;
@@ -202,9 +217,9 @@ int eng_crypto_sha256(const void *data, size_t len, unsigned char out[ENG_CRYPTO
 int eng_crypto_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t msg_len,
                            unsigned char out[ENG_CRYPTO_SHA256_LEN]) {
   unsigned int out_len = 0;
-  if (key_len > INT_MAX) return ENG_EINVAL;
-  if (!HMAC(EVP_sha256(), key, (int)key_len, msg, msg_len, out, &out_len) ||
-      out_len != ENG_CRYPTO_SHA256_LEN)
+  if (key_len > INT_MAX)
+    return ENG_EINVAL;
+  if (!HMAC(EVP_sha256(), key, (int)key_len, msg, msg_len, out, &out_len) || out_len != ENG_CRYPTO_SHA256_LEN)
     return ENG_ECRYPTO;
   return 0;
 }
@@ -216,26 +231,29 @@ void eng_crypto_wipe(void *p, size_t n) { OPENSSL_cleanse(p, n); }
 int eng_crypto_derive_key(const unsigned char master[ENG_CRYPTO_KEY_LEN], const char *label,
                           unsigned char out[ENG_CRYPTO_KEY_LEN]) {
   _Static_assert(ENG_CRYPTO_KEY_LEN == ENG_CRYPTO_SHA256_LEN, "a derived key is one HMAC-SHA256");
-  return eng_crypto_hmac_sha256(master, ENG_CRYPTO_KEY_LEN, label, strlen(label), out) == 0
-             ? 0
-             : ENG_ECRYPTO;
+  return eng_crypto_hmac_sha256(master, ENG_CRYPTO_KEY_LEN, label, strlen(label), out) == 0 ? 0 : ENG_ECRYPTO;
 }
 
 /* ---- AEAD ---- */
 
 /* AES-256-GCM over `header` (authenticated, not encrypted) + aad, then pt -> ct + tag. */
-static int gcm_seal(const unsigned char *key, const unsigned char *nonce,
-                    const unsigned char *header, size_t header_len, const unsigned char *aad,
-                    size_t aad_len, const unsigned char *pt, size_t pt_len, unsigned char *ct,
-                    unsigned char tag[ENG_CRYPTO_SEAL_TAG_LEN]) {
+static int gcm_seal(const unsigned char *key, const unsigned char *nonce, const unsigned char *header,
+                    size_t header_len, const unsigned char *aad, size_t aad_len, const unsigned char *pt, size_t pt_len,
+                    unsigned char *ct, unsigned char tag[ENG_CRYPTO_SEAL_TAG_LEN]) {
   int rc = ENG_ECRYPTO, n = 0;
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-  if (!ctx) return ENG_ENOMEM;
-  if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1) goto cleanup;
-  if (EVP_EncryptUpdate(ctx, NULL, &n, header, (int)header_len) != 1) goto cleanup;
-  if (aad_len > 0 && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) goto cleanup;
-  if (pt_len > 0 && EVP_EncryptUpdate(ctx, ct, &n, pt, (int)pt_len) != 1) goto cleanup;
-  if (EVP_EncryptFinal_ex(ctx, ct + n, &n) != 1) goto cleanup;
+  if (!ctx)
+    return ENG_ENOMEM;
+  if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1)
+    goto cleanup;
+  if (EVP_EncryptUpdate(ctx, NULL, &n, header, (int)header_len) != 1)
+    goto cleanup;
+  if (aad_len > 0 && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1)
+    goto cleanup;
+  if (pt_len > 0 && EVP_EncryptUpdate(ctx, ct, &n, pt, (int)pt_len) != 1)
+    goto cleanup;
+  if (EVP_EncryptFinal_ex(ctx, ct + n, &n) != 1)
+    goto cleanup;
   if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ENG_CRYPTO_SEAL_TAG_LEN, tag) != 1)
     goto cleanup;
   rc = 0;
@@ -245,48 +263,57 @@ cleanup:
 }
 
 /* Inverse of gcm_seal; on any failure `pt` is wiped so unauthenticated bytes never escape. */
-static int gcm_open(const unsigned char *key, const unsigned char *nonce,
-                    const unsigned char *header, size_t header_len, const unsigned char *aad,
-                    size_t aad_len, const unsigned char *ct, size_t ct_len,
+static int gcm_open(const unsigned char *key, const unsigned char *nonce, const unsigned char *header,
+                    size_t header_len, const unsigned char *aad, size_t aad_len, const unsigned char *ct, size_t ct_len,
                     const unsigned char tag[ENG_CRYPTO_SEAL_TAG_LEN], unsigned char *pt) {
   int rc = ENG_ECRYPTO, n = 0;
   unsigned char tag_copy[ENG_CRYPTO_SEAL_TAG_LEN];
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-  if (!ctx) return ENG_ENOMEM;
+  if (!ctx)
+    return ENG_ENOMEM;
   memcpy(tag_copy, tag, ENG_CRYPTO_SEAL_TAG_LEN); /* the ctrl takes a non-const pointer */
-  if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1) goto cleanup;
-  if (EVP_DecryptUpdate(ctx, NULL, &n, header, (int)header_len) != 1) goto cleanup;
-  if (aad_len > 0 && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) goto cleanup;
-  if (ct_len > 0 && EVP_DecryptUpdate(ctx, pt, &n, ct, (int)ct_len) != 1) goto cleanup;
+  if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1)
+    goto cleanup;
+  if (EVP_DecryptUpdate(ctx, NULL, &n, header, (int)header_len) != 1)
+    goto cleanup;
+  if (aad_len > 0 && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1)
+    goto cleanup;
+  if (ct_len > 0 && EVP_DecryptUpdate(ctx, pt, &n, ct, (int)ct_len) != 1)
+    goto cleanup;
   if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ENG_CRYPTO_SEAL_TAG_LEN, tag_copy) != 1)
     goto cleanup;
-  if (EVP_DecryptFinal_ex(ctx, pt + n, &n) != 1) goto cleanup;
+  if (EVP_DecryptFinal_ex(ctx, pt + n, &n) != 1)
+    goto cleanup;
   rc = 0;
 cleanup:
   EVP_CIPHER_CTX_free(ctx);
-  if (rc != 0 && ct_len > 0) OPENSSL_cleanse(pt, ct_len);
+  if (rc != 0 && ct_len > 0)
+    OPENSSL_cleanse(pt, ct_len);
   return rc;
 }
 
 /* A random 96-bit nonce per message keeps the GCM nonce-reuse risk negligible well past
  * the number of secrets this engine will ever seal under one key. */
-int eng_crypto_seal(const unsigned char key[ENG_CRYPTO_KEY_LEN], const void *aad, size_t aad_len,
-                    const void *pt, size_t pt_len, unsigned char *out) {
-  if (pt_len > ENG_CRYPTO_SEAL_MAX || aad_len > ENG_CRYPTO_SEAL_MAX) return ENG_ETOOBIG;
+int eng_crypto_seal(const unsigned char key[ENG_CRYPTO_KEY_LEN], const void *aad, size_t aad_len, const void *pt,
+                    size_t pt_len, unsigned char *out) {
+  if (pt_len > ENG_CRYPTO_SEAL_MAX || aad_len > ENG_CRYPTO_SEAL_MAX)
+    return ENG_ETOOBIG;
   out[0] = ENG_CRYPTO_SEAL_VERSION;
-  if (eng_crypto_random(out + 1, ENG_CRYPTO_SEAL_NONCE_LEN) != 0) return ENG_ECRYPTO;
-  return gcm_seal(key, out + 1, out, 1, aad, aad_len, pt, pt_len,
-                  out + ENG_CRYPTO_SEAL_HEADER_LEN, out + ENG_CRYPTO_SEAL_HEADER_LEN + pt_len);
+  if (eng_crypto_random(out + 1, ENG_CRYPTO_SEAL_NONCE_LEN) != 0)
+    return ENG_ECRYPTO;
+  return gcm_seal(key, out + 1, out, 1, aad, aad_len, pt, pt_len, out + ENG_CRYPTO_SEAL_HEADER_LEN,
+                  out + ENG_CRYPTO_SEAL_HEADER_LEN + pt_len);
 }
 
 int eng_crypto_open(const unsigned char key[ENG_CRYPTO_KEY_LEN], const void *aad, size_t aad_len,
                     const unsigned char *sealed, size_t len, unsigned char *out, size_t *out_len) {
-  if (len < ENG_CRYPTO_SEAL_OVERHEAD || sealed[0] != ENG_CRYPTO_SEAL_VERSION ||
-      aad_len > ENG_CRYPTO_SEAL_MAX || len - ENG_CRYPTO_SEAL_OVERHEAD > ENG_CRYPTO_SEAL_MAX)
+  if (len < ENG_CRYPTO_SEAL_OVERHEAD || sealed[0] != ENG_CRYPTO_SEAL_VERSION || aad_len > ENG_CRYPTO_SEAL_MAX ||
+      len - ENG_CRYPTO_SEAL_OVERHEAD > ENG_CRYPTO_SEAL_MAX)
     return ENG_ECRYPTO;
   size_t ct_len = len - ENG_CRYPTO_SEAL_OVERHEAD;
-  int rc = gcm_open(key, sealed + 1, sealed, 1, aad, aad_len, sealed + ENG_CRYPTO_SEAL_HEADER_LEN,
-                    ct_len, sealed + ENG_CRYPTO_SEAL_HEADER_LEN + ct_len, out);
-  if (rc == 0) *out_len = ct_len;
+  int rc = gcm_open(key, sealed + 1, sealed, 1, aad, aad_len, sealed + ENG_CRYPTO_SEAL_HEADER_LEN, ct_len,
+                    sealed + ENG_CRYPTO_SEAL_HEADER_LEN + ct_len, out);
+  if (rc == 0)
+    *out_len = ct_len;
   return rc;
 }

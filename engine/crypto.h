@@ -31,8 +31,7 @@ int eng_crypto_uuid4(char out[ENG_CRYPTO_UUID_LEN + 1]);
  * (either case) into out (>= len/2 bytes), sets *out_len; 0, or ENG_EPARSE with a static
  * *errmsg ("odd hex length", "invalid hex character"). */
 size_t eng_crypto_hex_encode(const unsigned char *in, size_t n, char *out);
-int eng_crypto_hex_decode(const char *s, size_t len, unsigned char *out, size_t *out_len,
-                          const char **errmsg);
+int eng_crypto_hex_decode(const char *s, size_t len, unsigned char *out, size_t *out_len, const char **errmsg);
 
 /* Base64 (url = 0: standard alphabet, padded) or base64url (url = 1: no padding).
  * ENG_CRYPTO_B64_ENCODED_LEN is exact for url = 0 and an upper bound for url = 1;
@@ -42,8 +41,7 @@ int eng_crypto_hex_decode(const char *s, size_t len, unsigned char *out, size_t 
 #define ENG_CRYPTO_B64_ENCODED_LEN(n) (((n) + 2) / 3 * 4)
 #define ENG_CRYPTO_B64_DECODED_MAX(len) ((len) / 4 * 3 + 3)
 size_t eng_crypto_b64_encode(const unsigned char *in, size_t n, int url, char *out);
-int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out,
-                          size_t *out_len, const char **errmsg);
+int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out, size_t *out_len, const char **errmsg);
 
 /* SHA-256 of len bytes at data into out. Returns 0, or ENG_ECRYPTO when OpenSSL cannot
  * allocate (out is then not a digest). */
@@ -79,8 +77,8 @@ int eng_crypto_derive_key(const unsigned char master[ENG_CRYPTO_KEY_LEN], const 
  * into out, which has room for pt_len + ENG_CRYPTO_SEAL_OVERHEAD bytes (all of them are
  * written on success). Returns 0, ENG_ETOOBIG (pt_len or aad_len over ENG_CRYPTO_SEAL_MAX),
  * ENG_ENOMEM or ENG_ECRYPTO (random generator or cipher failure). */
-int eng_crypto_seal(const unsigned char key[ENG_CRYPTO_KEY_LEN], const void *aad, size_t aad_len,
-                    const void *pt, size_t pt_len, unsigned char *out);
+int eng_crypto_seal(const unsigned char key[ENG_CRYPTO_KEY_LEN], const void *aad, size_t aad_len, const void *pt,
+                    size_t pt_len, unsigned char *out);
 
 /* Opens len bytes of sealed data under key and the same aad into out, which has room for
  * len - ENG_CRYPTO_SEAL_OVERHEAD bytes (nothing is written when len is shorter than the

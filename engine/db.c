@@ -203,9 +203,9 @@ sqlite3 *eng_db_handle(eng_db *db) { return db->h; }
 
 /* ---- busy handler ---- */
 
-#define BUSY_SPIN_US 100     /* first waits: another worker's commit takes a few ms */
-#define BUSY_SPIN_TRIES 50   /* ... for the first 5 ms */
-#define BUSY_SLEEP_US 1000   /* then 1 ms at a time until busy_timeout_ms */
+#define BUSY_SPIN_US 100   /* first waits: another worker's commit takes a few ms */
+#define BUSY_SPIN_TRIES 50 /* ... for the first 5 ms */
+#define BUSY_SLEEP_US 1000 /* then 1 ms at a time until busy_timeout_ms */
 
 static int64_t mono_us(void) {
   struct timespec ts;
@@ -312,8 +312,10 @@ static int configure(eng_db *db, const char *path, const eng_db_options *o, char
     if (strcmp(mode, "wal") != 0)
       return eng_errorf(err, ENG_EDB, "db: cannot set WAL mode on %s: journal_mode is %s", path, mode);
   }
-  snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s; PRAGMA foreign_keys=ON; PRAGMA cache_size=%lld; "
-           "PRAGMA mmap_size=%lld", o->synchronous, o->cache_mb < 0 ? -2000LL : -1024LL * o->cache_mb,
+  snprintf(pragma, sizeof pragma,
+           "PRAGMA synchronous=%s; PRAGMA foreign_keys=ON; PRAGMA cache_size=%lld; "
+           "PRAGMA mmap_size=%lld",
+           o->synchronous, o->cache_mb < 0 ? -2000LL : -1024LL * o->cache_mb,
            o->mmap_mb < 0 ? 0LL : 1048576LL * o->mmap_mb);
   if (sqlite3_exec(db->h, pragma, NULL, NULL, NULL) != SQLITE_OK)
     return eng_errorf(err, ENG_EDB, "db: cannot configure %s: %s", path, sqlite3_errmsg(db->h));

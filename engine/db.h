@@ -21,10 +21,10 @@
 #define ENG_DB_STMT_CACHE_DEFAULT 128
 #define ENG_DB_STMT_CACHE_MIN 4
 #define ENG_DB_STMT_CACHE_MAX 65536
-#define ENG_DB_SQL_MAX_BYTES (1024 * 1024)             /* one statement's text */
-#define ENG_DB_CACHE_DEFAULT_MB 64   /* page cache per connection (PRAGMA cache_size) */
-#define ENG_DB_MMAP_DEFAULT_MB 1024  /* memory-mapped reads of the database file (PRAGMA mmap_size) */
-#define ENG_DB_SIZE_MAX_MB 65536     /* upper bound for both */
+#define ENG_DB_SQL_MAX_BYTES (1024 * 1024) /* one statement's text */
+#define ENG_DB_CACHE_DEFAULT_MB 64         /* page cache per connection (PRAGMA cache_size) */
+#define ENG_DB_MMAP_DEFAULT_MB 1024        /* memory-mapped reads of the database file (PRAGMA mmap_size) */
+#define ENG_DB_SIZE_MAX_MB 65536           /* upper bound for both */
 #define ENG_DB_CACHE_ENV "APIENGINE_DB_CACHE_MB"
 #define ENG_DB_MMAP_ENV "APIENGINE_DB_MMAP_MB"
 

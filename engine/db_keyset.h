@@ -16,8 +16,8 @@
 
 typedef struct eng_db eng_db; /* db.h */
 
-#define ENG_DB_KEYSETS_MAX 4                            /* distinct scan statements per connection */
-#define ENG_DB_KEYSET_BYTES_MAX ((size_t)0xffffffffu)   /* key bytes per set (32-bit offsets) */
+#define ENG_DB_KEYSETS_MAX 4                          /* distinct scan statements per connection */
+#define ENG_DB_KEYSET_BYTES_MAX ((size_t)0xffffffffu) /* key bytes per set (32-bit offsets) */
 
 typedef struct eng_db_keyset eng_db_keyset;
 

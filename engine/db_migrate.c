@@ -12,7 +12,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-
 #include "crypto.h"
 #include "db.h"
 #include "error.h"
@@ -149,8 +148,8 @@ static int list_migrations(char *const *dirs, int ndirs, mig_file **out, size_t 
         rc = eng_errorf(err, ENG_ECONFIG, "db: migrations %s and %s share the number %04d", files[i - 1].name,
                         files[i].name, files[i].id);
       else
-        rc = eng_errorf(err, ENG_ECONFIG, "db: migrations %s/%s and %s/%s share the number %04d",
-                        files[i - 1].dir, files[i - 1].name, files[i].dir, files[i].name, files[i].id);
+        rc = eng_errorf(err, ENG_ECONFIG, "db: migrations %s/%s and %s/%s share the number %04d", files[i - 1].dir,
+                        files[i - 1].name, files[i].dir, files[i].name, files[i].id);
       goto cleanup;
     }
   }
@@ -184,12 +183,12 @@ static int exec_sql(eng_db *db, const char *sql, const char *what, char **err) {
   return eng_errorf(err, ENG_EDB, "db: %s: %s", what, sqlite3_errmsg(h));
 }
 
-#define SQL_CREATE_MIGRATIONS                                                                  \
+#define SQL_CREATE_MIGRATIONS                                                                            \
   "CREATE TABLE IF NOT EXISTS " ENG_DB_MIGRATIONS_TABLE " (id INTEGER PRIMARY KEY, name TEXT NOT NULL, " \
   "checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
 #define SQL_SELECT_MIGRATIONS "SELECT id, name, checksum FROM " ENG_DB_MIGRATIONS_TABLE " ORDER BY id"
 #define SQL_SELECT_MIGRATION "SELECT name, checksum FROM " ENG_DB_MIGRATIONS_TABLE " WHERE id = ?1"
-#define SQL_INSERT_MIGRATION                                                      \
+#define SQL_INSERT_MIGRATION                                                  \
   "INSERT INTO " ENG_DB_MIGRATIONS_TABLE " (id, name, checksum, applied_at) " \
   "VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
 
@@ -206,11 +205,10 @@ static mig_file *find_migration(mig_file *files, size_t n, int id) {
 }
 
 /* Compares a recorded migration with the directory's file of that number. */
-static int check_record(const char *dir, mig_file *f, int id, const char *name, const char *checksum,
-                        char **err) {
+static int check_record(const char *dir, mig_file *f, int id, const char *name, const char *checksum, char **err) {
   if (!f || strcmp(f->name, name) != 0)
-    return eng_errorf(err, ENG_ECONFIG, "db: the database records migration %s (id %d), which is not in %s", name,
-                      id, dir);
+    return eng_errorf(err, ENG_ECONFIG, "db: the database records migration %s (id %d), which is not in %s", name, id,
+                      dir);
   if (strcmp(f->checksum, checksum) != 0)
     return eng_errorf(err, ENG_ECONFIG, "db: migration %s was changed after it was applied", f->name);
   f->recorded = 1;
@@ -243,8 +241,7 @@ static int check_records(eng_db *db, const char *dir, mig_file *files, size_t n,
     *max_id = id;
   }
   if (!rc && step != SQLITE_DONE)
-    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s",
-                    sqlite3_errmsg(eng_db_handle(db)));
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s", sqlite3_errmsg(eng_db_handle(db)));
   sqlite3_reset(st);
   if (!rc)
     rc = exec_sql(db, "COMMIT", "cannot finish migration check", err);

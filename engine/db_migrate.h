@@ -7,7 +7,7 @@
 
 typedef struct eng_db eng_db; /* db.h */
 
-#define ENG_DB_MIGRATION_MAX_BYTES (16 * 1024 * 1024)  /* one migration file */
+#define ENG_DB_MIGRATION_MAX_BYTES (16 * 1024 * 1024) /* one migration file */
 #define ENG_DB_MIGRATIONS_TABLE "_migrations"
 
 /* Applies schema_dir/NNNN_name.sql files (4 digits, '_', a non-empty name, ".sql"; other names

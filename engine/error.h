@@ -6,18 +6,18 @@
 #ifndef ENG_ERROR_H
 #define ENG_ERROR_H
 
-#define ENG_ERRNO_MAP(X)                                   \
-  X(NOMEM, "out of memory")                                \
-  X(INVAL, "invalid argument")                             \
-  X(IO, "input/output error")                              \
-  X(TOOBIG, "too large")                                   \
-  X(PARSE, "parse error")                                  \
-  X(NOTFOUND, "not found")                                 \
-  X(EXISTS, "already exists")                              \
-  X(DB, "database error")                                  \
-  X(CRYPTO, "cryptography error")                          \
-  X(LUA, "script error")                                   \
-  X(BUDGET, "script budget exceeded")                      \
+#define ENG_ERRNO_MAP(X)              \
+  X(NOMEM, "out of memory")           \
+  X(INVAL, "invalid argument")        \
+  X(IO, "input/output error")         \
+  X(TOOBIG, "too large")              \
+  X(PARSE, "parse error")             \
+  X(NOTFOUND, "not found")            \
+  X(EXISTS, "already exists")         \
+  X(DB, "database error")             \
+  X(CRYPTO, "cryptography error")     \
+  X(LUA, "script error")              \
+  X(BUDGET, "script budget exceeded") \
   X(CONFIG, "configuration error")
 
 enum {

@@ -13,8 +13,8 @@
  * ENG_ETOOBIG (larger than max_bytes) or ENG_ENOMEM; *data is NULL on failure. */
 int eng_file_read(const char *path, size_t max_bytes, char **data, size_t *len);
 
-#define ENG_DIRS_MAX 16         /* directories in one list */
-#define ENG_DIRS_TEXT_MAX 4096  /* bytes of the whole list */
+#define ENG_DIRS_MAX 16        /* directories in one list */
+#define ENG_DIRS_TEXT_MAX 4096 /* bytes of the whole list */
 
 /* A ':'-joined list split in place: dirs[i] point into buf; empty items are skipped. */
 typedef struct eng_dirs {

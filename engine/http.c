@@ -31,7 +31,7 @@ typedef struct buf_stash {
 
 static _Thread_local buf_stash stash;
 static _Thread_local int stash_armed; /* this thread's stash_key value is set */
-static pthread_key_t stash_key; /* its value only arms stash_drain at thread exit */
+static pthread_key_t stash_key;       /* its value only arms stash_drain at thread exit */
 static pthread_once_t stash_once = PTHREAD_ONCE_INIT;
 static int stash_key_ok;
 
@@ -409,8 +409,8 @@ int eng_http_header_value_ok(const char *s, size_t n) {
 }
 
 int eng_http_header_reserved(const char *s, size_t n) {
-  static const char *const names[] = {"content-length", "transfer-encoding", "connection", "date",
-                                      "x-request-id", NULL};
+  static const char *const names[] = {"content-length", "transfer-encoding", "connection",
+                                      "date",           "x-request-id",      NULL};
   for (int i = 0; names[i]; i++)
     if (strlen(names[i]) == n && strncasecmp(names[i], s, n) == 0)
       return 1;
@@ -419,35 +419,64 @@ int eng_http_header_reserved(const char *s, size_t n) {
 
 const char *eng_http_reason(int status) {
   switch (status) {
-  case 100: return "Continue";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 304: return "Not Modified";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 410: return "Gone";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 415: return "Unsupported Media Type";
-  case 417: return "Expectation Failed";
-  case 422: return "Unprocessable Content";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  default: return "Unknown";
+  case 100:
+    return "Continue";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 304:
+    return "Not Modified";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 410:
+    return "Gone";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 415:
+    return "Unsupported Media Type";
+  case 417:
+    return "Expectation Failed";
+  case 422:
+    return "Unprocessable Content";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  default:
+    return "Unknown";
   }
 }
 
@@ -491,7 +520,8 @@ int eng_http_write_head(eng_buf *out, int status, int http_minor, int keep_alive
                         size_t content_length, const char *request_id, const char *extra, size_t extra_len) {
   char status_digits[24], length_digits[24];
   char *status_end = status_digits + sizeof status_digits, *length_end = length_digits + sizeof length_digits;
-  char *status_start = put_decimal(status_end, status < 0 ? 0ull - (unsigned long long)status : (unsigned long long)status);
+  char *status_start =
+      put_decimal(status_end, status < 0 ? 0ull - (unsigned long long)status : (unsigned long long)status);
   if (status < 0)
     *--status_start = '-';
   char *length_start = put_decimal(length_end, content_length);

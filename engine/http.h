@@ -40,10 +40,10 @@ typedef struct eng_http_header {
 typedef struct eng_http_request {
   const char *method; /* static string from llhttp */
   int http_major, http_minor;
-  int keep_alive; /* after this request, per HTTP version and Connection */
-  eng_buf url;    /* raw request target */
+  int keep_alive;  /* after this request, per HTTP version and Connection */
+  eng_buf url;     /* raw request target */
   size_t path_len; /* bytes of url before '?' or '#' */
-  eng_buf hbuf;   /* header storage: "name\0value\0" pairs, names lowercased */
+  eng_buf hbuf;    /* header storage: "name\0value\0" pairs, names lowercased */
   int nheaders;
   eng_buf body;
 } eng_http_request;
@@ -160,8 +160,8 @@ void eng_response_free(eng_response *r);
  * appended to r->headers. Returns 0, ENG_EINVAL with a static *why ("invalid header name or
  * value", "Content-Type too long"), or ENG_ENOMEM (*why "out of memory"); r is unchanged on
  * failure. */
-int eng_response_add_header(eng_response *r, const char *name, size_t name_len, const char *value,
-                            size_t value_len, const char **why);
+int eng_response_add_header(eng_response *r, const char *name, size_t name_len, const char *value, size_t value_len,
+                            const char **why);
 
 /* The request id of the answer to req: the client's X-Request-Id when eng_http_request_id_ok
  * accepts it, else a new UUID v4 ("-" in the unlikely case the CSPRNG fails). req may be NULL

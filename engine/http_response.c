@@ -23,8 +23,8 @@ void eng_response_free(eng_response *r) {
   eng_buf_free(&r->body);
 }
 
-int eng_response_add_header(eng_response *r, const char *name, size_t name_len, const char *value,
-                            size_t value_len, const char **why) {
+int eng_response_add_header(eng_response *r, const char *name, size_t name_len, const char *value, size_t value_len,
+                            const char **why) {
   if (!eng_http_header_name_ok(name, name_len) || !eng_http_header_value_ok(value, value_len)) {
     *why = "invalid header name or value";
     return ENG_EINVAL;

@@ -20,7 +20,7 @@
 #define TOKEN_LABEL "apiengine token v1"
 #define SEAL_LABEL "apiengine seal v1"
 #define KEY_HEX_LEN (2 * ENG_KEY_LEN)
-#define KEY_B64_UNPADDED_LEN 43 /* base64 of 32 bytes without its one '=' */
+#define KEY_B64_UNPADDED_LEN 43             /* base64 of 32 bytes without its one '=' */
 #define KEY_FILE_READ_MAX (KEY_HEX_LEN + 2) /* reading one byte past "hex\n" detects junk */
 #define TMP_SUFFIX ".tmp"
 
@@ -37,7 +37,8 @@ _Static_assert(ENG_KEY_LEN == ENG_CRYPTO_KEY_LEN, "the server key is a crypto.h 
 static int keys_install(const unsigned char master[ENG_KEY_LEN]) {
   unsigned char tk[ENG_KEY_LEN], sk[ENG_KEY_LEN];
   int rc = eng_crypto_derive_key(master, TOKEN_LABEL, tk);
-  if (rc == 0) rc = eng_crypto_derive_key(master, SEAL_LABEL, sk);
+  if (rc == 0)
+    rc = eng_crypto_derive_key(master, SEAL_LABEL, sk);
   if (rc == 0) {
     memcpy(token_key, tk, ENG_KEY_LEN);
     memcpy(seal_key, sk, ENG_KEY_LEN);
@@ -81,12 +82,13 @@ static int parse_configured(const char *s, unsigned char master[ENG_KEY_LEN], ch
     }
   }
   ok = ok && n == ENG_KEY_LEN;
-  if (ok) memcpy(master, raw, ENG_KEY_LEN);
+  if (ok)
+    memcpy(master, raw, ENG_KEY_LEN);
   eng_crypto_wipe(raw, sizeof raw);
   if (!ok)
     return eng_errorf(err, ENG_ECONFIG,
-                   "configured server key is invalid: expected 64 hex characters or "
-                   "base64/base64url of exactly 32 bytes");
+                      "configured server key is invalid: expected 64 hex characters or "
+                      "base64/base64url of exactly 32 bytes");
   return 0;
 }
 
@@ -99,7 +101,8 @@ static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], ch
   int rc = 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    if (errno == ENOENT) return KEY_FILE_MISSING;
+    if (errno == ENOENT)
+      return KEY_FILE_MISSING;
     return eng_errorf(err, ENG_EIO, "cannot open key file %s: %s", path, strerror(errno));
   }
   if (fstat(fd, &st) != 0) {
@@ -111,25 +114,26 @@ static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], ch
     goto cleanup;
   }
   if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-    rc = eng_errorf(err, ENG_ECONFIG,
-                 "key file %s is accessible by group or others: run chmod 600 %s", path, path);
+    rc = eng_errorf(err, ENG_ECONFIG, "key file %s is accessible by group or others: run chmod 600 %s", path, path);
     goto cleanup;
   }
   while (len < sizeof text) {
     ssize_t r = read(fd, text + len, sizeof text - len);
-    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EINTR)
+      continue;
     if (r < 0) {
       rc = eng_errorf(err, ENG_EIO, "cannot read key file %s: %s", path, strerror(errno));
       goto cleanup;
     }
-    if (r == 0) break;
+    if (r == 0)
+      break;
     len += (size_t)r;
   }
-  if (len == KEY_HEX_LEN + 1 && text[KEY_HEX_LEN] == '\n') len--;
+  if (len == KEY_HEX_LEN + 1 && text[KEY_HEX_LEN] == '\n')
+    len--;
   if (len != KEY_HEX_LEN || eng_crypto_hex_decode(text, len, master, &n, &msg) != 0) {
-    rc = eng_errorf(err, ENG_ECONFIG,
-                 "key file %s is malformed: expected 64 hex characters and an optional newline",
-                 path);
+    rc = eng_errorf(err, ENG_ECONFIG, "key file %s is malformed: expected 64 hex characters and an optional newline",
+                    path);
     goto cleanup;
   }
 cleanup:
@@ -141,8 +145,10 @@ cleanup:
 static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return -1;
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -1;
     p += w;
     n -= (size_t)w;
   }
@@ -154,7 +160,8 @@ static int write_all(int fd, const char *p, size_t n) {
 static void sync_parent_dir(const char *path) {
   const char *slash = strrchr(path, '/');
   char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-  if (!dir) return;
+  if (!dir)
+    return;
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd >= 0) {
     (void)fsync(fd);
@@ -172,7 +179,8 @@ static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], 
   int rc = 0, fd = -1, tmp_created = 0;
   size_t path_len = strlen(path);
   char *tmp = malloc(path_len + sizeof TMP_SUFFIX);
-  if (!tmp) return eng_errorf(err, ENG_ENOMEM, "out of memory");
+  if (!tmp)
+    return eng_errorf(err, ENG_ENOMEM, "out of memory");
   memcpy(tmp, path, path_len);
   memcpy(tmp + path_len, TMP_SUFFIX, sizeof TMP_SUFFIX);
 
@@ -187,9 +195,9 @@ static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], 
   if (fd < 0) {
     if (errno == EEXIST)
       rc = eng_errorf(err, ENG_ECONFIG,
-                   "%s exists: another instance is creating the key file, or a crash left it "
-                   "behind (then remove it)",
-                   tmp);
+                      "%s exists: another instance is creating the key file, or a crash left it "
+                      "behind (then remove it)",
+                      tmp);
     else
       rc = eng_errorf(err, ENG_EIO, "cannot create key file %s: %s", tmp, strerror(errno));
     goto cleanup;
@@ -222,10 +230,13 @@ static int create_key_file(const char *path, unsigned char master[ENG_KEY_LEN], 
   }
   sync_parent_dir(path);
 cleanup:
-  if (fd >= 0) close(fd);
-  if (tmp_created) unlink(tmp);
+  if (fd >= 0)
+    close(fd);
+  if (tmp_created)
+    unlink(tmp);
   eng_crypto_wipe(text, sizeof text);
-  if (rc != 0) eng_crypto_wipe(master, ENG_KEY_LEN);
+  if (rc != 0)
+    eng_crypto_wipe(master, ENG_KEY_LEN);
   free(tmp);
   return rc;
 }
@@ -233,7 +244,8 @@ cleanup:
 int eng_keys_init(const char *configured, const char *key_path, char **err) {
   unsigned char master[ENG_KEY_LEN];
   int rc;
-  if (err) *err = NULL;
+  if (err)
+    *err = NULL;
   if (configured && *configured) {
     rc = parse_configured(configured, master, err);
   } else if (!key_path || !*key_path) {
@@ -242,7 +254,8 @@ int eng_keys_init(const char *configured, const char *key_path, char **err) {
     rc = read_key_file(key_path, master, err);
     if (rc == KEY_FILE_MISSING) {
       rc = create_key_file(key_path, master, err);
-      if (rc == KEY_FILE_LOST_RACE) rc = read_key_file(key_path, master, err);
+      if (rc == KEY_FILE_LOST_RACE)
+        rc = read_key_file(key_path, master, err);
       if (rc == KEY_FILE_MISSING)
         rc = eng_errorf(err, ENG_EIO, "key file %s vanished while being created", key_path);
     }

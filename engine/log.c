@@ -132,8 +132,7 @@ void eng_log_access(const eng_access_entry *e) {
     plain_clean(&b, e->method, strlen(e->method));
     eng_buf_append_char(&b, ' ');
     plain_clean(&b, e->path, e->path_len);
-    eng_buf_appendf(&b, " %d %llu %.3fms %s", e->status, (unsigned long long)e->bytes, e->duration_ms,
-                    e->request_id);
+    eng_buf_appendf(&b, " %d %llu %.3fms %s", e->status, (unsigned long long)e->bytes, e->duration_ms, e->request_id);
   }
   emit(&b);
 }

@@ -70,9 +70,9 @@ int eng_luaopen_config(lua_State *L) {
 typedef struct packer {
   lua_State *L;
   eng_buf *out;
-  int seen;          /* stack index of a table: table -> its number */
-  uint64_t ntables;  /* tables numbered so far */
-  char path[256];    /* "settings.a[2]" of the value being packed, for messages */
+  int seen;         /* stack index of a table: table -> its number */
+  uint64_t ntables; /* tables numbered so far */
+  char path[256];   /* "settings.a[2]" of the value being packed, for messages */
   size_t path_len;
   char **err;
 } packer;
@@ -190,7 +190,7 @@ int eng_lua_config_pack(lua_State *L, int idx, eng_buf *out, char **err) {
 
 typedef struct unpacker {
   const char *p, *end;
-  int tables;       /* stack index: number -> table */
+  int tables; /* stack index: number -> table */
   uint64_t ntables;
 } unpacker;
 

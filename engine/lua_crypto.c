@@ -42,7 +42,8 @@ static const char *opt_string(lua_State *L, int arg, size_t *len) {
 }
 
 static void require_keys(lua_State *L) {
-  if (!eng_keys_ready()) luaL_error(L, "engine.crypto: the server key is not loaded");
+  if (!eng_keys_ready())
+    luaL_error(L, "engine.crypto: the server key is not loaded");
 }
 
 static int push_fail(lua_State *L, const char *msg) {
@@ -58,14 +59,16 @@ static int l_random_bytes(lua_State *L) {
   luaL_argcheck(L, n >= 1 && n <= ENG_CRYPTO_RANDOM_MAX, 1, "must be between 1 and 65536");
   luaL_Buffer b;
   char *p = luaL_buffinitsize(L, &b, (size_t)n);
-  if (eng_crypto_random(p, (size_t)n) != 0) return luaL_error(L, "random generator failure");
+  if (eng_crypto_random(p, (size_t)n) != 0)
+    return luaL_error(L, "random generator failure");
   luaL_pushresultsize(&b, (size_t)n);
   return 1;
 }
 
 static int l_uuid4(lua_State *L) {
   char id[37];
-  if (eng_crypto_uuid4(id) != 0) return luaL_error(L, "random generator failure");
+  if (eng_crypto_uuid4(id) != 0)
+    return luaL_error(L, "random generator failure");
   lua_pushlstring(L, id, 36);
   return 1;
 }
@@ -155,8 +158,7 @@ static int l_seal(lua_State *L) {
   luaL_argcheck(L, aad_len <= ENG_CRYPTO_SEAL_MAX, 2, "aad too large");
   require_keys(L);
   luaL_Buffer b;
-  unsigned char *out =
-      (unsigned char *)luaL_buffinitsize(L, &b, ENG_CRYPTO_SEAL_OVERHEAD + pt_len);
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, ENG_CRYPTO_SEAL_OVERHEAD + pt_len);
   if (eng_crypto_seal(eng_keys_seal_key(), aad, aad_len, pt, pt_len, out) != 0)
     return luaL_error(L, "seal failed");
   luaL_pushresultsize(&b, ENG_CRYPTO_SEAL_OVERHEAD + pt_len);
@@ -173,8 +175,7 @@ static int l_open(lua_State *L) {
     return push_fail(L, SEAL_FAILED);
   size_t pt_len = 0;
   luaL_Buffer b;
-  unsigned char *out =
-      (unsigned char *)luaL_buffinitsize(L, &b, len - ENG_CRYPTO_SEAL_OVERHEAD);
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, len - ENG_CRYPTO_SEAL_OVERHEAD);
   if (eng_crypto_open(eng_keys_seal_key(), aad, aad_len, in, len, out, &pt_len) != 0)
     return push_fail(L, SEAL_FAILED);
   luaL_pushresultsize(&b, pt_len);
@@ -204,7 +205,8 @@ static int l_sign(lua_State *L) {
   luaL_argcheck(L, ttl >= 1 && ttl <= ENG_TOKEN_MAX_TTL_S, 2, "ttl out of range");
   require_keys(L);
   int64_t now = eng_clock_now_ms(), ttl_ms = (int64_t)ttl * 1000;
-  if (now > INT64_MAX - ttl_ms) return luaL_error(L, "sign: expiry out of range");
+  if (now > INT64_MAX - ttl_ms)
+    return luaL_error(L, "sign: expiry out of range");
   lua_settop(L, 2);
 
   lua_newtable(L); /* 3: shallow copy of the payload, plus exp */
@@ -221,11 +223,9 @@ static int l_sign(lua_State *L) {
   const char *msg = NULL;
   int rc = eng_json_encode(L, 3, json, &msg);
   if (rc != 0)
-    return luaL_error(L, "sign: payload cannot be encoded as JSON: %s",
-                      msg ? msg : eng_strerror(rc));
+    return luaL_error(L, "sign: payload cannot be encoded as JSON: %s", msg ? msg : eng_strerror(rc));
   if (json->len > ENG_TOKEN_MAX ||
-      TOKEN_PREFIX_LEN + ENG_CRYPTO_B64_ENCODED_LEN(json->len) + 1 + TOKEN_TAG_B64_LEN >
-          ENG_TOKEN_MAX)
+      TOKEN_PREFIX_LEN + ENG_CRYPTO_B64_ENCODED_LEN(json->len) + 1 + TOKEN_TAG_B64_LEN > ENG_TOKEN_MAX)
     return luaL_error(L, "sign: token would exceed %d bytes", ENG_TOKEN_MAX);
 
   char token[ENG_TOKEN_MAX + 1];
@@ -248,18 +248,17 @@ static int l_verify(lua_State *L) {
   size_t len;
   const char *tok = check_string(L, 1, &len);
   require_keys(L);
-  if (len > ENG_TOKEN_MAX || len < TOKEN_PREFIX_LEN ||
-      memcmp(tok, TOKEN_PREFIX, TOKEN_PREFIX_LEN) != 0)
+  if (len > ENG_TOKEN_MAX || len < TOKEN_PREFIX_LEN || memcmp(tok, TOKEN_PREFIX, TOKEN_PREFIX_LEN) != 0)
     return push_fail(L, "malformed");
   const char *body = tok + TOKEN_PREFIX_LEN;
   const char *dot = memchr(body, '.', len - TOKEN_PREFIX_LEN);
-  if (!dot || dot == body) return push_fail(L, "malformed");
+  if (!dot || dot == body)
+    return push_fail(L, "malformed");
   size_t signed_len = (size_t)(dot - tok), tag_b64_len = len - signed_len - 1;
   unsigned char tag[ENG_CRYPTO_B64_DECODED_MAX(TOKEN_TAG_B64_LEN)], expect[DIGEST_LEN];
   size_t tag_len = 0;
   const char *msg = NULL;
-  if (tag_b64_len != TOKEN_TAG_B64_LEN ||
-      eng_crypto_b64_decode(dot + 1, tag_b64_len, 1, tag, &tag_len, &msg) != 0 ||
+  if (tag_b64_len != TOKEN_TAG_B64_LEN || eng_crypto_b64_decode(dot + 1, tag_b64_len, 1, tag, &tag_len, &msg) != 0 ||
       tag_len != DIGEST_LEN)
     return push_fail(L, "malformed");
   unsigned char json[ENG_CRYPTO_B64_DECODED_MAX(ENG_TOKEN_MAX)];
@@ -268,21 +267,25 @@ static int l_verify(lua_State *L) {
     return push_fail(L, "malformed");
   if (eng_crypto_hmac_sha256(eng_keys_token_key(), ENG_KEY_LEN, tok, signed_len, expect) != 0)
     return luaL_error(L, "verify: hmac failed");
-  if (!eng_crypto_equal(tag, expect, DIGEST_LEN)) return push_fail(L, "bad_signature");
+  if (!eng_crypto_equal(tag, expect, DIGEST_LEN))
+    return push_fail(L, "bad_signature");
 
   int nret = eng_json_decode(L, (const char *)json, json_len);
   if (nret != 1) {
     lua_pop(L, nret);
     return push_fail(L, "malformed");
   }
-  if (!lua_istable(L, -1)) return push_fail(L, "malformed");
+  if (!lua_istable(L, -1))
+    return push_fail(L, "malformed");
   lua_pushliteral(L, "exp");
   lua_rawget(L, -2);
   int isint = lua_isinteger(L, -1); /* the decoder gives integers for integer literals */
   lua_Integer exp = isint ? lua_tointeger(L, -1) : 0;
   lua_pop(L, 1);
-  if (!isint) return push_fail(L, "malformed");
-  if (eng_clock_now_ms() >= (int64_t)exp) return push_fail(L, "expired");
+  if (!isint)
+    return push_fail(L, "malformed");
+  if (eng_clock_now_ms() >= (int64_t)exp)
+    return push_fail(L, "expired");
   return 1;
 }
 

@@ -33,8 +33,8 @@
 #define SQL_ROLLBACK_TO "ROLLBACK TO eng_tx"
 
 /* Registry keys: their addresses are unique. */
-static const char db_key = 'd';    /* light userdata: the attached eng_db (NULL when detached) */
-static const char names_key = 'n'; /* table: stmt light userdata -> {names..., [0]=serial, [-1]=reprepares} */
+static const char db_key = 'd';         /* light userdata: the attached eng_db (NULL when detached) */
+static const char names_key = 'n';      /* table: stmt light userdata -> {names..., [0]=serial, [-1]=reprepares} */
 static const char tx_changes_key = 'c'; /* integer: sqlite3_total_changes64 when the outer db.tx began */
 
 enum { MODE_QUERY, MODE_ONE, MODE_EXEC };
@@ -215,8 +215,7 @@ static void bind_params(lua_State *L, sqlite3_stmt *st, int first, int nargs) {
     return;
   }
   if (nargs != np)
-    luaL_error(L, "statement has %d parameter%s, got %d value%s", np, np == 1 ? "" : "s", nargs,
-               nargs == 1 ? "" : "s");
+    luaL_error(L, "statement has %d parameter%s, got %d value%s", np, np == 1 ? "" : "s", nargs, nargs == 1 ? "" : "s");
   for (int i = 1; i <= np; i++)
     bind_value(L, st, i, first + i - 1);
 }
@@ -575,7 +574,10 @@ static eng_db_keyset *sync_keyset(lua_State *L, eng_db *db) {
   if (rc == ENG_EINVAL)
     luaL_error(L, "db: %s", emsg);
   if (rc != 0)
-    raise_failure(L, rc == ENG_EDB ? prepare_failure_code(db, rc) : rc == ENG_ENOMEM ? SQLITE_NOMEM : SQLITE_TOOBIG,
+    raise_failure(L,
+                  rc == ENG_EDB      ? prepare_failure_code(db, rc)
+                  : rc == ENG_ENOMEM ? SQLITE_NOMEM
+                                     : SQLITE_TOOBIG,
                   emsg, 1, NULL);
   return ks;
 }
@@ -618,11 +620,16 @@ static int l_keys_unseen(lua_State *L) {
 
 int eng_luaopen_db(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"query", l_query},         {"one", l_one},
-      {"exec", l_exec},           {"tx", l_tx},
-      {"is_error", l_is_error},   {"kind", l_kind},
-      {"keys_sync", l_keys_sync}, {"exec_many", l_exec_many},
-      {"keys_unseen", l_keys_unseen}, {NULL, NULL},
+      {"query", l_query},
+      {"one", l_one},
+      {"exec", l_exec},
+      {"tx", l_tx},
+      {"is_error", l_is_error},
+      {"kind", l_kind},
+      {"keys_sync", l_keys_sync},
+      {"exec_many", l_exec_many},
+      {"keys_unseen", l_keys_unseen},
+      {NULL, NULL},
   };
   push_error_mt(L);
   lua_pop(L, 1);

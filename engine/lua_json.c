@@ -69,13 +69,13 @@ typedef struct encoder {
   lua_State *L;
   eng_buf *out;
   const char *errmsg;
-  int mt;          /* absolute stack index of the array metatable (nil if never created) */
-  int scratch;     /* absolute stack index of the keyref userdata (nil until local overflows) */
-  keyref *keys;    /* a stack of keys, one segment per open object: first eng_json_encode's local
+  int mt;         /* absolute stack index of the array metatable (nil if never created) */
+  int scratch;    /* absolute stack index of the keyref userdata (nil until local overflows) */
+  keyref *keys;   /* a stack of keys, one segment per open object: first eng_json_encode's local
                       array (not zeroed: only keys[0 .. nkeys) are read), then the userdata's memory */
-  size_t nkeys;    /* keys in use */
-  size_t capkeys;  /* keys that fit */
-  int depth;       /* tables currently open */
+  size_t nkeys;   /* keys in use */
+  size_t capkeys; /* keys that fit */
+  int depth;      /* tables currently open */
 } encoder;
 
 static int encode_value(encoder *e, int idx);
@@ -361,9 +361,7 @@ static void skip_ws(decoder *d) {
   d->p = p;
 }
 
-static int is_digit(const unsigned char *p, const unsigned char *end) {
-  return p < end && *p >= '0' && *p <= '9';
-}
+static int is_digit(const unsigned char *p, const unsigned char *end) { return p < end && *p >= '0' && *p <= '9'; }
 
 static long hex4(const unsigned char *p) {
   long v = 0;
@@ -508,14 +506,30 @@ __attribute__((noinline)) static int parse_string(decoder *d) {
     if (c == '\\') {
       const unsigned char *esc = p++; /* p < q: the scan above skipped the escaped byte */
       switch (*p) {
-      case '"': *o++ = '"'; break;
-      case '\\': *o++ = '\\'; break;
-      case '/': *o++ = '/'; break;
-      case 'b': *o++ = '\b'; break;
-      case 'f': *o++ = '\f'; break;
-      case 'n': *o++ = '\n'; break;
-      case 'r': *o++ = '\r'; break;
-      case 't': *o++ = '\t'; break;
+      case '"':
+        *o++ = '"';
+        break;
+      case '\\':
+        *o++ = '\\';
+        break;
+      case '/':
+        *o++ = '/';
+        break;
+      case 'b':
+        *o++ = '\b';
+        break;
+      case 'f':
+        *o++ = '\f';
+        break;
+      case 'n':
+        *o++ = '\n';
+        break;
+      case 'r':
+        *o++ = '\r';
+        break;
+      case 't':
+        *o++ = '\t';
+        break;
       case 'u': {
         long cp = q - p > 4 ? hex4(p + 1) : -1, lo;
         if (cp < 0)
@@ -674,8 +688,16 @@ static int parse_value(decoder *d) {
     eng_lua_pushnull(d->L);
     return 0;
   case '-':
-  case '0': case '1': case '2': case '3': case '4':
-  case '5': case '6': case '7': case '8': case '9':
+  case '0':
+  case '1':
+  case '2':
+  case '3':
+  case '4':
+  case '5':
+  case '6':
+  case '7':
+  case '8':
+  case '9':
     return parse_number(d);
   default:
     return dec_fail(d, d->p, "unexpected character");

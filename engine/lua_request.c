@@ -94,8 +94,8 @@ static int request_field(const char *k, size_t n) {
     const char *name;
     size_t len;
     int field;
-  } fields[] = {{"params", 6, F_PARAMS}, {"query", 5, F_QUERY},       {"headers", 7, F_HEADERS},
-                {"body", 4, F_BODY},     {"json", 4, F_JSON},         {"request_id", 10, F_REQUEST_ID},
+  } fields[] = {{"params", 6, F_PARAMS}, {"query", 5, F_QUERY}, {"headers", 7, F_HEADERS},
+                {"body", 4, F_BODY},     {"json", 4, F_JSON},   {"request_id", 10, F_REQUEST_ID},
                 {"peer", 4, F_PEER},     {"route", 5, F_ROUTE}};
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
     if (fields[i].len == n && memcmp(fields[i].name, k, n) == 0)

@@ -29,7 +29,7 @@ static int route_add_method(lua_State *L, int method, int pattern_idx, int fn_id
   return 0;
 }
 
-#define ROUTE_FN(name, M)                                                  \
+#define ROUTE_FN(name, M) \
   static int route_##name(lua_State *L) { return route_add_method(L, M, 1, 2); }
 ROUTE_FN(get, ENG_M_GET)
 ROUTE_FN(head, ENG_M_HEAD)
@@ -91,11 +91,10 @@ static int route_on_error(lua_State *L) {
 }
 
 int eng_luaopen_route(lua_State *L) {
-  static const luaL_Reg fns[] = {{"get", route_get},         {"head", route_head},     {"post", route_post},
-                                 {"put", route_put},         {"patch", route_patch},   {"delete", route_delete},
-                                 {"options", route_options}, {"add", route_add},       {"on_error", route_on_error},
-                                 {"handler", route_handler}, {"replace", route_replace},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"get", route_get},         {"head", route_head},       {"post", route_post},
+                                 {"put", route_put},         {"patch", route_patch},     {"delete", route_delete},
+                                 {"options", route_options}, {"add", route_add},         {"on_error", route_on_error},
+                                 {"handler", route_handler}, {"replace", route_replace}, {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

@@ -335,8 +335,7 @@ void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char 
   int top = lua_gettop(L);
   const char *saved = rt->request_id;
   rt->request_id = request_id;
-  hook_call h = {.rt = rt, .status = status, .code = code, .message = message, .request_id = request_id,
-                 .resp = resp};
+  hook_call h = {.rt = rt, .status = status, .code = code, .message = message, .request_id = request_id, .resp = resp};
   if (eng_lua_protect(L, error_hook_p, &h, 0) != LUA_OK) {
     log_glue_error(L, "error hook", request_id);
     run_abandon(rt, &h.run);
@@ -376,8 +375,9 @@ static void script_failed(eng_runtime *rt, lua_State *L, run *r, const char *req
   if (blown) {
     if (rt->mem_blown)
       lua_gc(L, LUA_GCCOLLECT);
-    eng_runtime_error_in(rt, L, 503, "budget_exceeded", rt->mem_blown ? "script memory budget exceeded"
-                                                                : "script time budget exceeded", request_id, resp);
+    eng_runtime_error_in(rt, L, 503, "budget_exceeded",
+                         rt->mem_blown ? "script memory budget exceeded" : "script time budget exceeded", request_id,
+                         resp);
   } else {
     eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", request_id, resp);
   }

@@ -24,8 +24,8 @@ typedef struct eng_runtime_options {
                               (eng_config.settings); borrowed for the call; NULL: none */
   int budget_ms;           /* per handler call */
   size_t memory_limit;     /* bytes for the whole Lua state */
-  int test_mode; /* full standard library, writable globals, system package paths (busted) */
-  eng_db *db;    /* attached before the scripts load, so they can read it at start-up; may be NULL */
+  int test_mode;           /* full standard library, writable globals, system package paths (busted) */
+  eng_db *db;              /* attached before the scripts load, so they can read it at start-up; may be NULL */
 } eng_runtime_options;
 
 /* Creates the state, opens the engine modules and, when scripts_dir is set,

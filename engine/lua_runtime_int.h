@@ -38,15 +38,15 @@ struct eng_runtime {
   size_t mem_used, mem_limit; /* the allocator's count and cap, for the whole state */
   int budget_blown, mem_blown;
   int64_t deadline_ms;
-  int error_hook; /* registry ref of route.on_error's function, or LUA_NOREF */
-  int req_mt;     /* registry ref: metatable of request tables (lua_request.c) */
-  int headers_mt; /* registry ref: metatable of header tables */
+  int error_hook;           /* registry ref of route.on_error's function, or LUA_NOREF */
+  int req_mt;               /* registry ref: metatable of request tables (lua_request.c) */
+  int headers_mt;           /* registry ref: metatable of header tables */
   int key_method, key_path; /* registry refs: the key strings of the eagerly set request fields */
   eng_live_request *live;   /* requests whose handlers are running, innermost first */
   const char *request_id;   /* of the request being handled (for engine.log), or NULL */
-  lua_State *co; /* the reusable handler coroutine, or NULL (see run_budgeted in lua_runtime.c) */
-  int co_ref;    /* its registry ref (the anchor), or LUA_NOREF */
-  int co_busy;   /* co is running a call right now */
+  lua_State *co;            /* the reusable handler coroutine, or NULL (see run_budgeted in lua_runtime.c) */
+  int co_ref;               /* its registry ref (the anchor), or LUA_NOREF */
+  int co_busy;              /* co is running a call right now */
 };
 
 /* The runtime of a Lua state created by eng_runtime_new (any of its threads). */

@@ -14,7 +14,8 @@ static int l_now(lua_State *L) {
 static int l_format(lua_State *L) {
   int isint = 0;
   lua_Integer ms = lua_type(L, 1) == LUA_TNUMBER ? lua_tointegerx(L, 1, &isint) : 0;
-  if (!isint) return luaL_argerror(L, 1, "integer milliseconds expected");
+  if (!isint)
+    return luaL_argerror(L, 1, "integer milliseconds expected");
   char out[ENG_CLOCK_FORMAT_MAX];
   eng_clock_format((int64_t)ms, out);
   lua_pushstring(L, out);
@@ -39,8 +40,7 @@ static int l_parse(lua_State *L) {
 }
 
 int eng_luaopen_time(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-      {"now", l_now}, {"format", l_format}, {"parse", l_parse}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"now", l_now}, {"format", l_format}, {"parse", l_parse}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;
 }

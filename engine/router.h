@@ -12,16 +12,7 @@
 
 #include <stddef.h>
 
-enum {
-  ENG_M_GET = 0,
-  ENG_M_HEAD,
-  ENG_M_POST,
-  ENG_M_PUT,
-  ENG_M_PATCH,
-  ENG_M_DELETE,
-  ENG_M_OPTIONS,
-  ENG_M_COUNT_
-};
+enum { ENG_M_GET = 0, ENG_M_HEAD, ENG_M_POST, ENG_M_PUT, ENG_M_PATCH, ENG_M_DELETE, ENG_M_OPTIONS, ENG_M_COUNT_ };
 
 #define ENG_ROUTER_MAX_PARAMS 16   /* per pattern */
 #define ENG_ROUTER_MAX_SEGMENTS 64 /* per pattern or path */

@@ -28,7 +28,7 @@
 
 #define ENG_READ_BUF (64u * 1024u)
 #define ENG_SWEEP_MS 250
-#define ENG_LINGER_MS 2000 /* after an error answer: wait this long for the peer to close */
+#define ENG_LINGER_MS 2000        /* after an error answer: wait this long for the peer to close */
 #define ENG_WRITE_HIGH (4u << 20) /* stop reading past this many unsent bytes */
 #define ENG_BACKLOG 1024
 
@@ -48,7 +48,7 @@ struct conn {
   list *on; /* the list this connection is on */
   uint64_t deadline;
   uint64_t t_start; /* uv_hrtime at request start */
-  size_t pending; /* bytes queued in uv_write */
+  size_t pending;   /* bytes queued in uv_write */
   eng_http_parser hp;
   unsigned state : 2, closing : 1, sent_continue : 1, reading : 1;
   char peer[48];
@@ -243,8 +243,9 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
   int head_only = req && req->method && strcmp(req->method, "HEAD") == 0;
   int minor = req ? req->http_minor : 1;
   eng_buf_reset(&w->out);
-  int rc = eng_http_write_head(&w->out, r->status, minor, keep_alive, r->content_type[0] ? r->content_type : "application/json",
-                               r->body.len, request_id, r->headers.data, r->headers.len);
+  int rc = eng_http_write_head(&w->out, r->status, minor, keep_alive,
+                               r->content_type[0] ? r->content_type : "application/json", r->body.len, request_id,
+                               r->headers.data, r->headers.len);
   if (rc == 0 && !head_only && r->body.len)
     rc = eng_buf_append(&w->out, r->body.data, r->body.len);
   if (rc == 0)
@@ -612,8 +613,7 @@ static void on_signal(uv_signal_t *s, int signo) {
   main_ctx *m = s->data;
   m->signo = signo;
   atomic_store(&g_stopping, 1);
-  eng_log_info("received %s: draining (up to %d ms)", signo == SIGTERM ? "SIGTERM" : "SIGINT",
-               m->ws[0].cfg->drain_ms);
+  eng_log_info("received %s: draining (up to %d ms)", signo == SIGTERM ? "SIGTERM" : "SIGINT", m->ws[0].cfg->drain_ms);
   stop_workers(m);
   uv_close((uv_handle_t *)&m->sigterm, NULL);
   uv_close((uv_handle_t *)&m->sigint, NULL);

@@ -35,7 +35,7 @@
 #include <unistd.h>
 
 extern char **environ;
-extern const char eng_spec_lua[];     /* generated from engine/lua/spec.lua */
+extern const char eng_spec_lua[]; /* generated from engine/lua/spec.lua */
 extern const size_t eng_spec_lua_len;
 
 int eng_test_main(int argc, char **argv);
@@ -84,8 +84,8 @@ static int t_request(lua_State *L) {
       lua_pop(L, 2);
     }
   }
-  if (!has_length && (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-                      strcmp(method, "PATCH") == 0))
+  if (!has_length &&
+      (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0))
     eng_buf_appendf(&rawb, "Content-Length: %zu\r\n", blen);
   eng_buf_append(&rawb, "\r\n", 2);
   if (body)
@@ -380,14 +380,26 @@ static int t_memory(lua_State *L) {
 }
 
 static int open_testing(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"request", t_request},       {"open_db", t_open_db},   {"close_db", t_close_db},
-      {"load_scripts", t_load_scripts}, {"limits", t_limits}, {"freeze", t_freeze},
-      {"advance", t_advance},       {"reset_clock", t_reset_clock}, {"exe", t_exe},
-      {"mkdtemp", t_mkdtemp},       {"rmtree", t_rmtree},     {"free_port", t_free_port},
-      {"spawn", t_spawn},           {"kill", t_kill},         {"wait", t_wait},
-      {"sleep", t_sleep},           {"memory", t_memory},     {"use_key", t_use_key},
-      {"derived_keys", t_derived_keys}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"request", t_request},
+                                 {"open_db", t_open_db},
+                                 {"close_db", t_close_db},
+                                 {"load_scripts", t_load_scripts},
+                                 {"limits", t_limits},
+                                 {"freeze", t_freeze},
+                                 {"advance", t_advance},
+                                 {"reset_clock", t_reset_clock},
+                                 {"exe", t_exe},
+                                 {"mkdtemp", t_mkdtemp},
+                                 {"rmtree", t_rmtree},
+                                 {"free_port", t_free_port},
+                                 {"spawn", t_spawn},
+                                 {"kill", t_kill},
+                                 {"wait", t_wait},
+                                 {"sleep", t_sleep},
+                                 {"memory", t_memory},
+                                 {"use_key", t_use_key},
+                                 {"derived_keys", t_derived_keys},
+                                 {NULL, NULL}};
   luaL_newlibtable(L, fns);
   lua_pushvalue(L, lua_upvalueindex(1));
   luaL_setfuncs(L, fns, 1);
@@ -422,11 +434,35 @@ static int test_exit(lua_State *L) {
 
 /* busted options followed by a separate value (so the value is not taken for a path). */
 static int takes_value(const char *opt) {
-  static const char *const with_value[] = {"-o", "--output", "-p", "--pattern", "--exclude-pattern", "--filter",
-                                           "--filter-out", "-t", "--tags", "--exclude-tags", "-m", "--lpath",
-                                           "--cpath", "-r", "--run", "-e", "--loaders", "--helper", "-C",
-                                           "--directory", "--seed", "--repeat", "-f", "--config-file", "--lang",
-                                           "--name", "-Xoutput", "-Xhelper", NULL};
+  static const char *const with_value[] = {"-o",
+                                           "--output",
+                                           "-p",
+                                           "--pattern",
+                                           "--exclude-pattern",
+                                           "--filter",
+                                           "--filter-out",
+                                           "-t",
+                                           "--tags",
+                                           "--exclude-tags",
+                                           "-m",
+                                           "--lpath",
+                                           "--cpath",
+                                           "-r",
+                                           "--run",
+                                           "-e",
+                                           "--loaders",
+                                           "--helper",
+                                           "-C",
+                                           "--directory",
+                                           "--seed",
+                                           "--repeat",
+                                           "-f",
+                                           "--config-file",
+                                           "--lang",
+                                           "--name",
+                                           "-Xoutput",
+                                           "-Xhelper",
+                                           NULL};
   if (strchr(opt, '='))
     return 0;
   for (int i = 0; with_value[i]; i++)
@@ -550,8 +586,7 @@ int eng_test_main(int argc, char **argv) {
 
   static const char boot[] = "require 'busted.runner'({ standalone = false })";
   int code = 0;
-  if (luaL_loadbufferx(L, boot, sizeof boot - 1, "@apiengine-test", "t") != LUA_OK ||
-      lua_pcall(L, 0, 0, 0) != LUA_OK) {
+  if (luaL_loadbufferx(L, boot, sizeof boot - 1, "@apiengine-test", "t") != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     if (msg && strstr(msg, "__apiengine_test_exit__")) {
       lua_pushliteral(L, "apiengine.test.exit");

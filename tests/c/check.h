@@ -8,38 +8,37 @@
 
 static int check_failed_ = 0, check_passed_ = 0;
 
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    if (cond) {                                                              \
-      check_passed_++;                                                       \
-    } else {                                                                 \
-      check_failed_++;                                                       \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (cond) {                                                                \
+      check_passed_++;                                                         \
+    } else {                                                                   \
+      check_failed_++;                                                         \
       fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                        \
+    }                                                                          \
   } while (0)
 
-#define CHECK_INT(a, b)                                                                       \
-  do {                                                                                        \
-    long long a_ = (long long)(a), b_ = (long long)(b);                                       \
-    if (a_ == b_) {                                                                           \
-      check_passed_++;                                                                        \
-    } else {                                                                                  \
-      check_failed_++;                                                                        \
-      fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n", __FILE__, __LINE__, #a, \
-              #b, a_, b_);                                                                    \
-    }                                                                                         \
+#define CHECK_INT(a, b)                                                                                      \
+  do {                                                                                                       \
+    long long a_ = (long long)(a), b_ = (long long)(b);                                                      \
+    if (a_ == b_) {                                                                                          \
+      check_passed_++;                                                                                       \
+    } else {                                                                                                 \
+      check_failed_++;                                                                                       \
+      fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n", __FILE__, __LINE__, #a, #b, a_, b_); \
+    }                                                                                                        \
   } while (0)
 
-#define CHECK_STR(a, b)                                                                          \
-  do {                                                                                           \
-    const char *a_ = (a), *b_ = (b);                                                             \
-    if (a_ && b_ && strcmp(a_, b_) == 0) {                                                       \
-      check_passed_++;                                                                           \
-    } else {                                                                                     \
-      check_failed_++;                                                                           \
-      fprintf(stderr, "%s:%d: CHECK failed: %s == %s (\"%s\" != \"%s\")\n", __FILE__, __LINE__, \
-              #a, #b, a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                   \
-    }                                                                                            \
+#define CHECK_STR(a, b)                                                                                 \
+  do {                                                                                                  \
+    const char *a_ = (a), *b_ = (b);                                                                    \
+    if (a_ && b_ && strcmp(a_, b_) == 0) {                                                              \
+      check_passed_++;                                                                                  \
+    } else {                                                                                            \
+      check_failed_++;                                                                                  \
+      fprintf(stderr, "%s:%d: CHECK failed: %s == %s (\"%s\" != \"%s\")\n", __FILE__, __LINE__, #a, #b, \
+              a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                                  \
+    }                                                                                                   \
   } while (0)
 
 static inline int check_summary(const char *name) {

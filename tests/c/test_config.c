@@ -96,8 +96,11 @@ static void test_settings_that_are_not_data_are_refused_at_start_up(void) {
   free(err);
   err = NULL;
   eng_config_free(&c);
-  CHECK_INT(load_source(&c, "local t = {} local r = t for i = 1, 300 do r.n = {} r = r.n end\n"
-                            "return { settings = t }\n", &err), ENG_ECONFIG);
+  CHECK_INT(load_source(&c,
+                        "local t = {} local r = t for i = 1, 300 do r.n = {} r = r.n end\n"
+                        "return { settings = t }\n",
+                        &err),
+            ENG_ECONFIG);
   CHECK(err && strstr(err, "tables nested deeper than 200") != NULL);
   free(err);
   err = NULL;
@@ -155,14 +158,15 @@ int main(void) {
   int fd = mkstemp(file);
   FILE *f = fdopen(fd, "w");
   fputs("return { listen = '0.0.0.0:9000', workers = 3, budget_ms = 50, access_log = false,\n"
-        "  settings = { admin_key = 'x' } }\n", f);
+        "  settings = { admin_key = 'x' } }\n",
+        f);
   fclose(f);
   setenv("APIENGINE_WORKERS", "5", 1);
   char *argv1[] = {"--config", file, "--budget-ms", "70", "--log-format=json"};
   CHECK_INT(load(&c, 5, argv1, &err), 0);
   CHECK_STR(c.listen_host, "0.0.0.0"); /* file */
   CHECK_INT(c.port, 9000);
-  CHECK_INT(c.workers, 5);   /* env beats file */
+  CHECK_INT(c.workers, 5);    /* env beats file */
   CHECK_INT(c.budget_ms, 70); /* flag beats file */
   CHECK_INT(c.access_log, 0);
   CHECK_INT(c.log_json, 1);

@@ -16,9 +16,8 @@
 #include "error.h"
 #include "keys.h"
 
-static const unsigned char KEY_A[ENG_KEY_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
-                                                 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+static const unsigned char KEY_A[ENG_KEY_LEN] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
+                                                 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
 static unsigned char KEY_B[ENG_KEY_LEN];
 
 /* ---- codecs, uuid4, random bytes ---- */
@@ -100,16 +99,19 @@ static void test_uuid(void) {
   for (int i = 0; i < N; i++) {
     CHECK_INT(eng_crypto_uuid4(ids[i]), 0);
     const char *u = ids[i];
-    if (strlen(u) != 36 || u[14] != '4' || !strchr("89ab", u[19])) format_ok = 0;
+    if (strlen(u) != 36 || u[14] != '4' || !strchr("89ab", u[19]))
+      format_ok = 0;
     for (int j = 0; j < 36; j++) {
       int dash = j == 8 || j == 13 || j == 18 || j == 23;
-      if (dash ? u[j] != '-' : !is_hex_lower(u[j])) format_ok = 0;
+      if (dash ? u[j] != '-' : !is_hex_lower(u[j]))
+        format_ok = 0;
     }
   }
   CHECK(format_ok);
   qsort(ids, N, sizeof ids[0], cmp_ids);
   int dup = 0;
-  for (int i = 1; i < N; i++) dup += strcmp(ids[i - 1], ids[i]) == 0;
+  for (int i = 1; i < N; i++)
+    dup += strcmp(ids[i - 1], ids[i]) == 0;
   CHECK_INT(dup, 0);
 
   unsigned char a[32] = {0}, b[32] = {0};
@@ -168,43 +170,49 @@ static void test_derive_key(void) {
 /* Seals pt (n bytes) with aad under key into a malloc'd buffer the caller frees. */
 static unsigned char *seal(const unsigned char *key, const char *aad, const void *pt, size_t n) {
   unsigned char *out = malloc(n + ENG_CRYPTO_SEAL_OVERHEAD);
-  if (!out) abort();
+  if (!out)
+    abort();
   CHECK_INT(eng_crypto_seal(key, aad, aad ? strlen(aad) : 0, pt, n, out), 0);
   return out;
 }
 
 /* Opens sealed (len bytes); returns 1 when it opens to exactly want (want_len bytes). */
-static int opens_to(const unsigned char *key, const char *aad, const unsigned char *sealed,
-                    size_t len, const void *want, size_t want_len) {
+static int opens_to(const unsigned char *key, const char *aad, const unsigned char *sealed, size_t len,
+                    const void *want, size_t want_len) {
   unsigned char *out = malloc(len + 1);
   size_t n = 12345;
-  if (!out) abort();
-  int ok = eng_crypto_open(key, aad, aad ? strlen(aad) : 0, sealed, len, out, &n) == 0 &&
-           n == want_len && memcmp(out, want, n) == 0;
+  if (!out)
+    abort();
+  int ok = eng_crypto_open(key, aad, aad ? strlen(aad) : 0, sealed, len, out, &n) == 0 && n == want_len &&
+           memcmp(out, want, n) == 0;
   free(out);
   return ok;
 }
 
 /* 1 when opening fails with ENG_ECRYPTO and leaves no plaintext in the output buffer. */
-static int refused(const unsigned char *key, const char *aad, const unsigned char *sealed,
-                   size_t len) {
+static int refused(const unsigned char *key, const char *aad, const unsigned char *sealed, size_t len) {
   unsigned char out[4096];
   size_t n = 12345;
   memset(out, 0x5a, sizeof out);
-  if (len > sizeof out + ENG_CRYPTO_SEAL_OVERHEAD) abort();
+  if (len > sizeof out + ENG_CRYPTO_SEAL_OVERHEAD)
+    abort();
   if (eng_crypto_open(key, aad, aad ? strlen(aad) : 0, sealed, len, out, &n) != ENG_ECRYPTO)
     return 0;
   size_t written = len >= ENG_CRYPTO_SEAL_OVERHEAD ? len - ENG_CRYPTO_SEAL_OVERHEAD : 0;
   for (size_t i = 0; i < written; i++)
-    if (out[i] != 0 && out[i] != 0x5a) return 0;
+    if (out[i] != 0 && out[i] != 0x5a)
+      return 0;
   return n == 12345;
 }
 
 static void test_seal_open(void) {
   unsigned char big[2000];
-  for (size_t i = 0; i < sizeof big; i++) big[i] = i % 2 ? 0xff : 0x00;
-  const struct { const void *p; size_t n; } pts[] = {{"", 0}, {"x", 1}, {"hello, world", 12},
-                                                      {big, sizeof big}};
+  for (size_t i = 0; i < sizeof big; i++)
+    big[i] = i % 2 ? 0xff : 0x00;
+  const struct {
+    const void *p;
+    size_t n;
+  } pts[] = {{"", 0}, {"x", 1}, {"hello, world", 12}, {big, sizeof big}};
   for (size_t i = 0; i < sizeof pts / sizeof pts[0]; i++) {
     unsigned char *s = seal(KEY_A, NULL, pts[i].p, pts[i].n);
     CHECK_INT(s[0], ENG_CRYPTO_SEAL_VERSION);
@@ -243,7 +251,8 @@ static void test_seal_open(void) {
   memset(ones, 1, sizeof ones);
   CHECK(refused(KEY_A, NULL, ones, sizeof ones));
   unsigned char *extended = malloc(len + 1);
-  if (!extended) abort();
+  if (!extended)
+    abort();
   memcpy(extended, s, len);
   extended[len] = 'x';
   CHECK(refused(KEY_A, "user:42", extended, len + 1));
@@ -255,10 +264,8 @@ static void test_seal_open(void) {
   free(s);
   /* Sizes are checked before anything is read or written. */
   unsigned char dummy[1];
-  CHECK_INT(eng_crypto_seal(KEY_A, NULL, 0, dummy, (size_t)ENG_CRYPTO_SEAL_MAX + 1, dummy),
-            ENG_ETOOBIG);
-  CHECK_INT(eng_crypto_seal(KEY_A, dummy, (size_t)ENG_CRYPTO_SEAL_MAX + 1, dummy, 0, dummy),
-            ENG_ETOOBIG);
+  CHECK_INT(eng_crypto_seal(KEY_A, NULL, 0, dummy, (size_t)ENG_CRYPTO_SEAL_MAX + 1, dummy), ENG_ETOOBIG);
+  CHECK_INT(eng_crypto_seal(KEY_A, dummy, (size_t)ENG_CRYPTO_SEAL_MAX + 1, dummy, 0, dummy), ENG_ETOOBIG);
 }
 
 /* ---- key store ---- */
@@ -287,7 +294,8 @@ typedef struct key_witness {
 
 static void witness_take(key_witness *w, const char *text) {
   size_t n = strlen(text);
-  if (n >= sizeof w->text) abort();
+  if (n >= sizeof w->text)
+    abort();
   memcpy(w->text, text, n + 1);
   memcpy(w->token_key, eng_keys_token_key(), ENG_KEY_LEN);
   CHECK_INT(eng_crypto_seal(eng_keys_seal_key(), NULL, 0, text, n, w->sealed), 0);
@@ -310,7 +318,8 @@ static char tmpdir[64];
 static char *path_in_tmp(const char *name) {
   size_t n = strlen(tmpdir) + strlen(name) + 2;
   char *p = malloc(n);
-  if (!p) abort();
+  if (!p)
+    abort();
   snprintf(p, n, "%s/%s", tmpdir, name);
   return p;
 }
@@ -372,8 +381,14 @@ static void test_keys_file(void) {
   for (int i = 0; i < 5; i++) {
     const char *content = bad_contents[i < 3 ? i : 0];
     size_t n = strlen(content);
-    if (i == 3) { content = long_text; n = 63; }     /* one hex char short */
-    if (i == 4) { content = long_text; n = 66; }     /* 66 hex chars */
+    if (i == 3) {
+      content = long_text;
+      n = 63;
+    } /* one hex char short */
+    if (i == 4) {
+      content = long_text;
+      n = 66;
+    } /* 66 hex chars */
     unlink(bad_path);
     fd = open(bad_path, O_WRONLY | O_CREAT | O_EXCL, 0600);
     CHECK(fd >= 0);
@@ -440,7 +455,8 @@ static void test_keys_configured(void) {
   }
   /* Upper-case hex is the same key too. */
   char upper[65];
-  for (int i = 0; i < 65; i++) upper[i] = (char)(hexkey[i] >= 'a' ? hexkey[i] - 32 : hexkey[i]);
+  for (int i = 0; i < 65; i++)
+    upper[i] = (char)(hexkey[i] >= 'a' ? hexkey[i] - 32 : hexkey[i]);
   CHECK_INT(eng_keys_init(upper, NULL, &err), 0);
   CHECK(witness_opens(&cfg)); /* upper-case hex */
 
@@ -450,8 +466,8 @@ static void test_keys_configured(void) {
   snprintf(bad_char, sizeof bad_char, "%.63sg", hexkey);
   b64_31[eng_crypto_b64_encode(raw, 31, 0, b64_31)] = '\0';
   snprintf(spaced, sizeof spaced, " %s\n", hexkey);
-  const char *const bad[] = {"short", short_hex, long_hex, bad_char, b64_31, spaced,
-                             "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!="};
+  const char *const bad[] = {
+      "short", short_hex, long_hex, bad_char, b64_31, spaced, "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!="};
   for (int i = 0; i < 7; i++) {
     CHECK_INT(eng_keys_init(bad[i], "/nonexistent/ignored", &err), ENG_ECONFIG);
     CHECK(err && strstr(err, "configured server key is invalid"));

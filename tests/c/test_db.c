@@ -21,9 +21,9 @@ static char tmpdir[64];
 #define MIG_0001 "CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT NOT NULL);\n"
 #define MIG_0001_SHA "1431c6d1072779b31e5d8e4a64517e0bf12079ff40c6662e89373d5107a5eb78"
 /* 0002 inserts into a: it fails unless 0001 ran before it. */
-#define MIG_0002                                                                 \
+#define MIG_0002                                                                       \
   "CREATE TABLE b (id INTEGER PRIMARY KEY, a_id INTEGER NOT NULL REFERENCES a(id));\n" \
-  "INSERT INTO a (v) VALUES ('first');\n"                                        \
+  "INSERT INTO a (v) VALUES ('first');\n"                                              \
   "INSERT INTO b (a_id) VALUES (1);\n"
 #define MIG_0002_SHA "d4cc470c70e29065aa5569d7ee842c56cda73537b047a6ff6ea51f57d15a7e1f"
 #define MIG_0003_BAD "CREATE TABLE c (x INTEGER);\nSELEC nonsense;\n"
@@ -198,8 +198,9 @@ static void test_keyset_mirrors_an_append_only_table(void) {
   if (!db || !other)
     goto cleanup;
   sqlite3 *h = eng_db_handle(db), *oh = eng_db_handle(other);
-  CHECK_INT(sqlite3_exec(h, "CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, g TEXT NOT NULL, k TEXT NOT NULL);"
-                            "INSERT INTO log (g, k) VALUES ('c1', 'a'), ('c1', 'b'), ('c2', 'a'), ('c1', 'a')",
+  CHECK_INT(sqlite3_exec(h,
+                         "CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, g TEXT NOT NULL, k TEXT NOT NULL);"
+                         "INSERT INTO log (g, k) VALUES ('c1', 'a'), ('c1', 'b'), ('c2', 'a'), ('c1', 'a')",
                          NULL, NULL, NULL),
             SQLITE_OK);
   CHECK_INT(eng_db_keyset_sync(db, KS_SCAN, strlen(KS_SCAN), &ks, &emsg), 0);
@@ -209,16 +210,17 @@ static void test_keyset_mirrors_an_append_only_table(void) {
   CHECK_INT(ks_has(ks, "c1", "a"), 1);
   CHECK_INT(ks_has(ks, "c1", "b"), 1);
   CHECK_INT(ks_has(ks, "c2", "a"), 1);
-  CHECK_INT(ks_has(ks, "c2", "b"), 0);     /* the pair, not the key alone */
-  CHECK_INT(ks_has(ks, "c3", "a"), 0);     /* unknown group */
+  CHECK_INT(ks_has(ks, "c2", "b"), 0);                                             /* the pair, not the key alone */
+  CHECK_INT(ks_has(ks, "c3", "a"), 0);                                             /* unknown group */
   CHECK_INT(eng_db_keyset_has(ks, eng_db_keyset_group(ks, "c1", 2), "a\0", 2), 0); /* lengths count */
   CHECK_INT(eng_db_keyset_group(ks, "c3", 2), 0);
   CHECK_INT(eng_db_keyset_has(ks, 0, "a", 1), 0);
 
   /* Another connection appends: the next sync scans only the new rows. Many rows make the
    * tables grow several times; every pair must still be found. */
-  CHECK_INT(sqlite3_exec(oh, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
-                             "INSERT INTO log (g, k) SELECT 'g' || (i % 7), 'key-' || i FROM n",
+  CHECK_INT(sqlite3_exec(oh,
+                         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
+                         "INSERT INTO log (g, k) SELECT 'g' || (i % 7), 'key-' || i FROM n",
                          NULL, NULL, NULL),
             SQLITE_OK);
   CHECK_INT(ks_has(ks, "g1", "key-1"), 0);
@@ -237,9 +239,9 @@ static void test_keyset_mirrors_an_append_only_table(void) {
   CHECK_INT(ks_has(ks, "g1", "key-5001"), 0);
 
   /* Deleted rows stay in the set, and their seq is never reused (AUTOINCREMENT). */
-  CHECK_INT(sqlite3_exec(oh, "DELETE FROM log WHERE seq > 5000; INSERT INTO log (g, k) VALUES ('c9', 'z')", NULL,
-                         NULL, NULL),
-            SQLITE_OK);
+  CHECK_INT(
+      sqlite3_exec(oh, "DELETE FROM log WHERE seq > 5000; INSERT INTO log (g, k) VALUES ('c9', 'z')", NULL, NULL, NULL),
+      SQLITE_OK);
   CHECK_INT(eng_db_keyset_sync(db, KS_SCAN, strlen(KS_SCAN), NULL, &emsg), 0);
   CHECK_INT((int)eng_db_keyset_count(ks), 5004);
   CHECK_INT(ks_has(ks, "g1", "key-4999"), 1);
@@ -417,8 +419,9 @@ static void test_migrations(void) {
   CHECK_STR(query_text(h, "SELECT checksum FROM _migrations WHERE id = 1"), MIG_0001_SHA);
   CHECK_STR(query_text(h, "SELECT name FROM _migrations WHERE id = 2"), "0002_b.sql");
   CHECK_STR(query_text(h, "SELECT checksum FROM _migrations WHERE id = 2"), MIG_0002_SHA);
-  CHECK_INT(query_int(h, "SELECT count(*) FROM _migrations WHERE applied_at GLOB "
-                         "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'"),
+  CHECK_INT(query_int(h,
+                      "SELECT count(*) FROM _migrations WHERE applied_at GLOB "
+                      "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'"),
             2);
 
   /* re-run: nothing to do */

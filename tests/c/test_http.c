@@ -132,7 +132,8 @@ static void test_limits(void) {
   eng_http_limits saved = lim;
   lim = small;
   expect_error("GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n", 414, 5);
-  expect_error("GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n", 431, 7);
+  expect_error("GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+               431, 7);
   /* Content-Length past the limit: refused at the headers, before any body byte. */
   expect_error("POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 413, 100);
   /* Chunked past the limit: refused as the bytes arrive. */
@@ -241,9 +242,8 @@ static void test_query_of_a_request_is_after_the_first_question_mark(void) {
 static void test_form_decode_plus_percent_and_bad_escapes(void) {
   static const struct {
     const char *in, *out;
-  } cases[] = {{"a+b", "a b"},          {"%2F%2f", "//"},   {"%41%4a%4A", "AJJ"}, {"%zz%4", "%zz%4"},
-               {"100%", "100%"},        {"%%41", "%A"},     {"", ""},             {"t%20wo+", "t wo "},
-               {"%e2%82%ac", "\xe2\x82\xac"}};
+  } cases[] = {{"a+b", "a b"}, {"%2F%2f", "//"}, {"%41%4a%4A", "AJJ"}, {"%zz%4", "%zz%4"},           {"100%", "100%"},
+               {"%%41", "%A"}, {"", ""},         {"t%20wo+", "t wo "}, {"%e2%82%ac", "\xe2\x82\xac"}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char out[64];
     size_t n = eng_http_form_decode(cases[i].in, strlen(cases[i].in), out);

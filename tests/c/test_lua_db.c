@@ -21,18 +21,17 @@
 
 static char tmpdir[64];
 
-static const char prelude[] =
-    "function eq(got, want, what)\n"
-    "  if got ~= want or math.type(got) ~= math.type(want) then\n"
-    "    error(string.format('%s: got %s (%s), want %s (%s)', what, tostring(got),\n"
-    "      math.type(got) or type(got), tostring(want), math.type(want) or type(want)), 2)\n"
-    "  end\n"
-    "end\n"
-    "function fails(f, ...)\n"
-    "  local ok, e = pcall(f, ...)\n"
-    "  if ok then error('expected an error', 2) end\n"
-    "  return e\n"
-    "end\n";
+static const char prelude[] = "function eq(got, want, what)\n"
+                              "  if got ~= want or math.type(got) ~= math.type(want) then\n"
+                              "    error(string.format('%s: got %s (%s), want %s (%s)', what, tostring(got),\n"
+                              "      math.type(got) or type(got), tostring(want), math.type(want) or type(want)), 2)\n"
+                              "  end\n"
+                              "end\n"
+                              "function fails(f, ...)\n"
+                              "  local ok, e = pcall(f, ...)\n"
+                              "  if ok then error('expected an error', 2) end\n"
+                              "  return e\n"
+                              "end\n";
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
   (void)sb, (void)flag, (void)ftw;
@@ -210,11 +209,12 @@ typedef struct writer {
   int ok;
 } writer;
 
-static const char writer_chunk[] = "local db = require 'engine.db'\n"
-                                   "local w = ...\n"
-                                   "for i = 1, 500 do\n"
-                                   "  db.tx(function() db.exec('INSERT INTO hits (worker, n) VALUES (?, ?)', w, i) end)\n"
-                                   "end\n";
+static const char writer_chunk[] =
+    "local db = require 'engine.db'\n"
+    "local w = ...\n"
+    "for i = 1, 500 do\n"
+    "  db.tx(function() db.exec('INSERT INTO hits (worker, n) VALUES (?, ?)', w, i) end)\n"
+    "end\n";
 
 static void *writer_thread(void *arg) {
   writer *w = arg;

@@ -20,8 +20,7 @@ static int parse_ok(const char *s, int64_t want_ms, int want_date) {
   const char *msg = NULL;
   int rc = eng_clock_parse(s, strlen(s), &ms, &is_date, &msg);
   if (rc != 0 || ms != want_ms || is_date != want_date) {
-    fprintf(stderr, "parse(\"%s\"): rc=%d ms=%lld is_date=%d msg=%s\n", s, rc, (long long)ms,
-            is_date, msg ? msg : "-");
+    fprintf(stderr, "parse(\"%s\"): rc=%d ms=%lld is_date=%d msg=%s\n", s, rc, (long long)ms, is_date, msg ? msg : "-");
     return 0;
   }
   return 1;
@@ -33,7 +32,8 @@ static const char *parse_err(const char *s) {
   int is_date = 0;
   const char *msg = NULL;
   int rc = eng_clock_parse(s, strlen(s), &ms, &is_date, &msg);
-  if (rc == 0) return "(accepted)";
+  if (rc == 0)
+    return "(accepted)";
   return rc == ENG_EPARSE && msg ? msg : "(bad rc or no message)";
 }
 
@@ -139,8 +139,7 @@ static void test_parse_invalid(void) {
 }
 
 static void test_round_trip(void) {
-  static const int64_t values[] = {0, -1, 1718445600000, 951782400123, -62167219200000,
-                                   253402300799999, -14182940001};
+  static const int64_t values[] = {0, -1, 1718445600000, 951782400123, -62167219200000, 253402300799999, -14182940001};
   for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
     const char *s = fmt(values[i]);
     int64_t ms = 0;

@@ -85,7 +85,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       break;
     }
     if (r == ENG_HTTP_REQUEST) {
-      if (hp.req.url.len > lim.max_url_bytes || hp.req.body.len > lim.max_body_bytes || hp.req.path_len > hp.req.url.len)
+      if (hp.req.url.len > lim.max_url_bytes || hp.req.body.len > lim.max_body_bytes ||
+          hp.req.path_len > hp.req.url.len)
         abort();
       size_t pos = 0;
       eng_http_header h;
