@@ -87,20 +87,23 @@ static int valid_static_char(unsigned char c) {
   return c > 0x20 && c < 0x7f && c != '{' && c != '}' && c != '?' && c != '#' && c != '%';
 }
 
-/* Walks the nodes pattern (already validated) shares with the tree: 1 when one of its
- * {name} segments sits where an existing parameter node has another name. One node serves
- * both patterns there, so the second route's handler would read its parameter under the
- * first route's name (params.id instead of params.customer_id): refused. */
-static int param_name_clash(const eng_router *r, const char *pattern) {
-  const node *n = &r->root;
+/* Follows pattern's segments down the nodes that exist: returns the node it ends on, or NULL
+ * where it leaves the tree. A {name} segment follows the parameter child whatever its name;
+ * when clash is not NULL, *clash says whether one of them had another name (one node serves
+ * every pattern through it, so the second route's handler would read its parameter under the
+ * first route's name: params.id instead of params.customer_id). */
+static node *descend(const eng_router *r, const char *pattern, int *clash) {
+  node *n = (node *)&r->root;
+  if (clash)
+    *clash = 0;
   for (const char *p = pattern + 1; *p && n;) {
     const char *end = strchr(p, '/');
     size_t len = end ? (size_t)(end - p) : strlen(p);
-    const node *next = NULL;
-    if (p[0] == '{') {
+    node *next = NULL;
+    if (len > 0 && p[0] == '{') {
       next = n->param;
-      if (next && (next->seg_len != len - 2 || memcmp(next->seg, p + 1, len - 2) != 0))
-        return 1;
+      if (clash && next && (next->seg_len + 2 != len || memcmp(next->seg, p + 1, len - 2) != 0))
+        *clash = 1;
     } else {
       for (size_t i = 0; i < n->nkids && !next; i++)
         if (n->kids[i]->seg_len == len && memcmp(n->kids[i]->seg, p, len) == 0)
@@ -111,7 +114,7 @@ static int param_name_clash(const eng_router *r, const char *pattern) {
       break;
     p = end + 1;
   }
-  return 0;
+  return n;
 }
 
 int eng_router_add(eng_router *r, int method, const char *pattern, int handler, const char **errmsg) {
@@ -167,7 +170,9 @@ int eng_router_add(eng_router *r, int method, const char *pattern, int handler, 
     p = end + 1;
   }
 
-  if (param_name_clash(r, pattern)) {
+  int clash;
+  descend(r, pattern, &clash);
+  if (clash) {
     *errmsg = "a parameter at this position has another name in a route already added: use one name";
     return ENG_EINVAL;
   }
@@ -218,23 +223,7 @@ int *eng_router_slot(eng_router *r, int method, const char *pattern) {
   size_t plen = strlen(pattern);
   if (method < 0 || method >= ENG_M_COUNT_ || pattern[0] != '/' || (plen > 1 && pattern[plen - 1] == '/'))
     return NULL;
-  node *n = &r->root;
-  for (const char *p = pattern + 1; *p && n;) {
-    const char *end = strchr(p, '/');
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    node *next = NULL;
-    if (len > 0 && p[0] == '{') {
-      next = n->param;
-    } else {
-      for (size_t i = 0; i < n->nkids && !next; i++)
-        if (n->kids[i]->seg_len == len && memcmp(n->kids[i]->seg, p, len) == 0)
-          next = n->kids[i];
-    }
-    n = next;
-    if (!end)
-      break;
-    p = end + 1;
-  }
+  node *n = descend(r, pattern, NULL);
   if (n == NULL || !(n->mask & (1u << method)))
     return NULL;
   return &n->handlers[method];
