@@ -120,6 +120,7 @@ static int on_header_field(llhttp_t *h, const char *at, size_t len) {
     r->nheaders++;
     p->in_field = 1;
   }
+  p->field_len += len;
   char lower[256];
   while (len) {
     size_t n = len < sizeof lower ? len : sizeof lower;
@@ -139,7 +140,10 @@ static int on_header_field(llhttp_t *h, const char *at, size_t len) {
  * *_complete callbacks even for an empty value. */
 static int on_header_field_complete(llhttp_t *h) {
   eng_http_parser *p = P(h);
+  if (p->field_len == 0) /* ": value" */
+    return fail(p, 400, "bad_request", "empty header name");
   p->in_field = 0;
+  p->field_len = 0;
   if (eng_buf_append_char(&p->req.hbuf, '\0') != 0)
     return fail(p, 500, "internal_error", "out of memory");
   return 0;
@@ -149,6 +153,13 @@ static int on_header_value(llhttp_t *h, const char *at, size_t len) {
   eng_http_parser *p = P(h);
   if (header_bytes(p, len))
     return HPE_USER;
+  /* obs-fold (a line starting with a space or tab continues the value): llhttp accepts it and
+   * hands the continuation over as another span of the same value. A value's span stops early
+   * only at its CR, so a second span after one that stopped inside the fed bytes is a fold.
+   * RFC 9112 lets a server refuse it; nginx does. */
+  if (p->value_ended)
+    return fail(p, 400, "bad_request", "obsolete line folding in a header");
+  p->value_ended = at + len < p->feed_end;
   if (eng_buf_append(&p->req.hbuf, at, len) != 0)
     return fail(p, 500, "internal_error", "out of memory");
   return 0;
@@ -156,6 +167,7 @@ static int on_header_value(llhttp_t *h, const char *at, size_t len) {
 
 static int on_header_value_complete(llhttp_t *h) {
   eng_http_parser *p = P(h);
+  p->value_ended = 0;
   if (eng_buf_append_char(&p->req.hbuf, '\0') != 0)
     return fail(p, 500, "internal_error", "out of memory");
   return 0;
@@ -185,13 +197,30 @@ static int on_headers_complete(llhttp_t *h) {
   while (n < r->url.len && r->url.data[n] != '?' && r->url.data[n] != '#')
     n++;
   r->path_len = n;
+  if (r->http_major != 1)
+    return fail(p, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served here");
   if (r->url.len == 0 || r->url.data[0] != '/')
     return fail(p, 400, "bad_request", "request target must be an absolute path");
+  /* Connection: Upgrade (h2c, websocket) is ignored: the request is answered as an ordinary
+   * one and the connection stays HTTP/1.1 (llhttp would otherwise stop parsing after it). */
+  h->upgrade = 0;
+  eng_http_header hd;
+  size_t pos = 0;
+  int hosts = 0;
+  while (eng_http_next_header(r, &pos, &hd)) {
+    if (hd.name_len == 4 && memcmp(hd.name, "host", 4) == 0)
+      hosts++;
+    else if (hd.name_len == 17 && memcmp(hd.name, "transfer-encoding", 17) == 0 &&
+             !ieq(hd.value, hd.value_len, "chunked"))
+      return fail(p, 501, "not_implemented", "only the chunked transfer coding is supported");
+  }
+  if (hosts > 1 || (hosts == 0 && r->http_minor >= 1))
+    return fail(p, 400, "bad_request", hosts ? "more than one Host header" : "HTTP/1.1 request without Host");
   /* Reject bodies that cannot fit before reading them. */
   if ((h->flags & F_CONTENT_LENGTH) && h->content_length > p->limits->max_body_bytes)
     return fail(p, 413, "payload_too_large", "request body too large");
   eng_http_header ex;
-  if (eng_http_find_header(r, "expect", &ex)) {
+  if (eng_http_find_header(r, "expect", &ex) && ex.value_len > 0) {
     if (!ieq(ex.value, ex.value_len, "100-continue"))
       return fail(p, 417, "expectation_failed", "only 'Expect: 100-continue' is supported");
     if (r->http_major == 1 && r->http_minor >= 1)
@@ -212,6 +241,14 @@ static int on_body(llhttp_t *h, const char *at, size_t len) {
   return 0;
 }
 
+/* A chunk's declared size is known before its bytes: refuse it there, not after reading them. */
+static int on_chunk_header(llhttp_t *h) {
+  eng_http_parser *p = P(h);
+  if (h->content_length > p->limits->max_body_bytes - p->req.body.len)
+    return fail(p, 413, "payload_too_large", "request body too large");
+  return 0;
+}
+
 static int on_message_complete(llhttp_t *h) {
   eng_http_parser *p = P(h);
   p->want_continue = 0;
@@ -229,6 +266,7 @@ static const llhttp_settings_t settings = {
     .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
+    .on_chunk_header = on_chunk_header,
     .on_message_complete = on_message_complete,
 };
 
@@ -260,6 +298,7 @@ void eng_http_parser_trim(eng_http_parser *p) {
 }
 
 int eng_http_parser_feed(eng_http_parser *p, const char *data, size_t len, size_t *consumed) {
+  p->feed_end = data + len;
   llhttp_errno_t err = llhttp_execute(&p->parser, data, len);
   if (err == HPE_OK) {
     *consumed = len;
@@ -289,6 +328,8 @@ void eng_http_parser_next(eng_http_parser *p) {
   req_clear(&p->req);
   p->header_bytes = 0;
   p->in_field = 0;
+  p->field_len = 0;
+  p->value_ended = 0;
   p->want_continue = 0;
   llhttp_resume(&p->parser);
 }
@@ -475,6 +516,8 @@ const char *eng_http_reason(int status) {
     return "Service Unavailable";
   case 504:
     return "Gateway Timeout";
+  case 505:
+    return "HTTP Version Not Supported";
   default:
     return "Unknown";
   }
@@ -513,6 +556,10 @@ static char *put_bytes(char *p, const char *s, size_t n) {
 
 #define PUT_LIT(p, lit) put_bytes((p), (lit), sizeof(lit) - 1)
 
+int eng_http_status_has_body(int status) {
+  return !((status >= 100 && status < 200) || status == 204 || status == 304);
+}
+
 /* Every answer goes through here, so the head is assembled with one reserve and
  * memcpy of measured pieces: formatting it with vsnprintf was about a tenth of a
  * small request's cost. */
@@ -537,9 +584,12 @@ int eng_http_write_head(eng_buf *out, int status, int http_minor, int keep_alive
 
   static const char l_status[] = "HTTP/1.1 ", l_date[] = "\r\nDate: ", l_type[] = "\r\nContent-Type: ",
                     l_length[] = "\r\nContent-Length: ", l_id[] = "\r\nX-Request-Id: ";
+  /* 1xx and 204 must not carry Content-Length (RFC 9110 8.6), and none of them a body. */
+  int has_body = eng_http_status_has_body(status);
+  size_t length_part = has_body ? sizeof l_length - 1 + (size_t)(length_end - length_start) : 0;
   size_t need = sizeof l_status - 1 + (size_t)(status_end - status_start) + 1 + reason_len + sizeof l_date - 1 +
-                date_len + sizeof l_type - 1 + type_len + sizeof l_length - 1 + (size_t)(length_end - length_start) +
-                sizeof l_id - 1 + id_len + 2 + connection_len + extra_len + 2;
+                date_len + sizeof l_type - 1 + type_len + length_part + sizeof l_id - 1 + id_len + 2 + connection_len +
+                extra_len + 2;
   if (eng_buf_reserve(out, need) != 0)
     return ENG_ENOMEM;
   char *p = out->data + out->len;
@@ -551,8 +601,10 @@ int eng_http_write_head(eng_buf *out, int status, int http_minor, int keep_alive
   p = put_bytes(p, date, date_len);
   p = PUT_LIT(p, l_type);
   p = put_bytes(p, content_type, type_len);
-  p = PUT_LIT(p, l_length);
-  p = put_bytes(p, length_start, (size_t)(length_end - length_start));
+  if (has_body) {
+    p = PUT_LIT(p, l_length);
+    p = put_bytes(p, length_start, (size_t)(length_end - length_start));
+  }
   p = PUT_LIT(p, l_id);
   p = put_bytes(p, request_id, id_len);
   p = PUT_LIT(p, "\r\n");

@@ -57,6 +57,9 @@ typedef struct eng_http_parser {
   eng_http_request req;
   size_t header_bytes;
   int in_field;           /* inside a header name */
+  size_t field_len;       /* bytes of the current header name so far */
+  int value_ended;        /* the current value's last span stopped before the end of the fed bytes */
+  const char *feed_end;   /* end of the bytes being fed (obs-fold detection) */
   int want_continue;      /* headers asked for 100-continue and the body has not come */
   int in_message;         /* between message begin and complete */
   int error_status;       /* 400, 413, 414, 431 when feed returned ENG_HTTP_ERROR */
@@ -130,8 +133,13 @@ int eng_http_header_reserved(const char *s, size_t n);
 
 const char *eng_http_reason(int status);
 
+/* 0 for the statuses whose answers never carry a body: 1xx, 204, 304. The head then has no
+ * Content-Length and the caller sends no body (whatever the handler returned), so the
+ * stream never desynchronises. */
+int eng_http_status_has_body(int status);
+
 /* Appends a response head: status line, Date, Server-less minimal headers,
- * Content-Type, Content-Length, X-Request-Id, Connection (when closing or when
+ * Content-Type, Content-Length (not for 1xx, 204, 304), X-Request-Id, Connection (when closing or when
  * an HTTP/1.0 client keeps alive), then `extra` (already "Name: value\r\n" lines) and the blank line. */
 int eng_http_write_head(eng_buf *out, int status, int http_minor, int keep_alive, const char *content_type,
                         size_t content_length, const char *request_id, const char *extra, size_t extra_len);

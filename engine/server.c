@@ -240,13 +240,13 @@ static int conn_send(conn *c, const char *data, size_t len) {
 static void send_response(conn *c, const eng_http_request *req, const char *request_id, int keep_alive) {
   worker *w = c->w;
   eng_response *r = &w->resp;
-  int head_only = req && req->method && strcmp(req->method, "HEAD") == 0;
+  int no_body = (req && req->method && strcmp(req->method, "HEAD") == 0) || !eng_http_status_has_body(r->status);
   int minor = req ? req->http_minor : 1;
   eng_buf_reset(&w->out);
   int rc = eng_http_write_head(&w->out, r->status, minor, keep_alive,
                                r->content_type[0] ? r->content_type : "application/json", r->body.len, request_id,
                                r->headers.data, r->headers.len);
-  if (rc == 0 && !head_only && r->body.len)
+  if (rc == 0 && !no_body && r->body.len)
     rc = eng_buf_append(&w->out, r->body.data, r->body.len);
   if (rc == 0)
     rc = conn_send(c, w->out.data, w->out.len);
@@ -256,7 +256,7 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
         .path = req && req->url.data ? req->url.data : "-",
         .path_len = req && req->url.data ? req->path_len : 1,
         .status = r->status,
-        .bytes = head_only ? 0 : r->body.len,
+        .bytes = no_body ? 0 : r->body.len,
         .duration_ms = (double)(uv_hrtime() - c->t_start) / 1e6,
         .request_id = request_id,
         .peer = c->peer,

@@ -112,15 +112,17 @@ static int t_request(lua_State *L) {
     return luaL_error(L, "incomplete request");
   }
   eng_buf_free(&rawb);
-  int head = strcmp(method, "HEAD") == 0;
+  int head = strcmp(method, "HEAD") == 0 || !eng_http_status_has_body(resp.status);
   lua_pushinteger(L, resp.status);
   lua_createtable(L, 0, 6);
   lua_pushstring(L, resp.content_type[0] ? resp.content_type : "application/json");
   lua_setfield(L, -2, "content-type");
   lua_pushstring(L, rid);
   lua_setfield(L, -2, "x-request-id");
-  lua_pushinteger(L, (lua_Integer)resp.body.len);
-  lua_setfield(L, -2, "content-length");
+  if (eng_http_status_has_body(resp.status)) {
+    lua_pushinteger(L, (lua_Integer)resp.body.len);
+    lua_setfield(L, -2, "content-length");
+  }
   /* Extra headers: "Name: value\r\n" lines, names lowercased. */
   const char *p = resp.headers.data, *end = p ? p + resp.headers.len : NULL;
   while (p && p < end) {

@@ -62,7 +62,7 @@ static void test_simple(void) {
 static void test_pipelined_and_close(void) {
   eng_http_parser p;
   eng_http_parser_init(&p, &lim);
-  const char *two = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nConnection: close\r\n\r\n";
+  const char *two = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
   size_t len = strlen(two), used = 0;
   CHECK_INT(eng_http_parser_feed(&p, two, len, &used), ENG_HTTP_REQUEST);
   CHECK_INT(used, strlen("GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"));
@@ -93,7 +93,8 @@ static void test_chunked(void) {
   eng_http_parser p;
   size_t at;
   eng_http_parser_init(&p, &lim);
-  const char *req = "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+  const char *req =
+      "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
   CHECK_INT(feed_all(&p, req, 3, &at), ENG_HTTP_REQUEST);
   CHECK_INT(p.req.body.len, 11);
   CHECK(memcmp(p.req.body.data, "hello world", 11) == 0);
@@ -104,15 +105,16 @@ static void test_continue(void) {
   eng_http_parser p;
   size_t at;
   eng_http_parser_init(&p, &lim);
-  CHECK_INT(feed_all(&p, "POST /c HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 100, &at),
+  CHECK_INT(feed_all(&p, "POST /c HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 100, &at),
             ENG_HTTP_NEED_MORE);
   CHECK_INT(p.want_continue, 1);
   CHECK_INT(feed_all(&p, "ok", 100, &at), ENG_HTTP_REQUEST);
   CHECK_INT(p.want_continue, 0);
   eng_http_parser_free(&p);
   eng_http_parser_init(&p, &lim);
-  CHECK_INT(feed_all(&p, "POST /c HTTP/1.1\r\nExpect: something-else\r\nContent-Length: 2\r\n\r\nok", 100, &at),
-            ENG_HTTP_ERROR);
+  CHECK_INT(
+      feed_all(&p, "POST /c HTTP/1.1\r\nHost: h\r\nExpect: something-else\r\nContent-Length: 2\r\n\r\nok", 100, &at),
+      ENG_HTTP_ERROR);
   CHECK_INT(p.error_status, 417);
   eng_http_parser_free(&p);
 }
@@ -131,23 +133,26 @@ static void test_limits(void) {
   eng_http_limits small = {.max_header_bytes = 64, .max_url_bytes = 32, .max_body_bytes = 10};
   eng_http_limits saved = lim;
   lim = small;
-  expect_error("GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n", 414, 5);
-  expect_error("GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
-               431, 7);
+  expect_error("GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: h\r\n\r\n", 414, 5);
+  expect_error(
+      "GET / HTTP/1.1\r\nHost: h\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+      431, 7);
   /* Content-Length past the limit: refused at the headers, before any body byte. */
-  expect_error("POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 413, 100);
+  expect_error("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n", 413, 100);
   /* Chunked past the limit: refused as the bytes arrive. */
-  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n", 413, 4);
+  expect_error(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n", 413,
+      4);
   lim = saved;
   /* Exactly at the limit is fine. */
   eng_http_parser p;
   size_t at;
   eng_http_limits exact = {.max_header_bytes = 1024, .max_url_bytes = 4, .max_body_bytes = 3};
   eng_http_parser_init(&p, &exact);
-  CHECK_INT(feed_all(&p, "POST /abc HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz", 2, &at), ENG_HTTP_REQUEST);
+  CHECK_INT(feed_all(&p, "POST /abc HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz", 2, &at), ENG_HTTP_REQUEST);
   eng_http_parser_free(&p);
   /* Too many headers. */
-  char many[8192] = "GET / HTTP/1.1\r\n";
+  char many[8192] = "GET / HTTP/1.1\r\nHost: h\r\n";
   for (int i = 0; i < ENG_HTTP_MAX_HEADERS + 1; i++)
     strcat(many, "A: b\r\n");
   strcat(many, "\r\n");
@@ -156,12 +161,12 @@ static void test_limits(void) {
 
 static void test_malformed(void) {
   expect_error("GARBAGE\r\n\r\n", 400, 100);
-  expect_error("GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400, 100);
-  expect_error("GET / HTTP/9.9\r\n\r\n", 400, 100);
-  expect_error("GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, 100);
-  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, 100);
-  expect_error("GET http://example.com/ HTTP/1.1\r\n\r\n", 400, 100);
-  expect_error("GET / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", 400, 100);
+  expect_error("GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n", 400, 100);
+  expect_error("GET / HTTP/9.9\r\nHost: h\r\n\r\n", 400, 100);
+  expect_error("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, 100);
+  expect_error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, 100);
+  expect_error("GET http://example.com/ HTTP/1.1\r\nHost: h\r\n\r\n", 400, 100);
+  expect_error("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", 400, 100);
 }
 
 static void test_request_id_and_head(void) {
@@ -223,7 +228,7 @@ static void test_query_of_a_request_is_after_the_first_question_mark(void) {
   } cases[] = {{"/p?x=1#f", "x=1#f"}, {"/p", NULL}, {"/p#f?x=1", NULL}, {"/p?", ""}, {"/p?a?b", "a?b"}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char raw[128];
-    snprintf(raw, sizeof raw, "GET %s HTTP/1.1\r\n\r\n", cases[i].target);
+    snprintf(raw, sizeof raw, "GET %s HTTP/1.1\r\nHost: h\r\n\r\n", cases[i].target);
     eng_http_parser p;
     size_t at, len = 99;
     eng_http_parser_init(&p, &lim);
@@ -358,7 +363,7 @@ static void test_request_id_is_the_clients_when_acceptable_else_a_uuid4(void) {
                {"", NULL}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char raw[256];
-    snprintf(raw, sizeof raw, "GET / HTTP/1.1\r\n%s\r\n", cases[i].head);
+    snprintf(raw, sizeof raw, "GET / HTTP/1.1\r\nHost: h\r\n%s\r\n", cases[i].head);
     eng_http_parser p;
     size_t at;
     eng_http_parser_init(&p, &lim);
@@ -372,6 +377,90 @@ static void test_request_id_is_the_clients_when_acceptable_else_a_uuid4(void) {
   }
 }
 
+/* The strictness nginx shows (issue 14, item 9): each of these was answered or misparsed before. */
+static void test_strict_framing(void) {
+  expect_error("GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, 100);
+  expect_error("GET / HTTP/1.1\r\n\r\n", 400, 100);
+  expect_error("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, 100);
+  expect_error("GET / HTTP/1.1\r\nHost: h\r\n: empty-name\r\n\r\n", 400, 100);
+  for (size_t step = 1; step <= 100; step++) /* wherever the reads split it */
+    expect_error("GET / HTTP/1.1\r\nHost: h\r\nX-A: one\r\n  folded\r\n\r\n", 400, step);
+  expect_error("GET / HTTP/1.1\r\nHost: h\r\nX-A: one\r\n\tfolded\r\n\r\n", 400, 100);
+  expect_error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, 100);
+  expect_error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501, 100);
+  /* HTTP/1.0 needs no Host. */
+  eng_http_parser p;
+  size_t at;
+  eng_http_parser_init(&p, &lim);
+  CHECK_INT(feed_all(&p, "GET / HTTP/1.0\r\n\r\n", 100, &at), ENG_HTTP_REQUEST);
+  eng_http_parser_free(&p);
+  /* An empty Expect is no expectation. */
+  eng_http_parser_init(&p, &lim);
+  CHECK_INT(feed_all(&p, "GET / HTTP/1.1\r\nHost: h\r\nExpect:\r\n\r\n", 100, &at), ENG_HTTP_REQUEST);
+  CHECK_INT(p.want_continue, 0);
+  eng_http_parser_free(&p);
+}
+
+/* A declared chunk size past the body limit is refused at its header, before its bytes. */
+static void test_chunk_size_over_the_limit_is_413_at_once(void) {
+  eng_http_limits saved = lim;
+  lim.max_body_bytes = 10;
+  eng_http_parser p;
+  size_t at;
+  eng_http_parser_init(&p, &lim);
+  const char *req = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nfffff\r\n";
+  CHECK_INT(feed_all(&p, req, 100, &at), ENG_HTTP_ERROR);
+  CHECK_INT(p.error_status, 413);
+  CHECK_INT(p.req.body.len, 5);
+  eng_http_parser_free(&p);
+  lim = saved;
+}
+
+/* Connection: Upgrade is ignored (no h2c, no websockets): the request is an ordinary one and
+ * the connection goes on parsing the next (it answered 400 to the next one before). */
+static void test_upgrade_is_ignored(void) {
+  eng_http_parser p;
+  size_t at;
+  const char *two = "GET /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                    "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+  eng_http_parser_init(&p, &lim);
+  CHECK_INT(feed_all(&p, two, 1000, &at), ENG_HTTP_REQUEST);
+  CHECK_INT(p.req.path_len, 2);
+  CHECK(memcmp(p.req.url.data, "/a", 2) == 0);
+  CHECK_INT(p.req.keep_alive, 1);
+  eng_http_parser_next(&p);
+  size_t used = 0;
+  CHECK_INT(eng_http_parser_feed(&p, two + at, strlen(two) - at, &used), ENG_HTTP_REQUEST);
+  CHECK(memcmp(p.req.url.data, "/b", 2) == 0);
+  eng_http_parser_free(&p);
+  /* With a body too. */
+  const char *post = "POST /u HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                     "Content-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+  eng_http_parser_init(&p, &lim);
+  CHECK_INT(feed_all(&p, post, 1000, &at), ENG_HTTP_REQUEST);
+  CHECK_INT(p.req.body.len, 2);
+  eng_http_parser_next(&p);
+  CHECK_INT(eng_http_parser_feed(&p, post + at, strlen(post) - at, &used), ENG_HTTP_REQUEST);
+  CHECK(memcmp(p.req.url.data, "/b", 2) == 0);
+  eng_http_parser_free(&p);
+}
+
+/* 1xx, 204 and 304 answers carry no body and (1xx, 204) no Content-Length. */
+static void test_bodiless_statuses(void) {
+  CHECK(eng_http_status_has_body(200));
+  CHECK(eng_http_status_has_body(404));
+  CHECK(!eng_http_status_has_body(100));
+  CHECK(!eng_http_status_has_body(204));
+  CHECK(!eng_http_status_has_body(304));
+  eng_buf b = {0};
+  CHECK_INT(eng_http_write_head(&b, 204, 1, 1, "application/json", 5, "rid", NULL, 0), 0);
+  CHECK(strstr(b.data, "Content-Length") == NULL);
+  eng_buf_reset(&b);
+  CHECK_INT(eng_http_write_head(&b, 200, 1, 1, "application/json", 5, "rid", NULL, 0), 0);
+  CHECK(strstr(b.data, "\r\nContent-Length: 5\r\n") != NULL);
+  eng_buf_free(&b);
+}
+
 int main(void) {
   eng_http_limits_default(&lim);
   test_simple();
@@ -380,6 +469,10 @@ int main(void) {
   test_continue();
   test_limits();
   test_malformed();
+  test_strict_framing();
+  test_chunk_size_over_the_limit_is_413_at_once();
+  test_upgrade_is_ignored();
+  test_bodiless_statuses();
   test_request_id_and_head();
   test_query_items_split_at_ampersands_and_stop_at_fragment();
   test_query_of_a_request_is_after_the_first_question_mark();

@@ -89,6 +89,18 @@ describe("engine runtime (in-process)", function()
     assert.same({ status = "ok" }, res.json)
   end)
 
+  it("answers 1xx, 204 and 304 without a body or Content-Length, whatever the handler returned", function()
+    for _, code in ipairs { 204, 304, 103 } do
+      local res = app.request("GET", "/status/" .. code)
+      assert.equal(code, res.status)
+      assert.equal("", res.body)
+      assert.is_nil(res.headers["content-length"])
+    end
+    local res = app.request("GET", "/status/200")
+    assert.equal("a body that must not be sent", res.body)
+    assert.equal("28", tostring(res.headers["content-length"]))
+  end)
+
   it("turns a script error into a 500 that hides the error", function()
     for _, path in ipairs { "/error", "/error-table", "/bad-status", "/bad-header", "/bad-json", "/yield", "/global" } do
       local res = app.request("GET", path, { headers = { ["X-Request-Id"] = "rid-500" } })
