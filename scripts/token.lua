@@ -1,34 +1,67 @@
 -- token.lua - POST /v2/integrations/token (API.md section 2).
 -- Body {"Id","Secret","Entity":"customer"|"app"} -> Data = a signed token.
--- Brute-force guard: after token_max_failures failed attempts for one Id within
--- token_failure_window_seconds of the first, that Id answers 429 with Retry-After until the
--- window ends. Counters live in the token_failures table so every worker sees them.
--- Settings: token_max_failures (5), token_failure_window_seconds (300), token_ttl_days (90).
+--
+-- Brute-force guard. A client is its address: req.peer without the port (lib/peer.lua). Every
+-- count runs in a window of token_failure_window_seconds from the first failure it counts, and
+-- starts again after it. An attempt is checked against, in this order:
+--  1. The address: after token_address_max_failures failures from one address (any Ids,
+--     known or not), it gets 429 for every Id until its window ends. This is what throttles
+--     enumeration. Counted in each worker's memory only.
+--  2. The (Id, address) pair: after token_max_failures failures for one Id from one address,
+--     that pair gets 429 with Retry-After until its window ends, the right Secret included.
+--     Other addresses are not affected. A success clears the pair's count.
+--  3. The Id, which slows down rather than locks: once it has had token_id_max_failures
+--     failures from all addresses in its window, an attempt from an address that has not been
+--     issued a token for this Id within token_ttl_days is checked only when
+--     token_id_throttle_seconds have passed since the Id's last failure; earlier it gets 429
+--     with Retry-After, without being checked or counted. So an attacker with any number of
+--     addresses gets one guess per interval, while the client that has been getting tokens
+--     from its address is never throttled and keeps getting them with the right Secret. A new
+--     address waits its turn like the attacker: it cannot be told apart from one. A success
+--     does not reset the Id's count, or the victim's own logins would reset the attacker's.
+--     (Checking the Secret of every attempt and refusing only wrong ones would throttle
+--     nothing: a checked attempt is a guess, and the answer tells the attacker whether it hit.)
+-- Every 429 has Retry-After. Only the attempts that are checked cost the comparison, and only
+-- failures are counted.
+-- Storage: for Ids that exist, the pair and Id counts and the trusted addresses are in SQLite
+-- (token_failures, token_id_failures, token_trusted), checked and written in one immediate
+-- transaction, so the lockout holds across workers and restarts. A failure on an unknown Id
+-- costs no write: the same rule runs on counters in the worker's memory (lib/token_guard.lua),
+-- per worker and forgotten on restart, so with N workers an unknown Id locks after up to N
+-- times token_max_failures failures.
+-- Settings: token_max_failures (5), token_failure_window_seconds (300), token_id_max_failures
+-- (100), token_id_throttle_seconds (1), token_address_max_failures (50), token_ttl_days (90).
 local route = require "engine.route"
 local db = require "engine.db"
 local crypto = require "engine.crypto"
 local time = require "engine.time"
 local platform = require "lib.platform"
 local validate = require "lib.validate"
-local settings = require "lib.settings"
 local auth = require "lib.auth"
+local peer = require "lib.peer"
+local token_guard = require "lib.token_guard"
 
 -- A verifier that matches nothing, so unknown Ids cost the same comparison as known ones.
 local NO_VERIFIER = string.rep("0", 64)
 
--- Does the secret belong to that entity? Unknown id and wrong secret look the same.
-local function secret_ok(entity, id, secret)
+-- This worker's memory counters (the address limit and the unknown Ids').
+local guard = token_guard.new()
+
+-- The stored verifier of that entity's secret, or nil when there is no such entity.
+local function stored_verifier(entity, id)
   if entity == "customer" then
     local row = db.one("SELECT secret_sealed FROM customers WHERE id = ?", id)
-    local plain = row and crypto.open(row.secret_sealed, id)
-    if not plain then
-      auth.check_verifier(secret, NO_VERIFIER)
-      return false
-    end
-    return crypto.equals(auth.verifier(secret), auth.verifier(plain))
+    if not row then return nil end
+    local plain = crypto.open(row.secret_sealed, id)
+    return plain and auth.verifier(plain) or NO_VERIFIER
   end
   local row = db.one("SELECT secret_hash FROM apps WHERE id = ?", id)
-  return auth.check_verifier(secret, row and row.secret_hash or NO_VERIFIER) and row ~= nil
+  return row and row.secret_hash
+end
+
+local function too_many(req, whom, seconds)
+  return platform.fail(req, 429, string.format("too many failed attempts %s: retry after %d second%s",
+    whom, seconds, seconds == 1 and "" or "s"), { ["Retry-After"] = tostring(seconds) })
 end
 
 route.post("/v2/integrations/token", function(req)
@@ -45,40 +78,30 @@ route.post("/v2/integrations/token", function(req)
     return platform.fail(req, 400, "Entity must be customer or app")
   end
 
-  local max_failures = settings.number("token_max_failures", 5, 1, true)
-  local window_ms = settings.number("token_failure_window_seconds", 300, 1) * 1000
+  local limits = token_guard.limits()
+  local addr = peer.address(req.peer)
+  local wait = guard.address_wait(addr, time.now(), limits)
+  if wait then return too_many(req, "from this address", wait) end
+
   local key = crypto.to_hex(crypto.sha256(id))
+  local verifier = stored_verifier(entity, id)
+  local function verify() return auth.check_verifier(secret, verifier or NO_VERIFIER) and verifier ~= nil end
+  local outcome
+  if verifier then
+    -- One immediate transaction: check, verify, count. Workers queue on the write lock, so no
+    -- two of them can both slip past a limit.
+    outcome, wait = db.tx(function()
+      return token_guard.attempt(token_guard.durable, key, addr, time.now(), limits, verify)
+    end)
+  else
+    outcome, wait = token_guard.attempt(guard.memory, key, addr, time.now(), limits, verify)
+  end
 
-  -- One immediate transaction: check the lock, verify, count the failure. Workers queue on
-  -- the write lock, so no two of them can both slip past the limit.
-  local outcome, retry_after = db.tx(function()
-    local now = time.now()
-    local row = db.one("SELECT window_start, failures FROM token_failures WHERE id_hash = ?", key)
-    local live = row and now - row.window_start < window_ms
-    if live and row.failures >= max_failures then
-      return "locked", math.max(1, math.ceil((row.window_start + window_ms - now) / 1000))
-    end
-    if secret_ok(entity, id, secret) then
-      if row then db.exec("DELETE FROM token_failures WHERE id_hash = ?", key) end
-      return "ok"
-    end
-    if live then
-      db.exec("UPDATE token_failures SET failures = failures + 1 WHERE id_hash = ?", key)
-    else
-      db.exec([[INSERT INTO token_failures (id_hash, window_start, failures) VALUES (?, ?, 1)
-                ON CONFLICT (id_hash) DO UPDATE SET window_start = excluded.window_start, failures = 1]], key, now)
-      -- Forget counters whose window is over, so the table stays small.
-      db.exec("DELETE FROM token_failures WHERE window_start <= ?", now - window_ms)
-    end
-    return "failed"
-  end)
-
-  if outcome == "locked" then
-    return platform.fail(req, 429, string.format(
-      "too many failed attempts for this Id: retry after %d seconds", retry_after),
-      { ["Retry-After"] = tostring(retry_after) })
+  if outcome == "ok" then
+    return platform.ok(req, auth.issue(entity, id))
   elseif outcome == "failed" then
+    guard.address_failed(addr, time.now(), limits)
     return platform.fail(req, 401, "invalid Id or Secret")
   end
-  return platform.ok(req, auth.issue(entity, id))
+  return too_many(req, "for this Id", wait)
 end)
