@@ -50,13 +50,14 @@ typedef struct test_state {
 
 static test_state *TS(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
-/* testing.request(method, target, headers, body) -> status, headers, body */
+/* testing.request(method, target, headers, body [, peer]) -> status, headers, body */
 static int t_request(lua_State *L) {
   test_state *ts = TS(L);
   const char *method = luaL_checkstring(L, 1);
   const char *target = luaL_checkstring(L, 2);
   size_t blen = 0;
   const char *body = luaL_optlstring(L, 4, NULL, &blen);
+  const char *peer = luaL_optstring(L, 5, "127.0.0.1:0"); /* the client's "address:port" */
   /* Headers are checked first, so nothing below raises while raw holds memory. */
   int has_length = 0;
   if (lua_istable(L, 3)) {
@@ -102,7 +103,7 @@ static int t_request(lua_State *L) {
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   eng_http_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
   if (r == ENG_HTTP_REQUEST) {
-    eng_runtime_handle_in(ts->rt, L, &hp.req, "127.0.0.1:0", rid, &resp);
+    eng_runtime_handle_in(ts->rt, L, &hp.req, peer, rid, &resp);
   } else if (r == ENG_HTTP_ERROR) {
     eng_runtime_error_in(ts->rt, L, hp.error_status, hp.error_code, hp.error_reason, rid, &resp);
   } else {

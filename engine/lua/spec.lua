@@ -78,11 +78,13 @@ function spec.app(opts)
   local app = { settings = opts.settings or {} }
   local dir
 
-  -- request(method, path, { headers =, body =, json = }) ->
+  -- request(method, path, { headers =, body =, json =, peer = }) ->
   --   { status =, headers = (lowercase names), body = raw string, json = decoded or nil }
+  -- peer: the client's "address:port" the handler sees as req.peer (default "127.0.0.1:0").
   function app.request(method, path, ropts)
-    local headers, body = prepare(ropts or {})
-    local status, rheaders, rbody = testing.request(method, path, headers, body)
+    ropts = ropts or {}
+    local headers, body = prepare(ropts)
+    local status, rheaders, rbody = testing.request(method, path, headers, body, ropts.peer)
     return { status = status, headers = rheaders, body = rbody, json = decode_body(rheaders, rbody) }
   end
 
