@@ -39,5 +39,6 @@ int eng_luaopen_db(lua_State *L);     /* "engine.db"     lua_db.c     */
 int eng_luaopen_log(lua_State *L);    /* "engine.log"    lua_log.c    */
 int eng_luaopen_config(lua_State *L); /* "engine.config" lua_config.c */
 int eng_luaopen_route(lua_State *L);  /* "engine.route"  lua_route.c  */
+int eng_luaopen_limit(lua_State *L);  /* "engine.limit"  lua_limit.c  */
 
 #endif

@@ -17,6 +17,7 @@ static const luaL_Reg modules[] = {
     {"engine.log", eng_luaopen_log},       /* lua_log.c    */
     {"engine.config", eng_luaopen_config}, /* lua_config.c */
     {"engine.route", eng_luaopen_route},   /* lua_route.c  */
+    {"engine.limit", eng_luaopen_limit},   /* lua_limit.c  */
     {NULL, NULL},
 };
 

@@ -9,6 +9,7 @@ eng_add_c_test(test_db eng_db)
 eng_add_c_test(test_json eng_lua)
 eng_add_c_test(test_lua_db eng_lua)
 eng_add_c_test(test_runtime eng_lua)
+eng_add_c_test(test_limit eng_limit)
 
 # libFuzzer targets: every parser of the core.
 eng_add_fuzz(fuzz_http eng_http)
