@@ -65,7 +65,14 @@ static void emit(eng_buf *b) {
   eng_buf_free(b);
 }
 
+static _Thread_local eng_buf *g_capture;
+
+void eng_log_capture(eng_buf *b) { g_capture = b; }
+
 void eng_log_msg(eng_log_level level, const char *request_id, const char *msg, size_t len) {
+  if (g_capture != NULL && level == ENG_LOG_ERROR &&
+      (eng_buf_append(g_capture, msg, len) != 0 || eng_buf_append_char(g_capture, '\n') != 0))
+    g_capture = NULL; /* out of memory: stop capturing, the log line still goes out */
   if (!eng_log_enabled(level))
     return;
   char ts[32];

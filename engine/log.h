@@ -5,6 +5,8 @@
 #ifndef ENG_LOG_H
 #define ENG_LOG_H
 
+#include "buf.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +22,11 @@ int eng_log_enabled(eng_log_level level);
 void eng_log(eng_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Like eng_log, with an extra request id and a message that is used verbatim. */
 void eng_log_msg(eng_log_level level, const char *request_id, const char *msg, size_t len);
+
+/* While b is set (not NULL), this thread's error-level messages are also appended to b, one
+ * a line, whatever the log level (the in-process test client returns them with the answer).
+ * b is borrowed; set NULL before freeing it. */
+void eng_log_capture(eng_buf *b);
 
 /* One access-log line (always written, whatever the level). */
 typedef struct eng_access_entry {

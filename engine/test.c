@@ -50,7 +50,8 @@ typedef struct test_state {
 
 static test_state *TS(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
-/* testing.request(method, target, headers, body [, peer]) -> status, headers, body */
+/* testing.request(method, target, headers, body [, peer]) -> status, headers, body, logged
+ * (logged: what the engine logged at error level while answering, or nil) */
 static int t_request(lua_State *L) {
   test_state *ts = TS(L);
   const char *method = luaL_checkstring(L, 1);
@@ -59,7 +60,7 @@ static int t_request(lua_State *L) {
   const char *body = luaL_optlstring(L, 4, NULL, &blen);
   const char *peer = luaL_optstring(L, 5, "127.0.0.1:0"); /* the client's "address:port" */
   /* Headers are checked first, so nothing below raises while raw holds memory. */
-  int has_length = 0;
+  int has_length = 0, has_host = 0;
   if (lua_istable(L, 3)) {
     lua_pushnil(L);
     while (lua_next(L, 3)) {
@@ -72,11 +73,13 @@ static int t_request(lua_State *L) {
         return luaL_error(L, "header %s: CR, LF (and ':' in names) are not allowed", k);
       if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "transfer-encoding") == 0)
         has_length = 1;
+      if (strcasecmp(k, "host") == 0)
+        has_host = 1;
       lua_pop(L, 2);
     }
   }
   eng_buf rawb = {0};
-  eng_buf_appendf(&rawb, "%s %s HTTP/1.1\r\nHost: in-process\r\n", method, target);
+  eng_buf_appendf(&rawb, "%s %s HTTP/1.1\r\n%s", method, target, has_host ? "" : "Host: in-process\r\n");
   if (lua_istable(L, 3)) {
     lua_pushnil(L);
     while (lua_next(L, 3)) {
@@ -102,16 +105,23 @@ static int t_request(lua_State *L) {
   int r = eng_http_parser_feed(&hp, raw, rawlen, &used);
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   eng_http_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
+  /* What the engine logs at error level while it answers (a script's error and traceback)
+   * comes back with the answer, so a failing spec shows why. */
+  eng_buf logged = {0};
+  eng_log_capture(&logged);
   if (r == ENG_HTTP_REQUEST) {
     eng_runtime_handle_in(ts->rt, L, &hp.req, peer, rid, &resp);
   } else if (r == ENG_HTTP_ERROR) {
     eng_runtime_error_in(ts->rt, L, hp.error_status, hp.error_code, hp.error_reason, rid, &resp);
   } else {
+    eng_log_capture(NULL);
+    eng_buf_free(&logged);
     eng_http_parser_free(&hp);
     eng_response_free(&resp);
     eng_buf_free(&rawb);
     return luaL_error(L, "incomplete request");
   }
+  eng_log_capture(NULL);
   eng_buf_free(&rawb);
   int head = strcmp(method, "HEAD") == 0 || !eng_http_status_has_body(resp.status);
   lua_pushinteger(L, resp.status);
@@ -144,9 +154,14 @@ static int t_request(lua_State *L) {
     p = eol + 2;
   }
   lua_pushlstring(L, head ? "" : (resp.body.data ? resp.body.data : ""), head ? 0 : resp.body.len);
+  if (logged.len > 0)
+    lua_pushlstring(L, logged.data, logged.len);
+  else
+    lua_pushnil(L);
+  eng_buf_free(&logged);
   eng_http_parser_free(&hp);
   eng_response_free(&resp);
-  return 3;
+  return 4;
 }
 
 /* testing.open_db(path [, schema_dir]) -> migrations applied; replaces the current database. */
@@ -199,6 +214,17 @@ static int t_load_scripts(lua_State *L) {
 static int t_limits(lua_State *L) {
   test_state *ts = TS(L);
   if (lua_istable(L, 1)) {
+    /* A key the in-process client does not apply is refused, never silently ignored. */
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+      if (strcmp(k, "max_body_bytes") != 0 && strcmp(k, "max_header_bytes") != 0 && strcmp(k, "max_url_bytes") != 0)
+        return luaL_error(L,
+                          "spec.app: limits.%s is not a limit of the in-process client (it takes max_body_bytes, "
+                          "max_header_bytes, max_url_bytes; budgets: spec.server{args={\"--budget-ms\", ...}})",
+                          k);
+      lua_pop(L, 1);
+    }
     lua_getfield(L, 1, "max_body_bytes");
     ts->limits.max_body_bytes = (size_t)luaL_optinteger(L, -1, (lua_Integer)ts->limits.max_body_bytes);
     lua_getfield(L, 1, "max_header_bytes");
@@ -517,6 +543,29 @@ static int setup_p(lua_State *L) {
   return 0;
 }
 
+/* The shell's APIENGINE_* settings must not reach the specs: a spec states the settings it
+ * runs with (spec.app{settings=}, spec.server{env=}), and APIENGINE_ADMIN_KEY=x ./dev test
+ * used to fail the specs that create customers. Only the test command's own variables stay. */
+static void clean_environment(void) {
+  static const char prefix[] = "APIENGINE_";
+  char name[256];
+  for (size_t i = 0; environ[i] != NULL;) {
+    const char *eq = strchr(environ[i], '=');
+    size_t n = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
+    if (strncmp(environ[i], prefix, sizeof prefix - 1) != 0 || n >= sizeof name) {
+      i++;
+      continue;
+    }
+    memcpy(name, environ[i], n);
+    name[n] = '\0';
+    if (strcmp(name, "APIENGINE_TEST_LOG") == 0 || strcmp(name, "APIENGINE_LOG_LEVEL") == 0) {
+      i++;
+      continue;
+    }
+    unsetenv(name); /* environ shifts down: look at index i again */
+  }
+}
+
 int eng_test_main(int argc, char **argv) {
   test_state ts;
   memset(&ts, 0, sizeof ts);
@@ -534,6 +583,7 @@ int eng_test_main(int argc, char **argv) {
   int log_fd = open(log_path && *log_path ? log_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd >= 0)
     eng_log_set_fd(log_fd);
+  clean_environment();
 
   /* Split engine options from busted's. */
   char **bargs = calloc((size_t)argc + 2, sizeof *bargs);

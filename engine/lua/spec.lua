@@ -79,13 +79,15 @@ function spec.app(opts)
   local dir
 
   -- request(method, path, { headers =, body =, json =, peer = }) ->
-  --   { status =, headers = (lowercase names), body = raw string, json = decoded or nil }
+  --   { status =, headers = (lowercase names), body = raw string, json = decoded or nil,
+  --     error = what the engine logged at error level while answering (a script error and its
+  --             traceback), or nil }
   -- peer: the client's "address:port" the handler sees as req.peer (default "127.0.0.1:0").
   function app.request(method, path, ropts)
     ropts = ropts or {}
     local headers, body = prepare(ropts)
-    local status, rheaders, rbody = testing.request(method, path, headers, body, ropts.peer)
-    return { status = status, headers = rheaders, body = rbody, json = decode_body(rheaders, rbody) }
+    local status, rheaders, rbody, logged = testing.request(method, path, headers, body, ropts.peer)
+    return { status = status, headers = rheaders, body = rbody, json = decode_body(rheaders, rbody), error = logged }
   end
 
   setup(function()

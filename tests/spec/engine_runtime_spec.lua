@@ -101,6 +101,23 @@ describe("engine runtime (in-process)", function()
     assert.equal("28", tostring(res.headers["content-length"]))
   end)
 
+  it("hands a spec the logged error and traceback of a failed in-process request", function()
+    local res = app.request("GET", "/error")
+    assert.equal(500, res.status)
+    assert.matches("script failure", res.error, 1, true)
+    assert.matches("tests/fixtures/engine/scripts/routes.lua:%d+", res.error)
+    assert.matches("traceback", res.error, 1, true)
+    assert.is_nil(app.request("GET", "/hello").error)
+  end)
+
+  it("refuses limits the in-process client does not apply instead of ignoring them", function()
+    local testing = require "engine.testing"
+    assert.has_error(function() testing.limits({ budget_ms = 10 }) end,
+      'spec.app: limits.budget_ms is not a limit of the in-process client (it takes max_body_bytes, ' ..
+      'max_header_bytes, max_url_bytes; budgets: spec.server{args={"--budget-ms", ...}})')
+    testing.limits(nil)
+  end)
+
   it("turns a script error into a 500 that hides the error", function()
     for _, path in ipairs { "/error", "/error-table", "/bad-status", "/bad-header", "/bad-json", "/yield", "/global" } do
       local res = app.request("GET", path, { headers = { ["X-Request-Id"] = "rid-500" } })

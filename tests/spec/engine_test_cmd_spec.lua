@@ -3,11 +3,11 @@ local testing = require "engine.testing"
 
 local SAMPLE = "tests/fixtures/busted/sample_case.lua"
 
-local function run(args)
+local function run(args, env)
   local dir = testing.mkdtemp()
   local argv = { testing.exe(), "test" }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local pid = testing.spawn(argv, dir .. "/out")
+  local pid = testing.spawn(argv, dir .. "/out", env)
   local code = testing.wait(pid, 30000)
   if code == nil then testing.kill(pid, 9); testing.wait(pid, 5000) end
   local f = io.open(dir .. "/out")
@@ -18,6 +18,13 @@ local function run(args)
 end
 
 describe("apiengine test", function()
+  it("keeps the shell's APIENGINE_* settings away from the specs (a spec's settings win)", function()
+    local code, out = run({ "-o", "plainTerminal", "tests/fixtures/busted/env_case.lua" },
+      { APIENGINE_ADMIN_KEY = "x", APIENGINE_TOKEN_TTL_DAYS = "1" })
+    assert.equal(0, code, out)
+    assert.matches("1 success / 0 failures / 0 errors / 0 pending", out, 1, true)
+  end)
+
   it("exits non-zero when a spec fails and reports the counts", function()
     local code, out = run { "-o", "plainTerminal", SAMPLE }
     assert.equal(1, code)
