@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -31,6 +32,7 @@
 #define ENG_LINGER_MS 2000        /* after an error answer: wait this long for the peer to close */
 #define ENG_WRITE_HIGH (4u << 20) /* stop reading past this many unsent bytes */
 #define ENG_BACKLOG 1024
+#define ENG_DRAIN_IDLE_MS 1000 /* at SIGTERM: how long an idle keep-alive connection may still send one request */
 
 typedef struct worker worker;
 typedef struct conn conn;
@@ -389,29 +391,30 @@ static void format_peer(uv_tcp_t *t, char *out, size_t size) {
   snprintf(out, size, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  worker *w = server->data;
-  if (status != 0)
-    return;
+/* A connection handle on w's loop, counted in w->nconns (so it is closed with on_conn_closed),
+ * or NULL (logged). */
+static conn *conn_new(worker *w) {
   conn *c = calloc(1, sizeof *c);
   int rc;
   if (c == NULL) {
     /* The connection stays in the kernel's backlog; libuv offers it again. */
     eng_log_error("worker %d: out of memory accepting a connection", w->id);
-    return;
+    return NULL;
   }
   c->w = w;
   if ((rc = uv_tcp_init(&w->loop, &c->tcp)) != 0) {
     eng_log_error("worker %d: cannot accept a connection: %s", w->id, uv_strerror(rc));
     free(c);
-    return;
+    return NULL;
   }
   w->nconns++;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
-    return;
-  }
-  if (w->nconns > w->max_conns || w->stopping) {
+  return c;
+}
+
+/* Starts reading an accepted connection (or closes it past the connection limit). */
+static void conn_begin(worker *w, conn *c) {
+  int rc;
+  if (w->nconns > w->max_conns) {
     eng_log_warn("worker %d: connection limit reached (%d), refusing a connection", w->id, w->max_conns);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     return;
@@ -429,6 +432,47 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   c->reading = 1;
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  worker *w = server->data;
+  if (status != 0)
+    return;
+  conn *c = conn_new(w);
+  if (c == NULL)
+    return;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || w->stopping) {
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    return;
+  }
+  conn_begin(w, c);
+}
+
+/* At the drain, before the listener closes: the connections the kernel queued on it would be
+ * reset by the close, so accept them and serve them (their requests are answered with
+ * Connection: close). One queued between this and the close is still reset; on Linux 5.14+,
+ * sysctl net.ipv4.tcp_migrate_req=1 hands those to the port's other listeners (a handover's). */
+static void adopt_backlog(worker *w) {
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&w->listener, &fd) != 0)
+    return;
+  for (int i = 0; i < ENG_BACKLOG; i++) {
+    int cfd = accept(fd, NULL, NULL); /* libuv made the listener non-blocking, and uv_tcp_open does the same */
+    if (cfd < 0)
+      return;
+    (void)fcntl(cfd, F_SETFD, FD_CLOEXEC); /* nothing is exec'd: tidiness, not safety */
+    conn *c = conn_new(w);
+    if (c == NULL) {
+      close(cfd);
+      return;
+    }
+    if (uv_tcp_open(&c->tcp, cfd) != 0) {
+      close(cfd);
+      uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+      continue;
+    }
+    conn_begin(w, c);
+  }
 }
 
 /* ---- worker lifecycle ---------------------------------------------------------------------- */
@@ -469,10 +513,17 @@ static void on_wake(uv_async_t *a) {
     return;
   w->stopping = 1;
   w->drain_deadline = uv_now(&w->loop) + (uint64_t)w->cfg->drain_ms;
+  adopt_backlog(w);
   close_handle_once((uv_handle_t *)&w->listener);
-  /* Idle keep-alive connections have nothing in flight: close them now. */
-  while (w->idle.head)
-    conn_close(w->idle.head);
+  /* Idle keep-alive connections (and those just adopted) have nothing in flight, but their
+   * client may be sending the next request at this very moment, and closing would lose it (a
+   * reset, for a client that does not retry). Each gets up to ENG_DRAIN_IDLE_MS to send one
+   * more, answered with Connection: close, and the sweep closes it after that. One deadline for
+   * all keeps the list ordered. */
+  uint64_t until =
+      uv_now(&w->loop) + (uint64_t)(w->cfg->drain_ms < ENG_DRAIN_IDLE_MS ? w->cfg->drain_ms : ENG_DRAIN_IDLE_MS);
+  for (conn *c = w->idle.head; c; c = c->next)
+    c->deadline = until;
   maybe_finish(w);
 }
 

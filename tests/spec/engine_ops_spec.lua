@@ -195,6 +195,64 @@ describe("one server per database and port", function()
   end)
 end)
 
+describe("the drain at SIGTERM (what a handover relies on)", function()
+  local FIXTURE = { "--scripts", "tests/fixtures/engine/scripts", "--schema", SCHEMA, "--workers", "1",
+    "--budget-ms", "10000" }
+
+  local function fixture_server()
+    local dir = tmpdir()
+    local args = { "--db", dir .. "/db.sqlite" }
+    for _, a in ipairs(FIXTURE) do args[#args + 1] = a end
+    local s = serve(args, testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    return s
+  end
+
+  local function connect(port)
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", port))
+    return c
+  end
+
+  it("answers a request that an idle keep-alive connection sends just after SIGTERM, with Connection: close", function()
+    local s = fixture_server()
+    local c = connect(s.port)
+    c:send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.equal(200, spec.read_response(c).status)
+    testing.kill(s.pid, 15)
+    testing.sleep(100) -- the drain has begun: before, the idle connection was closed at once
+    c:send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    local res = assert(spec.read_response(c))
+    assert.equal(200, res.status)
+    assert.equal('{"hello":"world"}', res.body)
+    assert.equal("close", res.headers["connection"])
+    c:close()
+    assert.equal(0, testing.wait(s.pid, 10000)) -- already signalled: a second SIGTERM would kill it
+    s.pid = nil
+  end)
+
+  it("serves the connections queued on the listener when the drain begins instead of resetting them", function()
+    local s = fixture_server()
+    local busy = connect(s.port)
+    busy:send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n") -- the one worker spins 0.3 s
+    testing.sleep(50)
+    testing.kill(s.pid, 15)
+    testing.sleep(50)
+    -- Queued by the kernel while the worker is busy; the worker sees the drain before it.
+    local queued = connect(s.port)
+    queued:send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.equal(200, spec.read_response(busy).status)
+    local res = assert(spec.read_response(queued))
+    assert.equal(200, res.status)
+    assert.equal("close", res.headers["connection"])
+    busy:close()
+    queued:close()
+    assert.equal(0, testing.wait(s.pid, 10000))
+    s.pid = nil
+  end)
+end)
+
 describe("the server key's fingerprint", function()
   it("is stored at first start; another key or a lost key file stops the start, saying what to do", function()
     local dir = tmpdir()
