@@ -567,6 +567,11 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
     eng_log_info("handover: starting beside pid %ld, which holds %s: send it SIGTERM once this one listens; this one "
                  "takes the lock over when it exits",
                  s.lock.old_pid, s.lock.path);
+  if (cfg->pid_file) { /* removed again if the start fails */
+    if ((rc = pid_file_write(cfg->pid_file, &err)) != 0)
+      goto fail;
+    pid_written = 1;
+  }
   if (!memory && (rc = eng_db_inspect(cfg->db_path, cfg->schema_dir, &st, &err)) != 0)
     goto fail;
   if ((rc = keys_without_creating(cfg, &st, &have_key, &src, &err)) != 0)
@@ -601,11 +606,6 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
   if (!memory && st.fingerprint == NULL)
     eng_log_info("database %s: stored the server key's fingerprint (%.*s); a start with another key is refused",
                  cfg->db_path, FINGERPRINT_SHOWN, fp);
-  if (cfg->pid_file) {
-    if ((rc = pid_file_write(cfg->pid_file, &err)) != 0)
-      goto fail;
-    pid_written = 1;
-  }
   eng_server_hooks hooks = {
       .reload_check = reload_check,
       .poll = s.lock.fd >= 0 && !s.lock.held ? handover_poll : NULL,

@@ -11,8 +11,9 @@
  *      fingerprint too;
  *   4. the scripts, loaded in a runtime of this thread against a scratch in-memory database
  *      holding the schema the workers will see (every migration, the pending ones included);
- *   5. then the migrations, the key file if it was missing, the fingerprint if the database had
- *      none, the pid file, and the workers (server.h).
+ *   5. then the key file if it was missing, the migrations, the fingerprint if the database had
+ *      none, and the workers (server.h).
+ * The pid file (--pid-file) is written after the lock and removed at exit, or when the start fails.
  * SIGHUP repeats 2 and 4 with the config file read again (only its `settings` apply) and the
  * scratch schema cut at the migrations the database has (a reload applies none).
  *
