@@ -348,6 +348,40 @@ describe("SIGHUP", function()
     assert.truthy(s.read_log():find("stopped cleanly", 1, true))
   end)
 
+  it("keeps a worker's old scripts when its own build fails, and says so in the result line", function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/item.lua", [[
+local db = require "engine.db"
+require("engine.route").post("/item", function()
+  db.exec("INSERT INTO items (name) VALUES ('x')")
+  return 201
+end)
+]])
+    local s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", s.port))
+    c:send("POST /item HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert.equal(201, spec.parse_response(c:receive("*a")).status)
+    c:close()
+    -- Loads on the main thread's empty copy of the schema, fails on the workers' real rows.
+    write(dir .. "/scripts/z.lua", [[
+if require("engine.db").one("SELECT count(*) AS n FROM items").n > 0 then error("items at load") end
+require("engine.route").get("/z", function() return 200 end)
+]])
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function()
+      return s.read_log():find("warn  reload 1 partly failed: 0 of 2 workers serve the new scripts, 2 kept the ones "
+        .. "they had (above)\n", 1, true)
+    end), s.read_log())
+    assert.truthy(s.read_log():find("error reload 1: worker 0 keeps the scripts it had: " .. dir
+      .. "/scripts/z.lua:1: items at load\n", 1, true), s.read_log())
+    assert.equal(200, get(s.port, "/a"))
+    assert.equal(404, get(s.port, "/z"))
+    assert.equal(0, s.stop())
+  end)
+
   it("applies no migration and names the pending ones", function()
     local dir = tmpdir()
     local s = serve(args_for(dir), testing.free_port())
