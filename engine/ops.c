@@ -425,29 +425,32 @@ typedef struct serve_ctx {
 
 static int strdiff(const char *a, const char *b) { return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0); }
 
+/* Appends name to the list in names (size bytes, *len used) when differs. */
+static void name_if(int differs, const char *name, char *names, size_t size, size_t *len) {
+  if (differs && *len < size)
+    *len += (size_t)snprintf(names + *len, size - *len, "%s%s", *len ? ", " : "", name);
+}
+
 /* Names the settings of fresh that differ from the running ones and need a restart. */
 static void warn_restart_settings(unsigned id, const eng_config *now, const eng_config *fresh) {
   char names[512] = "";
-  size_t o = 0;
-#define DIFF(cond, name)          \
-  if ((cond) && o < sizeof names) \
-    o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", o ? ", " : "", name);
-  DIFF(strdiff(now->listen_host, fresh->listen_host) || now->port != fresh->port, "listen")
-  DIFF(now->workers != fresh->workers, "workers")
-  DIFF(strdiff(now->scripts_dir, fresh->scripts_dir), "scripts")
-  DIFF(strdiff(now->schema_dir, fresh->schema_dir), "schema")
-  DIFF(strdiff(now->db_path, fresh->db_path), "db")
-  DIFF(strdiff(now->key, fresh->key), "key")
-  DIFF(strdiff(now->synchronous, fresh->synchronous), "synchronous")
-  DIFF(now->log_level != fresh->log_level || now->log_json != fresh->log_json || now->access_log != fresh->access_log,
-       "logging")
-  DIFF(memcmp(&now->limits, &fresh->limits, sizeof now->limits) != 0 ||
-           now->header_timeout_ms != fresh->header_timeout_ms || now->idle_timeout_ms != fresh->idle_timeout_ms ||
-           now->max_connections != fresh->max_connections || now->drain_ms != fresh->drain_ms,
-       "HTTP limits")
-  DIFF(now->budget_ms != fresh->budget_ms || now->memory_limit != fresh->memory_limit, "budgets")
-#undef DIFF
-  if (o > 0)
+  size_t n = 0, z = sizeof names;
+  name_if(strdiff(now->listen_host, fresh->listen_host) || now->port != fresh->port, "listen", names, z, &n);
+  name_if(now->workers != fresh->workers, "workers", names, z, &n);
+  name_if(strdiff(now->scripts_dir, fresh->scripts_dir), "scripts", names, z, &n);
+  name_if(strdiff(now->schema_dir, fresh->schema_dir), "schema", names, z, &n);
+  name_if(strdiff(now->db_path, fresh->db_path), "db", names, z, &n);
+  name_if(strdiff(now->key, fresh->key), "key", names, z, &n);
+  name_if(strdiff(now->synchronous, fresh->synchronous), "synchronous", names, z, &n);
+  name_if(now->log_level != fresh->log_level || now->log_json != fresh->log_json ||
+              now->access_log != fresh->access_log,
+          "logging", names, z, &n);
+  name_if(memcmp(&now->limits, &fresh->limits, sizeof now->limits) != 0 ||
+              now->header_timeout_ms != fresh->header_timeout_ms || now->idle_timeout_ms != fresh->idle_timeout_ms ||
+              now->max_connections != fresh->max_connections || now->drain_ms != fresh->drain_ms,
+          "HTTP limits", names, z, &n);
+  name_if(now->budget_ms != fresh->budget_ms || now->memory_limit != fresh->memory_limit, "budgets", names, z, &n);
+  if (n > 0)
     eng_log_warn("reload %u: the configuration now differs in %s; a reload applies only the scripts and `settings`: "
                  "restart for the rest",
                  id, names);

@@ -334,15 +334,21 @@ describe("SIGHUP", function()
       assert.same({ 200, '{"greeting":"bonjour"}' }, { get(s.port, "/setting") })
     end
 
+    assert.is_nil(s.read_log():find("differs", 1, true))
+
     write(dir .. "/scripts/c.lua", "local x = \n\nfunction(\n")
+    write(dir .. "/config.lua", 'return { access_log = false, settings = { greeting = "hi" } }\n')
     testing.kill(s.pid, 1)
     assert.truthy(wait_for(function()
       return s.read_log():find("error reload 2 refused: " .. dir .. "/scripts/c.lua:4: <name> or '...' expected near "
         .. "<eof>; nothing changed, the old scripts keep serving\n", 1, true)
     end), s.read_log())
+    assert.truthy(s.read_log():find("warn  reload 2: the configuration now differs in logging; a reload applies "
+      .. "only the scripts and `settings`: restart for the rest\n", 1, true), s.read_log())
     for _ = 1, 10 do
       assert.equal(200, get(s.port, "/a"))
       assert.equal(200, get(s.port, "/b"))
+      assert.same({ 200, '{"greeting":"bonjour"}' }, { get(s.port, "/setting") })
     end
     assert.equal(0, s.stop())
     assert.truthy(s.read_log():find("stopped cleanly", 1, true))
