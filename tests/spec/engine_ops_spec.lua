@@ -196,36 +196,39 @@ describe("one server per database and port", function()
 end)
 
 describe("the drain at SIGTERM (what a handover relies on)", function()
-  local FIXTURE = { "--scripts", "tests/fixtures/engine/scripts", "--schema", SCHEMA, "--workers", "1",
-    "--budget-ms", "10000" }
-
-  local function fixture_server()
+  -- One worker, and a route that keeps it busy for a whole second of CPU.
+  local function busy_server()
     local dir = tmpdir()
-    local args = { "--db", dir .. "/db.sqlite" }
-    for _, a in ipairs(FIXTURE) do args[#args + 1] = a end
-    local s = serve(args, testing.free_port())
+    write(dir .. "/scripts/slow.lua", [[
+require("engine.route").get("/slow", function()
+  local t0 = os.clock()
+  while os.clock() - t0 < 1 do end
+  return 200, { slow = true }
+end)
+]])
+    local s = serve(args_for(dir, { "--workers", "1", "--budget-ms", "20000" }), testing.free_port())
     assert.is_nil(s.code, s.read_log())
     return s
   end
 
   local function connect(port)
     local c = socket.tcp()
-    c:settimeout(5)
+    c:settimeout(10)
     assert(c:connect("127.0.0.1", port))
     return c
   end
 
   it("answers a request that an idle keep-alive connection sends just after SIGTERM, with Connection: close", function()
-    local s = fixture_server()
+    local s = busy_server()
     local c = connect(s.port)
-    c:send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    c:send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     assert.equal(200, spec.read_response(c).status)
     testing.kill(s.pid, 15)
     testing.sleep(100) -- the drain has begun: before, the idle connection was closed at once
-    c:send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    c:send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     local res = assert(spec.read_response(c))
     assert.equal(200, res.status)
-    assert.equal('{"hello":"world"}', res.body)
+    assert.equal('{"a":true}', res.body)
     assert.equal("close", res.headers["connection"])
     c:close()
     assert.equal(0, testing.wait(s.pid, 10000)) -- already signalled: a second SIGTERM would kill it
@@ -233,15 +236,15 @@ describe("the drain at SIGTERM (what a handover relies on)", function()
   end)
 
   it("serves the connections queued on the listener when the drain begins instead of resetting them", function()
-    local s = fixture_server()
+    local s = busy_server()
     local busy = connect(s.port)
-    busy:send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n") -- the one worker spins 0.3 s
-    testing.sleep(50)
+    busy:send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    testing.sleep(200)
     testing.kill(s.pid, 15)
-    testing.sleep(50)
+    testing.sleep(200)
     -- Queued by the kernel while the worker is busy; the worker sees the drain before it.
     local queued = connect(s.port)
-    queued:send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    queued:send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     assert.equal(200, spec.read_response(busy).status)
     local res = assert(spec.read_response(queued))
     assert.equal(200, res.status)
