@@ -10,11 +10,12 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef enum { T_STR, T_INT, T_LISTEN, T_LEVEL, T_FORMAT, T_ONOFF, T_SYNC, T_SIZE, T_MB } opt_type;
+/* T_FLAG: a flag without a value, which sets an int to 1 (no environment variable or file key). */
+typedef enum { T_STR, T_INT, T_LISTEN, T_LEVEL, T_FORMAT, T_ONOFF, T_SYNC, T_SIZE, T_MB, T_FLAG } opt_type;
 
 typedef struct opt {
   const char *flag; /* "--listen" */
-  const char *env;  /* "APIENGINE_LISTEN" */
+  const char *env;  /* "APIENGINE_LISTEN"; NULL for a flag only */
   const char *key;  /* config file key */
   opt_type type;
   size_t offset;
@@ -62,6 +63,10 @@ static const opt opts[] = {
      "time budget of one handler, 503 past it (default 1000)"},
     {"--memory-limit-mb", "APIENGINE_MEMORY_LIMIT_MB", "memory_limit_mb", T_MB, OFF(memory_limit), 8, 1 << 20,
      "memory cap of each worker's Lua state (default 256)"},
+    {"--pid-file", "APIENGINE_PID_FILE", "pid_file", T_STR, OFF(pid_file), 0, 0,
+     "serve: write the pid here (removed at exit); reload: signal the pid written here"},
+    {"--handover", NULL, NULL, T_FLAG, OFF(handover), 0, 0,
+     "serve: start beside a running server of the same database and port (binary upgrade)"},
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])
@@ -98,6 +103,7 @@ void eng_config_free(eng_config *c) {
     free(c->key);
   }
   free(c->synchronous);
+  free(c->pid_file);
   eng_buf_free(&c->settings);
   memset(c, 0, sizeof *c);
 }
@@ -180,6 +186,11 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
     else
       goto bad;
     return 0;
+  case T_FLAG:
+    if (val[0] != '\0')
+      goto bad;
+    *(int *)(base + o->offset) = 1;
+    return 0;
   case T_SYNC:
     if (strcasecmp(val, "FULL") && strcasecmp(val, "NORMAL") && strcasecmp(val, "OFF"))
       goto bad;
@@ -241,7 +252,7 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
       return rc;
   }
   for (size_t i = 0; i < NOPTS; i++) {
-    const char *v = getenv(opts[i].env);
+    const char *v = opts[i].env ? getenv(opts[i].env) : NULL;
     if (v && *v && opts[i].offset != OFF(config_file)) {
       int rc = apply(c, &opts[i], v, opts[i].env, err);
       if (rc)
@@ -264,7 +275,10 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
       if (!opts[j].flag)
         continue;
       size_t fl = strlen(opts[j].flag);
-      if (strcmp(a, opts[j].flag) == 0) {
+      if (strcmp(a, opts[j].flag) == 0 && opts[j].type == T_FLAG) {
+        o = &opts[j];
+        val = "";
+      } else if (strcmp(a, opts[j].flag) == 0) {
         o = &opts[j];
         if (i + 1 >= argc) {
           return eng_errorf(err, ENG_ECONFIG, "%s needs a value", a);
@@ -288,14 +302,15 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
 }
 
 const char *eng_config_usage(void) {
-  static char text[4096];
+  static char text[8192];
   if (text[0])
     return text;
   size_t o = 0;
   for (size_t i = 0; i < NOPTS && o < sizeof text; i++) {
     char left[64];
     snprintf(left, sizeof left, "%s", opts[i].flag ? opts[i].flag : "(no flag)");
-    int n = snprintf(text + o, sizeof text - o, "  %-20s %s [%s]\n", left, opts[i].help, opts[i].env);
+    int n = snprintf(text + o, sizeof text - o, "  %-20s %s [%s]\n", left, opts[i].help,
+                     opts[i].env ? opts[i].env : "flag only");
     if (n < 0)
       break;
     o += (size_t)n;

@@ -47,6 +47,8 @@ typedef struct eng_config {
   int budget_ms;
   size_t memory_limit; /* bytes per worker Lua state */
   eng_buf settings;    /* the config file's `settings`, packed (lua_config.h); empty: none */
+  char *pid_file;      /* written at start, removed at exit; NULL: none */
+  int handover;        /* --handover: start beside a running server of the same database and port */
 } eng_config;
 
 /* Fills defaults. */

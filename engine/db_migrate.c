@@ -252,7 +252,7 @@ cleanup:
 
 /* Applies one migration in its own transaction. *done = 1 when it ran (0 when another
  * migrator had applied it meanwhile). */
-static int apply_migration(eng_db *db, const char *dir, mig_file *f, int *done, char **err) {
+static int apply_migration(eng_db *db, const char *dir, mig_file *f, int quiet, int *done, char **err) {
   sqlite3 *h = eng_db_handle(db);
   char *sql = NULL;
   char *emsg = NULL;
@@ -306,7 +306,8 @@ static int apply_migration(eng_db *db, const char *dir, mig_file *f, int *done, 
     goto cleanup;
   }
   *done = 1;
-  eng_log_info("db: applied migration %s (sha256 %.12s)", f->name, f->checksum);
+  if (!quiet)
+    eng_log_info("db: applied migration %s (sha256 %.12s)", f->name, f->checksum);
 cleanup:
   rollback_if_open(db);
   sqlite3_free(emsg);
@@ -315,6 +316,28 @@ cleanup:
 }
 
 int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err) {
+  return eng_db_migrate_ex(db, schema_dir, NULL, applied, err);
+}
+
+/* The files not recorded must all come after the recorded ones. */
+static int check_order(const mig_file *files, size_t n, int max_id, char **err) {
+  for (size_t i = 0; i < n; i++) {
+    if (!files[i].recorded && files[i].id < max_id)
+      return eng_errorf(err, ENG_ECONFIG, "db: migration %s is numbered below migrations already applied (up to %04d)",
+                        files[i].name, max_id);
+  }
+  return 0;
+}
+
+/* The schema setting split into directories (none: no migrations). */
+static int split_schema(eng_dirs *dl, const char *schema_dir, char **err) {
+  if (eng_dirs_split(dl, schema_dir) == ENG_ETOOBIG)
+    return eng_errorf(err, ENG_ECONFIG, "db: more than %d schema directories (or a setting too long)", ENG_DIRS_MAX);
+  return 0;
+}
+
+int eng_db_migrate_ex(eng_db *db, const char *schema_dir, const eng_db_migrate_options *opt, int *applied, char **err) {
+  eng_db_migrate_options o = opt ? *opt : (eng_db_migrate_options){0};
   mig_file *files = NULL;
   size_t n = 0;
   int max_id, done, rc;
@@ -324,25 +347,18 @@ int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err)
   if (err)
     *err = NULL;
   /* "dir[:dir...]": an overlay of migration directories, numbered as one sequence. */
-  if ((rc = eng_dirs_split(&dl, schema_dir)) == ENG_ETOOBIG) {
-    rc = eng_errorf(err, ENG_ECONFIG, "db: more than %d schema directories (or a setting too long)", ENG_DIRS_MAX);
+  if ((rc = split_schema(&dl, schema_dir, err)) != 0)
     goto cleanup;
-  }
   if ((rc = list_migrations(dl.dirs, dl.n, &files, &n, err)) != 0)
     goto cleanup;
   if ((rc = check_records(db, schema_dir, files, n, &max_id, err)) != 0)
     goto cleanup;
+  if ((rc = check_order(files, n, max_id, err)) != 0)
+    goto cleanup;
   for (size_t i = 0; i < n; i++) {
-    if (!files[i].recorded && files[i].id < max_id) {
-      rc = eng_errorf(err, ENG_ECONFIG, "db: migration %s is numbered below migrations already applied (up to %04d)",
-                      files[i].name, max_id);
-      goto cleanup;
-    }
-  }
-  for (size_t i = 0; i < n; i++) {
-    if (files[i].recorded)
+    if (files[i].recorded || (o.limit && files[i].id > o.max_id))
       continue;
-    if ((rc = apply_migration(db, schema_dir, &files[i], &done, err)) != 0)
+    if ((rc = apply_migration(db, schema_dir, &files[i], o.quiet, &done, err)) != 0)
       goto cleanup;
     count += done;
   }
@@ -350,5 +366,177 @@ cleanup:
   if (applied)
     *applied = count;
   free(files);
+  return rc;
+}
+
+/* ---- read-only inspection (eng_db_inspect) -------------------------------------------------- */
+
+/* 1 when the database has a table of that name, 0 when not, ENG_EDB on a read error. */
+static int has_table(sqlite3 *h, const char *name) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(h, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", -1, &st, NULL) !=
+      SQLITE_OK)
+    return ENG_EDB;
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  int step = sqlite3_step(st);
+  sqlite3_finalize(st);
+  return step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : ENG_EDB;
+}
+
+/* Reads the records of h into files (marking them), *max_id and *count. */
+static int read_records(sqlite3 *h, const char *dir, mig_file *files, size_t n, int *max_id, int *count, char **err) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0, step;
+  if (sqlite3_prepare_v2(h, SQL_SELECT_MIGRATIONS, -1, &st, NULL) != SQLITE_OK)
+    return eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s", sqlite3_errmsg(h));
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    int id = sqlite3_column_int(st, 0);
+    const char *name = (const char *)sqlite3_column_text(st, 1);
+    const char *sum = (const char *)sqlite3_column_text(st, 2);
+    if ((rc = check_record(dir, find_migration(files, n, id), id, name ? name : "", sum ? sum : "", err)) != 0)
+      break;
+    *max_id = id;
+    (*count)++;
+  }
+  if (!rc && step != SQLITE_DONE)
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s", sqlite3_errmsg(h));
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int read_fact(sqlite3 *h, const char *key, char **value, char **err) {
+  sqlite3_stmt *st = NULL;
+  *value = NULL;
+  if (sqlite3_prepare_v2(h, "SELECT value FROM " ENG_DB_ENGINE_TABLE " WHERE key = ?1", -1, &st, NULL) != SQLITE_OK)
+    return eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  int rc = 0, step = sqlite3_step(st);
+  if (step == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL) {
+    if ((*value = strdup((const char *)sqlite3_column_text(st, 0))) == NULL)
+      rc = eng_errorf(err, ENG_ENOMEM, "db: out of memory");
+  } else if (step != SQLITE_ROW && step != SQLITE_DONE) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* The records and facts of an existing file, in one read transaction. */
+static int inspect_file(const char *path, const char *schema_dir, mig_file *files, size_t n, eng_db_state *out,
+                        char **err) {
+  sqlite3 *h = NULL;
+  int rc = 0, t;
+  if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    rc = h ? eng_errorf(err, ENG_EDB, "db: cannot open %s read-only: %s", path, sqlite3_errmsg(h))
+           : eng_errorf(err, ENG_ENOMEM, "db: out of memory opening %s", path);
+    goto cleanup;
+  }
+  sqlite3_busy_timeout(h, ENG_DB_BUSY_TIMEOUT_DEFAULT_MS);
+  if (sqlite3_exec(h, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read %s: %s", path, sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  if ((t = has_table(h, ENG_DB_MIGRATIONS_TABLE)) < 0 ||
+      (t == 1 && (rc = read_records(h, schema_dir, files, n, &out->max_applied_id, &out->applied, err)) != 0))
+    goto fail;
+  if ((t = has_table(h, ENG_DB_ENGINE_TABLE)) < 0 ||
+      (t == 1 && (rc = read_fact(h, "key_fingerprint", &out->fingerprint, err)) != 0))
+    goto fail;
+  goto cleanup;
+fail:
+  if (rc == 0)
+    rc = eng_errorf(err, ENG_EDB, "db: cannot read %s: %s", path, sqlite3_errmsg(h));
+cleanup:
+  if (h && !sqlite3_get_autocommit(h))
+    sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
+  sqlite3_close(h);
+  return rc;
+}
+
+int eng_db_inspect(const char *path, const char *schema_dir, eng_db_state *out, char **err) {
+  eng_db_state s = {.max_applied_id = -1};
+  mig_file *files = NULL;
+  size_t n = 0;
+  eng_dirs dl;
+  struct stat sb;
+  int rc;
+
+  if (err)
+    *err = NULL;
+  if ((rc = split_schema(&dl, schema_dir, err)) != 0 || (rc = list_migrations(dl.dirs, dl.n, &files, &n, err)) != 0)
+    goto cleanup;
+  if (strcmp(path, ":memory:") != 0 && stat(path, &sb) == 0) {
+    s.exists = 1;
+    if ((rc = inspect_file(path, schema_dir, files, n, &s, err)) != 0 ||
+        (rc = check_order(files, n, s.max_applied_id, err)) != 0)
+      goto cleanup;
+  }
+  if (n > 0 && (s.pending = calloc(n, sizeof *s.pending)) == NULL) {
+    rc = eng_errorf(err, ENG_ENOMEM, "db: out of memory");
+    goto cleanup;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (files[i].recorded)
+      continue;
+    size_t len = strlen(files[i].dir) + strlen(files[i].name) + 2;
+    if ((s.pending[s.npending] = malloc(len)) == NULL) {
+      rc = eng_errorf(err, ENG_ENOMEM, "db: out of memory");
+      goto cleanup;
+    }
+    snprintf(s.pending[s.npending++], len, "%s/%s", files[i].dir, files[i].name);
+  }
+  *out = s;
+  s = (eng_db_state){0};
+cleanup:
+  eng_db_state_free(&s);
+  free(files);
+  return rc;
+}
+
+void eng_db_state_free(eng_db_state *s) {
+  for (int i = 0; i < s->npending; i++)
+    free(s->pending[i]);
+  free(s->pending);
+  free(s->fingerprint);
+  *s = (eng_db_state){.max_applied_id = -1};
+}
+
+/* ---- the engine's own facts ------------------------------------------------------------------ */
+
+#define SQL_CREATE_ENGINE \
+  "CREATE TABLE IF NOT EXISTS " ENG_DB_ENGINE_TABLE " (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
+
+int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **stored, char **err) {
+  sqlite3 *h = eng_db_handle(db);
+  sqlite3_stmt *st = NULL;
+  int rc;
+  *stored = NULL;
+  if (err)
+    *err = NULL;
+  if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start a transaction", err)) != 0)
+    return rc;
+  if ((rc = exec_sql(db, SQL_CREATE_ENGINE, "cannot create " ENG_DB_ENGINE_TABLE, err)) != 0)
+    goto cleanup;
+  if (sqlite3_prepare_v2(h, "INSERT OR IGNORE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", -1, &st,
+                         NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  if ((rc = read_fact(h, key, stored, err)) != 0)
+    goto cleanup;
+  rc = exec_sql(db, "COMMIT", "cannot commit " ENG_DB_ENGINE_TABLE, err);
+cleanup:
+  sqlite3_finalize(st);
+  rollback_if_open(db);
+  if (rc != 0) {
+    free(*stored);
+    *stored = NULL;
+  }
   return rc;
 }

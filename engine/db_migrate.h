@@ -31,4 +31,41 @@ typedef struct eng_db eng_db; /* db.h */
  * two of them is refused like two files with one number. */
 int eng_db_migrate(eng_db *db, const char *schema_dir, int *applied, char **err);
 
+typedef struct eng_db_migrate_options {
+  int limit; /* when set, apply only the migrations numbered up to max_id (-1: none), e.g. the ones
+               * another database has applied (eng_db_state.max_applied_id) */
+  int max_id;
+  int quiet; /* no log line per applied migration (a scratch copy of the schema) */
+} eng_db_migrate_options;
+
+/* eng_db_migrate with options (NULL: those of eng_db_migrate). */
+int eng_db_migrate_ex(eng_db *db, const char *schema_dir, const eng_db_migrate_options *opt, int *applied, char **err);
+
+#define ENG_DB_ENGINE_TABLE "_engine" /* the engine's own facts about a database: key -> value */
+
+/* What a database file holds, read without writing anything (eng_db_inspect). */
+typedef struct eng_db_state {
+  int exists;         /* the file exists (when 0, everything below is empty) */
+  int applied;        /* migrations recorded */
+  int max_applied_id; /* highest recorded migration number, -1 for none */
+  int npending;
+  char **pending;    /* npending "dir/NNNN_name.sql" paths, in order, malloc'd */
+  char *fingerprint; /* ENG_DB_ENGINE_TABLE's key_fingerprint, malloc'd, or NULL when none is stored */
+} eng_db_state;
+
+/* Reads the migration records and the engine's facts of the database at path, opened
+ * read-only (SQLITE_OPEN_READONLY; a missing file is not created: out->exists = 0, every
+ * migration pending), and compares the records with schema_dir as eng_db_migrate would: an
+ * unknown or changed recorded migration is ENG_ECONFIG with the same message. Lists the
+ * migrations eng_db_migrate would apply in out->pending. ENG_EDB when SQLite cannot read the
+ * file, ENG_EIO / ENG_ETOOBIG / ENG_ENOMEM as eng_db_migrate. *out is filled on success only;
+ * free it with eng_db_state_free. */
+int eng_db_inspect(const char *path, const char *schema_dir, eng_db_state *out, char **err);
+void eng_db_state_free(eng_db_state *s);
+
+/* Stores value under key in ENG_DB_ENGINE_TABLE (created if missing) unless the key already
+ * has a value; either way *stored gets the value the table holds afterwards (malloc'd, the caller
+ * frees it). One transaction; call it outside one. ENG_EDB / ENG_ENOMEM with *err. */
+int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **stored, char **err);
+
 #endif

@@ -19,6 +19,8 @@
 
 #define TOKEN_LABEL "apiengine token v1"
 #define SEAL_LABEL "apiengine seal v1"
+#define FINGERPRINT_LABEL "apiengine fingerprint v1"
+#define FINGERPRINT_MESSAGE "apiengine key check"
 #define KEY_HEX_LEN (2 * ENG_KEY_LEN)
 #define KEY_B64_UNPADDED_LEN 43             /* base64 of 32 bytes without its one '=' */
 #define KEY_FILE_READ_MAX (KEY_HEX_LEN + 2) /* reading one byte past "hex\n" detects junk */
@@ -30,22 +32,29 @@
 
 static unsigned char token_key[ENG_KEY_LEN];
 static unsigned char seal_key[ENG_KEY_LEN];
+static unsigned char fingerprint[ENG_CRYPTO_SHA256_LEN];
 static int keys_loaded;
 
 _Static_assert(ENG_KEY_LEN == ENG_CRYPTO_KEY_LEN, "the server key is a crypto.h key");
 
 static int keys_install(const unsigned char master[ENG_KEY_LEN]) {
-  unsigned char tk[ENG_KEY_LEN], sk[ENG_KEY_LEN];
+  unsigned char tk[ENG_KEY_LEN], sk[ENG_KEY_LEN], fk[ENG_KEY_LEN], fp[ENG_CRYPTO_SHA256_LEN];
   int rc = eng_crypto_derive_key(master, TOKEN_LABEL, tk);
   if (rc == 0)
     rc = eng_crypto_derive_key(master, SEAL_LABEL, sk);
+  if (rc == 0)
+    rc = eng_crypto_derive_key(master, FINGERPRINT_LABEL, fk);
+  if (rc == 0)
+    rc = eng_crypto_hmac_sha256(fk, sizeof fk, FINGERPRINT_MESSAGE, strlen(FINGERPRINT_MESSAGE), fp);
   if (rc == 0) {
     memcpy(token_key, tk, ENG_KEY_LEN);
     memcpy(seal_key, sk, ENG_KEY_LEN);
+    memcpy(fingerprint, fp, sizeof fingerprint);
     keys_loaded = 1;
   }
   eng_crypto_wipe(tk, sizeof tk);
   eng_crypto_wipe(sk, sizeof sk);
+  eng_crypto_wipe(fk, sizeof fk);
   return rc;
 }
 
@@ -55,9 +64,18 @@ void eng_keys_clear(void) {
   keys_loaded = 0;
   eng_crypto_wipe(token_key, sizeof token_key);
   eng_crypto_wipe(seal_key, sizeof seal_key);
+  eng_crypto_wipe(fingerprint, sizeof fingerprint);
 }
 
 int eng_keys_ready(void) { return keys_loaded; }
+
+int eng_keys_fingerprint(char out[ENG_KEY_FINGERPRINT_HEX + 1]) {
+  _Static_assert(ENG_KEY_FINGERPRINT_HEX == 2 * ENG_CRYPTO_SHA256_LEN, "hex of one HMAC");
+  if (!keys_loaded)
+    return ENG_EINVAL;
+  out[eng_crypto_hex_encode(fingerprint, sizeof fingerprint, out)] = '\0';
+  return 0;
+}
 
 const unsigned char *eng_keys_token_key(void) { return keys_loaded ? token_key : NULL; }
 
@@ -242,24 +260,37 @@ cleanup:
 }
 
 int eng_keys_init(const char *configured, const char *key_path, char **err) {
+  return eng_keys_load(configured, key_path, 1, NULL, err);
+}
+
+int eng_keys_load(const char *configured, const char *key_path, int create, eng_key_source *source, char **err) {
   unsigned char master[ENG_KEY_LEN];
+  eng_key_source from = ENG_KEY_FILE;
   int rc;
   if (err)
     *err = NULL;
   if (configured && *configured) {
+    from = ENG_KEY_CONFIGURED;
     rc = parse_configured(configured, master, err);
   } else if (!key_path || !*key_path) {
     rc = eng_errorf(err, ENG_ECONFIG, "no server key configured and no key file path");
   } else {
     rc = read_key_file(key_path, master, err);
+    if (rc == KEY_FILE_MISSING && !create)
+      rc = eng_errorf(err, ENG_ENOTFOUND, "key file %s does not exist", key_path);
     if (rc == KEY_FILE_MISSING) {
+      from = ENG_KEY_CREATED;
       rc = create_key_file(key_path, master, err);
-      if (rc == KEY_FILE_LOST_RACE)
+      if (rc == KEY_FILE_LOST_RACE) {
+        from = ENG_KEY_FILE;
         rc = read_key_file(key_path, master, err);
+      }
       if (rc == KEY_FILE_MISSING)
         rc = eng_errorf(err, ENG_EIO, "key file %s vanished while being created", key_path);
     }
   }
+  if (rc == 0 && source)
+    *source = from;
   if (rc == 0 && keys_install(master) != 0)
     rc = eng_errorf(err, ENG_ECRYPTO, "cannot derive keys from the server key");
   eng_crypto_wipe(master, sizeof master);

@@ -10,6 +10,10 @@
 #define ENG_KEYS_H
 
 #define ENG_KEY_LEN 32
+#define ENG_KEY_FINGERPRINT_HEX 64 /* hex characters of eng_keys_fingerprint's text */
+
+/* Where eng_keys_load found the key. */
+typedef enum { ENG_KEY_CONFIGURED = 1, ENG_KEY_FILE, ENG_KEY_CREATED } eng_key_source;
 
 /* Loads the server key.
  * - `configured` non-NULL and non-empty: it is the key material, 64 hex characters or
@@ -25,6 +29,12 @@
  * On error the key store is left as it was. */
 int eng_keys_init(const char *configured, const char *key_path, char **err);
 
+/* eng_keys_init with a choice: when create is 0 and no key is configured and key_path does not
+ * exist, nothing is written and ENG_ENOTFOUND is returned (with *err), the key store left as it
+ * was (`apiengine check`, and the start-up order: the key file is created only once the scripts
+ * loaded). *source (if not NULL) says where the key came from. */
+int eng_keys_load(const char *configured, const char *key_path, int create, eng_key_source *source, char **err);
+
 /* Sets the master key directly (tests; an in-memory database without a configured key). */
 void eng_keys_set(const unsigned char key[ENG_KEY_LEN]);
 
@@ -33,6 +43,13 @@ void eng_keys_clear(void);
 
 /* 1 once a key is loaded. */
 int eng_keys_ready(void);
+
+/* The key's fingerprint as ENG_KEY_FINGERPRINT_HEX lowercase hex characters and a NUL:
+ * HMAC-SHA256(HMAC-SHA256(master, "apiengine fingerprint v1"), "apiengine key check"). It tells
+ * two keys apart (the database stores it, so a start with another key is refused) and, being a
+ * MAC under a key derived for nothing else, says nothing about the master key or the token and
+ * seal keys. ENG_EINVAL while no key is loaded. */
+int eng_keys_fingerprint(char out[ENG_KEY_FINGERPRINT_HEX + 1]);
 
 /* The derived subkeys (ENG_KEY_LEN bytes each), for lua_crypto.c (and the tests) only.
  * NULL until ready. */

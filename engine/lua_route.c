@@ -7,12 +7,250 @@
  *   route.replace(method, pattern, fn)  swaps the handler of an existing route
  *   route.on_error(fn | nil)            shapes the engine's own error answers (lua_runtime.c)
  * Patterns and their errors are the router's (router.h). Handlers are held as registry
- * references in the runtime's router; loading the scripts again drops them (lua_load.c). */
+ * references in the runtime's router; loading the scripts again drops them (lua_load.c).
+ *
+ * Provenance (lua_route.h): every registration and replacement is also recorded in a registry
+ * table, keyed by the route's shape (method and pattern with parameter names blanked, as the
+ * router matches it), with where the handler is defined, where it was registered and what a
+ * route.replace displaced. The table belongs to one router; a script load that makes a new
+ * router starts a new table. Listing keeps only the records whose route the router still holds
+ * with that very handler, so a stale record never shows. */
+#include "lua_route.h"
 #include "lua_runtime_int.h"
 #include "error.h"
 #include "lua_common.h"
 
 #include <lauxlib.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- provenance ----------------------------------------------------------------------------- */
+
+static const char records_key = 'r'; /* registry: {router = light userdata, byshape = {shape -> record}} */
+
+/* Pushes the byshape table of rt's router, making a new one when the router changed. */
+static void push_records(lua_State *L, eng_runtime *rt) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &records_key) == LUA_TTABLE) {
+    lua_getfield(L, -1, "router");
+    int same = lua_touserdata(L, -1) == (void *)rt->router;
+    lua_pop(L, 1);
+    if (same) {
+      lua_getfield(L, -1, "byshape");
+      lua_remove(L, -2);
+      return;
+    }
+  }
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushlightuserdata(L, rt->router);
+  lua_setfield(L, -2, "router");
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "byshape");
+  lua_insert(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &records_key);
+}
+
+/* Pushes "METHOD /a/{}/b": the pattern as the router tells routes apart. */
+static void push_shape(lua_State *L, int method, const char *pattern) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, eng_router_method_name(method));
+  luaL_addchar(&b, ' ');
+  for (const char *p = pattern; *p; p++) {
+    luaL_addchar(&b, *p);
+    if (*p == '{' && (p == pattern || p[-1] == '/')) {
+      const char *close = strchr(p, '}');
+      if (close && (close[1] == '/' || close[1] == '\0'))
+        p = close - 1; /* the loop adds the '}' next */
+    }
+  }
+  luaL_pushresult(&b);
+}
+
+/* Pushes "file:line" of a Lua source position, or short_src when the chunk is no file. */
+static void push_place(lua_State *L, const lua_Debug *ar, int line) {
+  if (ar->source && ar->source[0] == '@')
+    lua_pushfstring(L, "%s:%d", ar->source + 1, line);
+  else
+    lua_pushfstring(L, "%s:%d", ar->short_src, line);
+}
+
+/* Pushes where the function at idx is defined. */
+static void push_defined(lua_State *L, int idx) {
+  lua_Debug ar;
+  lua_pushvalue(L, idx);
+  lua_getinfo(L, ">S", &ar);
+  if (strcmp(ar.what, "C") == 0)
+    lua_pushliteral(L, "[C]");
+  else
+    push_place(L, &ar, ar.linedefined);
+}
+
+/* Pushes where the running C function was called from (the script line), or nil. */
+static void push_caller(lua_State *L) {
+  lua_Debug ar;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+    push_place(L, &ar, ar.currentline);
+  else
+    lua_pushnil(L);
+}
+
+static void record_add(lua_State *L, int method, const char *pattern, int fn_idx, int ref) {
+  eng_runtime *rt = eng_rt(L);
+  push_records(L, rt);
+  push_shape(L, method, pattern);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, method);
+  lua_setfield(L, -2, "m");
+  lua_pushstring(L, pattern);
+  lua_setfield(L, -2, "p");
+  lua_pushinteger(L, ref);
+  lua_setfield(L, -2, "ref");
+  push_defined(L, fn_idx);
+  lua_setfield(L, -2, "h");
+  push_caller(L);
+  lua_setfield(L, -2, "at");
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static void record_replace(lua_State *L, int method, const char *pattern, int fn_idx, int ref) {
+  eng_runtime *rt = eng_rt(L);
+  push_records(L, rt);
+  push_shape(L, method, pattern);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) != LUA_TTABLE) { /* routed without a record: make one */
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 7);
+    lua_pushinteger(L, method);
+    lua_setfield(L, -2, "m");
+    lua_pushstring(L, pattern);
+    lua_setfield(L, -2, "p");
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -5);
+  }
+  lua_remove(L, -2); /* the shape */
+  if (lua_getfield(L, -1, "orig") == LUA_TNIL) {
+    lua_getfield(L, -2, "h");
+    lua_setfield(L, -3, "orig");
+  }
+  lua_pop(L, 1);
+  lua_pushinteger(L, ref);
+  lua_setfield(L, -2, "ref");
+  push_defined(L, fn_idx);
+  lua_setfield(L, -2, "h");
+  push_caller(L);
+  lua_setfield(L, -2, "rat");
+  lua_pop(L, 2);
+}
+
+typedef struct list_ctx {
+  eng_runtime *rt;
+  eng_route_info *out;
+  size_t n, cap;
+} list_ctx;
+
+/* strdup of the string field name of the table on top, NULL when absent; raises on no memory. */
+static char *dup_field(lua_State *L, const char *name) {
+  char *copy = NULL;
+  if (lua_getfield(L, -1, name) == LUA_TSTRING && (copy = strdup(lua_tostring(L, -1))) == NULL)
+    luaL_error(L, "out of memory");
+  lua_pop(L, 1);
+  return copy;
+}
+
+static eng_route_info *list_next(lua_State *L, list_ctx *c) {
+  if (c->n == c->cap) {
+    size_t cap = c->cap ? c->cap * 2 : 32;
+    eng_route_info *grown = realloc(c->out, cap * sizeof *grown);
+    if (grown == NULL)
+      luaL_error(L, "out of memory");
+    c->out = grown;
+    c->cap = cap;
+  }
+  eng_route_info *r = &c->out[c->n++];
+  memset(r, 0, sizeof *r);
+  return r;
+}
+
+/* Copies the live records into c (under eng_lua_protect; c->out[0..n) is the caller's to free). */
+static int list_p(lua_State *L) {
+  list_ctx *c = lua_touserdata(L, 1);
+  eng_router *router = c->rt->router;
+  int healthz_listed = 0;
+  if (router == NULL)
+    return 0;
+  push_records(L, c->rt);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_getfield(L, -1, "m");
+    int method = (int)lua_tointeger(L, -1);
+    lua_getfield(L, -2, "p");
+    const char *pattern = lua_tostring(L, -1);
+    lua_getfield(L, -3, "ref");
+    int ref = (int)lua_tointeger(L, -1);
+    int *slot = pattern ? eng_router_slot(router, method, pattern) : NULL;
+    lua_pop(L, 3);
+    if (slot != NULL && *slot == ref) {
+      eng_route_info *r = list_next(L, c);
+      r->method = method;
+      r->pattern = dup_field(L, "p");
+      r->handler = dup_field(L, "h");
+      r->registered = dup_field(L, "at");
+      r->replaced_at = dup_field(L, "rat");
+      r->replaced = dup_field(L, "orig");
+      healthz_listed |= method == ENG_M_GET && strcmp(r->pattern, "/healthz") == 0;
+    }
+    lua_pop(L, 1);
+  }
+  if (!healthz_listed && eng_router_slot(router, ENG_M_GET, "/healthz") != NULL) {
+    eng_route_info *r = list_next(L, c);
+    r->method = ENG_M_GET;
+    if ((r->pattern = strdup("/healthz")) == NULL || (r->handler = strdup("(engine)")) == NULL)
+      luaL_error(L, "out of memory");
+  }
+  return 0;
+}
+
+static int cmp_info(const void *a, const void *b) {
+  const eng_route_info *x = a, *y = b;
+  int c = strcmp(x->pattern ? x->pattern : "", y->pattern ? y->pattern : "");
+  return c ? c : (x->method > y->method) - (x->method < y->method);
+}
+
+void eng_route_infos_free(eng_route_info *r, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(r[i].pattern);
+    free(r[i].handler);
+    free(r[i].registered);
+    free(r[i].replaced_at);
+    free(r[i].replaced);
+  }
+  free(r);
+}
+
+int eng_runtime_routes(eng_runtime *rt, eng_route_info **out, size_t *n, char **err) {
+  list_ctx c = {.rt = rt};
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  *err = NULL;
+  if (eng_lua_protect(L, list_p, &c, 0) != LUA_OK) {
+    lua_settop(L, top);
+    eng_route_infos_free(c.out, c.n);
+    return eng_errorf(err, ENG_ENOMEM, "cannot list the routes: out of memory");
+  }
+  lua_settop(L, top);
+  if (c.n > 1)
+    qsort(c.out, c.n, sizeof *c.out, cmp_info);
+  *out = c.out;
+  *n = c.n;
+  return 0;
+}
+
+/* ---- the module ----------------------------------------------------------------------------- */
 
 static int route_add_method(lua_State *L, int method, int pattern_idx, int fn_idx) {
   eng_runtime *rt = eng_rt(L);
@@ -26,6 +264,7 @@ static int route_add_method(lua_State *L, int method, int pattern_idx, int fn_id
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
     return luaL_error(L, "route %s %s: %s", eng_router_method_name(method), pattern, why ? why : eng_strerror(rc));
   }
+  record_add(L, method, pattern, fn_idx, ref);
   return 0;
 }
 
@@ -74,6 +313,7 @@ static int route_replace(lua_State *L) {
   int ref = luaL_ref(L, LUA_REGISTRYINDEX);
   luaL_unref(L, LUA_REGISTRYINDEX, *slot);
   *slot = ref;
+  record_replace(L, method, pattern, 3, ref);
   return 0;
 }
 

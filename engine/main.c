@@ -1,12 +1,8 @@
-/* main.c - the apiengine command line: serve, migrate, test. */
+/* main.c - the apiengine command line: serve, migrate, check, routes, reload, test. */
 #include "config.h"
-#include "db.h"
-#include "error.h"
-#include "keys.h"
 #include "log.h"
-#include "server.h"
+#include "ops.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +14,14 @@ static void usage(FILE *f) {
   fprintf(f,
           "apiengine %s - a Lua-scriptable HTTP API engine\n\n"
           "usage:\n"
-          "  apiengine serve [options]     run the server (migrates the database first)\n"
+          "  apiengine serve [options]     check the scripts, migrate the database, run the server\n"
+          "  apiengine check [options]     read the config, load the scripts, list pending migrations and\n"
+          "                                the routes, check the server key; writes nothing; exit 0, or 1\n"
+          "                                with file:line\n"
+          "  apiengine routes [options]    method, pattern, the handler's file:line, and the overlay that\n"
+          "                                replaced or wrapped it\n"
+          "  apiengine reload [options]    SIGHUP to the server of --pid-file, else to the one holding\n"
+          "                                <db>.lock: it reloads the scripts and `settings`\n"
           "  apiengine migrate [options]   apply schema migrations and exit\n"
           "  apiengine test [busted options] [PATH...]\n"
           "                                run busted specs inside the engine (default: tests/)\n"
@@ -26,64 +29,12 @@ static void usage(FILE *f) {
           "options (flag, then the environment variable; a config file may set them too):\n%s\n"
           "Script settings (engine.config.get) come from the config file's `settings` table,\n"
           "overridden by APIENGINE_<NAME> environment variables.\n"
-          "Signals: SIGTERM / SIGINT stop accepting, drain in-flight requests, exit 0.\n",
+          "One server per database: serve holds <db>.lock (naming its pid) and refuses to start\n"
+          "while another process holds it or listens on the address, unless --handover.\n"
+          "Signals: SIGTERM / SIGINT stop accepting, drain in-flight requests, exit 0.\n"
+          "SIGHUP reloads the scripts and the config file's `settings` (not migrations; a reload\n"
+          "that fails changes nothing and logs file:line).\n",
           APIENGINE_VERSION, eng_config_usage());
-}
-
-/* mkdir -p of the directory part of path (the default ./data/). */
-static int ensure_parent_dir(const char *path) {
-  char tmp[4096];
-  if (strlen(path) >= sizeof tmp)
-    return ENG_EINVAL;
-  strcpy(tmp, path);
-  char *slash = strrchr(tmp, '/');
-  if (slash == NULL || slash == tmp)
-    return 0;
-  *slash = '\0';
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p == '/') {
-      *p = '\0';
-      if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-        return ENG_EIO;
-      *p = '/';
-    }
-  }
-  if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-    return ENG_EIO;
-  return 0;
-}
-
-/* Opens the database once, applies migrations, closes it. */
-static int migrate(const eng_config *cfg) {
-  eng_db *db = NULL;
-  char *err = NULL;
-  int applied = 0;
-  eng_db_options o = {.synchronous = cfg->synchronous};
-  if (strcmp(cfg->db_path, ":memory:") != 0 && ensure_parent_dir(cfg->db_path) != 0) {
-    eng_log_error("cannot create the directory of %s", cfg->db_path);
-    return ENG_EIO;
-  }
-  int rc = eng_db_open(&db, cfg->db_path, &o, &err);
-  if (rc == 0)
-    rc = eng_db_migrate(db, cfg->schema_dir, &applied, &err);
-  if (rc != 0)
-    eng_log_error("database %s: %s", cfg->db_path, err ? err : eng_strerror(rc));
-  else
-    eng_log_info("database %s: %d migration(s) applied", cfg->db_path, applied);
-  free(err);
-  eng_db_close(db);
-  return rc;
-}
-
-static int setup_keys(const eng_config *cfg) {
-  char *err = NULL;
-  char path[4200];
-  snprintf(path, sizeof path, "%s.key", cfg->db_path);
-  int rc = eng_keys_init(cfg->key, path, &err);
-  if (rc != 0)
-    eng_log_error("server key: %s", err ? err : eng_strerror(rc));
-  free(err);
-  return rc;
 }
 
 int main(int argc, char **argv) {
@@ -97,8 +48,18 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "test") == 0)
     return eng_test_main(argc, argv);
-  int serve = strcmp(argv[1], "serve") == 0;
-  if (!serve && strcmp(argv[1], "migrate") != 0) {
+  static const struct {
+    const char *name;
+    int (*run)(const eng_config *cfg);
+  } commands[] = {{"serve", NULL},
+                  {"migrate", eng_ops_migrate},
+                  {"check", eng_ops_check},
+                  {"routes", eng_ops_routes},
+                  {"reload", eng_ops_reload}};
+  size_t c = 0;
+  while (c < sizeof commands / sizeof commands[0] && strcmp(argv[1], commands[c].name) != 0)
+    c++;
+  if (c == sizeof commands / sizeof commands[0]) {
     fprintf(stderr, "apiengine: unknown command '%s' (see apiengine --help)\n", argv[1]);
     return 2;
   }
@@ -124,9 +85,7 @@ int main(int argc, char **argv) {
   /* The database holds sealed secrets and verifiers: no access for others to it, its WAL or
    * the directory created for it. */
   umask(027);
-  int rc = migrate(&cfg);
-  if (rc == 0 && serve && (rc = setup_keys(&cfg)) == 0)
-    rc = eng_server_run(&cfg);
+  int rc = commands[c].run ? commands[c].run(&cfg) : eng_ops_serve(&cfg, argc, argv, 2);
   eng_config_free(&cfg);
-  return rc == 0 ? 0 : 1;
+  return rc;
 }

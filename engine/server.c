@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -31,9 +32,11 @@
 #define ENG_LINGER_MS 2000        /* after an error answer: wait this long for the peer to close */
 #define ENG_WRITE_HIGH (4u << 20) /* stop reading past this many unsent bytes */
 #define ENG_BACKLOG 1024
+#define ENG_DRAIN_IDLE_MS 1000 /* at SIGTERM: how long an idle keep-alive connection may still send one request */
 
 typedef struct worker worker;
 typedef struct conn conn;
+typedef struct reloads reloads;
 
 typedef struct list {
   conn *head, *tail;
@@ -54,13 +57,30 @@ struct conn {
   char peer[48];
 };
 
+/* One accepted reload: the settings its runtimes get. Shared by the main thread and the workers
+ * building from it; freed by the last of them (refs under reloads.mu). */
+typedef struct reload_gen {
+  unsigned id;
+  int refs;
+  eng_buf settings;
+} reload_gen;
+
+/* The reloads of one server run: what the main thread publishes and the workers read. */
+struct reloads {
+  uv_mutex_t mu;
+  reload_gen *current; /* the latest accepted reload, NULL before the first */
+  uv_async_t done;     /* on the main loop: a worker finished building (unreferenced) */
+};
+
 struct worker {
   int id;
   const eng_config *cfg;
+  reloads *rl;
   uv_thread_t thread;
   uv_loop_t loop;
   uv_tcp_t listener;
   uv_async_t wake;
+  uv_async_t reload; /* from the main thread: build the scripts again */
   uv_timer_t sweep;
   uv_sem_t started;
   int fd;
@@ -73,6 +93,8 @@ struct worker {
   eng_response resp;
   eng_buf out;
   uint64_t drain_deadline;
+  atomic_uint reload_seen;  /* id of the last reload this worker finished building */
+  atomic_int reload_failed; /* and whether it kept the old runtime then */
   char readbuf[ENG_READ_BUF];
 };
 
@@ -369,29 +391,30 @@ static void format_peer(uv_tcp_t *t, char *out, size_t size) {
   snprintf(out, size, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  worker *w = server->data;
-  if (status != 0)
-    return;
+/* A connection handle on w's loop, counted in w->nconns (so it is closed with on_conn_closed),
+ * or NULL (logged). */
+static conn *conn_new(worker *w) {
   conn *c = calloc(1, sizeof *c);
   int rc;
   if (c == NULL) {
     /* The connection stays in the kernel's backlog; libuv offers it again. */
     eng_log_error("worker %d: out of memory accepting a connection", w->id);
-    return;
+    return NULL;
   }
   c->w = w;
   if ((rc = uv_tcp_init(&w->loop, &c->tcp)) != 0) {
     eng_log_error("worker %d: cannot accept a connection: %s", w->id, uv_strerror(rc));
     free(c);
-    return;
+    return NULL;
   }
   w->nconns++;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
-    return;
-  }
-  if (w->nconns > w->max_conns || w->stopping) {
+  return c;
+}
+
+/* Starts reading an accepted connection (or closes it past the connection limit). */
+static void conn_begin(worker *w, conn *c) {
+  int rc;
+  if (w->nconns > w->max_conns) {
     eng_log_warn("worker %d: connection limit reached (%d), refusing a connection", w->id, w->max_conns);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     return;
@@ -409,6 +432,47 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   c->reading = 1;
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  worker *w = server->data;
+  if (status != 0)
+    return;
+  conn *c = conn_new(w);
+  if (c == NULL)
+    return;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || w->stopping) {
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    return;
+  }
+  conn_begin(w, c);
+}
+
+/* At the drain, before the listener closes: the connections the kernel queued on it would be
+ * reset by the close, so accept them and serve them (their requests are answered with
+ * Connection: close). One queued between this and the close is still reset; on Linux 5.14+,
+ * sysctl net.ipv4.tcp_migrate_req=1 hands those to the port's other listeners (a handover's). */
+static void adopt_backlog(worker *w) {
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&w->listener, &fd) != 0)
+    return;
+  for (int i = 0; i < ENG_BACKLOG; i++) {
+    int cfd = accept(fd, NULL, NULL); /* libuv made the listener non-blocking, and uv_tcp_open does the same */
+    if (cfd < 0)
+      return;
+    (void)fcntl(cfd, F_SETFD, FD_CLOEXEC); /* nothing is exec'd: tidiness, not safety */
+    conn *c = conn_new(w);
+    if (c == NULL) {
+      close(cfd);
+      return;
+    }
+    if (uv_tcp_open(&c->tcp, cfd) != 0) {
+      close(cfd);
+      uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+      continue;
+    }
+    conn_begin(w, c);
+  }
 }
 
 /* ---- worker lifecycle ---------------------------------------------------------------------- */
@@ -440,6 +504,7 @@ static void maybe_finish(worker *w) {
     return;
   close_handle_once((uv_handle_t *)&w->sweep);
   close_handle_once((uv_handle_t *)&w->wake);
+  close_handle_once((uv_handle_t *)&w->reload);
 }
 
 static void on_wake(uv_async_t *a) {
@@ -448,16 +513,79 @@ static void on_wake(uv_async_t *a) {
     return;
   w->stopping = 1;
   w->drain_deadline = uv_now(&w->loop) + (uint64_t)w->cfg->drain_ms;
+  adopt_backlog(w);
   close_handle_once((uv_handle_t *)&w->listener);
-  /* Idle keep-alive connections have nothing in flight: close them now. */
-  while (w->idle.head)
-    conn_close(w->idle.head);
+  /* Idle keep-alive connections (and those just adopted) have nothing in flight, but their
+   * client may be sending the next request at this very moment, and closing would lose it (a
+   * reset, for a client that does not retry). Each gets up to ENG_DRAIN_IDLE_MS to send one
+   * more, answered with Connection: close, and the sweep closes it after that. One deadline for
+   * all keeps the list ordered. */
+  uint64_t until =
+      uv_now(&w->loop) + (uint64_t)(w->cfg->drain_ms < ENG_DRAIN_IDLE_MS ? w->cfg->drain_ms : ENG_DRAIN_IDLE_MS);
+  for (conn *c = w->idle.head; c; c = c->next)
+    c->deadline = until;
   maybe_finish(w);
 }
 
 static void close_any(uv_handle_t *h, void *arg) {
   (void)arg;
   close_handle_once(h);
+}
+
+static eng_runtime_options runtime_options(const worker *w, const eng_buf *settings) {
+  return (eng_runtime_options){
+      .scripts_dir = w->cfg->scripts_dir,
+      .settings = settings,
+      .budget_ms = w->cfg->budget_ms,
+      .memory_limit = w->cfg->memory_limit,
+      .db = w->db, /* scripts may read the database while they load (e.g. to warm caches) */
+  };
+}
+
+static void gen_release(reloads *rl, reload_gen *g) {
+  if (g == NULL)
+    return;
+  uv_mutex_lock(&rl->mu);
+  int last = --g->refs == 0;
+  uv_mutex_unlock(&rl->mu);
+  if (last) {
+    eng_buf_free(&g->settings);
+    free(g);
+  }
+}
+
+/* A reload: build a fresh runtime from the latest accepted reload and swap it in. This runs
+ * on the loop between two callbacks, and requests are answered synchronously inside the read
+ * callback, so no request is in flight on the old state when it goes. */
+static void on_reload(uv_async_t *a) {
+  worker *w = a->data;
+  reloads *rl = w->rl;
+  if (w->stopping)
+    return;
+  uv_mutex_lock(&rl->mu);
+  reload_gen *g = rl->current;
+  if (g)
+    g->refs++;
+  uv_mutex_unlock(&rl->mu);
+  if (g == NULL || atomic_load(&w->reload_seen) == g->id) {
+    gen_release(rl, g);
+    return;
+  }
+  eng_runtime_options ro = runtime_options(w, &g->settings);
+  eng_runtime *fresh = NULL;
+  char *err = NULL;
+  int rc = eng_runtime_new(&fresh, &ro, &err);
+  if (rc == 0) {
+    eng_runtime_free(w->rt);
+    w->rt = fresh;
+  } else {
+    eng_log_error("reload %u: worker %d keeps the scripts it had: %s", g->id, w->id, err ? err : eng_strerror(rc));
+  }
+  free(err);
+  atomic_store(&w->reload_failed, rc != 0);
+  atomic_store(&w->reload_seen, g->id);
+  gen_release(rl, g);
+  (void)uv_async_send(&rl->done); /* open until every worker is joined */
 }
 
 /* Sets up the worker's loop: the listener on its socket, the wake-up async, the
@@ -477,6 +605,9 @@ static int worker_listen(worker *w) {
       (rc = uv_async_init(&w->loop, &w->wake, on_wake)) != 0)
     goto fail;
   w->wake.data = w;
+  if ((rc = uv_async_init(&w->loop, &w->reload, on_reload)) != 0)
+    goto fail;
+  w->reload.data = w;
   if ((rc = uv_timer_init(&w->loop, &w->sweep)) != 0)
     goto fail;
   w->sweep.data = w;
@@ -494,18 +625,12 @@ static void worker_main(void *arg) {
   worker *w = arg;
   char *err = NULL;
   int rc;
-  eng_runtime_options ro = {
-      .scripts_dir = w->cfg->scripts_dir,
-      .settings = &w->cfg->settings,
-      .budget_ms = w->cfg->budget_ms,
-      .memory_limit = w->cfg->memory_limit,
-  };
   eng_db_options dbo = {.synchronous = w->cfg->synchronous};
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
     goto fail;
   }
-  ro.db = w->db; /* scripts may read the database while they load (e.g. to warm caches) */
+  eng_runtime_options ro = runtime_options(w, &w->cfg->settings);
   if ((rc = eng_runtime_new(&w->rt, &ro, &err)) != 0) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
@@ -555,21 +680,70 @@ static int bind_socket(const struct sockaddr *sa, socklen_t salen, int *out) {
   return 0;
 }
 
-/* Binds one socket per worker on the same address. Port 0 picks a free port once. */
-static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
+static int resolve(const eng_config *cfg, struct sockaddr_storage *ss, socklen_t *sl, char **err) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
   struct addrinfo *ai = NULL;
   char port[16];
   snprintf(port, sizeof port, "%d", cfg->port);
   int gai = getaddrinfo(cfg->listen_host, port, &hints, &ai);
-  if (gai != 0) {
-    eng_log_error("cannot resolve listen address '%s': %s", cfg->listen_host, gai_strerror(gai));
-    return ENG_ECONFIG;
-  }
-  struct sockaddr_storage ss;
-  socklen_t sl = ai->ai_addrlen;
-  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+  if (gai != 0)
+    return eng_errorf(err, ENG_ECONFIG, "cannot resolve listen address '%s': %s", cfg->listen_host, gai_strerror(gai));
+  *sl = ai->ai_addrlen;
+  memcpy(ss, ai->ai_addr, ai->ai_addrlen);
   freeaddrinfo(ai);
+  return 0;
+}
+
+/* Without SO_REUSEPORT, bind fails with EADDRINUSE while any socket listens on the address,
+ * SO_REUSEPORT or not; SO_REUSEADDR still lets it past connections in TIME_WAIT. */
+static int probe_bind(const struct sockaddr *sa, socklen_t salen) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  int one = 1, rc = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 || bind(fd, sa, salen) != 0)
+    rc = -errno;
+  close(fd);
+  return rc;
+}
+
+static int probe_addr(const eng_config *cfg, const struct sockaddr_storage *ss, socklen_t sl, char **err) {
+  if (cfg->port == 0)
+    return 0;
+  int e = probe_bind((const struct sockaddr *)ss, sl);
+  if (e == -EADDRINUSE)
+    return eng_errorf(err, ENG_EEXISTS,
+                      "cannot listen on %s:%d: %s: another process listens there (another apiengine? stop it "
+                      "first, or start this one with --handover to take over from it)",
+                      cfg->listen_host, cfg->port, strerror(-e));
+  if (e != 0)
+    return eng_errorf(err, ENG_EIO, "cannot listen on %s:%d: %s", cfg->listen_host, cfg->port, strerror(-e));
+  return 0;
+}
+
+int eng_server_probe(const eng_config *cfg, char **err) {
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (err)
+    *err = NULL;
+  int rc = resolve(cfg, &ss, &sl, err);
+  return rc ? rc : probe_addr(cfg, &ss, sl, err);
+}
+
+/* Binds one socket per worker on the same address. Port 0 picks a free port once. Unless
+ * handing over, first makes sure nobody else listens there. */
+static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  char *err = NULL;
+  int rc = resolve(cfg, &ss, &sl, &err);
+  if (rc == 0 && !cfg->handover)
+    rc = probe_addr(cfg, &ss, sl, &err);
+  if (rc != 0) {
+    eng_log_error("%s", err ? err : eng_strerror(rc));
+    free(err);
+    return rc;
+  }
   for (int i = 0; i < n; i++) {
     int e = bind_socket((struct sockaddr *)&ss, sl, &ws[i].fd);
     if (e != 0) {
@@ -597,8 +771,17 @@ static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
 typedef struct main_ctx {
   worker *ws;
   int n;
-  uv_signal_t sigterm, sigint;
+  const eng_server_hooks *hooks;
+  reloads *rl;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t poll;
+  int polling;
   int signo;
+  unsigned reload_id;   /* the last SIGHUP's number */
+  unsigned accepted_id; /* the last reload the check accepted, 0 for none */
+  unsigned logged_id;   /* the last reload whose result was logged */
+  int reload_routes;
+  uint64_t reload_t0;
 } main_ctx;
 
 /* uv_async_send fails only on a closed handle, and a started worker closes its
@@ -617,24 +800,115 @@ static void on_signal(uv_signal_t *s, int signo) {
   stop_workers(m);
   uv_close((uv_handle_t *)&m->sigterm, NULL);
   uv_close((uv_handle_t *)&m->sigint, NULL);
+  uv_close((uv_handle_t *)&m->sighup, NULL);
+  (void)signal(SIGHUP, SIG_IGN); /* closing the handle restored the default, which kills */
+  if (m->polling)
+    uv_close((uv_handle_t *)&m->poll, NULL);
+  m->polling = 0;
 }
 
-/* Installs the SIGTERM and SIGINT handlers on the default loop. 0 or an ENG_E* code
- * (after logging why; what it made is closed). */
+/* SIGHUP: check the reload on this thread, then tell every worker. */
+static void on_sighup(uv_signal_t *s, int signo) {
+  (void)signo;
+  main_ctx *m = s->data;
+  unsigned id = ++m->reload_id;
+  const eng_server_hooks *h = m->hooks;
+  if (h == NULL || h->reload_check == NULL) {
+    eng_log_warn("received SIGHUP: this server cannot reload; ignored");
+    return;
+  }
+  eng_log_info("received SIGHUP: reload %u: checking the scripts", id);
+  uint64_t t0 = uv_hrtime();
+  reload_gen *g = calloc(1, sizeof *g);
+  int routes = 0, rc = g ? 0 : ENG_ENOMEM;
+  char *err = NULL;
+  if (g) /* calloc'd: g->settings is a valid empty buffer */
+    rc = h->reload_check(h->ud, id, &g->settings, &routes, &err);
+  if (rc != 0) {
+    eng_log_error("reload %u refused: %s; nothing changed, the old scripts keep serving", id,
+                  err ? err : eng_strerror(rc));
+    free(err);
+    if (g)
+      eng_buf_free(&g->settings);
+    free(g);
+    return;
+  }
+  free(err);
+  g->id = id;
+  g->refs = 1; /* rl->current's */
+  uv_mutex_lock(&m->rl->mu);
+  reload_gen *old = m->rl->current;
+  m->rl->current = g;
+  uv_mutex_unlock(&m->rl->mu);
+  gen_release(m->rl, old);
+  m->accepted_id = id;
+  m->reload_routes = routes;
+  m->reload_t0 = t0;
+  for (int i = 0; i < m->n; i++)
+    (void)uv_async_send(&m->ws[i].reload); /* open until the worker is told to stop */
+}
+
+/* A worker finished a reload: once all have finished the latest, log the one result line. */
+static void on_reload_done(uv_async_t *a) {
+  main_ctx *m = a->data;
+  unsigned id = m->accepted_id;
+  int kept = 0;
+  if (id == 0 || m->logged_id == id || atomic_load(&g_stopping))
+    return;
+  for (int i = 0; i < m->n; i++) {
+    if (atomic_load(&m->ws[i].reload_seen) != id)
+      return;
+    kept += atomic_load(&m->ws[i].reload_failed);
+  }
+  m->logged_id = id;
+  double ms = (double)(uv_hrtime() - m->reload_t0) / 1e6;
+  if (kept == 0)
+    eng_log_info("reload %u done: %d worker%s serve%s the new scripts (%d routes), in %.0f ms", id, m->n,
+                 m->n == 1 ? "" : "s", m->n == 1 ? "s" : "", m->reload_routes, ms);
+  else
+    eng_log_warn("reload %u partly failed: %d of %d workers serve the new scripts, %d kept the ones they had (above)",
+                 id, m->n - kept, m->n, kept);
+}
+
+static void on_poll(uv_timer_t *t) {
+  main_ctx *m = t->data;
+  if (m->hooks->poll(m->hooks->ud) != 0 && m->polling) {
+    m->polling = 0;
+    uv_close((uv_handle_t *)&m->poll, NULL);
+  }
+}
+
+/* Installs the SIGTERM, SIGINT and SIGHUP handlers (and the poll timer) on the default loop.
+ * 0 or an ENG_E* code (after logging why; what it made is closed). */
 static int watch_signals(main_ctx *m) {
   uv_loop_t *loop = uv_default_loop();
   int rc;
-  m->sigterm.data = m->sigint.data = m;
+  m->sigterm.data = m->sigint.data = m->sighup.data = m->poll.data = m;
   if ((rc = uv_signal_init(loop, &m->sigterm)) != 0)
     goto out;
   if ((rc = uv_signal_init(loop, &m->sigint)) != 0) {
     uv_close((uv_handle_t *)&m->sigterm, NULL);
     goto out;
   }
-  if ((rc = uv_signal_start(&m->sigterm, on_signal, SIGTERM)) != 0 ||
-      (rc = uv_signal_start(&m->sigint, on_signal, SIGINT)) != 0) {
+  if ((rc = uv_signal_init(loop, &m->sighup)) != 0) {
     uv_close((uv_handle_t *)&m->sigterm, NULL);
     uv_close((uv_handle_t *)&m->sigint, NULL);
+    goto out;
+  }
+  if ((rc = uv_signal_start(&m->sigterm, on_signal, SIGTERM)) != 0 ||
+      (rc = uv_signal_start(&m->sigint, on_signal, SIGINT)) != 0 ||
+      (rc = uv_signal_start(&m->sighup, on_sighup, SIGHUP)) != 0) {
+    uv_close((uv_handle_t *)&m->sigterm, NULL);
+    uv_close((uv_handle_t *)&m->sigint, NULL);
+    uv_close((uv_handle_t *)&m->sighup, NULL);
+    goto out;
+  }
+  /* Without the timer only the handover's wait is lost: it says so and goes on. */
+  if (m->hooks && m->hooks->poll) {
+    if (uv_timer_init(loop, &m->poll) == 0 && uv_timer_start(&m->poll, on_poll, 0, ENG_SERVER_POLL_MS) == 0)
+      m->polling = 1;
+    else
+      eng_log_warn("cannot start the handover timer: the database lock is not taken over");
   }
 out:
   if (rc != 0) {
@@ -644,24 +918,33 @@ out:
   return eng_err_from_uv(rc);
 }
 
-int eng_server_run(const eng_config *cfg) {
+int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   int n = cfg->workers;
   int rc = 0, port = 0;
   signal(SIGPIPE, SIG_IGN);
   atomic_store(&g_stopping, 0);
-  worker *ws = calloc((size_t)n, sizeof *ws);
-  if (ws == NULL)
-    return ENG_ENOMEM;
-  if ((rc = bind_all(cfg, ws, n, &port)) != 0) {
-    free(ws);
-    return rc;
+  reloads rl = {.current = NULL};
+  if (uv_mutex_init(&rl.mu) != 0)
+    return ENG_EIO;
+  if (uv_async_init(uv_default_loop(), &rl.done, on_reload_done) != 0) {
+    uv_mutex_destroy(&rl.mu);
+    return ENG_EIO;
   }
+  uv_unref((uv_handle_t *)&rl.done); /* the loop ends with the signal handles; this one is closed last */
+  worker *ws = calloc((size_t)n, sizeof *ws);
+  if (ws == NULL) {
+    rc = ENG_ENOMEM;
+    goto out;
+  }
+  if ((rc = bind_all(cfg, ws, n, &port)) != 0)
+    goto out;
   int per = (cfg->max_connections + n - 1) / n;
   int started = 0;
   for (int i = 0; i < n; i++) {
     worker *w = &ws[i];
     w->id = i;
     w->cfg = cfg;
+    w->rl = &rl;
     w->max_conns = per > 0 ? per : 1;
     eng_response_init(&w->resp);
     if (uv_sem_init(&w->started, 0) != 0) {
@@ -680,7 +963,8 @@ int eng_server_run(const eng_config *cfg) {
     if (w->start_rc != 0)
       break;
   }
-  main_ctx m = {.ws = ws, .n = started}; /* only started workers have a wake-up handle */
+  main_ctx m = {.ws = ws, .n = started, .hooks = hooks, .rl = &rl}; /* only started workers have a wake-up handle */
+  rl.done.data = &m;
   int ok = started == n;
   for (int i = 0; i < started; i++)
     ok = ok && ws[i].start_rc == 0;
@@ -690,12 +974,14 @@ int eng_server_run(const eng_config *cfg) {
     rc = rc ? rc : ENG_EIO;
     stop_workers(&m);
   } else {
-    eng_log_info("apiengine %s listening on http://%s%s%s:%d (%d workers, scripts '%s', db '%s')", APIENGINE_VERSION,
-                 strchr(cfg->listen_host, ':') ? "[" : "", cfg->listen_host, strchr(cfg->listen_host, ':') ? "]" : "",
-                 port, n, cfg->scripts_dir, cfg->db_path);
+    const char *v6 = strchr(cfg->listen_host, ':') ? "]" : "";
+    eng_log_info("apiengine %s listening on http://%s%s%s:%d (config %s%s%s, scripts '%s', schema '%s', db '%s', "
+                 "%d worker%s, %d routes)",
+                 APIENGINE_VERSION, *v6 ? "[" : "", cfg->listen_host, v6, port, cfg->config_file ? "'" : "",
+                 cfg->config_file ? cfg->config_file : "none", cfg->config_file ? "'" : "", cfg->scripts_dir,
+                 cfg->schema_dir, cfg->db_path, n, n == 1 ? "" : "s", hooks ? hooks->routes : 0);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   }
-  (void)uv_loop_close(uv_default_loop()); /* the signal handles are closed by now */
   for (int i = 0; i < started; i++)
     if (uv_thread_join(&ws[i].thread) != 0)
       eng_log_error("worker %d: cannot join its thread", i);
@@ -705,7 +991,13 @@ int eng_server_run(const eng_config *cfg) {
     if (i < started)
       uv_sem_destroy(&ws[i].started);
   }
+out:
   free(ws);
+  uv_close((uv_handle_t *)&rl.done, NULL); /* no worker is left to send to it */
+  uv_run(uv_default_loop(), UV_RUN_DEFAULT);
+  (void)uv_loop_close(uv_default_loop()); /* every handle is closed by now */
+  gen_release(&rl, rl.current);
+  uv_mutex_destroy(&rl.mu);
   if (rc == 0)
     eng_log_info("stopped cleanly");
   return rc;

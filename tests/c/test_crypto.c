@@ -478,6 +478,57 @@ static void test_keys_configured(void) {
   CHECK(witness_opens(&cfg)); /* a bad configured key keeps the loaded one */
 }
 
+/* The fingerprint: one per key, not a derived key, and nothing without a key. Loading without
+ * creating leaves a missing key file missing. */
+static void test_keys_fingerprint_and_no_create(void) {
+  char *err = NULL;
+  char a[ENG_KEY_FINGERPRINT_HEX + 1], again[ENG_KEY_FINGERPRINT_HEX + 1], b[ENG_KEY_FINGERPRINT_HEX + 1];
+  char hex[2 * ENG_KEY_LEN + 1];
+  unsigned char key_a[ENG_KEY_LEN];
+  memset(key_a, 0x11, sizeof key_a);
+  eng_keys_clear();
+  CHECK_INT(eng_keys_fingerprint(a), ENG_EINVAL);
+
+  eng_keys_set(key_a);
+  CHECK_INT(eng_keys_fingerprint(a), 0);
+  CHECK_INT(strlen(a), ENG_KEY_FINGERPRINT_HEX);
+  eng_keys_set(KEY_B);
+  CHECK_INT(eng_keys_fingerprint(b), 0);
+  CHECK(strcmp(a, b) != 0);
+  /* The same key, configured as text: the same fingerprint, and not a derived key's hex. */
+  hex[eng_crypto_hex_encode(key_a, sizeof key_a, hex)] = '\0';
+  eng_key_source src = 0;
+  CHECK_INT(eng_keys_load(hex, NULL, 0, &src, &err), 0);
+  CHECK_INT(src, ENG_KEY_CONFIGURED);
+  CHECK_INT(eng_keys_fingerprint(again), 0);
+  CHECK_STR(again, a);
+  char derived[2 * ENG_KEY_LEN + 1];
+  derived[eng_crypto_hex_encode(eng_keys_token_key(), ENG_KEY_LEN, derived)] = '\0';
+  CHECK(strcmp(derived, a) != 0);
+  derived[eng_crypto_hex_encode(eng_keys_seal_key(), ENG_KEY_LEN, derived)] = '\0';
+  CHECK(strcmp(derived, a) != 0);
+
+  /* No key file and create = 0: ENG_ENOTFOUND, no file, the loaded key kept. */
+  char *missing = path_in_tmp("missing.key");
+  CHECK_INT(eng_keys_load(NULL, missing, 0, &src, &err), ENG_ENOTFOUND);
+  CHECK(err && strstr(err, "does not exist"));
+  free(err);
+  err = NULL;
+  CHECK_INT(access(missing, F_OK), -1);
+  CHECK_INT(eng_keys_fingerprint(again), 0);
+  CHECK_STR(again, a);
+  /* create = 1 makes it; loading it again says it came from the file. */
+  CHECK_INT(eng_keys_load(NULL, missing, 1, &src, &err), 0);
+  CHECK_INT(src, ENG_KEY_CREATED);
+  CHECK_INT(eng_keys_fingerprint(b), 0);
+  CHECK_INT(eng_keys_load(NULL, missing, 0, &src, &err), 0);
+  CHECK_INT(src, ENG_KEY_FILE);
+  CHECK_INT(eng_keys_fingerprint(again), 0);
+  CHECK_STR(again, b);
+  CHECK_INT(unlink(missing), 0);
+  free(missing);
+}
+
 int main(void) {
   memset(KEY_B, 0x42, sizeof KEY_B);
   snprintf(tmpdir, sizeof tmpdir, "/tmp/test_crypto.XXXXXX");
@@ -494,6 +545,7 @@ int main(void) {
   test_seal_open();
   test_keys_file();
   test_keys_configured();
+  test_keys_fingerprint_and_no_create();
 
   CHECK_INT(rmdir(tmpdir), 0); /* every file the test made is gone */
   return check_summary("test_crypto");

@@ -575,6 +575,73 @@ static void test_migration_overlay(void) {
   eng_db_close(db);
 }
 
+/* eng_db_inspect reads without writing (a missing file stays missing); eng_db_migrate_ex stops
+ * at a number; eng_db_engine_fact keeps the first value. */
+static void test_inspect_limit_and_facts(void) {
+  eng_db *db = NULL;
+  eng_db_state st;
+  char *err = NULL, *stored = NULL;
+  int applied = -1;
+  const char *dir = path_in("ischema");
+  char *dirs = strdup(dir);
+  mkdir(dirs, 0700);
+  write_file("ischema/0001_init.sql", MIG_0001);
+  write_file("ischema/0002_b.sql", MIG_0002);
+
+  CHECK_INT(eng_db_inspect(path_in("inspect.db"), dirs, &st, &err), 0);
+  CHECK_INT(st.exists, 0);
+  CHECK_INT(st.npending, 2);
+  CHECK_INT(st.max_applied_id, -1);
+  CHECK(st.fingerprint == NULL);
+  if (st.npending == 2) {
+    char want[300];
+    snprintf(want, sizeof want, "%s/0002_b.sql", dirs);
+    CHECK_STR(st.pending[1], want);
+  }
+  eng_db_state_free(&st);
+  CHECK_INT(access(path_in("inspect.db"), F_OK), -1);
+
+  /* up to 0001 only, quietly */
+  CHECK_INT(eng_db_open(&db, path_in("inspect.db"), NULL, NULL), 0);
+  if (!db) {
+    free(dirs);
+    return;
+  }
+  eng_db_migrate_options mo = {.limit = 1, .max_id = 1, .quiet = 1};
+  CHECK_INT(eng_db_migrate_ex(db, dirs, &mo, &applied, &err), 0);
+  CHECK_INT(applied, 1);
+  CHECK_INT(query_int(eng_db_handle(db), "SELECT count(*) FROM sqlite_master WHERE name = 'b'"), 0);
+  mo.max_id = -1; /* none */
+  CHECK_INT(eng_db_migrate_ex(db, dirs, &mo, &applied, &err), 0);
+  CHECK_INT(applied, 0);
+
+  CHECK_INT(eng_db_engine_fact(db, "k", "first", &stored, &err), 0);
+  CHECK_STR(stored, "first");
+  free(stored);
+  CHECK_INT(eng_db_engine_fact(db, "k", "second", &stored, &err), 0);
+  CHECK_STR(stored, "first");
+  free(stored);
+  CHECK_INT(eng_db_engine_fact(db, "key_fingerprint", "abc123", &stored, &err), 0);
+  free(stored);
+
+  CHECK_INT(eng_db_inspect(path_in("inspect.db"), dirs, &st, &err), 0);
+  CHECK_INT(st.exists, 1);
+  CHECK_INT(st.applied, 1);
+  CHECK_INT(st.max_applied_id, 1);
+  CHECK_INT(st.npending, 1);
+  CHECK_STR(st.fingerprint, "abc123");
+  eng_db_state_free(&st);
+
+  /* a changed applied migration: the same refusal as eng_db_migrate */
+  write_file("ischema/0001_init.sql", "CREATE TABLE a (id INTEGER PRIMARY KEY);\n");
+  CHECK_INT(eng_db_inspect(path_in("inspect.db"), dirs, &st, &err), ENG_ECONFIG);
+  CHECK(err && strstr(err, "migration 0001_init.sql was changed after it was applied"));
+  free(err);
+  err = NULL;
+  eng_db_close(db);
+  free(dirs);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/eng_test_db_XXXXXX");
   if (!mkdtemp(tmpdir)) {
@@ -591,6 +658,7 @@ int main(void) {
   test_migrations();
   test_concurrent_migrators_apply_each_once();
   test_migration_overlay();
+  test_inspect_limit_and_facts();
   nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
   return check_summary("test_db");
 }

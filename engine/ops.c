@@ -1,0 +1,783 @@
+/* ops.c - the start-up sequence, the instance lock, the pid file, the check-load of the
+ * scripts, and the check / routes / reload / migrate commands (see ops.h for the order and why).
+ *
+ * The check-load: a runtime built on this thread from the scripts, against a scratch in-memory
+ * database migrated with the schema files. Not the real database: before a start it may not
+ * exist yet or lack the tables the pending migrations add (scripts/calls.lua reads the calls
+ * table at load to warm its key set), and reading a large one would cost the check what each
+ * worker pays again (the key set: ~70 bytes and ~0.35 us per stored call). The scratch copy has
+ * the schema and no rows, which is what loading needs; it also tries every pending migration's
+ * SQL before the real database sees it. A script that reads rows at load time sees none. */
+#include "ops.h"
+#include "crypto.h"
+#include "db.h"
+#include "error.h"
+#include "files.h"
+#include "keys.h"
+#include "log.h"
+#include "lua_route.h"
+#include "lua_runtime.h"
+#include "router.h"
+#include "server.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define OPS_PATH_MAX 4096
+#define OVERLAY_DEPTH_MAX 8    /* directory levels searched below a scripts directory */
+#define OVERLAY_FILES_MAX 4096 /* replaced files reported */
+#define PID_TEXT_MAX 24        /* a pid in decimal and a newline */
+#define FINGERPRINT_FACT "key_fingerprint"
+#define FINGERPRINT_SHOWN 12 /* hex characters of a fingerprint shown in messages */
+
+/* ---- paths ------------------------------------------------------------------------------------ */
+
+static int is_memory_db(const char *path) { return strcmp(path, ":memory:") == 0; }
+
+/* path + suffix into out (OPS_PATH_MAX bytes); ENG_ETOOBIG when it does not fit. */
+static int path_with(char *out, const char *path, const char *suffix) {
+  return snprintf(out, OPS_PATH_MAX, "%s%s", path, suffix) < OPS_PATH_MAX ? 0 : ENG_ETOOBIG;
+}
+
+/* mkdir -p of the directory part of path (the default ./data/). */
+static int ensure_parent_dir(const char *path) {
+  char tmp[OPS_PATH_MAX];
+  if (strlen(path) >= sizeof tmp)
+    return ENG_EINVAL;
+  strcpy(tmp, path);
+  char *slash = strrchr(tmp, '/');
+  if (slash == NULL || slash == tmp)
+    return 0;
+  *slash = '\0';
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p == '/') {
+      *p = '\0';
+      if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+        return ENG_EIO;
+      *p = '/';
+    }
+  }
+  if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+    return ENG_EIO;
+  return 0;
+}
+
+/* The pid written in fd's file, or 0 when it holds none. */
+static long read_pid_fd(int fd) {
+  char text[PID_TEXT_MAX + 1];
+  ssize_t n = pread(fd, text, PID_TEXT_MAX, 0);
+  if (n <= 0)
+    return 0;
+  text[n] = '\0';
+  char *end;
+  long pid = strtol(text, &end, 10);
+  return pid > 0 && (*end == '\n' || *end == '\0') ? pid : 0;
+}
+
+static int write_pid_fd(int fd) {
+  char text[PID_TEXT_MAX];
+  int n = snprintf(text, sizeof text, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n)
+    return ENG_EIO;
+  return 0;
+}
+
+/* ---- the instance lock ------------------------------------------------------------------------ */
+
+/* <db>.lock, flock'ed exclusively for the process lifetime, holding the holder's pid. The file
+ * is never removed: removing a lock file races with the next process opening it. */
+typedef struct instance_lock {
+  int fd;   /* -1: none */
+  int held; /* 0 while a handover waits for the old server's lock */
+  long old_pid;
+  char path[OPS_PATH_MAX];
+} instance_lock;
+
+/* Takes the lock of db_path. ENG_EEXISTS (with the message) when another process holds it,
+ * unless handover: then the lock is left to poll (lock_poll) and 0 returned. */
+static int lock_take(instance_lock *lk, const char *db_path, int handover, char **err) {
+  lk->fd = -1;
+  lk->held = 0;
+  lk->old_pid = 0;
+  if (path_with(lk->path, db_path, ".lock") != 0)
+    return eng_errorf(err, ENG_ETOOBIG, "database path too long: %s", db_path);
+  lk->fd = open(lk->path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (lk->fd < 0)
+    return eng_errorf(err, ENG_EIO, "cannot open the lock file %s: %s", lk->path, strerror(errno));
+  if (flock(lk->fd, LOCK_EX | LOCK_NB) == 0) {
+    lk->held = 1;
+    if (write_pid_fd(lk->fd) != 0)
+      eng_log_warn("cannot write the pid into %s: %s", lk->path, strerror(errno));
+    return 0;
+  }
+  if (errno != EWOULDBLOCK)
+    return eng_errorf(err, ENG_EIO, "cannot lock %s: %s", lk->path, strerror(errno));
+  lk->old_pid = read_pid_fd(lk->fd);
+  if (handover)
+    return 0;
+  char who[64] = "another process";
+  if (lk->old_pid > 0)
+    snprintf(who, sizeof who, "another apiengine (pid %ld)", lk->old_pid);
+  return eng_errorf(err, ENG_EEXISTS,
+                    "database %s is in use by %s, which holds %s: stop it first (kill -TERM it and wait for "
+                    "\"stopped cleanly\"), or start this one with --handover to take over from it",
+                    db_path, who, lk->path);
+}
+
+/* The handover's wait: 1 once the lock is ours. */
+static int lock_poll(instance_lock *lk) {
+  if (lk->held)
+    return 1;
+  if (flock(lk->fd, LOCK_EX | LOCK_NB) != 0)
+    return 0;
+  lk->held = 1;
+  if (write_pid_fd(lk->fd) != 0)
+    eng_log_warn("cannot write the pid into %s: %s", lk->path, strerror(errno));
+  eng_log_info("handover: the server before this one (pid %ld) has exited; this one holds %s now", lk->old_pid,
+               lk->path);
+  return 1;
+}
+
+static void lock_release(instance_lock *lk) {
+  if (lk->fd < 0)
+    return;
+  if (lk->held && ftruncate(lk->fd, 0) != 0) /* a pid of nobody would mislead a reader */
+    eng_log_debug("cannot empty %s: %s", lk->path, strerror(errno));
+  close(lk->fd); /* releases the flock */
+  lk->fd = -1;
+}
+
+/* ---- the pid file ----------------------------------------------------------------------------- */
+
+/* Writes the pid to path through path.tmp and rename, so a reader never sees half a pid. */
+static int pid_file_write(const char *path, char **err) {
+  char tmp[OPS_PATH_MAX];
+  if (path_with(tmp, path, ".tmp") != 0)
+    return eng_errorf(err, ENG_ETOOBIG, "pid file path too long: %s", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return eng_errorf(err, ENG_EIO, "cannot write the pid file %s: %s", tmp, strerror(errno));
+  int rc = write_pid_fd(fd);
+  if (close(fd) != 0 || rc != 0 || rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    return eng_errorf(err, ENG_EIO, "cannot write the pid file %s: %s", path, strerror(e));
+  }
+  return 0;
+}
+
+/* Removes the pid file if it still names this process (a handover's new server may have written
+ * its own pid there since). */
+static void pid_file_remove(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  long pid = read_pid_fd(fd);
+  close(fd);
+  if (pid == (long)getpid())
+    unlink(path);
+}
+
+/* ---- overlays --------------------------------------------------------------------------------- */
+
+/* A file of a later scripts directory that takes the place of one of an earlier directory: the
+ * same name at the top level (lua_load.c runs it instead), or the same module path below it
+ * (`require` searches the last directory first). This mirrors those two rules to report them;
+ * it changes nothing. */
+typedef struct overlay {
+  char *winner, *loser; /* "dir/rel" paths, as chunk names and tracebacks show them */
+} overlay;
+
+typedef struct overlays {
+  overlay *v;
+  size_t n;
+} overlays;
+
+static void overlays_free(overlays *o) {
+  for (size_t i = 0; i < o->n; i++) {
+    free(o->v[i].winner);
+    free(o->v[i].loser);
+  }
+  free(o->v);
+  *o = (overlays){0};
+}
+
+static int is_regular(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int overlay_add(overlays *o, const char *winner, const char *loser) {
+  if (o->n == OVERLAY_FILES_MAX)
+    return 0;
+  overlay *grown = realloc(o->v, (o->n + 1) * sizeof *grown);
+  if (grown == NULL)
+    return ENG_ENOMEM;
+  o->v = grown;
+  overlay *e = &o->v[o->n];
+  e->winner = strdup(winner);
+  e->loser = strdup(loser);
+  if (e->winner == NULL || e->loser == NULL) {
+    free(e->winner);
+    free(e->loser);
+    return ENG_ENOMEM;
+  }
+  o->n++;
+  return 0;
+}
+
+/* Walks dirs->dirs[k]/rel (rel "" at the top) for *.lua files that an earlier directory has too. */
+static int overlay_walk(const eng_dirs *dl, int k, const char *rel, int depth, overlays *o) {
+  char dir[OPS_PATH_MAX];
+  snprintf(dir, sizeof dir, "%s%s%s", dl->dirs[k], *rel ? "/" : "", rel);
+  DIR *d = opendir(dir);
+  if (d == NULL)
+    return 0; /* loading reports a missing directory */
+  int rc = 0;
+  struct dirent *e;
+  while (rc == 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    char sub[OPS_PATH_MAX], path[OPS_PATH_MAX];
+    if (snprintf(sub, sizeof sub, "%s%s%s", rel, *rel ? "/" : "", e->d_name) >= (int)sizeof sub ||
+        snprintf(path, sizeof path, "%s/%s", dl->dirs[k], sub) >= (int)sizeof path)
+      continue;
+    struct stat st;
+    if (stat(path, &st) != 0)
+      continue;
+    if (S_ISDIR(st.st_mode)) {
+      if (depth < OVERLAY_DEPTH_MAX)
+        rc = overlay_walk(dl, k, sub, depth + 1, o);
+      continue;
+    }
+    size_t len = strlen(e->d_name);
+    if (!S_ISREG(st.st_mode) || len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0)
+      continue;
+    for (int j = k - 1; j >= 0; j--) {
+      char earlier[OPS_PATH_MAX];
+      if (snprintf(earlier, sizeof earlier, "%s/%s", dl->dirs[j], sub) < (int)sizeof earlier && is_regular(earlier)) {
+        rc = overlay_add(o, path, earlier);
+        break;
+      }
+    }
+  }
+  closedir(d);
+  return rc;
+}
+
+/* The replaced files of the scripts setting, each later directory against the earlier ones. */
+static int find_overlays(const char *scripts, overlays *o) {
+  eng_dirs dl;
+  *o = (overlays){0};
+  if (eng_dirs_split(&dl, scripts) != 0)
+    return 0; /* loading reports a bad setting */
+  int rc = 0;
+  for (int k = 1; rc == 0 && k < dl.n; k++)
+    rc = overlay_walk(&dl, k, "", 0, o);
+  if (rc != 0)
+    overlays_free(o);
+  return rc;
+}
+
+static void log_overlays(const overlays *o) {
+  for (size_t i = 0; i < o->n; i++)
+    eng_log_info("scripts: %s replaces %s", o->v[i].winner, o->v[i].loser);
+}
+
+/* The overlay entry whose winner is the file of "file:line", or NULL. */
+static const overlay *overlay_of(const overlays *o, const char *place) {
+  if (place == NULL)
+    return NULL;
+  const char *colon = strrchr(place, ':');
+  size_t len = colon ? (size_t)(colon - place) : strlen(place);
+  for (size_t i = 0; i < o->n; i++)
+    if (strlen(o->v[i].winner) == len && strncmp(o->v[i].winner, place, len) == 0)
+      return &o->v[i];
+  return NULL;
+}
+
+/* ---- the check-load ----------------------------------------------------------------------------- */
+
+typedef struct loaded {
+  int routes;
+  eng_route_info *infos; /* when asked for */
+  size_t ninfos;
+} loaded;
+
+/* Builds a runtime from cfg's scripts with settings against a scratch database migrated with
+ * the schema (up to max_id when limit), counts (and lists, when want_infos) its routes, frees it.
+ * ENG_E* with *err naming the file:line (a script), or the migration. */
+static int check_load(const eng_config *cfg, const eng_buf *settings, int limit, int max_id, int want_infos,
+                      loaded *out, char **err) {
+  eng_db *scratch = NULL;
+  eng_runtime *rt = NULL;
+  eng_route_info *infos = NULL;
+  size_t n = 0;
+  char *e = NULL;
+  *err = NULL;
+  *out = (loaded){0};
+  eng_db_migrate_options mo = {.limit = limit, .max_id = max_id, .quiet = 1};
+  int rc = eng_db_open(&scratch, ":memory:", NULL, &e);
+  if (rc == 0)
+    rc = eng_db_migrate_ex(scratch, cfg->schema_dir, &mo, NULL, &e);
+  if (rc != 0) {
+    rc = eng_errorf(err, rc, "schema %s: %s", cfg->schema_dir, e ? e : eng_strerror(rc));
+    goto cleanup;
+  }
+  eng_runtime_options ro = {
+      .scripts_dir = cfg->scripts_dir,
+      .settings = settings,
+      .budget_ms = cfg->budget_ms,
+      .memory_limit = cfg->memory_limit,
+      .db = scratch,
+  };
+  if ((rc = eng_runtime_new(&rt, &ro, err)) != 0)
+    goto cleanup;
+  if ((rc = eng_runtime_routes(rt, &infos, &n, err)) != 0)
+    goto cleanup;
+  out->routes = (int)n;
+  if (want_infos) {
+    out->infos = infos;
+    out->ninfos = n;
+    infos = NULL;
+  }
+cleanup:
+  eng_route_infos_free(infos, infos ? n : 0);
+  eng_runtime_free(rt);
+  eng_db_close(scratch);
+  free(e);
+  return rc;
+}
+
+/* ---- keys and the fingerprint ------------------------------------------------------------------ */
+
+/* Loads the server key without creating the key file. *have = 1 when a real key is loaded; 0
+ * when the key file does not exist yet (then a random key is loaded for the check-load, so
+ * scripts that seal or sign at load time still load). A missing key file of a database that
+ * stores a fingerprint is an error: a new key would open none of its secrets. */
+static int keys_without_creating(const eng_config *cfg, const eng_db_state *st, int *have, eng_key_source *src,
+                                 char **err) {
+  char path[OPS_PATH_MAX];
+  char *e = NULL;
+  *have = 0;
+  if (path_with(path, cfg->db_path, ".key") != 0)
+    return eng_errorf(err, ENG_ETOOBIG, "database path too long: %s", cfg->db_path);
+  int rc = eng_keys_load(cfg->key, path, 0, src, &e);
+  if (rc == 0) {
+    *have = 1;
+  } else if (rc == ENG_ENOTFOUND && st->fingerprint) {
+    rc = eng_errorf(err, ENG_ECONFIG,
+                    "server key: the key file %s is missing, and the database %s was made with a key (its "
+                    "fingerprint %.*s is stored in it): put back the key file that belongs to this database (from "
+                    "your backup), or set APIENGINE_KEY to its key; a new key would open none of its stored secrets "
+                    "and verify none of its tokens",
+                    path, cfg->db_path, FINGERPRINT_SHOWN, st->fingerprint);
+  } else if (rc == ENG_ENOTFOUND) {
+    unsigned char k[ENG_KEY_LEN];
+    if (eng_crypto_random(k, sizeof k) != 0) {
+      rc = eng_errorf(err, ENG_ECRYPTO, "server key: random generator failure");
+    } else {
+      eng_keys_set(k);
+      rc = 0;
+    }
+    eng_crypto_wipe(k, sizeof k);
+  } else {
+    rc = eng_errorf(err, rc, "server key: %s", e ? e : eng_strerror(rc));
+  }
+  free(e);
+  return rc;
+}
+
+/* Compares the loaded key with the database's fingerprint. */
+static int fingerprint_check(const eng_config *cfg, const eng_db_state *st, eng_key_source src, char **err) {
+  char fp[ENG_KEY_FINGERPRINT_HEX + 1];
+  if (st->fingerprint == NULL || eng_keys_fingerprint(fp) != 0 || strcmp(fp, st->fingerprint) == 0)
+    return 0;
+  if (src == ENG_KEY_CONFIGURED)
+    return eng_errorf(err, ENG_ECONFIG,
+                      "server key: the configured key (APIENGINE_KEY or the config file's `key`) is not the key the "
+                      "database %s was made with (fingerprint %.*s, this key's %.*s): set APIENGINE_KEY to that "
+                      "database's key, or unset it to use its key file %s.key",
+                      cfg->db_path, FINGERPRINT_SHOWN, st->fingerprint, FINGERPRINT_SHOWN, fp, cfg->db_path);
+  return eng_errorf(err, ENG_ECONFIG,
+                    "server key: the key file %s.key is not the key the database %s was made with (fingerprint %.*s, "
+                    "the file's %.*s; was it regenerated, or copied from another database?): put back the key file "
+                    "that belongs to this database, or set APIENGINE_KEY to its key",
+                    cfg->db_path, cfg->db_path, FINGERPRINT_SHOWN, st->fingerprint, FINGERPRINT_SHOWN, fp);
+}
+
+/* ---- serve ------------------------------------------------------------------------------------ */
+
+typedef struct serve_ctx {
+  const eng_config *cfg;
+  int argc, first;
+  char **argv;
+  instance_lock lock;
+} serve_ctx;
+
+static int strdiff(const char *a, const char *b) { return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0); }
+
+/* Appends name to the list in names (size bytes, *len used) when differs. */
+static void name_if(int differs, const char *name, char *names, size_t size, size_t *len) {
+  if (differs && *len < size)
+    *len += (size_t)snprintf(names + *len, size - *len, "%s%s", *len ? ", " : "", name);
+}
+
+/* Names the settings of fresh that differ from the running ones and need a restart. */
+static void warn_restart_settings(unsigned id, const eng_config *now, const eng_config *fresh) {
+  char names[512] = "";
+  size_t n = 0, z = sizeof names;
+  name_if(strdiff(now->listen_host, fresh->listen_host) || now->port != fresh->port, "listen", names, z, &n);
+  name_if(now->workers != fresh->workers, "workers", names, z, &n);
+  name_if(strdiff(now->scripts_dir, fresh->scripts_dir), "scripts", names, z, &n);
+  name_if(strdiff(now->schema_dir, fresh->schema_dir), "schema", names, z, &n);
+  name_if(strdiff(now->db_path, fresh->db_path), "db", names, z, &n);
+  name_if(strdiff(now->key, fresh->key), "key", names, z, &n);
+  name_if(strdiff(now->synchronous, fresh->synchronous), "synchronous", names, z, &n);
+  name_if(now->log_level != fresh->log_level || now->log_json != fresh->log_json ||
+              now->access_log != fresh->access_log,
+          "logging", names, z, &n);
+  name_if(memcmp(&now->limits, &fresh->limits, sizeof now->limits) != 0 ||
+              now->header_timeout_ms != fresh->header_timeout_ms || now->idle_timeout_ms != fresh->idle_timeout_ms ||
+              now->max_connections != fresh->max_connections || now->drain_ms != fresh->drain_ms,
+          "HTTP limits", names, z, &n);
+  name_if(now->budget_ms != fresh->budget_ms || now->memory_limit != fresh->memory_limit, "budgets", names, z, &n);
+  if (n > 0)
+    eng_log_warn("reload %u: the configuration now differs in %s; a reload applies only the scripts and `settings`: "
+                 "restart for the rest",
+                 id, names);
+}
+
+static void log_pending(const char *what, const eng_db_state *st) {
+  char list[1024] = "";
+  size_t o = 0;
+  for (int i = 0; i < st->npending && o < sizeof list; i++)
+    o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", st->pending[i]);
+  eng_log_warn("%s: %d migration(s) pending, not applied by a reload (restart to apply them): %s", what, st->npending,
+               list);
+}
+
+/* The SIGHUP check (server.h reload_check). */
+static int reload_check(void *ud, unsigned id, eng_buf *settings, int *routes, char **out_err) {
+  serve_ctx *s = ud;
+  eng_config fresh;
+  eng_db_state st = {.max_applied_id = -1};
+  overlays ov = {0};
+  loaded ld = {0};
+  int help = 0, version = 0, inspected = 0;
+  char *err = NULL;
+  char what[32];
+  snprintf(what, sizeof what, "reload %u", id);
+  eng_config_init(&fresh);
+  int rc = eng_config_load(&fresh, s->argc, s->argv, s->first, &help, &version, out_err);
+  if (rc != 0)
+    goto cleanup;
+  warn_restart_settings(id, s->cfg, &fresh);
+  if (!is_memory_db(s->cfg->db_path)) {
+    if (eng_db_inspect(s->cfg->db_path, s->cfg->schema_dir, &st, &err) == 0) {
+      inspected = 1;
+      if (st.npending > 0)
+        log_pending(what, &st);
+    } else {
+      eng_log_warn("%s: cannot read the migrations of %s (%s); the scripts are checked against the whole schema", what,
+                   s->cfg->db_path, err ? err : "?");
+    }
+    free(err);
+    err = NULL;
+  }
+  if (find_overlays(s->cfg->scripts_dir, &ov) == 0)
+    log_overlays(&ov);
+  if ((rc = check_load(s->cfg, &fresh.settings, inspected, st.max_applied_id, 0, &ld, out_err)) != 0)
+    goto cleanup;
+  eng_buf tmp = *settings; /* the server's empty buffer takes the fresh settings */
+  *settings = fresh.settings;
+  fresh.settings = tmp;
+  *routes = ld.routes;
+cleanup:
+  overlays_free(&ov);
+  eng_db_state_free(&st);
+  eng_config_free(&fresh);
+  free(err);
+  return rc;
+}
+
+/* The handover's wait for the old server's lock (server.h poll hook). */
+static int handover_poll(void *ud) { return lock_poll(&((serve_ctx *)ud)->lock); }
+
+/* Applies the migrations of cfg on a connection of this thread; on success, when fp is not NULL,
+ * also stores it as the database's key fingerprint if it has none (logged). */
+static int migrate_db(const eng_config *cfg, const char *fp) {
+  eng_db *db = NULL;
+  char *err = NULL, *stored = NULL;
+  int applied = 0;
+  eng_db_options o = {.synchronous = cfg->synchronous};
+  int rc = eng_db_open(&db, cfg->db_path, &o, &err);
+  if (rc == 0)
+    rc = eng_db_migrate(db, cfg->schema_dir, &applied, &err);
+  if (rc != 0) {
+    eng_log_error("database %s: %s", cfg->db_path, err ? err : eng_strerror(rc));
+    goto cleanup;
+  }
+  eng_log_info("database %s: %d migration(s) applied", cfg->db_path, applied);
+  if (fp == NULL)
+    goto cleanup;
+  if ((rc = eng_db_engine_fact(db, FINGERPRINT_FACT, fp, &stored, &err)) != 0) {
+    eng_log_error("database %s: cannot store the key fingerprint: %s", cfg->db_path, err ? err : eng_strerror(rc));
+  } else if (strcmp(stored, fp) != 0) { /* another process stored one since the check: it won */
+    eng_log_error("server key: database %s now holds another key's fingerprint (%.*s); another process started on it "
+                  "with another key",
+                  cfg->db_path, FINGERPRINT_SHOWN, stored);
+    rc = ENG_ECONFIG;
+  }
+cleanup:
+  free(stored);
+  free(err);
+  eng_db_close(db);
+  return rc;
+}
+
+int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
+  serve_ctx s = {.cfg = cfg, .argc = argc, .argv = argv, .first = first, .lock = {.fd = -1}};
+  eng_db_state st = {.max_applied_id = -1};
+  overlays ov = {0};
+  loaded ld = {0};
+  eng_key_source src = 0;
+  int have_key = 0, pid_written = 0, memory = is_memory_db(cfg->db_path);
+  char *err = NULL;
+  int rc;
+
+  /* Until the server watches SIGHUP, one must not kill it (its default): logrotate may send it. */
+  (void)signal(SIGHUP, SIG_IGN);
+  if (!cfg->handover && (rc = eng_server_probe(cfg, &err)) != 0)
+    goto fail;
+  if (!memory && ensure_parent_dir(cfg->db_path) != 0) {
+    rc = eng_errorf(&err, ENG_EIO, "cannot create the directory of %s: %s", cfg->db_path, strerror(errno));
+    goto fail;
+  }
+  if (!memory && (rc = lock_take(&s.lock, cfg->db_path, cfg->handover, &err)) != 0)
+    goto fail;
+  if (cfg->handover && s.lock.held)
+    eng_log_info("handover: no server holds %s; starting as usual", s.lock.path);
+  else if (cfg->handover)
+    eng_log_info("handover: starting beside pid %ld, which holds %s: send it SIGTERM once this one listens; this one "
+                 "takes the lock over when it exits",
+                 s.lock.old_pid, s.lock.path);
+  if (cfg->pid_file) { /* removed again if the start fails */
+    if ((rc = pid_file_write(cfg->pid_file, &err)) != 0)
+      goto fail;
+    pid_written = 1;
+  }
+  if (!memory && (rc = eng_db_inspect(cfg->db_path, cfg->schema_dir, &st, &err)) != 0)
+    goto fail;
+  if ((rc = keys_without_creating(cfg, &st, &have_key, &src, &err)) != 0)
+    goto fail;
+  if (have_key && !memory && (rc = fingerprint_check(cfg, &st, src, &err)) != 0)
+    goto fail;
+  if ((rc = find_overlays(cfg->scripts_dir, &ov)) != 0) {
+    rc = eng_errorf(&err, rc, "scripts: out of memory");
+    goto fail;
+  }
+  log_overlays(&ov);
+  if ((rc = check_load(cfg, &cfg->settings, 0, 0, 0, &ld, &err)) != 0)
+    goto fail;
+
+  /* The scripts load: from here on the start writes. */
+  if (!have_key) {
+    char path[OPS_PATH_MAX];
+    snprintf(path, sizeof path, "%s.key", cfg->db_path); /* fits: checked by keys_without_creating */
+    eng_keys_clear();
+    if ((rc = eng_keys_load(cfg->key, path, 1, &src, &err)) != 0)
+      goto fail;
+    if (src == ENG_KEY_CREATED)
+      eng_log_info("server key: created %s; back it up with the database: without it no stored secret opens", path);
+  }
+  char fp[ENG_KEY_FINGERPRINT_HEX + 1];
+  if ((rc = eng_keys_fingerprint(fp)) != 0) {
+    rc = eng_errorf(&err, rc, "server key: no key loaded");
+    goto fail;
+  }
+  if ((rc = migrate_db(cfg, memory ? NULL : fp)) != 0)
+    goto out;
+  if (!memory && st.fingerprint == NULL)
+    eng_log_info("database %s: stored the server key's fingerprint (%.*s); a start with another key is refused",
+                 cfg->db_path, FINGERPRINT_SHOWN, fp);
+  eng_server_hooks hooks = {
+      .reload_check = reload_check,
+      .poll = s.lock.fd >= 0 && !s.lock.held ? handover_poll : NULL,
+      .ud = &s,
+      .routes = ld.routes,
+  };
+  rc = eng_server_run(cfg, &hooks);
+  goto out;
+fail:
+  eng_log_error("%s", err ? err : eng_strerror(rc));
+out:
+  if (pid_written)
+    pid_file_remove(cfg->pid_file);
+  lock_release(&s.lock);
+  overlays_free(&ov);
+  eng_db_state_free(&st);
+  free(err);
+  return rc == 0 ? 0 : 1;
+}
+
+/* ---- migrate ---------------------------------------------------------------------------------- */
+
+int eng_ops_migrate(const eng_config *cfg) {
+  if (!is_memory_db(cfg->db_path) && ensure_parent_dir(cfg->db_path) != 0) {
+    eng_log_error("cannot create the directory of %s", cfg->db_path);
+    return 1;
+  }
+  return migrate_db(cfg, NULL) == 0 ? 0 : 1;
+}
+
+/* ---- check and routes ------------------------------------------------------------------------- */
+
+static void print_routes(const loaded *ld, const overlays *ov) {
+  int width = 7;
+  for (size_t i = 0; i < ld->ninfos; i++) {
+    int len = (int)strlen(ld->infos[i].pattern);
+    width = len > width ? len : width;
+  }
+  printf("%-7s  %-*s  %s\n", "METHOD", width, "PATTERN", "HANDLER");
+  for (size_t i = 0; i < ld->ninfos; i++) {
+    const eng_route_info *r = &ld->infos[i];
+    printf("%-7s  %-*s  %s", eng_router_method_name(r->method), width, r->pattern, r->handler ? r->handler : "?");
+    if (r->replaced_at)
+      printf("  (route.replace at %s, replacing %s)", r->replaced_at, r->replaced ? r->replaced : "?");
+    const overlay *o = overlay_of(ov, r->replaced_at ? r->replaced_at : r->registered);
+    if (o)
+      printf("  (%s replaces %s)", o->winner, o->loser);
+    printf("\n");
+  }
+}
+
+/* What check and routes share: the key (never created), the overlays, the check-load. */
+static int load_for_report(const eng_config *cfg, const eng_db_state *st, int want_infos, overlays *ov, loaded *ld,
+                           int *have_key, eng_key_source *src, char **err) {
+  int rc = keys_without_creating(cfg, st, have_key, src, err);
+  if (rc == 0 && (rc = find_overlays(cfg->scripts_dir, ov)) != 0)
+    rc = eng_errorf(err, rc, "scripts: out of memory");
+  if (rc == 0)
+    rc = check_load(cfg, &cfg->settings, 0, 0, want_infos, ld, err);
+  return rc;
+}
+
+int eng_ops_check(const eng_config *cfg) {
+  eng_db_state st = {.max_applied_id = -1};
+  overlays ov = {0};
+  loaded ld = {0};
+  eng_key_source src = 0;
+  int have_key = 0, rc;
+  char *err = NULL;
+  printf("config: %s\n", cfg->config_file ? cfg->config_file : "none");
+  printf("scripts: %s\nschema: %s\n", cfg->scripts_dir, cfg->schema_dir);
+  if (!is_memory_db(cfg->db_path) && (rc = eng_db_inspect(cfg->db_path, cfg->schema_dir, &st, &err)) != 0)
+    goto fail;
+  if (!st.exists)
+    printf("database: %s does not exist; the first start creates it\n", cfg->db_path);
+  else
+    printf("database: %s, %d migration(s) applied\n", cfg->db_path, st.applied);
+  for (int i = 0; i < st.npending; i++)
+    printf("pending migration: %s\n", st.pending[i]);
+  if ((rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err)) != 0)
+    goto fail;
+  if (have_key && (rc = fingerprint_check(cfg, &st, src, &err)) != 0)
+    goto fail;
+  if (!have_key)
+    printf("server key: %s.key does not exist; the first start creates it\n", cfg->db_path);
+  else
+    printf("server key: %s, %s\n", src == ENG_KEY_CONFIGURED ? "configured" : "key file",
+           st.fingerprint ? "matches the database's fingerprint"
+                          : "no fingerprint in the database yet (the next start stores it)");
+  for (size_t i = 0; i < ov.n; i++)
+    printf("overlay: %s replaces %s\n", ov.v[i].winner, ov.v[i].loser);
+  print_routes(&ld, &ov);
+  printf("ok: %d routes, %d pending migration(s)\n", ld.routes, st.npending);
+  goto out;
+fail:
+  fprintf(stderr, "apiengine: check failed: %s\n", err ? err : eng_strerror(rc));
+out:
+  eng_route_infos_free(ld.infos, ld.ninfos);
+  overlays_free(&ov);
+  eng_db_state_free(&st);
+  free(err);
+  fflush(stdout);
+  return rc == 0 ? 0 : 1;
+}
+
+int eng_ops_routes(const eng_config *cfg) {
+  eng_db_state st = {.max_applied_id = -1};
+  overlays ov = {0};
+  loaded ld = {0};
+  eng_key_source src = 0;
+  int have_key = 0;
+  char *err = NULL;
+  int rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err);
+  if (rc == 0)
+    print_routes(&ld, &ov);
+  else
+    fprintf(stderr, "apiengine: %s\n", err ? err : eng_strerror(rc));
+  eng_route_infos_free(ld.infos, ld.ninfos);
+  overlays_free(&ov);
+  free(err);
+  fflush(stdout);
+  return rc == 0 ? 0 : 1;
+}
+
+/* ---- reload ----------------------------------------------------------------------------------- */
+
+/* The pid of the server holding <db>.lock, or 0 (after printing why) when none does. */
+static long lock_holder(const char *db_path) {
+  char path[OPS_PATH_MAX];
+  if (path_with(path, db_path, ".lock") != 0)
+    return 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    fprintf(stderr, "apiengine: no server runs on %s (no %s: give the server's --db, or --pid-file)\n", db_path, path);
+    return 0;
+  }
+  long pid = 0;
+  /* A shared lock granted means nobody holds the exclusive one: no server. */
+  if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+    flock(fd, LOCK_UN);
+    fprintf(stderr, "apiengine: no server runs on %s (nobody holds %s)\n", db_path, path);
+  } else if ((pid = read_pid_fd(fd)) == 0) {
+    fprintf(stderr, "apiengine: %s is held, but names no pid\n", path);
+  }
+  close(fd);
+  return pid;
+}
+
+int eng_ops_reload(const eng_config *cfg) {
+  long pid = 0;
+  if (cfg->pid_file) {
+    int fd = open(cfg->pid_file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      fprintf(stderr, "apiengine: cannot read the pid file %s: %s\n", cfg->pid_file, strerror(errno));
+      return 1;
+    }
+    pid = read_pid_fd(fd);
+    close(fd);
+    if (pid == 0) {
+      fprintf(stderr, "apiengine: the pid file %s holds no pid\n", cfg->pid_file);
+      return 1;
+    }
+  } else if ((pid = lock_holder(cfg->db_path)) == 0) {
+    return 1;
+  }
+  if (kill((pid_t)pid, SIGHUP) != 0) {
+    fprintf(stderr, "apiengine: cannot signal pid %ld: %s\n", pid, strerror(errno));
+    return 1;
+  }
+  printf("sent SIGHUP to pid %ld: its log says how the reload went (\"reload N done\" or \"reload N refused\")\n", pid);
+  return 0;
+}

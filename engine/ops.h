@@ -1,0 +1,48 @@
+/* ops.h - operating the server: the start-up sequence and its guard rails, and the commands
+ * that check, list, reload and migrate.
+ *
+ * `serve` runs, in this order, so that a start that fails changes nothing it cannot take back:
+ *   1. a probe that nobody listens on the address, and the instance lock <db>.lock (flock,
+ *      held for the process lifetime, naming the holder's pid); --handover skips the probe and
+ *      starts beside the lock's holder, taking the lock over when the old server exits;
+ *   2. the database read-only: applied and pending migrations, the key fingerprint;
+ *   3. the server key, without creating the key file; a key that does not match the
+ *      database's fingerprint stops the start; a missing key file of a database that has a
+ *      fingerprint too;
+ *   4. the scripts, loaded in a runtime of this thread against a scratch in-memory database
+ *      holding the schema the workers will see (every migration, the pending ones included);
+ *   5. then the key file if it was missing, the migrations, the fingerprint if the database had
+ *      none, and the workers (server.h).
+ * The pid file (--pid-file) is written after the lock and removed at exit, or when the start fails.
+ * SIGHUP repeats 2 and 4 with the config file read again (only its `settings` apply) and the
+ * scratch schema cut at the migrations the database has (a reload applies none).
+ *
+ * Each function returns the process exit status: 0, 1 (a failure, logged or printed with
+ * file:line where there is one). cfg comes from eng_config_load. */
+#ifndef ENG_OPS_H
+#define ENG_OPS_H
+
+#include "config.h"
+
+/* apiengine serve. argv[first..argc) are the flags cfg was loaded from: a reload reads the
+ * config file (and the environment and flags over it) again from them; argv must outlive the
+ * call. */
+int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first);
+
+/* apiengine migrate: applies the migrations and exits. */
+int eng_ops_migrate(const eng_config *cfg);
+
+/* apiengine check: the config (already read), the database read-only (or not at all when
+ * missing: pending migrations, the key fingerprint against the key when one exists), the scripts
+ * against a scratch schema, the route table; writes nothing. Report on stdout. */
+int eng_ops_check(const eng_config *cfg);
+
+/* apiengine routes: method, pattern, the handler's file:line and which overlay replaced or
+ * wrapped it, on stdout. Writes nothing. */
+int eng_ops_routes(const eng_config *cfg);
+
+/* apiengine reload: SIGHUP to the server of cfg->pid_file when set, else to the holder of
+ * <db>.lock. 1 when no server runs there. */
+int eng_ops_reload(const eng_config *cfg);
+
+#endif

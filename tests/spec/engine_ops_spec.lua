@@ -1,0 +1,557 @@
+-- Operating the real binary: one server per database and port (and the handover), the key
+-- fingerprint, SIGHUP reloads, the start-up order, the overlay log, `check`, `routes` and
+-- `reload`. Every server runs on loopback, is waited for with a bound, and is stopped.
+local spec = require "engine.spec"
+local testing = require "engine.testing"
+local socket = require "socket"
+
+local SCHEMA = "tests/fixtures/engine/schema"
+local OVERLAY = "tests/fixtures/overlay/base:tests/fixtures/overlay/top"
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+local function read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function exists(path) return read(path) ~= nil end
+
+-- Polls fn every 20 ms until it returns a true value or ms pass; returns that value or nil.
+local function wait_for(fn, ms)
+  for _ = 1, (ms or 10000) // 20 do
+    local v = fn()
+    if v then return v end
+    testing.sleep(20)
+  end
+  return fn()
+end
+
+-- The scripts most cases serve: /a, and /setting reading engine.config.
+local A = [[
+local route = require "engine.route"
+local config = require "engine.config"
+route.get("/a", function() return 200, { a = true } end)
+route.get("/setting", function() return 200, { greeting = config.get("greeting", "none") } end)
+]]
+
+local started = {} -- pids to stop after each case
+
+-- Runs `apiengine <argv...>` to its end (bounded): exit code, output (stdout and stderr).
+local function run(argv, env)
+  local dir = testing.mkdtemp()
+  local pid = testing.spawn({ testing.exe(), table.unpack(argv) }, dir .. "/out", env)
+  local code = testing.wait(pid, 15000)
+  if code == nil then
+    testing.kill(pid, 9)
+    testing.wait(pid, 5000)
+  end
+  local out = read(dir .. "/out")
+  testing.rmtree(dir)
+  return code, out
+end
+
+-- Starts `apiengine serve` with args; returns a server table once it answers on port, or
+-- with .code set when it exited first.
+local function serve(args, port, env)
+  local s = { port = port, log = testing.mkdtemp() .. "/server.log" }
+  s.pid = testing.spawn({ testing.exe(), "serve", "--listen", "127.0.0.1:" .. port, table.unpack(args) }, s.log, env)
+  started[#started + 1] = s
+  function s.read_log() return read(s.log) or "" end
+  function s.stop(sig)
+    if not s.pid then return s.code end
+    testing.kill(s.pid, sig or 15)
+    s.code = testing.wait(s.pid, 15000)
+    if s.code == nil then
+      testing.kill(s.pid, 9)
+      testing.wait(s.pid, 5000)
+    end
+    s.pid = nil
+    return s.code
+  end
+  wait_for(function()
+    local code = testing.wait(s.pid, 0)
+    if code then
+      s.code, s.pid = code, nil
+      return true
+    end
+    return s.read_log():find("listening on", 1, true)
+  end)
+  return s
+end
+
+-- One GET on a new connection: status, decoded body (or nil when nothing answers).
+local function get(port, path)
+  local c = socket.tcp()
+  c:settimeout(5)
+  if not c:connect("127.0.0.1", port) then
+    c:close()
+    return nil
+  end
+  c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+  local raw, _, partial = c:receive("*a")
+  c:close()
+  raw = raw or partial
+  if not raw or raw == "" then return nil end
+  local res = spec.parse_response(raw)
+  return res.status, res.body
+end
+
+-- A temporary directory with scripts/ (A) and schema/ (the engine fixture's).
+local function workspace()
+  local dir = testing.mkdtemp()
+  os.execute("mkdir -p " .. dir .. "/scripts " .. dir .. "/schema && cp " .. SCHEMA .. "/*.sql " .. dir .. "/schema/")
+  write(dir .. "/scripts/a.lua", A)
+  return dir
+end
+
+local function args_for(dir, extra)
+  local a = { "--scripts", dir .. "/scripts", "--schema", dir .. "/schema", "--db", dir .. "/db.sqlite",
+    "--workers", "2" }
+  for _, v in ipairs(extra or {}) do a[#a + 1] = v end
+  return a
+end
+
+local dirs = {}
+local function tmpdir()
+  local d = workspace()
+  dirs[#dirs + 1] = d
+  return d
+end
+
+after_each(function()
+  for i = #started, 1, -1 do
+    started[i].stop()
+    local logdir = started[i].log:match("^(.*)/server%.log$")
+    if logdir then testing.rmtree(logdir) end
+    started[i] = nil
+  end
+  for i = #dirs, 1, -1 do
+    testing.rmtree(dirs[i])
+    dirs[i] = nil
+  end
+end)
+
+describe("one server per database and port", function()
+  it("refuses a second server on the same database, naming the holder's pid; the first keeps serving", function()
+    local dir = tmpdir()
+    local first = serve(args_for(dir), testing.free_port())
+    assert.is_nil(first.code, first.read_log())
+    local port2 = testing.free_port()
+    local second = serve(args_for(dir), port2)
+    assert.equal(1, second.code)
+    assert.truthy(second.read_log():find("error database " .. dir .. "/db.sqlite is in use by another apiengine (pid "
+      .. first.pid .. "), which holds " .. dir .. "/db.sqlite.lock: stop it first (kill -TERM it and wait for "
+      .. "\"stopped cleanly\"), or start this one with --handover to take over from it\n", 1, true), second.read_log())
+    assert.is_nil(get(port2, "/a"))
+    assert.equal(200, get(first.port, "/a"))
+    assert.equal(first.pid .. "\n", read(dir .. "/db.sqlite.lock"))
+    assert.equal(0, first.stop())
+  end)
+
+  it("refuses a second server on the same port even with another database, before creating anything", function()
+    local dir, other = tmpdir(), tmpdir()
+    local port = testing.free_port()
+    local first = serve(args_for(dir), port)
+    assert.is_nil(first.code, first.read_log())
+    local second = serve(args_for(other, { "--db", other .. "/new/db.sqlite" }), port)
+    assert.equal(1, second.code)
+    assert.truthy(second.read_log():find("error cannot listen on 127.0.0.1:" .. port .. ": Address already in use: "
+      .. "another process listens there (another apiengine? stop it first, or start this one with --handover to "
+      .. "take over from it)\n", 1, true), second.read_log())
+    assert.is_false(exists(other .. "/new/db.sqlite"))
+    for _ = 1, 10 do assert.equal(200, get(port, "/a")) end
+    assert.equal(0, first.stop())
+  end)
+
+  it("with --handover starts beside the old server and takes the lock over when the old one exits", function()
+    local dir = tmpdir()
+    local port = testing.free_port()
+    local old = serve(args_for(dir), port)
+    assert.is_nil(old.code, old.read_log())
+    local old_pid = old.pid
+    local new = serve(args_for(dir, { "--handover" }), port)
+    assert.is_nil(new.code, new.read_log())
+    assert.truthy(new.read_log():find("info  handover: starting beside pid " .. old_pid .. ", which holds " .. dir
+      .. "/db.sqlite.lock: send it SIGTERM once this one listens; this one takes the lock over when it exits\n", 1,
+      true), new.read_log())
+    assert.equal(0, old.stop())
+    assert.truthy(wait_for(function()
+      return new.read_log():find("info  handover: the server before this one (pid " .. old_pid .. ") has exited; "
+        .. "this one holds " .. dir .. "/db.sqlite.lock now\n", 1, true)
+    end, 5000), new.read_log())
+    assert.equal(200, get(port, "/a"))
+    local third = serve(args_for(dir), testing.free_port())
+    assert.equal(1, third.code)
+    assert.truthy(third.read_log():find("is in use by another apiengine (pid " .. new.pid .. ")", 1, true))
+    assert.equal(0, new.stop())
+  end)
+end)
+
+describe("the drain at SIGTERM (what a handover relies on)", function()
+  -- One worker, and a route that keeps it busy for a whole second of CPU.
+  local function busy_server()
+    local dir = tmpdir()
+    write(dir .. "/scripts/slow.lua", [[
+require("engine.route").get("/slow", function()
+  local t0 = os.clock()
+  while os.clock() - t0 < 1 do end
+  return 200, { slow = true }
+end)
+]])
+    local s = serve(args_for(dir, { "--workers", "1", "--budget-ms", "20000" }), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    return s
+  end
+
+  local function connect(port)
+    local c = socket.tcp()
+    c:settimeout(10)
+    assert(c:connect("127.0.0.1", port))
+    return c
+  end
+
+  it("answers a request that an idle keep-alive connection sends just after SIGTERM, with Connection: close", function()
+    local s = busy_server()
+    local c = connect(s.port)
+    c:send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.equal(200, spec.read_response(c).status)
+    testing.kill(s.pid, 15)
+    testing.sleep(100) -- the drain has begun: before, the idle connection was closed at once
+    c:send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    local res = assert(spec.read_response(c))
+    assert.equal(200, res.status)
+    assert.equal('{"a":true}', res.body)
+    assert.equal("close", res.headers["connection"])
+    c:close()
+    assert.equal(0, testing.wait(s.pid, 10000)) -- already signalled: a second SIGTERM would kill it
+    s.pid = nil
+  end)
+
+  it("serves the connections queued on the listener when the drain begins instead of resetting them", function()
+    local s = busy_server()
+    local busy = connect(s.port)
+    busy:send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    testing.sleep(200)
+    testing.kill(s.pid, 15)
+    testing.sleep(200)
+    -- Queued by the kernel while the worker is busy; the worker sees the drain before it.
+    local queued = connect(s.port)
+    queued:send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.equal(200, spec.read_response(busy).status)
+    local res = assert(spec.read_response(queued))
+    assert.equal(200, res.status)
+    assert.equal("close", res.headers["connection"])
+    busy:close()
+    queued:close()
+    assert.equal(0, testing.wait(s.pid, 10000))
+    s.pid = nil
+  end)
+end)
+
+describe("the server key's fingerprint", function()
+  it("is stored at first start; another key or a lost key file stops the start, saying what to do", function()
+    local dir = tmpdir()
+    local db = dir .. "/db.sqlite"
+    local first = serve(args_for(dir), testing.free_port())
+    assert.is_nil(first.code, first.read_log())
+    assert.truthy(first.read_log():find("info  database " .. db .. ": stored the server key's fingerprint (", 1, true))
+    assert.equal(0, first.stop())
+    local key = read(db .. ".key")
+
+    local other = string.rep("ab", 32)
+    local s = serve(args_for(dir), testing.free_port(), { APIENGINE_KEY = other })
+    assert.equal(1, s.code)
+    assert.matches("error server key: the configured key %(APIENGINE_KEY or the config file's `key`%) is not the key "
+      .. "the database " .. db:gsub("%p", "%%%0") .. " was made with %(fingerprint %x+, this key's %x+%): set "
+      .. "APIENGINE_KEY to that database's key, or unset it to use its key file " .. db:gsub("%p", "%%%0")
+      .. "%.key\n", s.read_log())
+
+    os.rename(db .. ".key", dir .. "/saved.key")
+    s = serve(args_for(dir), testing.free_port())
+    assert.equal(1, s.code)
+    assert.truthy(s.read_log():find("error server key: the key file " .. db .. ".key is missing, and the database "
+      .. db .. " was made with a key (its fingerprint ", 1, true), s.read_log())
+    assert.truthy(s.read_log():find("put back the key file that belongs to this database (from your backup), or set "
+      .. "APIENGINE_KEY to its key", 1, true))
+    assert.is_false(exists(db .. ".key")) -- no new key was made
+
+    write(db .. ".key", string.rep("cd", 32) .. "\n")
+    os.execute("chmod 600 " .. db .. ".key")
+    s = serve(args_for(dir), testing.free_port())
+    assert.equal(1, s.code)
+    assert.truthy(s.read_log():find("error server key: the key file " .. db .. ".key is not the key the database "
+      .. db .. " was made with", 1, true), s.read_log())
+
+    os.rename(dir .. "/saved.key", db .. ".key")
+    assert.equal(key, read(db .. ".key"))
+    s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.equal(0, s.stop())
+  end)
+
+  it("is stored at the first start of a database made before fingerprints (by apiengine migrate)", function()
+    local dir = tmpdir()
+    local db = dir .. "/db.sqlite"
+    assert.equal(0, (run { "migrate", "--db", db, "--schema", dir .. "/schema" }))
+    local code, out = run { "check", table.unpack(args_for(dir)) }
+    assert.equal(0, code, out)
+    assert.truthy(out:find("\nserver key: " .. db .. ".key does not exist; the first start creates it\n", 1, true), out)
+    local s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.truthy(s.read_log():find("stored the server key's fingerprint", 1, true))
+    assert.equal(0, s.stop())
+    code, out = run { "check", table.unpack(args_for(dir)) }
+    assert.equal(0, code, out)
+    assert.truthy(out:find("\nserver key: key file, matches the database's fingerprint\n", 1, true), out)
+  end)
+end)
+
+describe("SIGHUP", function()
+  it("reloads scripts and settings in every worker; a broken reload changes nothing and names file:line", function()
+    local dir = tmpdir()
+    write(dir .. "/config.lua", 'return { settings = { greeting = "hello" } }\n')
+    local s = serve(args_for(dir, { "--config", dir .. "/config.lua" }), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.equal(200, get(s.port, "/a"))
+    assert.equal(404, get(s.port, "/b"))
+    assert.same({ 200, '{"greeting":"hello"}' }, { get(s.port, "/setting") })
+
+    write(dir .. "/scripts/b.lua", 'require("engine.route").get("/b", function() return 200, { b = true } end)\n')
+    write(dir .. "/config.lua", 'return { settings = { greeting = "bonjour" } }\n')
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function()
+      return s.read_log():find("info  reload 1 done: 2 workers serve the new scripts (4 routes), in ", 1, true)
+    end), s.read_log())
+    -- Each connection lands on one of the two workers: enough of them reach both.
+    for _ = 1, 20 do
+      assert.same({ 200, '{"b":true}' }, { get(s.port, "/b") })
+      assert.same({ 200, '{"a":true}' }, { get(s.port, "/a") })
+      assert.same({ 200, '{"greeting":"bonjour"}' }, { get(s.port, "/setting") })
+    end
+
+    assert.is_nil(s.read_log():find("differs", 1, true))
+
+    write(dir .. "/scripts/c.lua", "local x = \n\nfunction(\n")
+    write(dir .. "/config.lua", 'return { access_log = false, settings = { greeting = "hi" } }\n')
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function()
+      return s.read_log():find("error reload 2 refused: " .. dir .. "/scripts/c.lua:4: <name> or '...' expected near "
+        .. "<eof>; nothing changed, the old scripts keep serving\n", 1, true)
+    end), s.read_log())
+    assert.truthy(s.read_log():find("warn  reload 2: the configuration now differs in logging; a reload applies "
+      .. "only the scripts and `settings`: restart for the rest\n", 1, true), s.read_log())
+    for _ = 1, 10 do
+      assert.equal(200, get(s.port, "/a"))
+      assert.equal(200, get(s.port, "/b"))
+      assert.same({ 200, '{"greeting":"bonjour"}' }, { get(s.port, "/setting") })
+    end
+    assert.equal(0, s.stop())
+    assert.truthy(s.read_log():find("stopped cleanly", 1, true))
+  end)
+
+  it("keeps a worker's old scripts when its own build fails, and says so in the result line", function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/item.lua", [[
+local db = require "engine.db"
+require("engine.route").post("/item", function()
+  db.exec("INSERT INTO items (name) VALUES ('x')")
+  return 201
+end)
+]])
+    local s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", s.port))
+    c:send("POST /item HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert.equal(201, spec.parse_response(c:receive("*a")).status)
+    c:close()
+    -- Loads on the main thread's empty copy of the schema, fails on the workers' real rows.
+    write(dir .. "/scripts/z.lua", [[
+if require("engine.db").one("SELECT count(*) AS n FROM items").n > 0 then error("items at load") end
+require("engine.route").get("/z", function() return 200 end)
+]])
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function()
+      return s.read_log():find("warn  reload 1 partly failed: 0 of 2 workers serve the new scripts, 2 kept the ones "
+        .. "they had (above)\n", 1, true)
+    end), s.read_log())
+    assert.truthy(s.read_log():find("error reload 1: worker 0 keeps the scripts it had: " .. dir
+      .. "/scripts/z.lua:1: items at load\n", 1, true), s.read_log())
+    assert.equal(200, get(s.port, "/a"))
+    assert.equal(404, get(s.port, "/z"))
+    assert.equal(0, s.stop())
+  end)
+
+  it("applies no migration and names the pending ones", function()
+    local dir = tmpdir()
+    local s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    write(dir .. "/schema/0002_more.sql", "CREATE TABLE more (id INTEGER PRIMARY KEY);\n")
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function() return s.read_log():find("reload 1 done", 1, true) end), s.read_log())
+    assert.truthy(s.read_log():find("warn  reload 1: 1 migration(s) pending, not applied by a reload (restart to "
+      .. "apply them): " .. dir .. "/schema/0002_more.sql\n", 1, true), s.read_log())
+    local code, out = run { "check", table.unpack(args_for(dir)) }
+    assert.equal(0, code, out)
+    assert.truthy(out:find("\npending migration: " .. dir .. "/schema/0002_more.sql\n", 1, true), out)
+    assert.equal(0, s.stop())
+  end)
+
+  it("is what `apiengine reload` sends, to the pid file's server or the holder of <db>.lock", function()
+    local dir = tmpdir()
+    local pidfile = dir .. "/apiengine.pid"
+    local s = serve(args_for(dir, { "--pid-file", pidfile }), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.equal(s.pid .. "\n", read(pidfile))
+    local code, out = run { "reload", "--pid-file", pidfile }
+    assert.equal(0, code)
+    assert.equal("sent SIGHUP to pid " .. s.pid .. ": its log says how the reload went (\"reload N done\" or "
+      .. "\"reload N refused\")\n", out)
+    assert.truthy(wait_for(function() return s.read_log():find("reload 1 done", 1, true) end), s.read_log())
+    code = run { "reload", "--db", dir .. "/db.sqlite" }
+    assert.equal(0, code)
+    assert.truthy(wait_for(function() return s.read_log():find("reload 2 done", 1, true) end), s.read_log())
+    assert.equal(0, s.stop())
+    assert.is_false(exists(pidfile))
+    code, out = run { "reload", "--db", dir .. "/db.sqlite" }
+    assert.equal(1, code)
+    assert.equal("apiengine: no server runs on " .. dir .. "/db.sqlite (nobody holds " .. dir .. "/db.sqlite.lock)\n",
+      out)
+  end)
+end)
+
+describe("start-up", function()
+  it("loads the scripts before it migrates: a syntax error leaves the database and key file untouched", function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/z.lua", "local route = require 'engine.route'\n\nroute.get('/x', function( return 1 end)\n")
+    local s = serve(args_for(dir), testing.free_port())
+    assert.equal(1, s.code)
+    assert.truthy(s.read_log():find("error " .. dir .. "/scripts/z.lua:3: ", 1, true), s.read_log())
+    assert.is_false(exists(dir .. "/db.sqlite"))
+    assert.is_false(exists(dir .. "/db.sqlite.key"))
+
+    -- An existing database, a new migration and a broken script: the migration stays pending.
+    os.remove(dir .. "/scripts/z.lua")
+    s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.equal(0, s.stop())
+    write(dir .. "/schema/0002_more.sql", "CREATE TABLE more (id INTEGER PRIMARY KEY);\n")
+    write(dir .. "/scripts/z.lua", "error('boom at load')\n")
+    s = serve(args_for(dir), testing.free_port())
+    assert.equal(1, s.code)
+    assert.truthy(s.read_log():find(dir .. "/scripts/z.lua:1: boom at load", 1, true), s.read_log())
+    os.remove(dir .. "/scripts/z.lua")
+    local code, out = run { "check", table.unpack(args_for(dir)) }
+    assert.equal(0, code, out)
+    assert.truthy(out:find("\npending migration: " .. dir .. "/schema/0002_more.sql\n", 1, true), out)
+  end)
+
+  it("lets scripts read, at load time, tables that the pending migrations create", function()
+    local dir = tmpdir()
+    write(dir .. "/schema/0002_more.sql", "CREATE TABLE more (id INTEGER PRIMARY KEY);\n")
+    write(dir .. "/scripts/warm.lua", [[
+local db = require "engine.db"
+local n = db.one("SELECT count(*) AS n FROM more").n
+require("engine.route").get("/warm", function() return 200, { n = n } end)
+]])
+    local s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.same({ 200, '{"n":0}' }, { get(s.port, "/warm") })
+    assert.equal(0, s.stop())
+  end)
+
+  it("logs one line per overlay file that replaces another, and names everything in the start-up line", function()
+    local dir = tmpdir()
+    write(dir .. "/config.lua", "return { workers = 1 }\n")
+    local s = serve({ "--scripts", OVERLAY, "--schema", SCHEMA, "--db", dir .. "/db.sqlite", "--config",
+      dir .. "/config.lua" }, testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    local log = s.read_log()
+    assert.truthy(log:find("info  scripts: tests/fixtures/overlay/top/things.lua replaces "
+      .. "tests/fixtures/overlay/base/things.lua\n", 1, true), log)
+    assert.truthy(log:find("info  scripts: tests/fixtures/overlay/top/lib/util.lua replaces "
+      .. "tests/fixtures/overlay/base/lib/util.lua\n", 1, true), log)
+    local _, replaced = log:gsub(" replaces ", "")
+    assert.equal(2, replaced)
+    assert.truthy(log:find("info  apiengine %d+%.%d+%.%d+ listening on http://127%.0%.0%.1:" .. s.port .. " %(config '"
+      .. dir:gsub("%p", "%%%0") .. "/config%.lua', scripts '" .. OVERLAY:gsub("%p", "%%%0") .. "', schema '"
+      .. SCHEMA:gsub("%p", "%%%0") .. "', db '" .. dir:gsub("%p", "%%%0") .. "/db%.sqlite', 1 worker, 3 routes%)\n"),
+      log)
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function() return s.read_log():find("reload 1 done", 1, true) end), s.read_log())
+    _, replaced = s.read_log():gsub(" replaces ", "")
+    assert.equal(4, replaced)
+    assert.equal(0, s.stop())
+  end)
+end)
+
+describe("apiengine check", function()
+  it("prints the database, pending migrations, key and route table, exits 0 and writes nothing", function()
+    local dir = tmpdir()
+    local code, out = run { "check", table.unpack(args_for(dir)) }
+    assert.equal(0, code, out)
+    local db = dir .. "/db.sqlite"
+    assert.equal(table.concat({
+      "config: none",
+      "scripts: " .. dir .. "/scripts",
+      "schema: " .. dir .. "/schema",
+      "database: " .. db .. " does not exist; the first start creates it",
+      "pending migration: " .. dir .. "/schema/0001_items.sql",
+      "server key: " .. db .. ".key does not exist; the first start creates it",
+      "METHOD   PATTERN   HANDLER",
+      "GET      /a        " .. dir .. "/scripts/a.lua:3",
+      "GET      /healthz  (engine)",
+      "GET      /setting  " .. dir .. "/scripts/a.lua:4",
+      "ok: 3 routes, 1 pending migration(s)",
+    }, "\n") .. "\n", out)
+    assert.is_false(exists(db))
+    assert.is_false(exists(db .. ".key"))
+    assert.is_false(exists(db .. ".lock"))
+  end)
+
+  it("exits 1 with file:line when a script does not load", function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/b.lua", "local route = require 'engine.route'\nroute.get('/a', function() end)\n")
+    local code, out = run { "check", table.unpack(args_for(dir)) }
+    assert.equal(1, code)
+    assert.truthy(out:find("apiengine: check failed: " .. dir .. "/scripts/b.lua:2: route GET /a: ", 1, true), out)
+  end)
+end)
+
+describe("apiengine routes", function()
+  it("lists method, pattern, the handler's file:line and the overlay that replaced or wrapped it", function()
+    local code, out = run { "routes", "--scripts", OVERLAY, "--schema", SCHEMA, "--db", "/nonexistent/db.sqlite" }
+    assert.equal(0, code, out)
+    local T = "tests/fixtures/overlay/top/"
+    assert.equal(table.concat({
+      "METHOD   PATTERN   HANDLER",
+      "GET      /healthz  (engine)",
+      "GET      /other    " .. T .. "aa_wrap.lua:5  (route.replace at " .. T .. "aa_wrap.lua:5, replacing " .. T
+        .. "things.lua:5)",
+      "GET      /things   " .. T .. "things.lua:4  (" .. T .. "things.lua replaces tests/fixtures/overlay/base/things.lua)",
+    }, "\n") .. "\n", out)
+  end)
+end)
+
+describe("apiengine --help", function()
+  it("names the commands and flags of operations", function()
+    local code, out = run { "--help" }
+    assert.equal(0, code)
+    for _, text in ipairs { "apiengine check [options]", "apiengine routes [options]", "apiengine reload [options]",
+      "--pid-file", "--handover", "SIGHUP reloads", "<db>.lock" } do
+      assert.truthy(out:find(text, 1, true), text)
+    end
+    code, out = run { "serve", "--handover=yes" }
+    assert.equal(2, code)
+    assert.equal("apiengine: --handover: invalid value 'yes' for --handover\n", out)
+  end)
+end)
