@@ -1,0 +1,131 @@
+/* server_int.h - what server.c (workers, listeners, the main thread, reload) and conn.c
+ * (connections: reading, parsing, answering, timeouts) share. Internal to those two files.
+ *
+ * Memory per idle keep-alive connection is kept small on purpose: the read buffer is one per
+ * worker (requests are parsed and answered synchronously in the read callback), request
+ * buffers are released when a connection goes idle, and timeouts use two per-worker lists
+ * instead of a timer per connection. Both lists have a fixed timeout, so appending at the tail
+ * keeps them ordered by deadline and the sweep stops at the first live entry. */
+#ifndef ENG_SERVER_INT_H
+#define ENG_SERVER_INT_H
+
+#include "config.h"
+#include "db.h"
+#include "error.h"
+#include "http.h"
+#include "lua_runtime.h"
+
+#include <uv.h>
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define ENG_READ_BUF (64u * 1024u)
+#define ENG_SWEEP_MS 250
+#define ENG_LINGER_MS 2000        /* after an error answer: wait this long for the peer to close */
+#define ENG_WRITE_HIGH (4u << 20) /* stop reading past this many unsent bytes */
+#define ENG_BACKLOG 1024
+#define ENG_DRAIN_IDLE_MS 1000 /* at SIGTERM: how long an idle keep-alive connection may still send one request */
+
+typedef struct worker worker;
+typedef struct conn conn;
+typedef struct reloads reloads;
+
+typedef struct list {
+  conn *head, *tail;
+} list;
+
+enum { C_IDLE, C_BUSY, C_LINGER };
+
+struct conn {
+  uv_tcp_t tcp; /* first: handles cast back to conn */
+  worker *w;
+  conn *prev, *next;
+  list *on; /* the list this connection is on */
+  uint64_t deadline;
+  uint64_t t_start; /* uv_hrtime at request start */
+  size_t pending;   /* bytes queued in uv_write */
+  eng_http_parser hp;
+  unsigned state : 2, closing : 1, sent_continue : 1, reading : 1;
+  char peer[48];
+};
+
+/* One accepted reload: the settings its runtimes get. Shared by the main thread and the workers
+ * building from it; freed by the last of them (refs under reloads.mu). */
+typedef struct reload_gen {
+  unsigned id;
+  int refs;
+  eng_buf settings;
+} reload_gen;
+
+/* The reloads of one server run: what the main thread publishes and the workers read. */
+struct reloads {
+  uv_mutex_t mu;
+  reload_gen *current; /* the latest accepted reload, NULL before the first */
+  uv_async_t done;     /* on the main loop: a worker finished building (unreferenced) */
+};
+
+struct worker {
+  int id;
+  const eng_config *cfg;
+  reloads *rl;
+  uv_thread_t thread;
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_async_t wake;
+  uv_async_t reload; /* from the main thread: build the scripts again */
+  uv_timer_t sweep;
+  uv_sem_t started;
+  int fd;
+  int start_rc;
+  int stopping;
+  int nconns, max_conns;
+  list idle, busy;
+  eng_runtime *rt;
+  eng_db *db;
+  eng_response resp;
+  eng_buf out;
+  uint64_t drain_deadline;
+  atomic_uint reload_seen;  /* id of the last reload this worker finished building */
+  atomic_int reload_failed; /* and whether it kept the old runtime then */
+  char readbuf[ENG_READ_BUF];
+};
+
+/* Set by the main thread on SIGTERM/SIGINT, before it wakes the workers: a worker
+ * busy in a handler sees it at once and answers that request with Connection: close. */
+extern atomic_int eng_server_stopping;
+
+/* libuv and errno codes stop here: what leaves server.c and conn.c is an ENG_E* code (error.h). */
+static inline int eng_err_from_uv(int uv_rc) {
+  switch (uv_rc) {
+  case 0:
+    return 0;
+  case UV_ENOMEM:
+    return ENG_ENOMEM;
+  case UV_EINVAL:
+    return ENG_EINVAL;
+  case UV_E2BIG:
+  case UV_ENOBUFS:
+    return ENG_ETOOBIG;
+  default:
+    return ENG_EIO;
+  }
+}
+
+/* ---- conn.c ---- */
+
+/* Accepts on the worker's listener (its connection callback). */
+void eng_conn_on_connection(uv_stream_t *server, int status);
+/* At drain: accepts and serves what is still queued on the listener before it closes. */
+void eng_conn_adopt_backlog(worker *w);
+/* Closes c (idempotent); its memory goes in the close callback. */
+void eng_conn_close(conn *c);
+/* Closes the connections of l whose deadline has passed. */
+void eng_conn_sweep(list *l, uint64_t now);
+
+/* ---- server.c ---- */
+
+/* Once stopping and no connection is left, closes the worker's own handles: its loop ends. */
+void eng_worker_maybe_finish(worker *w);
+
+#endif
