@@ -456,6 +456,17 @@ out:
   return eng_err_from_uv(rc);
 }
 
+/* Closes what watch_signals made (a start that failed after it). */
+static void unwatch_signals(main_ctx *m) {
+  close_handle_once((uv_handle_t *)&m->sigterm);
+  close_handle_once((uv_handle_t *)&m->sigint);
+  close_handle_once((uv_handle_t *)&m->sighup);
+  if (m->polling)
+    close_handle_once((uv_handle_t *)&m->poll);
+  m->polling = 0;
+  (void)signal(SIGHUP, SIG_IGN);
+}
+
 int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   int n = cfg->workers;
   int rc = 0, port = 0;
@@ -475,6 +486,12 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
     goto out;
   }
   if ((rc = bind_all(cfg, ws, n, &port)) != 0)
+    goto out;
+  /* The signal handlers come before the first worker: a worker serves as soon as it listens,
+   * and a SIGTERM then must drain, not kill (libuv queues it until the loop below runs). */
+  main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl}; /* n: the started workers, below */
+  rl.done.data = &m;
+  if ((rc = watch_signals(&m)) != 0)
     goto out;
   int per = (cfg->max_connections + n - 1) / n;
   int started = 0;
@@ -501,16 +518,14 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
     if (w->start_rc != 0)
       break;
   }
-  main_ctx m = {.ws = ws, .n = started, .hooks = hooks, .rl = &rl}; /* only started workers have a wake-up handle */
-  rl.done.data = &m;
+  m.n = started; /* only started workers have a wake-up handle */
   int ok = started == n;
   for (int i = 0; i < started; i++)
     ok = ok && ws[i].start_rc == 0;
-  if (ok && (rc = watch_signals(&m)) != 0)
-    ok = 0;
   if (!ok) {
-    rc = rc ? rc : ENG_EIO;
+    rc = ENG_EIO;
     stop_workers(&m);
+    unwatch_signals(&m);
   } else {
     const char *v6 = strchr(cfg->listen_host, ':') ? "]" : "";
     eng_log_info("apiengine %s listening on http://%s%s%s:%d (config %s%s%s, scripts '%s', schema '%s', db '%s', "

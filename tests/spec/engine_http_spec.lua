@@ -231,6 +231,19 @@ describe("engine shutdown", function()
   local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 2, manual = true, args = { "--budget-ms", "10000" } }
   after_each(function() srv.stop(); if srv.dir then testing.rmtree(srv.dir) end end)
 
+  it("drains on a SIGTERM that comes while a worker serves and the next still loads", function()
+    local slow = spec.server { scripts = "tests/fixtures/slow_start", schema = SCHEMA, workers = 2, manual = true }
+    slow.start() -- returns once the first worker listens; the second spends 0.5 s loading its scripts
+    testing.kill(slow.pid, 15)
+    local code = testing.wait(slow.pid, 10000)
+    slow.pid = code == nil and slow.pid or nil
+    slow.stop()
+    assert.equal(0, code, slow.read_log())
+    assert.matches("received SIGTERM", slow.read_log())
+    assert.matches("stopped cleanly", slow.read_log())
+    testing.rmtree(slow.dir)
+  end)
+
   it("finishes in-flight requests on SIGTERM, then exits 0", function()
     srv.start()
     local c = srv.connect(5)
