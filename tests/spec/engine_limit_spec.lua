@@ -1,6 +1,7 @@
 -- engine.limit: token buckets by key, in C, shared by the workers of one process.
 local spec = require "engine.spec"
 local limit = require "engine.limit"
+local testing = require "engine.testing"
 
 local SCRIPTS = "tests/fixtures/engine/scripts"
 local SCHEMA = "tests/fixtures/engine/schema"
@@ -45,6 +46,15 @@ describe("engine.limit on a real server", function()
   local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 2 }
 
   it("shares one bucket between the workers: 5 of 20 requests on 20 connections pass", function()
+    -- Both workers listen only once both loaded their scripts: wait until each has answered.
+    local seen, nseen = {}, 0
+    for i = 1, 400 do
+      local state = srv.request("GET", "/limited/probe-" .. i).json.state
+      if not seen[state] then seen[state], nseen = true, nseen + 1 end
+      if nseen == 2 then break end
+      testing.sleep(10)
+    end
+    assert.equal(2, nseen)
     local counts, states, nstates = {}, {}, 0
     for _ = 1, 20 do
       local res = srv.request("GET", "/limited/shared")
