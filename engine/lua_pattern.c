@@ -109,6 +109,9 @@ static int class_match(int c, int cl) {
   case 'x':
     in = isxdigit(c);
     break;
+  case 'z': /* the zero byte: gone from the 5.4 manual, still in its library */
+    in = c == 0;
+    break;
   default:
     return cl == c;
   }

@@ -9,9 +9,11 @@ eng_add_c_test(test_db eng_db)
 eng_add_c_test(test_json eng_lua)
 eng_add_c_test(test_lua_db eng_lua)
 eng_add_c_test(test_runtime eng_lua)
+eng_add_c_test(test_pattern eng_lua)
 
 # libFuzzer targets: every parser of the core.
 eng_add_fuzz(fuzz_http eng_http)
 eng_add_fuzz(fuzz_router eng_router)
 eng_add_fuzz(fuzz_json eng_lua)
 eng_add_fuzz(fuzz_time eng_clock)
+eng_add_fuzz(fuzz_pattern eng_lua)
