@@ -9,7 +9,8 @@
  *   string.rep     builds its result a chunk at a time, checking the deadline between chunks, and
  *                  answers "" at once for an empty result (lstrlib loops n times even then)
  *   table.sort     without a comparator, sorts with a C one that checks the deadline every
- *                  SORT_CHECK_CALLS comparisons; a C function given as comparator is wrapped the same way
+ *                  SORT_CHECK_UNITS comparisons (long strings count for more; calling it makes such a
+ *                  sort about twice as slow); a C function given as comparator is wrapped the same way
  *   table.move     the same moves, checking the deadline every MOVE_CHECK_ITEMS elements (a range of
  *                  2^40 nils was one C loop)
  *   xpcall         the message handler is not called once the budget is blown: the budget error
@@ -30,7 +31,7 @@
 
 #define REP_MAX ((size_t)INT_MAX)   /* lstrlib's limit: "resulting string too large" */
 #define REP_CHUNK ((size_t)1 << 20) /* bytes string.rep copies between deadline checks */
-#define SORT_CHECK_CALLS 4096       /* comparisons between deadline checks */
+#define SORT_CHECK_UNITS 1024       /* comparisons (1 KiB of strings compared: one more) between checks */
 #define MOVE_CHECK_ITEMS 4096       /* elements table.move moves between deadline checks */
 #define GC_REFUSED "__gc metamethods are not allowed in scripts: finalizers run outside the time budget"
 
@@ -94,23 +95,30 @@ static void check_tablelike(lua_State *L, int idx, const char *const *fields) {
     luaL_checktype(L, idx, LUA_TTABLE);
 }
 
-static void budget_tick(lua_State *L, int *left, int every) {
-  if (--*left <= 0) {
+/* Counts `work` down from `every`, checking the deadline each time it runs out. */
+static void budget_tick(lua_State *L, int *left, int work, int every) {
+  if ((*left -= work) <= 0) {
     *left = every;
     eng_lua_budget_check(L);
   }
 }
 
-/* The comparator table.sort uses when the script gives none: a < b, with the deadline check. */
+/* The comparator table.sort uses when the script gives none: a < b, with the deadline check.
+ * Comparing strings costs up to the shorter one's length: long ones count for more. */
 static int sort_less(lua_State *L) {
-  budget_tick(L, lua_touserdata(L, lua_upvalueindex(1)), SORT_CHECK_CALLS);
+  int work = 1;
+  if (lua_type(L, 1) == LUA_TSTRING && lua_type(L, 2) == LUA_TSTRING) {
+    size_t la = lua_rawlen(L, 1), lb = lua_rawlen(L, 2), kib = (la < lb ? la : lb) >> 10;
+    work += kib < SORT_CHECK_UNITS ? (int)kib : SORT_CHECK_UNITS;
+  }
+  budget_tick(L, lua_touserdata(L, lua_upvalueindex(1)), work, SORT_CHECK_UNITS);
   lua_pushboolean(L, lua_compare(L, 1, 2, LUA_OPLT));
   return 1;
 }
 
 /* A C function given as comparator (upvalue 2), with the deadline check. */
 static int sort_call(lua_State *L) {
-  budget_tick(L, lua_touserdata(L, lua_upvalueindex(1)), SORT_CHECK_CALLS);
+  budget_tick(L, lua_touserdata(L, lua_upvalueindex(1)), 1, SORT_CHECK_UNITS);
   lua_settop(L, 2);
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_insert(L, 1);
@@ -167,7 +175,7 @@ static int budget_move(lua_State *L) {
       lua_Integer k = forward ? i : n - 1 - i;
       lua_geti(L, 1, f + k);
       lua_seti(L, tt, t + k);
-      budget_tick(L, &left, MOVE_CHECK_ITEMS);
+      budget_tick(L, &left, 1, MOVE_CHECK_ITEMS);
     }
   }
   lua_pushvalue(L, tt);
@@ -281,7 +289,7 @@ void eng_lua_budget_install(lua_State *L) {
   int table = lua_gettop(L);
   lua_getfield(L, table, "sort");
   int *left = lua_newuserdatauv(L, sizeof *left, 0);
-  *left = SORT_CHECK_CALLS;
+  *left = SORT_CHECK_UNITS;
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, sort_less, 1);
   lua_pushcclosure(L, budget_sort, 3);

@@ -5,7 +5,7 @@
  *     repetitions, anchors, captures, position captures, %b, %f, back-references) and the
  *     malformed patterns, with find (init, plain), match, gmatch (init) and gsub (string, table
  *     and function replacements, %0-%9 and %%, the replacement count);
- *   - long subjects: the plain search's chunk boundaries, long repetitions and balances;
+ *   - long subjects: plain searches through them, long repetitions and balances;
  *   - RANDOM_CASES random patterns x subjects x init x replacement, from a fixed seed;
  *   - string.rep, table.sort and table.move over listed and random arguments, the order in which
  *     table.move calls metamethods included. */
@@ -227,8 +227,8 @@ static void push_rep(const char *unit, size_t n) {
 static void test_long_subjects_agree(void) {
   lua_State *L = d.L;
   long before = d.mismatches;
-  /* The plain search goes 256 KiB at a time: needles before, across and after a boundary, and
-   * needles longer than a chunk. */
+  /* Plain and pattern searches through long subjects, near the start, in the middle and at the
+   * end, and needles longer than 256 KiB. */
   static const size_t at[] = {0, 1000, 262140, 262143, 262144, 262145, 524287, 600000};
   for (size_t i = 0; i < sizeof at / sizeof *at; i++) {
     for (int plain = 0; plain < 2; plain++) {
@@ -247,7 +247,7 @@ static void test_long_subjects_agree(void) {
   }
   push_rep("ab", 300000);
   push_rep("ab", 140000);
-  pdiff_call(&d, "find", 2); /* a needle longer than a chunk */
+  pdiff_call(&d, "find", 2); /* a long needle */
   push_rep("ab", 300000);
   push_rep("b", 3);
   pdiff_call(&d, "find", 2);
