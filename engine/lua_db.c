@@ -10,8 +10,14 @@
  * SQLite re-prepare count are unchanged, so an evicted-and-reprepared statement at the same
  * address, or one SQLite re-prepared after a schema change, gets fresh names. The table holds one
  * entry per statement address ever seen; the allocator reuses the addresses of finalized
- * statements, so in practice it stays near the statement cache's size. */
+ * statements, so in practice it stays near the statement cache's size.
+ *
+ * The time budget: the runtime's SQLite progress handler interrupts a statement still running
+ * past the handler's deadline (lua_runtime.c); the SQLITE_INTERRUPT that comes back is raised as
+ * the budget error, not as a db error, so the answer is a 503. The rollback of a failed db.tx is
+ * exempt (eng_lua_budget_sql_hold): it must finish. */
 #include "lua_db.h"
+#include "lua_runtime_int.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -107,6 +113,8 @@ static void push_error_mt(lua_State *L) {
 /* Raises {message = "db: "..msg, code, kind, sql} with the error metatable. sql is the stack
  * index of the SQL string, or 0 to use sql_text. */
 static int raise_failure(lua_State *L, int code, const char *msg, int sql, const char *sql_text) {
+  if ((code & 0xff) == SQLITE_INTERRUPT)
+    eng_lua_budget_check(L); /* our progress handler stopped it: the budget error instead */
   if (sql)
     sql = lua_absindex(L, sql);
   lua_createtable(L, 0, 4);
@@ -503,17 +511,20 @@ static int run_control(eng_db *db, const char *sql, db_failure *f) {
 }
 
 /* Undoes the transaction (or savepoint) db.tx opened. SQLite may already have rolled the whole
- * transaction back by itself (on some I/O or memory errors): then there is nothing to undo. */
-static void undo_tx(eng_db *db, int nested) {
+ * transaction back by itself (on some I/O or memory errors, or an interrupted write): then there
+ * is nothing to undo. Runs even past the deadline (the budget's progress handler holds off). */
+static void undo_tx(lua_State *L, eng_db *db, int nested) {
   db_failure f;
   if (sqlite3_get_autocommit(eng_db_handle(db)))
     return;
+  eng_lua_budget_sql_hold(L, 1);
   if (nested) {
     if (run_control(db, SQL_ROLLBACK_TO, &f) != 0 || run_control(db, SQL_RELEASE, &f) != 0)
       eng_log_warn("db: rolling back a nested transaction failed: %s", f.msg);
   } else if (run_control(db, SQL_ROLLBACK, &f) != 0) {
     eng_log_warn("db: rolling back a transaction failed: %s", f.msg);
   }
+  eng_lua_budget_sql_hold(L, -1);
 }
 
 /* db.tx(fn, ...): fn(...) inside BEGIN IMMEDIATE, or inside a savepoint when a transaction is
@@ -539,11 +550,11 @@ static int l_tx(lua_State *L) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &tx_changes_key);
   }
   if (status != LUA_OK) {
-    undo_tx(db, nested);
+    undo_tx(L, db, nested);
     return lua_error(L); /* the original error object, unchanged */
   }
   if (run_control(db, end, &f) != 0) {
-    undo_tx(db, nested);
+    undo_tx(L, db, nested);
     return raise_failure(L, f.code, f.msg, 0, end);
   }
   return lua_gettop(L);

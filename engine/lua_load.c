@@ -93,6 +93,10 @@ static int global_newindex(lua_State *L) {
 }
 
 void eng_lua_load_sandbox(lua_State *L, int test_mode) {
+  /* The library functions that could outrun the time budget are replaced in every mode, so
+   * scripts behave under busted as they do in the server. */
+  eng_lua_budget_install(L);
+
   /* Binary chunks never load: load() is text-only in every mode. */
   lua_getglobal(L, "load");
   lua_pushcclosure(L, text_load, 1);

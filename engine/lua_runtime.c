@@ -7,6 +7,18 @@
  * for the whole state and refuses growth past it (Lua raises "not enough
  * memory"). Either way the flag set here turns the answer into a 503.
  *
+ * The hook only runs between VM instructions, so C work that is long in one call
+ * checks the deadline itself: the allocator refuses large growth past it, the SQL
+ * progress handler interrupts statements past it, and the library functions that
+ * can loop for long in C (patterns, string.rep, table.sort, table.move: see
+ * lua_budget.c, lua_pattern.c) call eng_lua_budget_check now and then. Script code
+ * that Lua would run with the hook off is kept out or bounded: finalizers are
+ * refused, xpcall's message handler is skipped once the budget is blown (it would
+ * run inside the hook's error), an error object's __tostring and a failed
+ * handler's to-be-closed variables run under the same deadline (or not at all
+ * once it is blown). The hook is set on the main state too, so every thread a
+ * script creates, even at load time, inherits it; between runs it does nothing.
+ *
  * Protected glue: the C between calls into Lua (building the state, pushing a
  * request, reading a handler's results, formatting a traceback) allocates on
  * the state too, so it runs inside lua_pcall of a C function (eng_lua_protect,
@@ -33,7 +45,9 @@
 #include <string.h>
 #include <time.h>
 
-#define ENG_HOOK_COUNT 1000 /* instructions between deadline checks */
+#define ENG_HOOK_COUNT 1000                      /* instructions between deadline checks */
+#define ENG_ALLOC_CHECK_BYTES ((size_t)64 << 10) /* growth to this size or more checks the deadline */
+#define ENG_DB_PROGRESS_OPS 1000                 /* SQLite VM instructions between deadline checks */
 
 static int64_t mono_ms(void) {
   struct timespec ts;
@@ -43,6 +57,19 @@ static int64_t mono_ms(void) {
 
 /* ---- allocator and budget ---------------------------------------------------------------- */
 
+/* 1 when a budgeted run is in progress and past its deadline; marks the budget blown. */
+static int deadline_passed(eng_runtime *rt) {
+  if (rt->deadline_ms == ENG_NO_DEADLINE)
+    return 0;
+  if (!rt->budget_blown && mono_ms() > rt->deadline_ms)
+    rt->budget_blown = 1;
+  return rt->budget_blown;
+}
+
+/* Large growth past the deadline is refused like growth past the cap (Lua raises a memory
+ * error), so C work that builds big results (string.rep, table.concat, gsub, ..) stops there:
+ * such work allocates in proportion to what it does. Small allocations are not checked: the
+ * count hook covers the Lua code that makes them. */
 static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   eng_runtime *rt = ud;
   size_t old = ptr ? osize : 0;
@@ -51,9 +78,13 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     rt->mem_used -= old;
     return NULL;
   }
-  if (nsize > old && rt->mem_used + (nsize - old) > rt->mem_limit) {
-    rt->mem_blown = 1;
-    return NULL;
+  if (nsize > old) {
+    if (rt->mem_used + (nsize - old) > rt->mem_limit) {
+      rt->mem_blown = 1;
+      return NULL;
+    }
+    if (nsize >= ENG_ALLOC_CHECK_BYTES && deadline_passed(rt))
+      return NULL;
   }
   void *p = realloc(ptr, nsize);
   if (p == NULL)
@@ -65,11 +96,52 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   eng_runtime *rt = eng_rt(L);
-  if (rt->budget_blown || mono_ms() > rt->deadline_ms) {
-    rt->budget_blown = 1;
+  if (deadline_passed(rt)) {
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
   }
+  /* A thread the hook fired on every instruction in a blown run (a script's coroutine kept
+   * for later) goes back to the normal rate. */
+  if (lua_gethookcount(L) != ENG_HOOK_COUNT)
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT);
+}
+
+/* The runtime of L found through the registry (NULL for a state eng_runtime_new did not
+ * make): the C checks below are reached from functions a plain test state opens too, where
+ * the extra space holds nothing. */
+static const char rt_key = 'r';
+
+static eng_runtime *rt_of(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &rt_key);
+  eng_runtime *rt = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return rt;
+}
+
+void eng_lua_budget_check(lua_State *L) {
+  eng_runtime *rt = rt_of(L);
+  if (rt == NULL || !deadline_passed(rt))
+    return;
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
+}
+
+int eng_lua_budget_over(lua_State *L) {
+  eng_runtime *rt = rt_of(L);
+  return rt != NULL && deadline_passed(rt);
+}
+
+void eng_lua_budget_sql_hold(lua_State *L, int delta) {
+  eng_runtime *rt = rt_of(L);
+  if (rt)
+    rt->sql_hold += delta;
+}
+
+/* SQLite's progress handler on the worker's connection: a statement still running past the
+ * deadline is interrupted (SQLITE_INTERRUPT; lua_db.c turns that into the budget error). */
+static int db_progress(void *ud) {
+  eng_runtime *rt = ud;
+  return rt->sql_hold == 0 && deadline_passed(rt);
 }
 
 /* The last resort for an error raised outside every protected call. There should be none
@@ -85,11 +157,12 @@ static int panic(lua_State *L) {
 
 /* One call of run_budgeted, until run_release. */
 typedef struct run {
-  lua_State *co; /* the thread it ran on; NULL before run_budgeted and after run_release */
-  int shared;    /* co is rt->co, taken (rt->co_busy), rather than a fresh thread anchored on L */
-  int yielded;   /* the function yielded: an error with no error object on co */
-  int st;        /* lua_resume's status, LUA_YIELD turned into LUA_ERRRUN */
-  int nres;      /* results on co's stack when st is LUA_OK */
+  lua_State *co;          /* the thread it ran on; NULL before run_budgeted and after run_release */
+  int shared;             /* co is rt->co, taken (rt->co_busy), rather than a fresh thread anchored on L */
+  int yielded;            /* the function yielded: an error with no error object on co */
+  int st;                 /* lua_resume's status, LUA_YIELD turned into LUA_ERRRUN */
+  int nres;               /* results on co's stack when st is LUA_OK */
+  int64_t outer_deadline; /* rt->deadline_ms before this run (a nested run restores it) */
 } run;
 
 /* Runs the function below nargs arguments on L's top in a coroutine under the
@@ -125,10 +198,12 @@ static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, run *r) {
   lua_xmove(L, co, nargs + 1);
   rt->budget_blown = 0;
   rt->mem_blown = 0;
+  r->outer_deadline = rt->deadline_ms;
   rt->deadline_ms = mono_ms() + rt->budget_ms;
+  /* The hook stays on co after the call: closing a failed call's to-be-closed variables
+   * (run_close) runs under it too. */
   lua_sethook(co, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT);
   r->st = lua_resume(co, L, nargs, &r->nres);
-  lua_sethook(co, NULL, 0, 0);
   r->yielded = r->st == LUA_YIELD;
   if (r->yielded) {
     lua_settop(co, 0);
@@ -143,6 +218,7 @@ static void run_release(eng_runtime *rt, run *r) {
   if (co == NULL)
     return;
   r->co = NULL;
+  rt->deadline_ms = r->outer_deadline;
   if (!r->shared)
     return; /* a fresh thread: garbage once the caller restores L's top */
   rt->co_busy = 0;
@@ -155,12 +231,21 @@ static void run_release(eng_runtime *rt, run *r) {
   rt->co = NULL;
 }
 
+/* Closes the to-be-closed variables a failed call left on its thread, under the call's
+ * deadline (the hook is still on the thread). Not once the budget is blown: the hook may have
+ * stopped the thread from inside itself, where Lua leaves hooks off, and the closing methods
+ * would run unbounded; they are dropped with the thread (as for any coroutine nobody closes). */
+static void run_close(eng_runtime *rt, run *r) {
+  if (!rt->budget_blown)
+    lua_resetthread(r->co);
+}
+
 /* Releases a run its caller could not finish (the glue raised): whatever is left on the
  * thread is dropped with it. */
 static void run_abandon(eng_runtime *rt, run *r) {
   if (r->co == NULL)
     return;
-  lua_resetthread(r->co);
+  run_close(rt, r);
   r->st = LUA_ERRRUN;
   run_release(rt, r);
 }
@@ -177,22 +262,39 @@ static void take_results(eng_runtime *rt, lua_State *L, run *r, int want) {
   run_release(rt, r);
 }
 
+/* Pushes the text of the error object at L's top: a string as it is, else what its __tostring
+ * gives. The metamethod is script code: it runs protected and under the failed run's deadline
+ * (the count hook set on L for the call, L's own hook put back after), so neither an error nor
+ * a loop in it escapes. */
+static const char *push_error_string(lua_State *L) {
+  if (lua_type(L, -1) == LUA_TSTRING)
+    return lua_pushvalue(L, -1), lua_tostring(L, -1);
+  const char *what = luaL_typename(L, -1);
+  if (luaL_getmetafield(L, -1, "__tostring") == LUA_TNIL)
+    return lua_pushfstring(L, "(error object is a %s value)", what);
+  lua_pushvalue(L, -2);
+  lua_Hook hook = lua_gethook(L);
+  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT);
+  int st = lua_pcall(L, 1, 1, 0);
+  lua_sethook(L, hook, mask, count);
+  if (st == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+    return lua_tostring(L, -1);
+  const char *why = st != LUA_OK && lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "it returned no string";
+  const char *msg = lua_pushfstring(L, "(error object is a %s value; its __tostring failed: %s)", what, why);
+  lua_remove(L, -2);
+  return msg;
+}
+
 /* Pushes on L the message of a failed run with the traceback of its thread (one value). */
 static void push_error_text(lua_State *L, const run *r) {
-  luaL_checkstack(L, 4, "error text");
+  luaL_checkstack(L, 6, "error text");
   int base = lua_gettop(L);
   if (r->yielded)
     lua_pushliteral(L, "handler yielded: coroutine.yield is not allowed across the handler boundary");
   else
-    lua_xmove(r->co, L, 1); /* the error object: its __tostring runs on L, under our pcall */
-  const char *msg;
-  if (lua_type(L, -1) == LUA_TSTRING) {
-    msg = lua_tostring(L, -1);
-  } else if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
-    msg = lua_tostring(L, -1);
-  } else {
-    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
-  }
+    lua_xmove(r->co, L, 1);
+  const char *msg = push_error_string(L);
   luaL_traceback(L, r->co, msg, 0);
   lua_replace(L, base + 1);
   lua_settop(L, base + 1);
@@ -303,7 +405,7 @@ static int error_hook_p(lua_State *L) {
   if (h->run.st != LUA_OK) {
     push_error_text(L, &h->run);
     eng_log(ENG_LOG_ERROR, "error hook failed: %s", lua_tostring(L, -1));
-    lua_resetthread(h->run.co);
+    run_close(rt, &h->run);
     run_release(rt, &h->run);
     default_error_body(h->status, h->code, h->message, h->request_id, h->resp);
     return 0;
@@ -368,7 +470,7 @@ static void script_failed(eng_runtime *rt, lua_State *L, run *r, const char *req
   const char *text = lua_tolstring(L, -1, &len);
   eng_log_msg(ENG_LOG_ERROR, request_id, text, len);
   lua_pop(L, 1);
-  lua_resetthread(r->co);
+  run_close(rt, r);
   run_release(rt, r);
   eng_buf_reset(&resp->headers);
   resp->content_type[0] = '\0';
@@ -488,6 +590,8 @@ typedef struct init_ctx {
 static int init_p(lua_State *L) {
   const init_ctx *c = lua_touserdata(L, 1);
   const eng_runtime_options *opt = c->opt;
+  lua_pushlightuserdata(L, c->rt);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &rt_key);
   luaL_openlibs(L);
   eng_lua_modules_preload(L);
   eng_lua_load_sandbox(L, opt->test_mode);
@@ -510,6 +614,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   rt->mem_limit = opt->memory_limit ? opt->memory_limit : (size_t)256 << 20;
   rt->error_hook = LUA_NOREF;
   rt->co_ref = LUA_NOREF;
+  rt->deadline_ms = ENG_NO_DEADLINE;
   int rc = 0;
   lua_State *L = rt->L = lua_newstate(l_alloc, rt);
   if (L == NULL || eng_router_new(&rt->router) != 0 ||
@@ -519,6 +624,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   }
   *(eng_runtime **)lua_getextraspace(L) = rt;
   lua_atpanic(L, panic);
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT); /* inherited by every thread */
   lua_gc(L, LUA_GCGEN, 0, 0);
   init_ctx ic = {.rt = rt, .opt = opt};
   int st = eng_lua_protect(L, init_p, &ic, 0);
@@ -539,6 +645,8 @@ fail:
 void eng_runtime_free(eng_runtime *rt) {
   if (rt == NULL)
     return;
+  if (rt->db) /* the connection outlives us: its progress handler must not point here */
+    sqlite3_progress_handler(eng_db_handle(rt->db), 0, NULL, NULL);
   if (rt->L)
     lua_close(rt->L);
   eng_router_free(rt->router);
@@ -549,7 +657,11 @@ void eng_runtime_free(eng_runtime *rt) {
 lua_State *eng_runtime_lua(eng_runtime *rt) { return rt->L; }
 
 void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
+  if (rt->db && rt->db != db)
+    sqlite3_progress_handler(eng_db_handle(rt->db), 0, NULL, NULL);
   rt->db = db;
+  if (db)
+    sqlite3_progress_handler(eng_db_handle(db), ENG_DB_PROGRESS_OPS, db_progress, rt);
   eng_lua_db_attach(rt->L, db);
 }
 

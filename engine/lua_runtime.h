@@ -39,7 +39,9 @@ void eng_runtime_free(eng_runtime *rt);
 /* The runtime's main Lua state (owned by the runtime). */
 lua_State *eng_runtime_lua(eng_runtime *rt);
 /* The connection engine.db uses (borrowed; NULL detaches). Does not allocate on the
- * state, so it may be called between protected calls. */
+ * state, so it may be called between protected calls. Sets the connection's SQLite progress
+ * handler (a statement still running past a handler's deadline is interrupted) and takes it
+ * off again on detach and in eng_runtime_free: detach or free the runtime before closing db. */
 void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
 
 /* Loads the route scripts of dirs (as eng_runtime_new does), replacing the routes

@@ -2,15 +2,20 @@
  * its files call in each other. Only engine/lua_*.c and the white-box tests/c/test_runtime.c
  * include it; everything else uses lua_runtime.h.
  *
- *   lua_runtime.c  state creation, budgets (allocator, count hook, budgeted runs), dispatch,
- *                  the error hook
+ *   lua_runtime.c  state creation, budgets (allocator, count hook, budgeted runs, the deadline
+ *                  checks of long C work, the SQL progress handler), dispatch, the error hook
  *   lua_load.c     script loading: files, overlays, require, text-only load, the sandbox
+ *   lua_budget.c   the standard library functions that could run past the deadline in one C
+ *                  call or without hooks, replaced by budget-aware ones (string.rep, table.sort,
+ *                  table.move, xpcall, setmetatable, coroutine.create/wrap)
+ *   lua_pattern.c  string.find/match/gmatch/gsub: Lua's patterns with deadline checks
  *   lua_request.c  the lazy request table handed to handlers
  *   lua_route.c    engine.route      lua_log.c  engine.log      lua_config.c  engine.config
  *   lua_modules.c  the table of engine modules registered in package.preload
  *
- * Every function declared below but eng_rt and eng_lua_protect may raise (memory errors at
- * least): call it from Lua or under eng_lua_protect, never between protected calls. */
+ * Every function declared below but eng_rt, eng_lua_protect and eng_lua_budget_over may raise
+ * (memory errors at least): call it from Lua or under eng_lua_protect, never between protected
+ * calls. */
 #ifndef ENG_LUA_RUNTIME_INT_H
 #define ENG_LUA_RUNTIME_INT_H
 
@@ -37,7 +42,8 @@ struct eng_runtime {
   int budget_ms;
   size_t mem_used, mem_limit; /* the allocator's count and cap, for the whole state */
   int budget_blown, mem_blown;
-  int64_t deadline_ms;
+  int64_t deadline_ms;      /* of the budgeted run in progress (monotonic ms); ENG_NO_DEADLINE between runs */
+  int sql_hold;             /* > 0: the SQL progress handler lets statements finish (lua_db.c's rollbacks) */
   int error_hook;           /* registry ref of route.on_error's function, or LUA_NOREF */
   int req_mt;               /* registry ref: metatable of request tables (lua_request.c) */
   int headers_mt;           /* registry ref: metatable of header tables */
@@ -63,10 +69,50 @@ static inline int eng_lua_protect(lua_State *L, lua_CFunction fn, void *ud, int 
   return lua_pcall(L, 1, nresults, 0);
 }
 
+/* ---- lua_runtime.c: the time budget of C code ----
+ *
+ * The count hook stops Lua code at the deadline; C code that can run long in one call (pattern
+ * matching, big copies, sorts) checks the deadline itself now and then through these. They find
+ * the runtime through the registry, so they are safe (no-ops) in a plain lua_State that opened
+ * the same functions (the C tests and fuzz targets). */
+
+#define ENG_NO_DEADLINE INT64_MAX
+
+/* Raises the budget error ("script budget exceeded (N ms)") when a budgeted run of L's runtime
+ * is past its deadline or already blown, and makes the count hook of L raise on every
+ * instruction, so a script's pcall cannot swallow it. Returns (does nothing) otherwise: between
+ * runs, and in states eng_runtime_new did not make. Needs one free stack slot. */
+void eng_lua_budget_check(lua_State *L);
+
+/* 1 when a budgeted run of L's runtime is past its deadline (which marks it blown), else 0.
+ * Never raises. Needs one free stack slot. */
+int eng_lua_budget_over(lua_State *L);
+
+/* lua_db.c brackets the statements that undo a failed transaction with +1 / -1: while any is
+ * running, the SQL progress handler does not interrupt statements past the deadline (a rollback
+ * must finish). No-op in states eng_runtime_new did not make. */
+void eng_lua_budget_sql_hold(lua_State *L, int delta);
+
+/* ---- lua_budget.c ---- */
+
+/* Replaces, in L's global environment and the string metatable's __index, the functions that
+ * would run past the deadline in one C call (string.find, match, gmatch, gsub, rep; table.sort,
+ * move) or run script code with the count hook off (xpcall's message handler, __gc finalizers,
+ * to-be-closed variables of a coroutine the hook stopped) by budget-aware ones (lua_budget.c). */
+void eng_lua_budget_install(lua_State *L);
+
+/* ---- lua_pattern.c ---- */
+
+/* Sets find, match, gmatch and gsub in the table at idx to the engine's pattern functions: Lua
+ * 5.4's semantics (results and error messages of lstrlib), with eng_lua_budget_check every few
+ * thousand matcher steps. */
+void eng_lua_pattern_set(lua_State *L, int idx);
+
 /* ---- lua_load.c ---- */
 
-/* Makes load() text-only, puts the scripts searcher into package.searchers and, unless
- * test_mode, takes away process control, the file system and most of debug. */
+/* Installs the budget-aware library functions (eng_lua_budget_install), makes load()
+ * text-only, puts the scripts searcher into package.searchers and, unless test_mode, takes
+ * away process control, the file system and most of debug. */
 void eng_lua_load_sandbox(lua_State *L, int test_mode);
 /* Makes a write to an undeclared global an error (server mode). */
 void eng_lua_load_lock_globals(lua_State *L);

@@ -10,6 +10,7 @@ eng_add_c_test(test_json eng_lua)
 eng_add_c_test(test_lua_db eng_lua)
 eng_add_c_test(test_runtime eng_lua)
 eng_add_c_test(test_limit eng_limit)
+eng_add_c_test(test_pattern eng_lua)
 
 # libFuzzer targets: every parser of the core.
 eng_add_fuzz(fuzz_http eng_http)
@@ -17,3 +18,4 @@ eng_add_fuzz(fuzz_router eng_router)
 eng_add_fuzz(fuzz_json eng_lua)
 eng_add_fuzz(fuzz_time eng_clock)
 eng_add_fuzz(fuzz_codec eng_crypto)
+eng_add_fuzz(fuzz_pattern eng_lua)
