@@ -405,6 +405,35 @@ int eng_http_query_next(const char *q, size_t n, size_t *pos, eng_http_param *ou
   return 0;
 }
 
+int eng_http_query_check_utf8(const eng_http_request *req, char *why, size_t why_size) {
+  size_t n, pos = 0;
+  const char *q = eng_http_query(req, &n);
+  char small[256];
+  char *buf = n <= sizeof small ? small : malloc(n);
+  eng_http_param p;
+  int rc = 0;
+  if (q == NULL)
+    return 0;
+  if (buf == NULL)
+    return ENG_ENOMEM;
+  while (rc == 0 && eng_http_query_next(q, n, &pos, &p)) {
+    size_t name_len = eng_http_form_decode(p.name, p.name_len, buf);
+    if (!eng_utf8_valid(buf, name_len)) {
+      snprintf(why, why_size, "a query parameter name is not valid UTF-8");
+      rc = ENG_EPARSE;
+    } else if (!eng_utf8_valid(buf + name_len, eng_http_form_decode(p.value, p.value_len, buf + name_len))) {
+      if (name_len <= 64)
+        snprintf(why, why_size, "query parameter '%.*s' is not valid UTF-8", (int)name_len, buf);
+      else
+        snprintf(why, why_size, "the value of a query parameter is not valid UTF-8");
+      rc = ENG_EPARSE;
+    }
+  }
+  if (buf != small)
+    free(buf);
+  return rc;
+}
+
 size_t eng_http_form_decode(const char *s, size_t n, char *out) {
   size_t o = 0;
   for (size_t i = 0; i < n; i++) {

@@ -117,6 +117,12 @@ int eng_http_query_next(const char *q, size_t n, size_t *pos, eng_http_param *ou
  * stays as it is. Returns the decoded length. out may be s (decoding in place). */
 size_t eng_http_form_decode(const char *s, size_t n, char *out);
 
+/* Checks that every name and value of req's query string form-decodes to well-formed UTF-8
+ * (scripts see them as strings they may echo in JSON). Returns 0, or ENG_EPARSE with why
+ * (why_size bytes) naming the first bad parameter ("query parameter 'q' is not valid UTF-8";
+ * a name that is not valid UTF-8 itself is not repeated), or ENG_ENOMEM. */
+int eng_http_query_check_utf8(const eng_http_request *req, char *why, size_t why_size);
+
 /* ---- response headers ----------------------------------------------------------------------- */
 
 #define ENG_HTTP_HEADER_NAME_MAX 128

@@ -559,6 +559,23 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
     eng_runtime_error_in(rt, L, 405, "method_not_allowed", "method not allowed for this path", request_id, resp);
     goto done;
   }
+  /* Scripts get parameters as strings they may echo in JSON: ill-formed UTF-8 is the client's
+   * error (400 naming the parameter), not a 500 from the encoder later. */
+  char why[160];
+  int bad = eng_http_query_check_utf8(req, why, sizeof why);
+  for (int i = 0; bad == 0 && i < m.nparams; i++)
+    if (!eng_utf8_valid(m.params[i].value, m.params[i].value_len)) {
+      snprintf(why, sizeof why, "path parameter '%.*s' is not valid UTF-8", (int)m.params[i].name_len,
+               m.params[i].name);
+      bad = ENG_EPARSE;
+    }
+  if (bad != 0) {
+    if (bad == ENG_EPARSE)
+      eng_runtime_error_in(rt, L, 400, "bad_request", why, request_id, resp);
+    else
+      eng_runtime_error_in(rt, L, 500, "internal_error", "out of memory", request_id, resp);
+    goto done;
+  }
   rt->request_id = request_id;
   rt->budget_blown = rt->mem_blown = 0; /* so a failure before the handler runs reads today's flags */
   call c = {.rt = rt, .lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id}, .resp = resp};

@@ -32,6 +32,21 @@ size_t eng_utf8_len(const unsigned char *p, size_t avail) {
   return 0;
 }
 
+int eng_utf8_valid(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s;
+  for (size_t i = 0; i < n;) {
+    if (p[i] < 0x80) {
+      i++;
+      continue;
+    }
+    size_t l = eng_utf8_len(p + i, n - i);
+    if (l == 0)
+      return 0;
+    i += l;
+  }
+  return 1;
+}
+
 /* Validates and escapes in one pass, copying runs of plain bytes at once (this is the
  * hot path of engine.json's encoder, so no per-byte appends). */
 int eng_json_escape(eng_buf *b, const char *s, size_t n, eng_json_escape_mode mode) {

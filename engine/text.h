@@ -24,6 +24,9 @@ static inline int eng_hex_digit(int c) {
  * U+10FFFF, or truncated (the table of well-formed sequences in Unicode 3.9). */
 size_t eng_utf8_len(const unsigned char *p, size_t avail);
 
+/* 1 when the n bytes at s are well-formed UTF-8 throughout, else 0. */
+int eng_utf8_valid(const char *s, size_t n);
+
 typedef enum eng_json_escape_mode {
   ENG_JSON_STRICT,  /* ill-formed UTF-8 fails with ENG_EINVAL (engine.json) */
   ENG_JSON_REPLACE, /* each ill-formed byte becomes U+FFFD (logs, error bodies: always valid JSON) */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "http.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -101,6 +102,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (q < hp.req.url.data || q + qlen > hp.req.url.data + hp.req.url.len)
           abort();
         check_query(q, qlen);
+        char why[160];
+        int u = eng_http_query_check_utf8(&hp.req, why, sizeof why);
+        if (u != 0 && u != ENG_EPARSE && u != ENG_ENOMEM)
+          abort();
+        if (u == ENG_EPARSE && strstr(why, "not valid UTF-8") == NULL)
+          abort();
       }
       check_query(hp.req.body.data ? hp.req.body.data : "", hp.req.body.len); /* a form body */
       eng_http_parser_next(&hp);

@@ -28,6 +28,12 @@ describe("/v2/integrations/app_setting", function()
     assert.equal(10, P.count(app, "app_settings WHERE app_id = ?", a.id))
   end)
 
+  it("answers 400 in the platform envelope, naming the parameter, for ill-formed UTF-8 in the query", function()
+    local res = app.request("GET", SETTING .. "?key=%FF%FE", { headers = P.auth(a.token) })
+    assert.equal(400, res.status)
+    assert.equal("query parameter 'key' is not valid UTF-8", P.failed(res, 400))
+  end)
+
   it("replaces the value when a key is posted again", function()
     P.ok(post({ Key = "callback", Value = "https://a.example/cb" }))
     P.ok(post({ Key = "callback", Value = " https://b.example/cb " }))
