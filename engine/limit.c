@@ -1,4 +1,4 @@
-/* limit.c - token buckets shared by the workers (see limit.h).
+/* limit.c - token buckets and fixed-window counters shared by the workers (see limit.h).
  *
  * Each shard is a small hash table (chained, power-of-two buckets, keys hashed with FNV-1a)
  * plus an intrusive least-recently-used list. Its lock is held only for a lookup and a few
@@ -14,13 +14,17 @@
 #define SHARD_KEYS (ENG_LIMIT_KEYS / ENG_LIMIT_SHARDS)
 #define SHARD_SLOTS (SHARD_KEYS * 2) /* chains stay short at the fill limit */
 
+enum { KIND_BUCKET = 1, KIND_WINDOW };
+
 typedef struct entry entry;
 struct entry {
   entry *chain;         /* next in the hash slot */
   entry *older, *newer; /* LRU order */
   uint32_t hash;
-  double tokens;
-  int64_t last_ms;
+  int kind;                /* KIND_*: a key used the other way starts afresh */
+  double tokens;           /* bucket: tokens held at last_ms */
+  int64_t last_ms;         /* bucket: last refill; window: last hit */
+  int64_t start_ms, count; /* window: its start and its hits */
   size_t key_len;
   char key[];
 };
@@ -92,6 +96,47 @@ static shard *shard_of(uint32_t h) {
   return &shards[h % ENG_LIMIT_SHARDS];
 }
 
+/* Finds key's entry in sh (locked by the caller), adding a new one of that kind when it is
+ * missing and create is set. A new entry is allocated with the lock released (the only
+ * allocation), so the lock is dropped and taken again then. NULL when missing and not created,
+ * or on no memory (*nomem set). Returns with the lock held either way. */
+static entry *lookup(shard *sh, uint32_t h, const char *key, size_t key_len, int create, int *nomem) {
+  entry **p = find(sh, h, key, key_len);
+  if (*p != NULL || !create)
+    return *p;
+  pthread_mutex_unlock(&sh->lock);
+  entry *fresh = malloc(sizeof *fresh + key_len);
+  pthread_mutex_lock(&sh->lock);
+  if (fresh == NULL) {
+    *nomem = 1;
+    return NULL;
+  }
+  memcpy(fresh->key, key, key_len);
+  fresh->key_len = key_len;
+  fresh->hash = h;
+  fresh->kind = 0;               /* the caller sees a kind it did not ask for and sets the entry up */
+  p = find(sh, h, key, key_len); /* another thread may have added it meanwhile */
+  if (*p != NULL) {
+    free(fresh); /* free under the lock: rare (a race), and free does not wait on us */
+    return *p;
+  }
+  if (sh->count == SHARD_KEYS) {
+    drop(sh, sh->oldest);
+    p = find(sh, h, key, key_len);
+  }
+  fresh->chain = NULL;
+  fresh->older = fresh->newer = NULL;
+  *p = fresh;
+  sh->count++;
+  lru_push(sh, fresh);
+  return fresh;
+}
+
+static void touch(shard *sh, entry *e) {
+  lru_unlink(sh, e);
+  lru_push(sh, e);
+}
+
 int eng_limit_take(const char *key, size_t key_len, double rate, double burst, double cost, int64_t now_ms,
                    int64_t *retry_ms, double *remaining) {
   if (key_len > ENG_LIMIT_KEY_MAX || !(rate > 0) || !isfinite(rate) || !(burst >= 1) || !isfinite(burst) ||
@@ -99,36 +144,18 @@ int eng_limit_take(const char *key, size_t key_len, double rate, double burst, d
     return ENG_EINVAL;
   uint32_t h = fnv1a(key, key_len);
   shard *sh = shard_of(h);
-  entry *fresh = NULL;
-  int rc;
+  int rc, nomem = 0;
 
   pthread_mutex_lock(&sh->lock);
-  entry **p = find(sh, h, key, key_len);
-  entry *e = *p;
+  entry *e = lookup(sh, h, key, key_len, 1, &nomem);
   if (e == NULL) {
-    /* A new bucket starts full. Allocate outside the lock's fast path only here. */
     pthread_mutex_unlock(&sh->lock);
-    if ((fresh = malloc(sizeof *fresh + key_len)) == NULL)
-      return ENG_ENOMEM;
-    memcpy(fresh->key, key, key_len);
-    fresh->key_len = key_len;
-    fresh->hash = h;
-    fresh->tokens = burst;
-    fresh->last_ms = now_ms;
-    pthread_mutex_lock(&sh->lock);
-    p = find(sh, h, key, key_len); /* another thread may have added it meanwhile */
-    if ((e = *p) == NULL) {
-      if (sh->count == SHARD_KEYS) {
-        drop(sh, sh->oldest);
-        p = find(sh, h, key, key_len);
-      }
-      e = fresh;
-      fresh = NULL;
-      e->chain = NULL;
-      *p = e;
-      sh->count++;
-      lru_push(sh, e);
-    }
+    return ENG_ENOMEM;
+  }
+  if (e->kind != KIND_BUCKET) { /* new: a bucket starts full */
+    e->kind = KIND_BUCKET;
+    e->tokens = burst;
+    e->last_ms = now_ms;
   }
   if (now_ms > e->last_ms) {
     e->tokens += (double)(now_ms - e->last_ms) * rate / 1000.0;
@@ -146,10 +173,50 @@ int eng_limit_take(const char *key, size_t key_len, double rate, double burst, d
   }
   if (remaining)
     *remaining = e->tokens;
-  lru_unlink(sh, e);
-  lru_push(sh, e);
+  touch(sh, e);
   pthread_mutex_unlock(&sh->lock);
-  free(fresh);
+  return rc;
+}
+
+int eng_limit_hit(const char *key, size_t key_len, int64_t window_ms, int64_t add, int64_t now_ms,
+                  eng_limit_window *out) {
+  if (key_len > ENG_LIMIT_KEY_MAX || window_ms < 1 || add < 0 || add > ENG_LIMIT_HITS_MAX)
+    return ENG_EINVAL;
+  uint32_t h = fnv1a(key, key_len);
+  shard *sh = shard_of(h);
+  int nomem = 0, rc = 0;
+
+  pthread_mutex_lock(&sh->lock);
+  entry *e = lookup(sh, h, key, key_len, add > 0, &nomem);
+  if (e == NULL) {
+    pthread_mutex_unlock(&sh->lock);
+    return nomem ? ENG_ENOMEM : 0;
+  }
+  /* A window that is over (or was never one: a new entry, a bucket's key) reads as none. A
+   * time before the window's start (a clock set back) counts as within it. */
+  int running = e->kind == KIND_WINDOW && now_ms - e->start_ms < window_ms;
+  if (add > 0) {
+    if (!running) {
+      e->kind = KIND_WINDOW;
+      e->start_ms = now_ms;
+      e->count = 0;
+    }
+    if (e->count > INT64_MAX - add)
+      e->count = INT64_MAX;
+    else
+      e->count += add;
+    if (!running || now_ms > e->last_ms)
+      e->last_ms = now_ms;
+    running = 1;
+    touch(sh, e);
+  }
+  if (running) {
+    out->count = e->count;
+    out->start_ms = e->start_ms;
+    out->last_ms = e->last_ms;
+    rc = 1;
+  }
+  pthread_mutex_unlock(&sh->lock);
   return rc;
 }
 

@@ -1,4 +1,5 @@
-/* limit.h - token buckets by key, shared by every worker of the process (engine.limit).
+/* limit.h - token buckets and fixed-window counters by key, shared by every worker of the
+ * process (engine.limit).
  *
  * A bucket holds up to `burst` tokens and gains `rate` tokens a second; taking `cost` tokens
  * succeeds when the bucket holds them. A bucket is named by a key of at most
@@ -26,13 +27,33 @@
 int eng_limit_take(const char *key, size_t key_len, double rate, double burst, double cost, int64_t now_ms,
                    int64_t *retry_ms, double *remaining);
 
-/* Forgets the bucket of key (a full bucket again). */
+#define ENG_LIMIT_HITS_MAX ((int64_t)1 << 40) /* hits one call may add */
+
+/* A fixed-window counter as eng_limit_hit reads it. */
+typedef struct eng_limit_window {
+  int64_t count;    /* hits in the running window */
+  int64_t start_ms; /* when it began: its first hit */
+  int64_t last_ms;  /* the latest hit */
+} eng_limit_window;
+
+/* Fixed-window counters, in the same bounded store as the buckets (and evicted the same way,
+ * which only ever gives a client a fresh count; a key used both ways starts afresh whenever
+ * its use changes). A window starts at the first hit of key, lasts window_ms (>= 1), and once
+ * over reads as none; the next hit starts a new one. A time earlier than the window's start
+ * counts as within it.
+ * add > 0: counts add hits (at most ENG_LIMIT_HITS_MAX) at now_ms, returns 1 with *out filled.
+ * add == 0: only reads: 1 with *out when key has a running window, 0 (nothing created, *out
+ * untouched) when not. ENG_EINVAL for a bad argument, ENG_ENOMEM. */
+int eng_limit_hit(const char *key, size_t key_len, int64_t window_ms, int64_t add, int64_t now_ms,
+                  eng_limit_window *out);
+
+/* Forgets the bucket or counter of key (a full bucket again). */
 void eng_limit_reset(const char *key, size_t key_len);
 
-/* Buckets held now, over all shards (for tests and metrics). */
+/* Buckets and counters held now, over all shards (for tests and metrics). */
 size_t eng_limit_count(void);
 
-/* Forgets every bucket (tests). */
+/* Forgets every bucket and counter (tests). */
 void eng_limit_clear(void);
 
 #endif

@@ -1,8 +1,13 @@
-/* lua_limit.c - the "engine.limit" module: token buckets shared by the workers (limit.h).
+/* lua_limit.c - the "engine.limit" module: token buckets and fixed-window counters shared by
+ * the workers (limit.h).
  *
  *   limit.take(name, key, rate, burst [, cost])  -> true, tokens left
  *                                                 | false, retry_after (whole seconds, >= 1)
- *   limit.reset(name, key)                       forgets that bucket (full again)
+ *   limit.hit(name, key, window_seconds [, n])   -> count, window_start_ms, last_hit_ms
+ *                                                 counts n (default 1) hits in key's window
+ *   limit.count(name, key, window_seconds)       -> the same without counting; 0 (and no
+ *                                                 times) when no window is running
+ *   limit.reset(name, key)                       forgets that bucket or counter
  *
  * name says which limit ("token-ip"), key whose bucket ("203.0.113.7"); rate is tokens per
  * second (> 0), burst the bucket's size (>= 1), cost what this call takes (default 1). The
@@ -50,6 +55,45 @@ static int l_take(lua_State *L) {
   return 2;
 }
 
+/* A window in seconds (> 0, a fraction allowed) as whole ms, at least 1. */
+static int64_t window_arg(lua_State *L, int idx) {
+  double s = luaL_checknumber(L, idx);
+  luaL_argcheck(L, s > 0 && s < 1e9, idx, "window must be a positive number of seconds");
+  int64_t ms = (int64_t)(s * 1000.0 + 0.5);
+  return ms < 1 ? 1 : ms;
+}
+
+static int push_window(lua_State *L, int rc, const eng_limit_window *w, const char *what) {
+  if (rc < 0)
+    return luaL_error(L, "limit.%s: %s", what, eng_strerror(rc));
+  if (rc == 0) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)w->count);
+  lua_pushinteger(L, (lua_Integer)w->start_ms);
+  lua_pushinteger(L, (lua_Integer)w->last_ms);
+  return 3;
+}
+
+static int l_hit(lua_State *L) {
+  char key[ENG_LIMIT_KEY_MAX];
+  size_t n = bucket_key(L, key);
+  int64_t window_ms = window_arg(L, 3);
+  lua_Integer add = luaL_optinteger(L, 4, 1);
+  luaL_argcheck(L, add >= 1 && add <= ENG_LIMIT_HITS_MAX, 4, "n must be a positive integer");
+  eng_limit_window w;
+  return push_window(L, eng_limit_hit(key, n, window_ms, (int64_t)add, eng_clock_now_ms(), &w), &w, "hit");
+}
+
+static int l_count(lua_State *L) {
+  char key[ENG_LIMIT_KEY_MAX];
+  size_t n = bucket_key(L, key);
+  int64_t window_ms = window_arg(L, 3);
+  eng_limit_window w;
+  return push_window(L, eng_limit_hit(key, n, window_ms, 0, eng_clock_now_ms(), &w), &w, "count");
+}
+
 static int l_reset(lua_State *L) {
   char key[ENG_LIMIT_KEY_MAX];
   size_t n = bucket_key(L, key);
@@ -58,7 +102,8 @@ static int l_reset(lua_State *L) {
 }
 
 int eng_luaopen_limit(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"take", l_take}, {"reset", l_reset}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"take", l_take}, {"hit", l_hit}, {"count", l_count}, {"reset", l_reset}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -6,7 +6,7 @@
 -- starts again after it. An attempt is checked against, in this order:
 --  1. The address: after token_address_max_failures failures from one address (any Ids,
 --     known or not), it gets 429 for every Id until its window ends. This is what throttles
---     enumeration. Counted in each worker's memory only.
+--     enumeration. Counted in the process's memory (engine.limit), shared by the workers.
 --  2. The (Id, address) pair: after token_max_failures failures for one Id from one address,
 --     that pair gets 429 with Retry-After until its window ends, the right Secret included.
 --     Other addresses are not affected. A success clears the pair's count.
@@ -26,9 +26,8 @@
 -- Storage: for Ids that exist, the pair and Id counts and the trusted addresses are in SQLite
 -- (token_failures, token_id_failures, token_trusted), checked and written in one immediate
 -- transaction, so the lockout holds across workers and restarts. A failure on an unknown Id
--- costs no write: the same rule runs on counters in the worker's memory (lib/token_guard.lua),
--- per worker and forgotten on restart, so with N workers an unknown Id locks after up to N
--- times token_max_failures failures.
+-- costs no write: the same rule runs on engine.limit's counters (lib/token_guard.lua), in the
+-- process's memory, shared by every worker and forgotten on restart.
 -- Settings: token_max_failures (5), token_failure_window_seconds (300), token_id_max_failures
 -- (100), token_id_throttle_seconds (1), token_address_max_failures (50), token_ttl_days (90).
 local route = require "engine.route"
@@ -43,9 +42,6 @@ local token_guard = require "lib.token_guard"
 
 -- A verifier that matches nothing, so unknown Ids cost the same comparison as known ones.
 local NO_VERIFIER = string.rep("0", 64)
-
--- This worker's memory counters (the address limit and the unknown Ids').
-local guard = token_guard.new()
 
 -- The stored verifier of that entity's secret, or nil when there is no such entity.
 local function stored_verifier(entity, id)
@@ -80,7 +76,7 @@ route.post("/v2/integrations/token", function(req)
 
   local limits = token_guard.limits()
   local addr = peer.address(req.peer)
-  local wait = guard.address_wait(addr, time.now(), limits)
+  local wait = token_guard.address_wait(addr, time.now(), limits)
   if wait then return too_many(req, "from this address", wait) end
 
   local key = crypto.to_hex(crypto.sha256(id))
@@ -94,13 +90,13 @@ route.post("/v2/integrations/token", function(req)
       return token_guard.attempt(token_guard.durable, key, addr, time.now(), limits, verify)
     end)
   else
-    outcome, wait = token_guard.attempt(guard.memory, key, addr, time.now(), limits, verify)
+    outcome, wait = token_guard.attempt(token_guard.shared, key, addr, time.now(), limits, verify)
   end
 
   if outcome == "ok" then
     return platform.ok(req, auth.issue(entity, id))
   elseif outcome == "failed" then
-    guard.address_failed(addr, time.now(), limits)
+    token_guard.address_failed(addr, time.now(), limits)
     return platform.fail(req, 401, "invalid Id or Secret")
   end
   return too_many(req, "for this Id", wait)

@@ -10,8 +10,9 @@
 --   end)
 --
 -- spec.app registers setup/teardown in the block it is called from (a describe,
--- or the file): a fresh temporary database with the migrations applied, the
--- scripts loaded, the settings applied; all removed afterwards.
+-- or the file): a fresh temporary database with the migrations applied, engine.limit's
+-- buckets and counters forgotten, the scripts loaded, the settings applied; all removed
+-- afterwards.
 local testing = require "engine.testing"
 local json = require "engine.json"
 local config = require "engine.config"
@@ -97,6 +98,7 @@ function spec.app(opts)
     testing.open_db(app.db_path, opts.schema or testing.schema_dir)
     apply_settings(app.settings)
     testing.limits(opts.limits)
+    testing.limit_clear()
     testing.load_scripts(opts.scripts or testing.scripts_dir)
     app.db = require "engine.db"
   end)

@@ -1,19 +1,21 @@
 -- lib/token_guard.lua - the counters of POST /token's brute-force guard. The rule they serve is
 -- written at the top of scripts/token.lua; this file keeps the counts and applies it.
 --   local limits = token_guard.limits()                   -- the settings, read per request
---   local guard = token_guard.new()                       -- one per worker: its memory counters
---   guard.address_wait(addr, now, limits)                 -> seconds to wait, or nil
---   guard.address_failed(addr, now, limits)               -- one more failure from addr
+--   token_guard.address_wait(addr, now, limits)           -> seconds to wait, or nil
+--   token_guard.address_failed(addr, now, limits)         -- one more failure from addr
 --   token_guard.attempt(store, key, addr, now, limits, verify)
 --     -> "ok" | "failed" | "locked", seconds | "throttled", seconds
 --        verify() is called only when the rule lets the attempt be checked.
 -- Two stores hold the (Id, address) and Id counters with the same rule:
 --   token_guard.durable   SQLite (0006), for Ids that exist: call attempt inside db.tx, so the
 --                         check, the verification and the count are one step on every worker.
---   guard.memory          this worker's memory, for unknown Ids: no write, forgotten on restart.
+--   token_guard.shared    engine.limit's fixed-window counters, for unknown Ids: in the
+--                         process's memory, shared by every worker, no write, forgotten on
+--                         restart. The address counts live there too.
 -- A window is limits.window_ms long from the first failure it counts; a count whose window is
 -- over reads as no count, and the next failure starts a new window.
 local db = require "engine.db"
+local limit = require "engine.limit"
 local settings = require "lib.settings"
 local auth = require "lib.auth"
 
@@ -23,10 +25,6 @@ local DAY_MS = 86400 * 1000
 -- An address's trust is rewritten at most this often: a token issued again within a day
 -- costs no write.
 local TRUST_REFRESH_MS = DAY_MS
--- Each memory map holds at most this many counters (a few hundred bytes each), so an attacker
--- spraying Ids or addresses cannot grow a worker's memory without bound.
-local MEMORY_COUNTERS = 10000
-M.MEMORY_COUNTERS = MEMORY_COUNTERS
 
 function M.limits()
   return {
@@ -51,12 +49,12 @@ local function live(counter, now, limits)
 end
 
 function M.attempt(store, key, addr, now, limits, verify)
-  local pair = store.pair(key, addr)
+  local pair = store.pair(key, addr, limits)
   local pair_live = live(pair, now, limits)
   if pair_live and pair_live.failures >= limits.max_failures then
     return "locked", seconds(pair_live.window_start + limits.window_ms - now)
   end
-  local id_live = live(store.id(key), now, limits)
+  local id_live = live(store.id(key, limits), now, limits)
   if id_live and id_live.failures >= limits.id_max_failures
       and now - id_live.last_failure < limits.throttle_ms
       and not store.trusted(key, addr, now, limits) then
@@ -121,76 +119,43 @@ function durable.succeeded(key, addr, now, limits, pair)
   end
 end
 
--- A bounded map of counters. When it is full it first forgets the counters whose window is
--- over; if that frees less than half of it, it forgets them all (each full sweep is paid for
--- by half a map of new counters, so a request never costs more than a constant on average).
--- These counters are a brake, not a record: what an attacker gains by filling them is a fresh
--- start, which new addresses or Ids would give it anyway.
-local function counters()
-  local map, n = {}, 0
-  local c = {}
-  function c.get(k) return map[k] end
-  function c.drop(k)
-    if map[k] ~= nil then map[k], n = nil, n - 1 end
-  end
-  function c.put(k, v, now, limits)
-    if map[k] == nil then
-      if n >= MEMORY_COUNTERS then
-        for old_k, old in pairs(map) do
-          if not live(old, now, limits) then map[old_k], n = nil, n - 1 end
-        end
-        if n > MEMORY_COUNTERS // 2 then map, n = {}, 0 end
-      end
-      n = n + 1
-    end
-    map[k] = v
-  end
-  return c
+-- engine.limit's counters, for unknown Ids and addresses. engine.limit keeps them bounded (the
+-- least recently used are forgotten first): they are a brake, not a record, and what an
+-- attacker gains by flushing them is a fresh start, which new addresses or Ids would give it
+-- anyway. Between the check and the count another worker may count too, so a burst of
+-- simultaneous attempts can pass a limit by the number of workers at most.
+local shared = {}
+M.shared = shared
+
+local function seconds_of(limits) return limits.window_ms / 1000 end
+
+-- A counter as the rule reads it, or nil.
+local function counter(name, k, limits)
+  local failures, start, last = limit.count(name, k, seconds_of(limits))
+  if failures == 0 then return nil end
+  return { window_start = start, failures = failures, last_failure = last }
 end
 
-function M.new()
-  local by_pair, by_id, by_address = counters(), counters(), counters()
-  local guard = {}
+function shared.pair(key, addr, limits) return counter("token-pair", key .. "|" .. addr, limits) end
+function shared.id(key, limits) return counter("token-id", key, limits) end
+function shared.trusted() return false end -- nothing is ever issued for an unknown Id
+function shared.failed(key, addr, _, limits)
+  limit.hit("token-pair", key .. "|" .. addr, seconds_of(limits))
+  limit.hit("token-id", key, seconds_of(limits))
+end
+function shared.succeeded(key, addr) limit.reset("token-pair", key .. "|" .. addr) end
 
-  -- Unknown Ids, by the same rule as token_guard.durable. Nothing is ever issued for them, so
-  -- no address is trusted and `succeeded` only keeps the store complete.
-  local memory = {}
-  guard.memory = memory
-  function memory.pair(key, addr) return by_pair.get(key .. "|" .. addr) end
-  function memory.id(key) return by_id.get(key) end
-  function memory.trusted() return false end
-  function memory.failed(key, addr, now, limits, pair_live, id_live)
-    if pair_live then
-      pair_live.failures = pair_live.failures + 1
-    else
-      by_pair.put(key .. "|" .. addr, { window_start = now, failures = 1 }, now, limits)
-    end
-    if id_live then
-      id_live.failures, id_live.last_failure = id_live.failures + 1, now
-    else
-      by_id.put(key, { window_start = now, failures = 1, last_failure = now }, now, limits)
-    end
+-- Failures from one address on any Id, known or not (enumeration).
+function M.address_wait(addr, now, limits)
+  local a = live(counter("token-address", addr, limits), now, limits)
+  if a and a.failures >= limits.address_max_failures then
+    return seconds(a.window_start + limits.window_ms - now)
   end
-  function memory.succeeded(key, addr) by_pair.drop(key .. "|" .. addr) end
+  return nil
+end
 
-  -- Failures from one address on any Id, known or not (enumeration), in this worker's memory.
-  function guard.address_wait(addr, now, limits)
-    local a = live(by_address.get(addr), now, limits)
-    if a and a.failures >= limits.address_max_failures then
-      return seconds(a.window_start + limits.window_ms - now)
-    end
-    return nil
-  end
-  function guard.address_failed(addr, now, limits)
-    local a = live(by_address.get(addr), now, limits)
-    if a then
-      a.failures = a.failures + 1
-    else
-      by_address.put(addr, { window_start = now, failures = 1 }, now, limits)
-    end
-  end
-
-  return guard
+function M.address_failed(addr, _, limits)
+  limit.hit("token-address", addr, seconds_of(limits))
 end
 
 return M

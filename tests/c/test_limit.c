@@ -1,5 +1,6 @@
-/* test_limit.c - token buckets by key (engine/limit.c): refill, refusal with the wait,
- * reset, bounded memory with eviction, and exact counting under threads. */
+/* test_limit.c - token buckets and fixed-window counters by key (engine/limit.c): refill,
+ * refusal with the wait, windows that start, run and end, reset, bounded memory with
+ * eviction, and exact counting under threads. */
 #include "check.h"
 #include "error.h"
 #include "limit.h"
@@ -72,8 +73,97 @@ static void test_bounded_with_eviction(void) {
   CHECK_INT((int)eng_limit_count(), 0);
 }
 
-static int taken;
+static void test_window_counts_within_its_window_then_starts_again(void) {
+  eng_limit_window w = {-1, -1, -1};
+  /* Reading a key never counted creates nothing. */
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 0, 5000, &w), 0);
+  CHECK_INT((int)w.count, -1);
+  CHECK_INT((int)eng_limit_count(), 0);
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 1, 5000, &w), 1);
+  CHECK_INT((int)w.count, 1);
+  CHECK_INT((int)w.start_ms, 5000);
+  CHECK_INT((int)w.last_ms, 5000);
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 2, 5400, &w), 1);
+  CHECK_INT((int)w.count, 3);
+  CHECK_INT((int)w.start_ms, 5000);
+  CHECK_INT((int)w.last_ms, 5400);
+  /* A read sees the count and changes nothing. */
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 0, 5999, &w), 1);
+  CHECK_INT((int)w.count, 3);
+  CHECK_INT((int)w.last_ms, 5400);
+  /* A clock set back is within the window; it does not move the last hit back. */
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 1, 4000, &w), 1);
+  CHECK_INT((int)w.count, 4);
+  CHECK_INT((int)w.last_ms, 5400);
+  /* At start + window the window is over: it reads as none, the next hit starts a new one. */
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 0, 6000, &w), 0);
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 1, 6500, &w), 1);
+  CHECK_INT((int)w.count, 1);
+  CHECK_INT((int)w.start_ms, 6500);
+  /* Reset forgets it. */
+  eng_limit_reset(K("w"));
+  CHECK_INT(eng_limit_hit(K("w"), 1000, 0, 6500, &w), 0);
+  eng_limit_clear();
+}
+
+/* A key used as a bucket, then as a counter, then as a bucket: each use starts afresh. */
+static void test_window_and_bucket_keep_apart(void) {
+  eng_limit_window w;
+  int64_t retry = 0;
+  double left = 0;
+  CHECK_INT(eng_limit_take(K("m"), 1, 2, 2, 0, &retry, &left), 1);
+  CHECK_INT(eng_limit_hit(K("m"), 1000, 0, 0, &w), 0);
+  CHECK_INT(eng_limit_hit(K("m"), 1000, 7, 0, &w), 1);
+  CHECK_INT((int)w.count, 7);
+  CHECK_INT(eng_limit_take(K("m"), 1, 2, 1, 0, &retry, &left), 1);
+  CHECK(left == 1);
+  CHECK_INT((int)eng_limit_count(), 1);
+  eng_limit_clear();
+}
+
+static void test_window_bad_arguments(void) {
+  eng_limit_window w;
+  char big[ENG_LIMIT_KEY_MAX + 1];
+  memset(big, 'x', sizeof big);
+  CHECK_INT(eng_limit_hit(big, sizeof big, 1000, 1, 0, &w), ENG_EINVAL);
+  CHECK_INT(eng_limit_hit(K("k"), 0, 1, 0, &w), ENG_EINVAL);
+  CHECK_INT(eng_limit_hit(K("k"), 1000, -1, 0, &w), ENG_EINVAL);
+  CHECK_INT(eng_limit_hit(K("k"), 1000, ENG_LIMIT_HITS_MAX + 1, 0, &w), ENG_EINVAL);
+  CHECK_INT((int)eng_limit_count(), 0);
+}
+
+static int hits_seen_max;
 static pthread_mutex_t taken_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *hitter(void *arg) {
+  (void)arg;
+  eng_limit_window w;
+  int64_t max = 0;
+  for (int i = 0; i < 20000; i++)
+    if (eng_limit_hit(K("hits"), 1000000, 1, 0, &w) == 1 && w.count > max)
+      max = w.count;
+  pthread_mutex_lock(&taken_lock);
+  if (max > hits_seen_max)
+    hits_seen_max = (int)max;
+  pthread_mutex_unlock(&taken_lock);
+  return NULL;
+}
+
+/* Four threads count on one key: no hit is lost. */
+static void test_threads_share_one_counter_exactly(void) {
+  pthread_t t[4];
+  eng_limit_window w;
+  for (int i = 0; i < 4; i++)
+    CHECK_INT(pthread_create(&t[i], NULL, hitter, NULL), 0);
+  for (int i = 0; i < 4; i++)
+    pthread_join(t[i], NULL);
+  CHECK_INT(eng_limit_hit(K("hits"), 1000000, 0, 0, &w), 1);
+  CHECK_INT((int)w.count, 80000);
+  CHECK_INT(hits_seen_max, 80000);
+  eng_limit_clear();
+}
+
+static int taken;
 
 static void *taker(void *arg) {
   (void)arg;
@@ -104,5 +194,9 @@ int main(void) {
   test_bad_arguments();
   test_bounded_with_eviction();
   test_threads_share_one_bucket_exactly();
+  test_window_counts_within_its_window_then_starts_again();
+  test_window_and_bucket_keep_apart();
+  test_window_bad_arguments();
+  test_threads_share_one_counter_exactly();
   return check_summary("test_limit");
 }

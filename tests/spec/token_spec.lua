@@ -3,6 +3,7 @@ package.path = "tests/spec/?.lua;" .. package.path
 local spec = require "engine.spec"
 local crypto = require "engine.crypto"
 local config = require "engine.config"
+local testing = require "engine.testing"
 local P = require "support.platform"
 
 local TOKEN = "/v2/integrations/token"
@@ -378,22 +379,21 @@ describe("POST /token: failures on unknown Ids", function()
     assert.equal(before, changes())
   end)
 
-  it("are held in bounded memory: a full map of counters starts afresh", function()
-    config.settings().token_address_max_failures = 1000000
+  it("are counted for the process, not per Lua state: a fresh state (another worker, a reload) sees them", function()
     spec.clock.freeze(T0 + DAY) -- clear of the windows the test above opened
-    local ok, err = pcall(function()
-      local locked = { Id = crypto.uuid4(), Secret = "x", Entity = "app" }
-      for _ = 1, 5 do P.failed(post(locked), 401) end
-      P.failed(post(locked), 429)
-      -- the locked pair is one counter; as many more fill the map, which then forgets them all
-      for i = 1, require("lib.token_guard").MEMORY_COUNTERS do
-        local res = post({ Id = "spray-" .. i, Secret = "x", Entity = "app" })
-        if res.status ~= 401 then P.failed(res, 401) end
-      end
-      P.failed(post(locked), 401)
-    end)
-    config.settings().token_address_max_failures = nil
-    assert.is_true(ok, err)
+    local before = changes()
+    local unknown = { Id = crypto.uuid4(), Secret = "x", Entity = "app" }
+    for _ = 1, 5 do P.failed(post(unknown), 401) end
+    testing.load_scripts("scripts") -- scripts/token.lua runs again, as in another worker's state
+    local res = post(unknown)
+    assert.equal("too many failed attempts for this Id: retry after 300 seconds", P.failed(res, 429))
+    assert.equal("300", res.headers["retry-after"])
+    -- the address's count went along too: 45 more failures make 50, the 51st attempt waits
+    for _ = 1, 45 do P.failed(post({ Id = crypto.uuid4(), Secret = "x", Entity = "app" }), 401) end
+    testing.load_scripts("scripts")
+    res = post({ Id = crypto.uuid4(), Secret = "x", Entity = "app" })
+    assert.equal("too many failed attempts from this address: retry after 300 seconds", P.failed(res, 429))
+    assert.equal(before, changes())
   end)
 end)
 
@@ -472,6 +472,15 @@ describe("POST /token: the lockout counts per (Id, client address)", function()
     assert.equal(c.id, P.ok(srv.request("GET", "/v2/integrations/customer", { headers = P.auth(token) })).CustomerID)
     P.failed(from(srv, "127.0.0.3", bad), 401) -- B's failures are B's own
     P.ok(from(srv, "127.0.0.3", right))
+  end)
+
+  it("locks an unknown Id from A after 5 failures whichever worker answers", function()
+    local unknown = { Id = crypto.uuid4(), Secret = "x", Entity = "app" }
+    for _ = 1, 5 do P.failed(from(srv, "127.0.0.4", unknown), 401) end
+    for _ = 1, 6 do -- new connections spread over both workers; the counts are the process's
+      assert.matches("^too many failed attempts for this Id: retry after %d+ seconds$",
+        P.failed(from(srv, "127.0.0.4", unknown), 429))
+    end
   end)
 end)
 
