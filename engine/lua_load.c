@@ -288,6 +288,7 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
     eng_router_free(rt->router);
   }
   rt->router = fresh;
+  eng_lua_route_reset_hooks(rt, L); /* the hooks go with the routes */
   if (dirs != rt->scripts_dir) {
     free(rt->scripts_dir);
     rt->scripts_dir = strdup(dirs);

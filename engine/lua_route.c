@@ -6,6 +6,9 @@
  *   route.handler(method, pattern)      -> the function routed there, or nil
  *   route.replace(method, pattern, fn)  swaps the handler of an existing route
  *   route.on_error(fn | nil)            shapes the engine's own error answers (lua_runtime.c)
+ *   route.before(fn), route.after(fn)   request hooks, run in registration order around every
+ *                                       handler and every 404/405/400 the router decides
+ *                                       (dispatch in lua_runtime.c)
  * Patterns and their errors are the router's (router.h). Handlers are held as registry
  * references in the runtime's router; loading the scripts again drops them (lua_load.c).
  *
@@ -330,11 +333,35 @@ static int route_on_error(lua_State *L) {
   return 0;
 }
 
+/* Appends the function at 1 to the hook array *ref (made on first use). */
+static int add_hook(lua_State *L, int *ref) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (*ref == LUA_NOREF) {
+    lua_newtable(L);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  return 0;
+}
+
+static int route_before(lua_State *L) { return add_hook(L, &eng_rt(L)->before_hooks); }
+static int route_after(lua_State *L) { return add_hook(L, &eng_rt(L)->after_hooks); }
+
+void eng_lua_route_reset_hooks(eng_runtime *rt, lua_State *L) {
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->before_hooks);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->after_hooks);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->error_hook);
+  rt->before_hooks = rt->after_hooks = rt->error_hook = LUA_NOREF;
+}
+
 int eng_luaopen_route(lua_State *L) {
   static const luaL_Reg fns[] = {{"get", route_get},         {"head", route_head},       {"post", route_post},
                                  {"put", route_put},         {"patch", route_patch},     {"delete", route_delete},
                                  {"options", route_options}, {"add", route_add},         {"on_error", route_on_error},
-                                 {"handler", route_handler}, {"replace", route_replace}, {NULL, NULL}};
+                                 {"handler", route_handler}, {"replace", route_replace}, {"before", route_before},
+                                 {"after", route_after},     {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

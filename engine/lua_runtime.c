@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #define ENG_HOOK_COUNT 1000                      /* instructions between deadline checks */
@@ -166,7 +167,7 @@ typedef struct run {
 } run;
 
 /* Runs the function below nargs arguments on L's top in a coroutine under the
- * budget. On return r says how it went; the results (or the error object) are on
+ * budget, until deadline (monotonic ms: the calls of one request share one). On return r says how it went; the results (or the error object) are on
  * r->co's stack. The caller takes them (take_results, push_error_text), calls
  * run_release and restores L's top (a fresh thread is anchored there).
  *
@@ -177,7 +178,7 @@ typedef struct run {
  * yields or blows a budget leaves it unusable, so run_release drops it. While it
  * runs (a handler calls back into the runtime: the in-process test client) the
  * nested call gets a fresh thread. */
-static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, run *r) {
+static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, int64_t deadline, run *r) {
   lua_State *co;
   if (rt->co_busy) {
     co = lua_newthread(L);
@@ -199,7 +200,7 @@ static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, run *r) {
   rt->budget_blown = 0;
   rt->mem_blown = 0;
   r->outer_deadline = rt->deadline_ms;
-  rt->deadline_ms = mono_ms() + rt->budget_ms;
+  rt->deadline_ms = deadline;
   /* The hook stays on co after the call: closing a failed call's to-be-closed variables
    * (run_close) runs under it too. */
   lua_sethook(co, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT);
@@ -388,6 +389,7 @@ typedef struct hook_call {
   eng_runtime *rt;
   int status;
   const char *code, *message, *request_id;
+  const eng_error_place *at; /* may be NULL */
   eng_response *resp;
   run run;
 } hook_call;
@@ -401,7 +403,12 @@ static int error_hook_p(lua_State *L) {
   lua_pushstring(L, h->code);
   lua_pushstring(L, h->message);
   lua_pushstring(L, h->request_id);
-  run_budgeted(rt, L, 4, &h->run);
+  if (h->at && h->at->path)
+    lua_pushlstring(L, h->at->path, h->at->path_len);
+  else
+    lua_pushnil(L);
+  lua_pushstring(L, h->at ? h->at->route : NULL);
+  run_budgeted(rt, L, 6, mono_ms() + rt->budget_ms, &h->run);
   if (h->run.st != LUA_OK) {
     push_error_text(L, &h->run);
     eng_log(ENG_LOG_ERROR, "error hook failed: %s", lua_tostring(L, -1));
@@ -425,8 +432,8 @@ static int error_hook_p(lua_State *L) {
   return 0;
 }
 
-void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
-                          const char *request_id, eng_response *resp) {
+void eng_runtime_error_at(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
+                          const char *request_id, const eng_error_place *at, eng_response *resp) {
   resp->status = status;
   eng_buf_reset(&resp->body);
   resp->content_type[0] = '\0';
@@ -437,7 +444,8 @@ void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char 
   int top = lua_gettop(L);
   const char *saved = rt->request_id;
   rt->request_id = request_id;
-  hook_call h = {.rt = rt, .status = status, .code = code, .message = message, .request_id = request_id, .resp = resp};
+  hook_call h = {
+      .rt = rt, .status = status, .code = code, .message = message, .request_id = request_id, .at = at, .resp = resp};
   if (eng_lua_protect(L, error_hook_p, &h, 0) != LUA_OK) {
     log_glue_error(L, "error hook", request_id);
     run_abandon(rt, &h.run);
@@ -448,6 +456,11 @@ void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char 
   lua_settop(L, top);
 }
 
+void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
+                          const char *request_id, eng_response *resp) {
+  eng_runtime_error_at(rt, L, status, code, message, request_id, NULL, resp);
+}
+
 void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char *message, const char *request_id,
                        eng_response *resp) {
   eng_runtime_error_in(rt, rt->L, status, code, message, request_id, resp);
@@ -455,68 +468,246 @@ void eng_runtime_error(eng_runtime *rt, int status, const char *code, const char
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
+/* One request on its way through the hooks and the handler. The before hooks, the handler and
+ * the after hooks share one deadline: the request's budget. */
 typedef struct call {
   eng_runtime *rt;
   eng_live_request lr; /* req, route match, peer, request id */
+  eng_error_place at;  /* path and route, for the error hook */
   eng_response *resp;
   run run;
+  int64_t deadline;
+  int bad;          /* the parameters' UTF-8 check: 0, ENG_EPARSE (bad_why says which) or another error */
+  const char *bad_why;
+  int blown;        /* a call of this request blew the time or memory budget: no after hooks */
 } call;
 
+static void call_error(call *c, lua_State *L, int status, const char *code, const char *message) {
+  eng_runtime_error_at(c->rt, L, status, code, message, c->lr.request_id, &c->at, c->resp);
+}
+
 /* Logs a failed script call and answers 500 or 503. */
-static void script_failed(eng_runtime *rt, lua_State *L, run *r, const char *request_id, eng_response *resp) {
+static void script_failed(call *c, lua_State *L) {
+  eng_runtime *rt = c->rt;
   int blown = rt->budget_blown || rt->mem_blown;
-  push_error_text(L, r);
+  c->blown |= blown;
+  push_error_text(L, &c->run);
   size_t len;
   const char *text = lua_tolstring(L, -1, &len);
-  eng_log_msg(ENG_LOG_ERROR, request_id, text, len);
+  eng_log_msg(ENG_LOG_ERROR, c->lr.request_id, text, len);
   lua_pop(L, 1);
-  run_close(rt, r);
-  run_release(rt, r);
-  eng_buf_reset(&resp->headers);
-  resp->content_type[0] = '\0';
+  run_close(rt, &c->run);
+  run_release(rt, &c->run);
+  eng_buf_reset(&c->resp->headers);
+  c->resp->content_type[0] = '\0';
   if (blown) {
     if (rt->mem_blown)
       lua_gc(L, LUA_GCCOLLECT);
-    eng_runtime_error_in(rt, L, 503, "budget_exceeded",
-                         rt->mem_blown ? "script memory budget exceeded" : "script time budget exceeded", request_id,
-                         resp);
+    call_error(c, L, 503, "budget_exceeded",
+               rt->mem_blown ? "script memory budget exceeded" : "script time budget exceeded");
   } else {
-    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", request_id, resp);
+    call_error(c, L, 500, "internal_error", "internal server error");
   }
 }
 
-/* The handler's call and the reading of its answer; under eng_lua_protect. */
-static int handle_p(lua_State *L) {
-  call *c = lua_touserdata(L, 1);
-  eng_runtime *rt = c->rt;
-  const eng_live_request *lr = &c->lr;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lr->m->handler);
-  eng_lua_request_push(rt, L, &c->lr);
-  run_budgeted(rt, L, 1, &c->run);
+/* Calls the function below nargs arguments on L's top under the request's deadline. 1 with
+ * its first nres results on L's top; 0 when it failed, answered (script_failed) and logged. */
+static int call_script(call *c, lua_State *L, int nargs, int nres) {
+  run_budgeted(c->rt, L, nargs, c->deadline, &c->run);
   if (c->run.st != LUA_OK) {
-    script_failed(rt, L, &c->run, lr->request_id, c->resp);
+    script_failed(c, L);
     return 0;
   }
-  take_results(rt, L, &c->run, 3);
-  int base = lua_gettop(L) - 3;
+  take_results(c->rt, L, &c->run, nres);
+  return 1;
+}
+
+/* Logs that a script returned a bad answer and answers 500. who: "GET /x" or "before hook
+ * scripts/cors.lua:12". */
+static void bad_answer(call *c, lua_State *L, const char *who, const char *why) {
+  char msg[320];
+  int n = snprintf(msg, sizeof msg, "%s: %s", who, why);
+  eng_log_msg(ENG_LOG_ERROR, c->lr.request_id, msg, n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+  eng_buf_reset(&c->resp->headers);
+  c->resp->content_type[0] = '\0';
+  eng_buf_reset(&c->resp->body);
+  call_error(c, L, 500, "internal_error", "internal server error");
+}
+
+/* Writes "before hook file:line" for the function at idx into out. */
+static void hook_name(lua_State *L, int idx, const char *kind, char *out, size_t size) {
+  lua_Debug ar;
+  lua_pushvalue(L, idx);
+  lua_getinfo(L, ">S", &ar);
+  snprintf(out, size, "%s hook %s:%d", kind, ar.short_src, ar.linedefined);
+}
+
+/* Reads `status, body, headers` (at base+1..base+3 of L) into the answer. */
+static void take_answer(call *c, lua_State *L, int base, const char *who) {
   const char *why = NULL;
   int isnum = 0;
   lua_Integer status = lua_type(L, base + 1) == LUA_TNUMBER ? lua_tointegerx(L, base + 1, &isnum) : 0;
   if (!isnum || status < 100 || status > 599)
-    why = "handler must return an HTTP status (integer 100..599) first";
+    why = "must return an HTTP status (integer 100..599) first";
   else if ((why = take_headers(L, base + 3, c->resp)) == NULL)
     why = take_body(L, base + 2, c->resp);
   if (why) {
-    char msg[256];
-    int n = snprintf(msg, sizeof msg, "%s %s: %s", lr->req->method, lr->m->pattern, why);
-    eng_log_msg(ENG_LOG_ERROR, lr->request_id, msg, n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
-    eng_buf_reset(&c->resp->headers);
-    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", lr->request_id, c->resp);
-  } else {
-    c->resp->status = (int)status;
-    if (!c->resp->content_type[0])
-      strcpy(c->resp->content_type, "application/json");
+    bad_answer(c, L, who, why);
+    return;
   }
+  c->resp->status = (int)status;
+  if (!c->resp->content_type[0])
+    strcpy(c->resp->content_type, "application/json");
+}
+
+/* Runs the before hooks in order until one answers. 1 when the request is answered (by a
+ * hook, or with the error of a failed one), 0 to go on. */
+static int run_before_hooks(call *c, lua_State *L, int req_idx) {
+  eng_runtime *rt = c->rt;
+  if (rt->before_hooks == LUA_NOREF)
+    return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->before_hooks);
+  int list = lua_gettop(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, list); /* hooks added meanwhile count from the next request */
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, list, i);
+    lua_pushvalue(L, req_idx);
+    if (!call_script(c, L, 1, 3))
+      return 1;
+    int base = lua_gettop(L) - 3;
+    if (lua_isnil(L, base + 1)) {
+      lua_settop(L, list);
+      continue;
+    }
+    char who[300];
+    lua_rawgeti(L, list, i);
+    hook_name(L, -1, "before", who, sizeof who);
+    lua_pop(L, 1);
+    take_answer(c, L, base, who);
+    return 1;
+  }
+  lua_settop(L, list - 1);
+  return 0;
+}
+
+/* Removes the lines of header name (any case) from a "Name: value\r\n" list. */
+static void drop_header(eng_buf *h, const char *name, size_t len) {
+  size_t i = 0;
+  while (i < h->len) {
+    const char *line = h->data + i;
+    const char *end = memchr(line, '\n', h->len - i);
+    size_t line_len = end ? (size_t)(end - line) + 1 : h->len - i;
+    if (line_len > len && line[len] == ':' && strncasecmp(line, name, len) == 0) {
+      memmove(h->data + i, h->data + i + line_len, h->len - i - line_len);
+      h->len -= line_len;
+    } else {
+      i += line_len;
+    }
+  }
+}
+
+/* Pushes the answer's headers as a table of lowercase name -> value (Content-Type included). */
+static void push_answer_headers(lua_State *L, const eng_response *resp) {
+  lua_newtable(L);
+  if (resp->content_type[0]) {
+    lua_pushstring(L, resp->content_type);
+    lua_setfield(L, -2, "content-type");
+  }
+  const char *p = resp->headers.data, *end = p + resp->headers.len;
+  while (p && p < end) {
+    const char *colon = memchr(p, ':', (size_t)(end - p));
+    const char *eol = memchr(p, '\r', (size_t)(end - p));
+    if (colon == NULL || eol == NULL || colon > eol)
+      break;
+    luaL_Buffer b;
+    char *lower = luaL_buffinitsize(L, &b, (size_t)(colon - p));
+    for (const char *q = p; q < colon; q++)
+      *lower++ = (char)(*q >= 'A' && *q <= 'Z' ? *q - 'A' + 'a' : *q);
+    luaL_pushresultsize(&b, (size_t)(colon - p));
+    const char *v = colon + 1;
+    while (v < eol && *v == ' ')
+      v++;
+    lua_pushlstring(L, v, (size_t)(eol - v));
+    lua_rawset(L, -3);
+    p = eol + 2;
+  }
+}
+
+/* Sets the headers of the table at idx in the answer, each replacing a header of that name.
+ * NULL or a message. */
+static const char *set_headers(lua_State *L, int idx, eng_response *resp) {
+  if (!lua_istable(L, idx))
+    return "must return nil or a table of headers";
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      size_t n;
+      const char *k = lua_tolstring(L, -2, &n);
+      drop_header(&resp->headers, k, n);
+    }
+    lua_pop(L, 1);
+  }
+  return take_headers(L, idx, resp);
+}
+
+/* Runs the after hooks in order on the answer. A failing one answers 500 (503) and ends them. */
+static void run_after_hooks(call *c, lua_State *L, int req_idx) {
+  eng_runtime *rt = c->rt;
+  if (rt->after_hooks == LUA_NOREF || c->blown)
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->after_hooks);
+  int list = lua_gettop(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, list, i);
+    lua_pushvalue(L, req_idx);
+    lua_pushinteger(L, c->resp->status);
+    push_answer_headers(L, c->resp);
+    if (!call_script(c, L, 3, 1))
+      return;
+    const char *why = lua_isnil(L, -1) ? NULL : set_headers(L, lua_gettop(L), c->resp);
+    if (why) {
+      char who[300];
+      lua_rawgeti(L, list, i);
+      hook_name(L, -1, "after", who, sizeof who);
+      bad_answer(c, L, who, why);
+      return;
+    }
+    lua_settop(L, list);
+  }
+}
+
+/* The request's hooks and handler, and the reading of the answers; under eng_lua_protect. */
+static int handle_p(lua_State *L) {
+  call *c = lua_touserdata(L, 1);
+  eng_runtime *rt = c->rt;
+  const eng_live_request *lr = &c->lr;
+  eng_lua_request_push(rt, L, &c->lr);
+  int req_idx = lua_gettop(L);
+  if (!run_before_hooks(c, L, req_idx)) {
+    if (lr->m->status == 404) {
+      call_error(c, L, 404, "not_found", "no route for this path");
+    } else if (lr->m->status == 405) {
+      char allow[96];
+      eng_router_allow_string(lr->m->allow, allow, sizeof allow);
+      eng_buf_appendf(&c->resp->headers, "Allow: %s\r\n", allow);
+      call_error(c, L, 405, "method_not_allowed", "method not allowed for this path");
+    } else if (c->bad == ENG_EPARSE) {
+      call_error(c, L, 400, "bad_request", c->bad_why);
+    } else if (c->bad != 0) {
+      call_error(c, L, 500, "internal_error", "out of memory");
+    } else {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, lr->m->handler);
+      lua_pushvalue(L, req_idx);
+      if (call_script(c, L, 1, 3)) {
+        char who[300];
+        snprintf(who, sizeof who, "%s %s", lr->req->method, lr->m->pattern);
+        take_answer(c, L, lua_gettop(L) - 3, who);
+      }
+    }
+  }
+  lua_settop(L, req_idx);
+  run_after_hooks(c, L, req_idx);
   return 0;
 }
 
@@ -530,12 +721,28 @@ static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
   c->resp->content_type[0] = '\0';
   if (rt->mem_blown) {
     lua_gc(L, LUA_GCCOLLECT);
-    eng_runtime_error_in(rt, L, 503, "budget_exceeded", "script memory budget exceeded", c->lr.request_id, c->resp);
+    call_error(c, L, 503, "budget_exceeded", "script memory budget exceeded");
   } else {
-    eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", c->lr.request_id, c->resp);
+    call_error(c, L, 500, "internal_error", "internal server error");
   }
 }
 
+/* 1 when the matched handler is the engine's own /healthz (a C function where scripts route
+ * Lua ones): it is answered without the hooks, so no script policy (a rate limit) stands
+ * between a load balancer and the health answer. */
+static int engine_healthz(lua_State *L, const eng_route_match *m) {
+  if (m->status != 200 || strcmp(m->pattern, "/healthz") != 0)
+    return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, m->handler);
+  int is_c = lua_iscfunction(L, -1);
+  lua_pop(L, 1);
+  return is_c;
+}
+
+/* Request hooks run for every request the router sees: matched (but the engine's /healthz),
+ * 404 and 405 (a CORS preflight is an OPTIONS request to a route that declares none), and a
+ * request whose parameters are not UTF-8, before the engine answers it 400. Without hooks,
+ * the engine's own answers need no Lua but the error hook. */
 void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
                            const char *request_id, eng_response *resp) {
   int top = lua_gettop(L);
@@ -548,37 +755,42 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
     return;
   }
   eng_router_match(rt->router, method, req->url.data, req->path_len, scratch, &m);
-  if (m.status == 404) {
-    eng_runtime_error_in(rt, L, 404, "not_found", "no route for this path", request_id, resp);
-    goto done;
-  }
-  if (m.status == 405) {
-    char allow[96];
-    eng_router_allow_string(m.allow, allow, sizeof allow);
-    eng_buf_appendf(&resp->headers, "Allow: %s\r\n", allow);
-    eng_runtime_error_in(rt, L, 405, "method_not_allowed", "method not allowed for this path", request_id, resp);
-    goto done;
-  }
+  call c = {.rt = rt,
+            .lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id},
+            .at = {.path = req->url.data, .path_len = req->path_len, .route = m.pattern},
+            .resp = resp};
   /* Scripts get parameters as strings they may echo in JSON: ill-formed UTF-8 is the client's
    * error (400 naming the parameter), not a 500 from the encoder later. */
   char why[160];
-  int bad = eng_http_query_check_utf8(req, why, sizeof why);
-  for (int i = 0; bad == 0 && i < m.nparams; i++)
-    if (!eng_utf8_valid(m.params[i].value, m.params[i].value_len)) {
-      snprintf(why, sizeof why, "path parameter '%.*s' is not valid UTF-8", (int)m.params[i].name_len,
-               m.params[i].name);
-      bad = ENG_EPARSE;
+  if (m.status == 200) {
+    c.bad = eng_http_query_check_utf8(req, why, sizeof why);
+    for (int i = 0; c.bad == 0 && i < m.nparams; i++)
+      if (!eng_utf8_valid(m.params[i].value, m.params[i].value_len)) {
+        snprintf(why, sizeof why, "path parameter '%.*s' is not valid UTF-8", (int)m.params[i].name_len,
+                 m.params[i].name);
+        c.bad = ENG_EPARSE;
+      }
+    c.bad_why = why;
+  }
+  int hooks = (rt->before_hooks != LUA_NOREF || rt->after_hooks != LUA_NOREF) && !engine_healthz(L, &m);
+  if (!hooks && (m.status != 200 || c.bad != 0)) { /* answered without Lua (but the error hook) */
+    if (m.status == 405) {
+      char allow[96];
+      eng_router_allow_string(m.allow, allow, sizeof allow);
+      eng_buf_appendf(&resp->headers, "Allow: %s\r\n", allow);
+      call_error(&c, L, 405, "method_not_allowed", "method not allowed for this path");
+    } else if (m.status == 404) {
+      call_error(&c, L, 404, "not_found", "no route for this path");
+    } else if (c.bad == ENG_EPARSE) {
+      call_error(&c, L, 400, "bad_request", why);
+    } else {
+      call_error(&c, L, 500, "internal_error", "out of memory");
     }
-  if (bad != 0) {
-    if (bad == ENG_EPARSE)
-      eng_runtime_error_in(rt, L, 400, "bad_request", why, request_id, resp);
-    else
-      eng_runtime_error_in(rt, L, 500, "internal_error", "out of memory", request_id, resp);
     goto done;
   }
   rt->request_id = request_id;
   rt->budget_blown = rt->mem_blown = 0; /* so a failure before the handler runs reads today's flags */
-  call c = {.rt = rt, .lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id}, .resp = resp};
+  c.deadline = mono_ms() + rt->budget_ms;
   if (eng_lua_protect(L, handle_p, &c, 0) != LUA_OK)
     handle_failed(rt, L, &c);
   if (rt->live == &c.lr)
@@ -630,6 +842,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   rt->budget_ms = opt->budget_ms > 0 ? opt->budget_ms : 1000;
   rt->mem_limit = opt->memory_limit ? opt->memory_limit : (size_t)256 << 20;
   rt->error_hook = LUA_NOREF;
+  rt->before_hooks = rt->after_hooks = LUA_NOREF;
   rt->co_ref = LUA_NOREF;
   rt->deadline_ms = ENG_NO_DEADLINE;
   int rc = 0;

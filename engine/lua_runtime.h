@@ -69,6 +69,19 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
 void eng_runtime_error_in(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
                           const char *request_id, eng_response *resp);
 
+/* Where an engine error answer arose, for the error hook's path and route arguments: the raw
+ * request path (path_len bytes, not NUL-terminated; NULL: none known) and the pattern of the
+ * route the router matched (NULL: none, a 404). Borrowed for the call. */
+typedef struct eng_error_place {
+  const char *path;
+  size_t path_len;
+  const char *route;
+} eng_error_place;
+
+/* eng_runtime_error_in with the place (at may be NULL: the hook gets nil for both). */
+void eng_runtime_error_at(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
+                          const char *request_id, const eng_error_place *at, eng_response *resp);
+
 /* Bytes the Lua state currently holds. */
 size_t eng_runtime_memory(const eng_runtime *rt);
 

@@ -45,6 +45,8 @@ struct eng_runtime {
   int64_t deadline_ms;      /* of the budgeted run in progress (monotonic ms); ENG_NO_DEADLINE between runs */
   int sql_hold;             /* > 0: the SQL progress handler lets statements finish (lua_db.c's rollbacks) */
   int error_hook;           /* registry ref of route.on_error's function, or LUA_NOREF */
+  int before_hooks;         /* registry refs of the route.before / route.after functions: arrays in */
+  int after_hooks;          /* registration order, or LUA_NOREF when there is none (lua_route.c) */
   int req_mt;               /* registry ref: metatable of request tables (lua_request.c) */
   int headers_mt;           /* registry ref: metatable of header tables */
   int key_method, key_path; /* registry refs: the key strings of the eagerly set request fields */
@@ -126,6 +128,12 @@ void eng_lua_request_init(eng_runtime *rt, lua_State *L);
  * peer and request_id first and unlinks lr (rt->live = lr->prev) once the handler is done;
  * if this raises, lr is not linked. */
 void eng_lua_request_push(eng_runtime *rt, lua_State *L, eng_live_request *lr);
+
+/* ---- lua_route.c ---- */
+
+/* Drops the request hooks and the error hook (route.before, route.after, route.on_error): a
+ * script load starts without them, as it starts with a fresh router. */
+void eng_lua_route_reset_hooks(eng_runtime *rt, lua_State *L);
 
 /* ---- lua_modules.c ---- */
 
