@@ -357,11 +357,13 @@ void eng_lua_route_reset_hooks(eng_runtime *rt, lua_State *L) {
 }
 
 int eng_luaopen_route(lua_State *L) {
-  static const luaL_Reg fns[] = {{"get", route_get},         {"head", route_head},       {"post", route_post},
-                                 {"put", route_put},         {"patch", route_patch},     {"delete", route_delete},
-                                 {"options", route_options}, {"add", route_add},         {"on_error", route_on_error},
-                                 {"handler", route_handler}, {"replace", route_replace}, {"before", route_before},
-                                 {"after", route_after},     {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"get", route_get},           {"head", route_head},
+                                 {"post", route_post},         {"put", route_put},
+                                 {"patch", route_patch},       {"delete", route_delete},
+                                 {"options", route_options},   {"add", route_add},
+                                 {"on_error", route_on_error}, {"handler", route_handler},
+                                 {"replace", route_replace},   {"before", route_before},
+                                 {"after", route_after},       {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

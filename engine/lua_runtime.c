@@ -477,9 +477,10 @@ typedef struct call {
   eng_response *resp;
   run run;
   int64_t deadline;
-  int bad;          /* the parameters' UTF-8 check: 0, ENG_EPARSE (bad_why says which) or another error */
+  int bad; /* the parameters' UTF-8 check: 0, ENG_EPARSE (bad_why says which) or another error */
   const char *bad_why;
-  int blown;        /* a call of this request blew the time or memory budget: no after hooks */
+  int hooks; /* run the request hooks (there are some, and this is not the engine's /healthz) */
+  int blown; /* a call of this request blew the time or memory budget: no after hooks */
 } call;
 
 static void call_error(call *c, lua_State *L, int status, const char *code, const char *message) {
@@ -564,7 +565,7 @@ static void take_answer(call *c, lua_State *L, int base, const char *who) {
  * hook, or with the error of a failed one), 0 to go on. */
 static int run_before_hooks(call *c, lua_State *L, int req_idx) {
   eng_runtime *rt = c->rt;
-  if (rt->before_hooks == LUA_NOREF)
+  if (!c->hooks || rt->before_hooks == LUA_NOREF)
     return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->before_hooks);
   int list = lua_gettop(L);
@@ -653,7 +654,7 @@ static const char *set_headers(lua_State *L, int idx, eng_response *resp) {
 /* Runs the after hooks in order on the answer. A failing one answers 500 (503) and ends them. */
 static void run_after_hooks(call *c, lua_State *L, int req_idx) {
   eng_runtime *rt = c->rt;
-  if (rt->after_hooks == LUA_NOREF || c->blown)
+  if (!c->hooks || rt->after_hooks == LUA_NOREF || c->blown)
     return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->after_hooks);
   int list = lua_gettop(L);
@@ -772,8 +773,8 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
       }
     c.bad_why = why;
   }
-  int hooks = (rt->before_hooks != LUA_NOREF || rt->after_hooks != LUA_NOREF) && !engine_healthz(L, &m);
-  if (!hooks && (m.status != 200 || c.bad != 0)) { /* answered without Lua (but the error hook) */
+  c.hooks = (rt->before_hooks != LUA_NOREF || rt->after_hooks != LUA_NOREF) && !engine_healthz(L, &m);
+  if (!c.hooks && (m.status != 200 || c.bad != 0)) { /* answered without Lua (but the error hook) */
     if (m.status == 405) {
       char allow[96];
       eng_router_allow_string(m.allow, allow, sizeof allow);

@@ -10,7 +10,10 @@ describe("engine errors in the platform envelope", function()
   it("404 for an unknown path", function()
     local res = app.request("GET", "/v2/nope", { headers = { ["X-Request-Id"] = "req-404" } })
     assert.equal("no route for this path", P.failed(res, 404, "req-404"))
-    P.failed(app.request("GET", "/v2/integrations/a/b/c"), 404)
+    -- below /v2/integrations/{customer_id}: the REST envelope (API.md 1.1), but under a
+    -- platform resource's path
+    P.rest_failed(app.request("GET", "/v2/integrations/a/b/c"), 404, "not_found")
+    P.failed(app.request("GET", "/v2/integrations/customer/x"), 404)
   end)
 
   it("405 with Allow for a known path and another method", function()
@@ -18,7 +21,7 @@ describe("engine errors in the platform envelope", function()
     P.failed(res, 405)
     assert.equal("GET, HEAD, POST, DELETE", res.headers["allow"])
     res = app.request("PATCH", "/v2/integrations/some-id")
-    P.failed(res, 405)
+    P.rest_failed(res, 405, "method_not_allowed") -- a REST route: the REST envelope
     assert.equal("GET, HEAD, DELETE", res.headers["allow"])
     res = app.request("DELETE", "/v2/integrations/app_setting")
     P.failed(res, 405)
