@@ -253,6 +253,71 @@ int eng_runtime_routes(eng_runtime *rt, eng_route_info **out, size_t *n, char **
   return 0;
 }
 
+typedef struct hooks_ctx {
+  eng_runtime *rt;
+  eng_hook_info *out;
+  size_t n;
+} hooks_ctx;
+
+/* Copies the hooks' places into c (under eng_lua_protect; c->out[0..n) is the caller's to free). */
+static int hooks_p(lua_State *L) {
+  hooks_ctx *c = lua_touserdata(L, 1);
+  int refs[2] = {c->rt->before_hooks, c->rt->after_hooks};
+  static const char *const kinds[2] = {"before", "after"};
+  size_t total = 0;
+  for (int k = 0; k < 2; k++)
+    if (refs[k] != LUA_NOREF) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, refs[k]);
+      total += lua_rawlen(L, -1);
+      lua_pop(L, 1);
+    }
+  if (total == 0)
+    return 0;
+  if ((c->out = calloc(total, sizeof *c->out)) == NULL)
+    return luaL_error(L, "out of memory");
+  for (int k = 0; k < 2; k++) {
+    if (refs[k] == LUA_NOREF)
+      continue;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, refs[k]);
+    lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= len && c->n < total; i++) {
+      lua_rawgeti(L, -1, i);
+      push_defined(L, lua_gettop(L));
+      eng_hook_info *h = &c->out[c->n++];
+      h->kind = kinds[k];
+      if ((h->handler = strdup(lua_tostring(L, -1))) == NULL)
+        return luaL_error(L, "out of memory");
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+void eng_hook_infos_free(eng_hook_info *h, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    free(h[i].handler);
+  free(h);
+}
+
+int eng_runtime_hooks(eng_runtime *rt, eng_hook_info **out, size_t *n, char **err) {
+  hooks_ctx c = {.rt = rt};
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  *err = NULL;
+  *out = NULL;
+  *n = 0;
+  if (eng_lua_protect(L, hooks_p, &c, 0) != LUA_OK) {
+    lua_settop(L, top);
+    eng_hook_infos_free(c.out, c.n);
+    return eng_errorf(err, ENG_ENOMEM, "cannot list the hooks: out of memory");
+  }
+  lua_settop(L, top);
+  *out = c.out;
+  *n = c.n;
+  return 0;
+}
+
 /* ---- the module ----------------------------------------------------------------------------- */
 
 static int route_add_method(lua_State *L, int method, int pattern_idx, int fn_idx) {

@@ -27,4 +27,17 @@ typedef struct eng_route_info {
 int eng_runtime_routes(eng_runtime *rt, eng_route_info **out, size_t *n, char **err);
 void eng_route_infos_free(eng_route_info *r, size_t n);
 
+/* A request hook (route.before / route.after) of rt's last script load. */
+typedef struct eng_hook_info {
+  const char *kind; /* "before" or "after" (static) */
+  char *handler;    /* "file:line" where the hook function is defined, or "[C]" */
+} eng_hook_info;
+
+/* The hooks of rt's last script load, before hooks then after hooks, each in the order they
+ * run, in a malloc'd array (*out, *n; NULL, 0 when none) the caller frees with
+ * eng_hook_infos_free. Runs protected on rt's state: call it between requests. ENG_ENOMEM
+ * with *err (malloc'd) on failure. */
+int eng_runtime_hooks(eng_runtime *rt, eng_hook_info **out, size_t *n, char **err);
+void eng_hook_infos_free(eng_hook_info *h, size_t n);
+
 #endif

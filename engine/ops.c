@@ -310,7 +310,14 @@ typedef struct loaded {
   int routes;
   eng_route_info *infos; /* when asked for */
   size_t ninfos;
+  eng_hook_info *hooks; /* route.before / route.after, with infos */
+  size_t nhooks;
 } loaded;
+
+static void loaded_free(loaded *ld) {
+  eng_route_infos_free(ld->infos, ld->ninfos);
+  eng_hook_infos_free(ld->hooks, ld->nhooks);
+}
 
 /* Builds a runtime from cfg's scripts with settings against a scratch database migrated with
  * the schema (up to max_id when limit), counts (and lists, when want_infos) its routes, frees it.
@@ -348,6 +355,7 @@ static int check_load(const eng_config *cfg, const eng_buf *settings, int limit,
     out->infos = infos;
     out->ninfos = n;
     infos = NULL;
+    rc = eng_runtime_hooks(rt, &out->hooks, &out->nhooks, err);
   }
 cleanup:
   eng_route_infos_free(infos, infos ? n : 0);
@@ -648,6 +656,9 @@ static void print_routes(const loaded *ld, const overlays *ov) {
     width = len > width ? len : width;
   }
   printf("%-7s  %-*s  %s\n", "METHOD", width, "PATTERN", "HANDLER");
+  for (size_t i = 0; i < ld->nhooks; i++) /* they run around every route: listed first */
+    printf("%-7s  %-*s  %s\n", strcmp(ld->hooks[i].kind, "before") == 0 ? "BEFORE" : "AFTER", width, "*",
+           ld->hooks[i].handler);
   for (size_t i = 0; i < ld->ninfos; i++) {
     const eng_route_info *r = &ld->infos[i];
     printf("%-7s  %-*s  %s", eng_router_method_name(r->method), width, r->pattern, r->handler ? r->handler : "?");
@@ -706,7 +717,7 @@ int eng_ops_check(const eng_config *cfg) {
 fail:
   fprintf(stderr, "apiengine: check failed: %s\n", err ? err : eng_strerror(rc));
 out:
-  eng_route_infos_free(ld.infos, ld.ninfos);
+  loaded_free(&ld);
   overlays_free(&ov);
   eng_db_state_free(&st);
   free(err);
@@ -726,7 +737,7 @@ int eng_ops_routes(const eng_config *cfg) {
     print_routes(&ld, &ov);
   else
     fprintf(stderr, "apiengine: %s\n", err ? err : eng_strerror(rc));
-  eng_route_infos_free(ld.infos, ld.ninfos);
+  loaded_free(&ld);
   overlays_free(&ov);
   free(err);
   fflush(stdout);

@@ -195,6 +195,38 @@ describe("request hooks on a script reload", function()
   end)
 end)
 
+describe("apiengine routes", function()
+  it("lists the request hooks first, in the order they run, with the file:line of each", function()
+    local out_dir = testing.mkdtemp()
+    local pid = testing.spawn({ testing.exe(), "routes", "--scripts", root .. "/hooks", "--schema",
+      "tests/fixtures/engine/schema", "--db", "/nonexistent/db.sqlite" }, out_dir .. "/out")
+    local code = testing.wait(pid, 15000)
+    if code == nil then testing.kill(pid, 9) testing.wait(pid, 5000) end
+    local f = assert(io.open(out_dir .. "/out"))
+    local out = f:read("a")
+    f:close()
+    testing.rmtree(out_dir)
+    assert.equal(0, code, out)
+    local H = root .. "/hooks/hooks.lua:"
+    assert.equal(table.concat({
+      "METHOD   PATTERN       HANDLER",
+      "BEFORE   *             " .. H .. "9",
+      "BEFORE   *             " .. H .. "10",
+      "BEFORE   *             " .. H .. "18",
+      "AFTER    *             " .. H .. "23",
+      "AFTER    *             " .. H .. "27",
+      "GET      /after-bad    " .. H .. "37",
+      "GET      /after-error  " .. H .. "36",
+      "GET      /fail         " .. H .. "35",
+      "GET      /healthz      (engine)",
+      "GET      /p/{id}       " .. H .. "39",
+      "GET      /seen         " .. H .. "33",
+      "GET      /spin         " .. H .. "38",
+      "GET      /stop         " .. H .. "34",
+    }, "\n") .. "\n", out)
+  end)
+end)
+
 describe("the default scripts' envelope for the engine's own answers", function()
   local app = spec.app { scripts = "scripts:" .. root .. "/rest_overlay", schema = "schema" }
 
