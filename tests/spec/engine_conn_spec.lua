@@ -35,10 +35,10 @@ describe("output back-pressure", function()
   it("keeps the server under 256 MiB while 100 clients pipeline 64 KiB of requests for big answers and never read",
     function()
       local base = rss_mib(srv.pid)
-      -- 64 requests of 1 KiB each per connection, each asking for a 256 KiB answer: 16 MiB of
-      -- answers per connection, 1.6 GiB in all if the engine answered everything it read.
+      -- 128 requests of 512 bytes each per connection, each asking for a 256 KiB answer: 32 MiB
+      -- of answers per connection, 3.2 GiB in all if the engine answered everything it read.
       local batch = {}
-      for i = 1, 64 do batch[i] = padded("/big?kb=256", 1024, "r" .. i) end
+      for i = 1, 128 do batch[i] = padded("/big?kb=256", 512, "r" .. i) end
       batch = table.concat(batch)
       assert.equal(64 * 1024, #batch)
       local conns = {}
@@ -81,5 +81,102 @@ describe("output back-pressure", function()
     end
     c:close()
     for _, s in ipairs(stalled) do s:close() end
+  end)
+end)
+
+-- Reads until the server closes (or `limit` seconds pass): the bytes, how it ended, and when.
+local function read_to_close(c, limit)
+  c:settimeout(limit)
+  local t0 = socket.gettime()
+  local data, err, partial = c:receive("*a")
+  return data or partial, err or "closed", socket.gettime() - t0
+end
+
+describe("timeouts", function()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1,
+                            args = { "--header-timeout", "300", "--body-timeout", "300", "--idle-timeout", "3000",
+                                     "--send-timeout", "500" } }
+
+  it("closes a silent new connection at the header timeout while keep-alive connections wait longer", function()
+    local k = connect(srv.port)
+    assert(k:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert.equal(200, spec.read_response(k).status)
+    local n = connect(srv.port)
+    local data, how, took = read_to_close(n, 2.5)
+    assert.equal("", data)
+    assert.equal("closed", how)
+    assert.is_true(took < 1.5, "the silent connection lived " .. took .. " s")
+    -- the keep-alive one is still served (its idle timeout is 3 s)
+    assert(k:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert.equal(200, spec.read_response(k).status)
+    k:close()
+    n:close()
+  end)
+
+  it("times each request's headers from its own first byte, for a client always mid-request at a read boundary",
+    function()
+      local c = connect(srv.port)
+      local req = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+      local cut = 10 -- each send ends inside the next request
+      assert(c:send(req:sub(1, cut)))
+      local t0 = socket.gettime()
+      local answered = 0
+      while socket.gettime() - t0 < 1.2 do
+        testing.sleep(50)
+        assert(c:send(req:sub(cut + 1) .. req:sub(1, cut)))
+        local res = assert(spec.read_response(c))
+        assert.equal(200, res.status)
+        answered = answered + 1
+      end
+      assert.is_true(answered >= 10, answered)
+      c:close()
+    end)
+
+  it("lets a slow upload that keeps sending finish, and answers 408 with Connection: close to a stalled one",
+    function()
+      local c = connect(srv.port)
+      assert(c:send("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\n"))
+      for _ = 1, 12 do -- 1.2 s in all, four times the header timeout, 100 ms between reads
+        testing.sleep(100)
+        assert(c:send("x"))
+      end
+      local res = assert(spec.read_response(c))
+      assert.equal(200, res.status)
+      assert.same({ len = 12 }, res.json)
+      -- the same connection, a body that stops
+      assert(c:send("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\nX-Request-Id: stalled\r\n\r\nxxxxx"))
+      local raw, how, took = read_to_close(c, 3)
+      assert.equal("closed", how)
+      assert.is_true(took < 1.5, took)
+      res = spec.parse_response(raw)
+      assert.equal(408, res.status)
+      assert.equal("close", res.headers["connection"])
+      assert.same({ error = { code = "request_timeout", message = "request body not received in time" },
+                    request_id = "stalled" }, res.json)
+      c:close()
+    end)
+
+  it("answers 408 to headers that stop, and closes", function()
+    local c = connect(srv.port)
+    assert(c:send("GET /hello HTTP/1.1\r\nHost: t\r\n"))
+    local raw, how, took = read_to_close(c, 3)
+    assert.equal("closed", how)
+    assert.is_true(took < 1.5, took)
+    local res = spec.parse_response(raw)
+    assert.equal(408, res.status)
+    assert.equal("request headers not received in time", res.json.error.message)
+    c:close()
+  end)
+
+  it("closes a connection whose client does not take its answers within the send timeout", function()
+    local c = connect(srv.port)
+    local batch = {}
+    for i = 1, 16 do batch[i] = "GET /big?kb=1024 HTTP/1.1\r\nHost: t\r\n\r\n" end
+    assert(c:send(table.concat(batch)))
+    testing.sleep(1500) -- never reading: past the 0.5 s send timeout (the idle timeout is 3 s)
+    local raw = read_to_close(c, 3)
+    assert.is_true(#raw < 16 * 1024 * 1024, #raw)
+    c:close()
+    assert.equal(200, srv.request("GET", "/hello").status)
   end)
 end)
