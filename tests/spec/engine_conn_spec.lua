@@ -180,3 +180,103 @@ describe("timeouts", function()
     assert.equal(200, srv.request("GET", "/hello").status)
   end)
 end)
+
+describe("the connection limit", function()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 4, args = { "--max-connections", "1" } }
+
+  it("is one limit for the whole process, and refusals are logged once a second with their count", function()
+    testing.sleep(200) -- let the server see the start-up probe's connection close
+    local first = connect(srv.port)
+    assert(first:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert.equal(200, spec.read_response(first).status)
+    -- 20 more while it is open: every one is refused, whichever of the 4 workers takes it
+    local served = 0
+    for _ = 1, 20 do
+      local c = connect(srv.port, 2)
+      c:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+      local data = read_to_close(c, 2)
+      if data ~= "" then served = served + 1 end
+      c:close()
+    end
+    assert.equal(0, served)
+    assert(first:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert.equal(200, spec.read_response(first).status)
+    first:close()
+    testing.sleep(1500) -- the sweep writes the count of the last second
+    local lines, total = 0, 0
+    for n in srv.read_log():gmatch("connection limit reached %(%-%-max%-connections 1%): refused (%d+) connections?") do
+      lines = lines + 1
+      total = total + tonumber(n)
+    end
+    assert.equal(20, total)
+    assert.is_true(lines <= 3, lines .. " lines")
+    -- and once the first has gone, a new one is served
+    testing.sleep(100)
+    assert.equal(200, srv.request("GET", "/hello").status)
+  end)
+end)
+
+describe("the drain", function()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, manual = true,
+                            args = { "--drain-timeout", "300", "--budget-ms", "10000" } }
+  after_each(function() srv.stop(9); if srv.dir then testing.rmtree(srv.dir) end end)
+
+  it("is a deadline for the whole process: a worker stuck in a handler is named and the exit is 1", function()
+    srv.start()
+    -- Another process holds the database's write lock: the handler's INSERT waits (SQLite's
+    -- busy wait, 10 s), which no budget interrupts.
+    local holder = assert(io.popen("sqlite3 " .. srv.db_path .. " >/dev/null 2>&1", "w"))
+    holder:write("PRAGMA busy_timeout = 5000;\nBEGIN IMMEDIATE;\nINSERT INTO items (name) VALUES ('holder');\n")
+    holder:flush()
+    testing.sleep(300)
+    local c = connect(srv.port, 15)
+    assert(c:send("POST /write HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"))
+    testing.sleep(300)
+    local t0 = socket.gettime()
+    testing.kill(srv.pid, 15)
+    local code = testing.wait(srv.pid, 4000)
+    local took = socket.gettime() - t0
+    holder:write("ROLLBACK;\n")
+    holder:close()
+    c:close()
+    if code then srv.pid = nil end
+    assert.equal(1, code, srv.read_log())
+    assert.is_true(took < 2, took)
+    assert.matches("drain timeout %(300 ms%): worker 0 is still busy, in one handler for [%d.]+ s; exiting without it",
+      srv.read_log())
+    assert.is_nil(srv.read_log():find("stopped cleanly", 1, true))
+  end)
+end)
+
+describe("the drain under load", function()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, manual = true,
+                            args = { "--drain-timeout", "8000", "--budget-ms", "10000" } }
+  after_each(function() srv.stop(9); if srv.dir then testing.rmtree(srv.dir) end end)
+
+  it("answers a connection accepted while the worker was busy, even when handlers outlast the idle grace", function()
+    srv.start()
+    local a1, a2 = connect(srv.port, 10), connect(srv.port, 10)
+    assert(a1:send("GET /spin?ms=1200 HTTP/1.1\r\nHost: t\r\n\r\n"))
+    testing.sleep(100) -- a1's handler runs
+    assert(a2:send("GET /spin?ms=1200 HTTP/1.1\r\nHost: t\r\n\r\n"))
+    testing.sleep(100)
+    local b = connect(srv.port, 10) -- queued on the listener: the worker is in a handler
+    assert(b:send("GET /hello HTTP/1.1\r\nHost: t\r\nX-Request-Id: late\r\n\r\n"))
+    testing.sleep(100)
+    testing.kill(srv.pid, 15)
+    for _, c in ipairs { a1, a2 } do
+      local res = assert(spec.read_response(c))
+      assert.equal(200, res.status)
+      c:close()
+    end
+    local raw, how = read_to_close(b, 10)
+    assert.equal("closed", how)
+    local res = spec.parse_response(raw)
+    assert.equal(200, res.status)
+    assert.equal("late", res.headers["x-request-id"])
+    assert.equal("close", res.headers["connection"])
+    b:close()
+    assert.equal(0, testing.wait(srv.pid, 10000))
+    srv.pid = nil
+  end)
+end)
