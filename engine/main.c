@@ -2,11 +2,13 @@
 #include "config.h"
 #include "log.h"
 #include "ops.h"
+#include "server.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int eng_test_main(int argc, char **argv); /* test.c */
 
@@ -86,6 +88,10 @@ int main(int argc, char **argv) {
    * the directory created for it. */
   umask(027);
   int rc = commands[c].run ? commands[c].run(&cfg) : eng_ops_serve(&cfg, argc, argv, 2);
+  if (eng_server_abandoned()) { /* a worker stuck past the drain deadline still runs (server.h) */
+    fflush(NULL);
+    _exit(rc);
+  }
   eng_config_free(&cfg);
   return rc;
 }

@@ -511,6 +511,8 @@ static void unwatch_signals(main_ctx *m) {
 static worker *abandoned_workers;
 static server_shared *abandoned_shared;
 
+int eng_server_abandoned(void) { return abandoned_workers != NULL; }
+
 int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   int n = cfg->workers;
   int rc = 0, port = 0, timed_out = 0;

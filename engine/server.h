@@ -39,6 +39,12 @@ typedef struct eng_server_hooks {
  * address: SO_REUSEPORT would otherwise let two servers share the port without a word. */
 int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks);
 
+/* True once eng_server_run has given up on a worker still stuck in a handler past the drain
+ * deadline (it then returns ENG_EIO). That worker still runs and uses the configuration and the
+ * libraries' global state, so the process must end with _exit: no atexit handlers (OpenSSL's
+ * cleanup frees what the worker may use), no freeing of the configuration. */
+int eng_server_abandoned(void);
+
 /* Binds a socket to cfg's address without SO_REUSEPORT and closes it: ENG_EEXISTS when
  * something listens there already (an apiengine, whose sockets have SO_REUSEPORT, included),
  * ENG_EIO for other bind errors, ENG_ECONFIG for an address that does not resolve; *err (if not
