@@ -33,7 +33,8 @@ static void usage(FILE *f) {
           "overridden by APIENGINE_<NAME> environment variables.\n"
           "One server per database: serve holds <db>.lock (naming its pid) and refuses to start\n"
           "while another process holds it or listens on the address, unless --handover.\n"
-          "Signals: SIGTERM / SIGINT stop accepting, drain in-flight requests, exit 0.\n"
+          "Signals: SIGTERM / SIGINT stop accepting, drain in-flight requests, exit 0 (1 when a\n"
+          "handler still runs past --drain-timeout).\n"
           "SIGHUP reloads the scripts and the config file's `settings` (not migrations; a reload\n"
           "that fails changes nothing and logs file:line).\n",
           APIENGINE_VERSION, eng_config_usage());

@@ -4,8 +4,11 @@
  * starts the worker threads (each with its own loop, Lua runtime and database
  * connection), and blocks until SIGTERM or SIGINT. Then it stops accepting,
  * lets in-flight requests finish within cfg->drain_ms, closes every
- * connection and database, and returns 0. Start-up failures (bind, scripts,
- * database) return a negative ENG_E* after logging why.
+ * connection and database, and returns 0. cfg->drain_ms is a deadline for the
+ * whole stop: a worker still stuck in a handler ENG_DRAIN_GRACE_MS after it is
+ * named in the log and left running, and the call returns ENG_EIO at once
+ * (see eng_server_abandoned). Start-up failures (bind, scripts, database)
+ * return a negative ENG_E* after logging why.
  *
  * SIGHUP reloads the scripts: the main thread asks hooks->reload_check, which checks a fresh
  * load of the scripts by itself and hands back the settings to use; if it refuses, nothing
