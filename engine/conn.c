@@ -561,13 +561,15 @@ static void expire(conn *c) {
 }
 
 /* Expires the entries of l whose deadline has passed. For the lists that wait for input, a
- * connection whose bytes the kernel already holds is skipped: the loop was late (a long
- * handler), not the client, and the read that follows moves it on. */
-static void sweep_list(list *l, uint64_t now, int waits_for_input) {
+ * connection whose bytes the kernel already holds is spared once, by the first sweep that sees
+ * its deadline passed (deadline after `last`, the previous sweep): the loop was late (a long
+ * handler), not the client, and the poll that follows this sweep reads them and moves it on. A
+ * slow client cannot live on that: the next sweep expires it whatever it has sent. */
+static void sweep_list(list *l, uint64_t now, uint64_t last, int waits_for_input) {
   conn *c = l->head;
   while (c && c->deadline <= now) {
     conn *next = c->next;
-    if (!(waits_for_input && has_input(c)))
+    if (!(waits_for_input && c->deadline > last && has_input(c)))
       expire(c); /* moves c to another list, or closes it */
     c = next;
   }
@@ -579,11 +581,13 @@ static void close_all(list *l) {
 }
 
 void eng_conn_sweep(worker *w, uint64_t now) {
-  sweep_list(&w->head, now, 1);
-  sweep_list(&w->body, now, 1);
-  sweep_list(&w->idle, now, 1);
-  sweep_list(&w->send, now, 0);
-  sweep_list(&w->linger, now, 0);
+  uint64_t last = w->last_sweep;
+  w->last_sweep = now;
+  sweep_list(&w->head, now, last, 1);
+  sweep_list(&w->body, now, last, 1);
+  sweep_list(&w->idle, now, last, 1);
+  sweep_list(&w->send, now, last, 0);
+  sweep_list(&w->linger, now, last, 0);
   if (w->stopping && now >= w->drain_deadline) {
     close_all(&w->head);
     close_all(&w->body);

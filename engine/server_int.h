@@ -119,6 +119,7 @@ struct worker {
   eng_buf out;
   uint64_t drain_deadline;
   uint64_t drain_idle_until;       /* at the drain: when idle connections are closed */
+  uint64_t last_sweep;             /* loop time of the previous sweep */
   atomic_uint_fast64_t busy_since; /* uv_hrtime when the running handler started, 0: none */
   atomic_int finished;             /* the worker's loop has ended (read by the main thread) */
   atomic_uint reload_seen;         /* id of the last reload this worker finished building */
