@@ -279,4 +279,25 @@ describe("the drain under load", function()
     assert.equal(0, testing.wait(srv.pid, 10000))
     srv.pid = nil
   end)
+
+  it("half-closes an idle keep-alive connection at the drain: a request sent after that is dropped, not reset",
+    function()
+      srv.start()
+      local k = connect(srv.port, 10)
+      assert(k:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+      assert.equal(200, spec.read_response(k).status)
+      testing.kill(srv.pid, 15)
+      local data, how, took = read_to_close(k, 5) -- the idle grace: 1 s
+      assert.equal("", data)
+      assert.equal("closed", how)
+      assert.is_true(took > 0.5 and took < 3, took)
+      -- The client sends one more request just as the server let it go: the server still reads
+      -- (and drops) it, so no reset comes back (SO_ERROR stays clear).
+      assert(k:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+      testing.sleep(100)
+      assert.is_nil(k:getoption("error"))
+      k:close()
+      assert.equal(0, testing.wait(srv.pid, 10000))
+      srv.pid = nil
+    end)
 end)
