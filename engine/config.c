@@ -52,13 +52,17 @@ static const opt opts[] = {
     {"--max-body-bytes", "APIENGINE_MAX_BODY_BYTES", "max_body_bytes", T_SIZE, OFF(limits.max_body_bytes), 0, 1L << 30,
      "request body limit, 413 past it (default 1048576)"},
     {"--header-timeout", "APIENGINE_HEADER_TIMEOUT", "header_timeout", T_INT, OFF(header_timeout_ms), 100, 3600000,
-     "ms to receive a whole request once it starts (default 10000)"},
+     "ms to receive a request's line and headers, from its first byte; 408 past it (default 10000)"},
+    {"--body-timeout", "APIENGINE_BODY_TIMEOUT", "body_timeout", T_INT, OFF(body_timeout_ms), 100, 3600000,
+     "ms between two reads of a request body; 408 past it (default 10000)"},
     {"--idle-timeout", "APIENGINE_IDLE_TIMEOUT", "idle_timeout", T_INT, OFF(idle_timeout_ms), 100, 3600000,
      "ms a keep-alive connection may sit idle (default 60000)"},
+    {"--send-timeout", "APIENGINE_SEND_TIMEOUT", "send_timeout", T_INT, OFF(send_timeout_ms), 100, 3600000,
+     "ms a client may take to accept each queued answer before it is closed (default 60000)"},
     {"--max-connections", "APIENGINE_MAX_CONNECTIONS", "max_connections", T_INT, OFF(max_connections), 1, 10000000,
-     "open connections across all workers (default 20000)"},
+     "open connections of the whole process; past it new ones are closed (default 20000)"},
     {"--drain-timeout", "APIENGINE_DRAIN_TIMEOUT", "drain_timeout", T_INT, OFF(drain_ms), 0, 3600000,
-     "ms to finish in-flight requests on SIGTERM/SIGINT (default 10000)"},
+     "ms the whole process may take to stop on SIGTERM/SIGINT; exit 1 past it (default 10000)"},
     {"--budget-ms", "APIENGINE_BUDGET_MS", "budget_ms", T_INT, OFF(budget_ms), 1, 3600000,
      "time budget of one handler, 503 past it (default 1000)"},
     {"--memory-limit-mb", "APIENGINE_MEMORY_LIMIT_MB", "memory_limit_mb", T_MB, OFF(memory_limit), 8, 1 << 20,
@@ -86,6 +90,8 @@ void eng_config_init(eng_config *c) {
   eng_http_limits_default(&c->limits);
   c->header_timeout_ms = ENG_DEFAULT_HEADER_TIMEOUT_MS;
   c->idle_timeout_ms = ENG_DEFAULT_IDLE_TIMEOUT_MS;
+  c->body_timeout_ms = ENG_DEFAULT_BODY_TIMEOUT_MS;
+  c->send_timeout_ms = ENG_DEFAULT_SEND_TIMEOUT_MS;
   c->max_connections = ENG_DEFAULT_MAX_CONNECTIONS;
   c->drain_ms = ENG_DEFAULT_DRAIN_MS;
   c->budget_ms = ENG_DEFAULT_BUDGET_MS;

@@ -20,6 +20,8 @@
 #define ENG_DEFAULT_DB "data/apiengine.db"
 #define ENG_DEFAULT_HEADER_TIMEOUT_MS 10000
 #define ENG_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define ENG_DEFAULT_BODY_TIMEOUT_MS 10000
+#define ENG_DEFAULT_SEND_TIMEOUT_MS 60000
 #define ENG_DEFAULT_MAX_CONNECTIONS 20000
 #define ENG_DEFAULT_DRAIN_MS 10000
 #define ENG_DEFAULT_BUDGET_MS 1000
@@ -40,8 +42,10 @@ typedef struct eng_config {
   int log_json;
   int access_log;
   eng_http_limits limits;
-  int header_timeout_ms;
-  int idle_timeout_ms;
+  int header_timeout_ms; /* a request's line and headers, from its first byte */
+  int body_timeout_ms;   /* between two reads of a request body */
+  int idle_timeout_ms;   /* a keep-alive connection with nothing to send, between requests */
+  int send_timeout_ms;   /* between two completed writes while answers wait for the client */
   int max_connections;
   int drain_ms;
   int budget_ms;

@@ -1,4 +1,5 @@
-/* conn.c - connections: accept, read, parse, answer, write, linger, timeouts (see server_int.h). */
+/* conn.c - connections: accept, read, parse, answer, write, back-pressure, linger, timeouts, the
+ * connection limit (see server_int.h). */
 #include "server_int.h"
 #include "log.h"
 
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 /* ---- lists --------------------------------------------------------------------------------- */
@@ -43,10 +45,32 @@ static void list_push(list *l, conn *c, uint64_t deadline) {
 
 /* ---- connections --------------------------------------------------------------------------- */
 
+/* Refused connections are counted over all workers and logged at most once every
+ * ENG_LIMIT_LOG_MS, one line with the count since the last one: a flood of connections past
+ * the limit does not flood the log. `refused` adds one first; the sweep calls it with 0 so the
+ * last count is written too. Whichever worker wins the compare-and-swap writes the line. */
+static void limit_log(server_shared *sh, int refused) {
+  if (refused)
+    atomic_fetch_add(&sh->refused, 1);
+  uint64_t now = uv_hrtime() / 1000000u;
+  uint_fast64_t last = atomic_load(&sh->logged_ms);
+  if ((last != 0 && now - last < ENG_LIMIT_LOG_MS) || atomic_load(&sh->refused) == 0)
+    return;
+  if (!atomic_compare_exchange_strong(&sh->logged_ms, &last, now))
+    return;
+  unsigned long n = atomic_exchange(&sh->refused, 0);
+  if (n > 0)
+    eng_log_warn("connection limit reached (--max-connections %d): refused %lu connection%s since the last such line",
+                 sh->max_conns, n, n == 1 ? "" : "s");
+}
+
 static void on_conn_closed(uv_handle_t *h) {
   conn *c = (conn *)h;
   worker *w = c->w;
   eng_http_parser_free(&c->hp);
+  eng_buf_free(&c->held);
+  if (c->counted)
+    atomic_fetch_sub(&w->sh->conns, 1);
   free(c);
   w->nconns--;
   eng_worker_maybe_finish(w);
@@ -55,26 +79,78 @@ static void on_conn_closed(uv_handle_t *h) {
 void eng_conn_close(conn *c) {
   if (uv_is_closing((uv_handle_t *)&c->tcp))
     return;
+  c->closing = 1;
   list_remove(c);
   uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static int handle_closing(const conn *c) { return uv_is_closing((const uv_handle_t *)&c->tcp); }
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+static int read_on(conn *c) {
+  if (c->reading)
+    return 0;
+  if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read) != 0)
+    return -1;
+  c->reading = 1;
+  return 0;
+}
+
+static void read_off(conn *c) {
+  if (!c->reading)
+    return;
+  (void)uv_read_stop((uv_stream_t *)&c->tcp); /* cannot fail on a TCP handle (always 0 since libuv 1.x) */
+  c->reading = 0;
+}
+
+/* Between requests: the idle list, or the send list while answers are still unsent (the idle
+ * time starts once the client has taken them all). At the drain, idle connections share one
+ * deadline (eng_conn_drain). */
+static void arm_idle(conn *c) {
+  worker *w = c->w;
+  uint64_t now = uv_now(&w->loop);
+  c->state = C_IDLE;
+  if (c->pending > 0)
+    list_push(&w->send, c, now + (uint64_t)w->cfg->send_timeout_ms);
+  else if (w->stopping)
+    list_push(&w->idle, c, w->drain_idle_until);
+  else
+    list_push(&w->idle, c, now + (uint64_t)w->cfg->idle_timeout_ms);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
   conn *c = req->data;
   free(req);
-  if (status != 0)
+  if (status != 0) {
     eng_conn_close(c);
+    return;
+  }
+  c->shut = 1;
+  if (!handle_closing(c))
+    list_push(&c->w->linger, c, uv_now(&c->w->loop) + ENG_LINGER_MS);
 }
 
-/* Half-close after the last answer; keep reading (and discarding) until the
- * peer closes or ENG_LINGER_MS pass, so unread input does not turn into a RST
- * that could destroy the answer on its way. */
+/* Half-close after the last answer has gone out (the send list times that); then keep reading
+ * (and discarding) until the peer closes or ENG_LINGER_MS pass, so unread input does not turn
+ * into a RST that could destroy the answer on its way. */
 static void conn_finish(conn *c) {
-  if (c->state == C_LINGER || uv_is_closing((uv_handle_t *)&c->tcp))
+  worker *w = c->w;
+  if (c->state == C_LINGER || handle_closing(c))
     return;
   c->state = C_LINGER;
   c->closing = 1;
-  list_push(&c->w->busy, c, uv_now(&c->w->loop) + ENG_LINGER_MS);
+  eng_buf_free(&c->held);
+  if (read_on(c) != 0) {
+    eng_conn_close(c);
+    return;
+  }
+  uint64_t now = uv_now(&w->loop);
+  if (c->pending > 0)
+    list_push(&w->send, c, now + (uint64_t)w->cfg->send_timeout_ms);
+  else
+    list_push(&w->linger, c, now + ENG_LINGER_MS);
   uv_shutdown_t *req = malloc(sizeof *req);
   if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
     free(req);
@@ -91,24 +167,45 @@ typedef struct wreq {
   char data[];
 } wreq;
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+/* Whether c may handle its next request now, given its unsent output: always when it has
+ * none; while its worker is past ENG_WORKER_OUTPUT_MAX, only then; else up to `limit`. */
+static int may_continue(const conn *c, size_t limit) {
+  if (c->pending == 0)
+    return 1;
+  return c->w->queued <= ENG_WORKER_OUTPUT_MAX && c->pending <= limit;
+}
+
+static void resume(conn *c);
 
 static void on_write(uv_write_t *req, int status) {
   wreq *wr = (wreq *)req;
   conn *c = wr->c;
+  worker *w = c->w;
   c->pending -= wr->len;
+  w->queued -= wr->len;
   free(wr);
   if (status != 0) {
     eng_conn_close(c);
     return;
   }
-  if (!c->reading && !c->closing && c->pending < ENG_WRITE_HIGH / 4) {
-    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read) != 0) {
-      eng_conn_close(c);
-      return;
-    }
-    c->reading = 1;
+  if (handle_closing(c))
+    return;
+  switch (c->state) {
+  case C_WAIT:
+    if (may_continue(c, ENG_CONN_OUTPUT_RESUME))
+      resume(c);
+    else
+      list_push(&w->send, c, uv_now(&w->loop) + (uint64_t)w->cfg->send_timeout_ms);
+    break;
+  case C_IDLE:
+    arm_idle(c);
+    break;
+  case C_LINGER:
+    if (!c->shut)
+      list_push(&w->send, c, uv_now(&w->loop) + (uint64_t)w->cfg->send_timeout_ms);
+    break;
+  default: /* reading a request: its own deadline runs */
+    break;
   }
 }
 
@@ -140,10 +237,7 @@ static int conn_send(conn *c, const char *data, size_t len) {
     return eng_err_from_uv(rc);
   }
   c->pending += len;
-  if (c->pending > ENG_WRITE_HIGH && c->reading) {
-    (void)uv_read_stop((uv_stream_t *)&c->tcp); /* cannot fail on a TCP handle (always 0 since libuv 1.x) */
-    c->reading = 0;
-  }
+  c->w->queued += len;
   return 0;
 }
 
@@ -184,7 +278,10 @@ static void handle_request(conn *c) {
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   eng_http_request_id(req, rid);
   eng_response_reset(&w->resp);
+  /* The main thread names the workers still in a handler when the drain deadline passes. */
+  atomic_store_explicit(&w->busy_since, uv_hrtime(), memory_order_relaxed);
   eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
+  atomic_store_explicit(&w->busy_since, 0, memory_order_relaxed);
   int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&eng_server_stopping, memory_order_relaxed);
   send_response(c, req, rid, keep);
   if (!keep)
@@ -202,45 +299,90 @@ static void handle_parse_error(conn *c) {
   c->closing = 1;
 }
 
-static void process(conn *c, const char *data, size_t len) {
+/* A request's first byte: --header-timeout runs from here. */
+static void request_start(conn *c) {
   worker *w = c->w;
-  if (c->state == C_IDLE) {
-    c->state = C_BUSY;
-    c->t_start = uv_hrtime();
-    list_push(&w->busy, c, uv_now(&w->loop) + (uint64_t)w->cfg->header_timeout_ms);
-  }
-  while (len > 0 && !c->closing) {
+  c->state = C_HEAD;
+  c->t_start = uv_hrtime();
+  list_push(&w->head, c, uv_now(&w->loop) + (uint64_t)w->cfg->header_timeout_ms);
+}
+
+/* Feeds bytes to the parser and answers the requests they complete, in order. Stops early,
+ * at a request boundary, when the client must first take its answers (C_WAIT: the caller keeps
+ * the rest), or when the connection is closing. Returns the bytes used. */
+static size_t feed(conn *c, const char *data, size_t len) {
+  worker *w = c->w;
+  size_t done = 0;
+  while (done < len && !c->closing) {
+    if (c->state == C_IDLE) {
+      if (!may_continue(c, ENG_CONN_OUTPUT_MAX)) {
+        c->state = C_WAIT;
+        read_off(c);
+        list_push(&w->send, c, uv_now(&w->loop) + (uint64_t)w->cfg->send_timeout_ms);
+        break;
+      }
+      request_start(c);
+    }
     size_t used = 0;
-    int r = eng_http_parser_feed(&c->hp, data, len, &used);
-    data += used;
-    len -= used;
+    int r = eng_http_parser_feed(&c->hp, data + done, len - done, &used);
+    done += used;
     if (r == ENG_HTTP_NEED_MORE) {
       if (c->hp.want_continue && !c->sent_continue) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         c->sent_continue = 1;
-        if (conn_send(c, cont, sizeof cont - 1) != 0)
+        if (conn_send(c, cont, sizeof cont - 1) != 0) {
           eng_conn_close(c);
+          break;
+        }
+      }
+      if (c->hp.headers_done) { /* --body-timeout runs between reads */
+        c->state = C_BODY;
+        list_push(&w->body, c, uv_now(&w->loop) + (uint64_t)w->cfg->body_timeout_ms);
       }
       break;
     }
     if (r == ENG_HTTP_ERROR) {
       handle_parse_error(c);
+      done = len;
       break;
     }
     handle_request(c);
     eng_http_parser_next(&c->hp);
     c->sent_continue = 0;
-    c->t_start = uv_hrtime();
+    c->state = C_IDLE;
   }
-  if (uv_is_closing((uv_handle_t *)&c->tcp))
+  return done;
+}
+
+/* After feeding: what the connection waits for next. */
+static void settle(conn *c) {
+  if (handle_closing(c))
     return;
   if (c->closing) {
     conn_finish(c);
-  } else if (!c->hp.in_message) {
-    c->state = C_IDLE;
+  } else if (c->state == C_IDLE) {
     eng_http_parser_trim(&c->hp);
-    list_push(&w->idle, c, uv_now(&w->loop) + (uint64_t)w->cfg->idle_timeout_ms);
+    arm_idle(c);
   }
+}
+
+/* C_WAIT is over: handle what was held, then read on. */
+static void resume(conn *c) {
+  c->state = C_IDLE;
+  size_t used = feed(c, c->held.data, c->held.len);
+  if (handle_closing(c))
+    return;
+  if (c->state == C_WAIT) { /* again: keep the rest */
+    memmove(c->held.data, c->held.data + used, c->held.len - used);
+    c->held.len -= used;
+    return;
+  }
+  eng_buf_free(&c->held);
+  if (read_on(c) != 0) {
+    eng_conn_close(c);
+    return;
+  }
+  settle(c);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -253,12 +395,25 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   conn *c = (conn *)s;
   if (nread < 0) {
+    /* A client may half-close once it has sent its requests: its answers still go out. */
+    if (nread == UV_EOF && c->pending > 0 && c->state != C_LINGER) {
+      conn_finish(c);
+      return;
+    }
     eng_conn_close(c);
     return;
   }
   if (nread == 0 || c->state == C_LINGER)
     return; /* lingering: discard */
-  process(c, buf->base, (size_t)nread);
+  size_t n = (size_t)nread;
+  size_t used = feed(c, buf->base, n);
+  if (used < n && c->state == C_WAIT && !handle_closing(c) &&
+      eng_buf_append(&c->held, buf->base + used, n - used) != 0) {
+    eng_log_error("worker %d: out of memory holding the input of %s", c->w->id, c->peer);
+    eng_conn_close(c);
+    return;
+  }
+  settle(c);
 }
 
 static void format_peer(uv_tcp_t *t, char *out, size_t size) {
@@ -300,27 +455,29 @@ static conn *conn_new(worker *w) {
   return c;
 }
 
-/* Starts reading an accepted connection (or closes it past the connection limit). */
+/* Starts reading an accepted connection, or closes it past the process-wide connection limit. */
 static void conn_begin(worker *w, conn *c) {
   int rc;
-  if (w->nconns > w->max_conns) {
-    eng_log_warn("worker %d: connection limit reached (%d), refusing a connection", w->id, w->max_conns);
+  if (atomic_fetch_add(&w->sh->conns, 1) >= w->sh->max_conns) {
+    atomic_fetch_sub(&w->sh->conns, 1);
+    limit_log(w->sh, 1);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     return;
   }
+  c->counted = 1;
   /* Without TCP_NODELAY answers are only slower (Nagle), so a failure is not fatal. */
   if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0)
     eng_log_debug("worker %d: TCP_NODELAY: %s", w->id, uv_strerror(rc));
   format_peer(&c->tcp, c->peer, sizeof c->peer);
   eng_http_parser_init(&c->hp, &w->cfg->limits);
-  c->state = C_IDLE;
-  list_push(&w->idle, c, uv_now(&w->loop) + (uint64_t)w->cfg->header_timeout_ms);
-  if ((rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read)) != 0) {
-    eng_log_warn("worker %d: cannot read from %s: %s", w->id, c->peer, uv_strerror(rc));
+  if (w->stopping) /* adopted at the drain: as idle ones, one more request or a clean close */
+    arm_idle(c);
+  else
+    request_start(c);
+  if (read_on(c) != 0) {
+    eng_log_warn("worker %d: cannot read from %s", w->id, c->peer);
     eng_conn_close(c);
-    return;
   }
-  c->reading = 1;
 }
 
 void eng_conn_on_connection(uv_stream_t *server, int status) {
@@ -364,7 +521,98 @@ void eng_conn_adopt_backlog(worker *w) {
   }
 }
 
-void eng_conn_sweep(list *l, uint64_t now) {
-  while (l->head && l->head->deadline <= now)
+/* Bytes the kernel holds for c that the loop has not read yet (0 when unknown). */
+static int has_input(conn *c) {
+  uv_os_fd_t fd;
+  int n = 0;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || ioctl(fd, FIONREAD, &n) != 0)
+    return 0;
+  return n > 0;
+}
+
+/* A deadline of c has passed. A request that has started gets 408 (and the connection closes
+ * after it); a connection that sent nothing is closed, cleanly (half-close, linger) at the
+ * drain; one whose answers the client does not take, or that lingers, just closes. */
+static void expire(conn *c) {
+  worker *w = c->w;
+  switch (c->state) {
+  case C_HEAD:
+  case C_BODY:
+    if (c->hp.in_message) {
+      c->hp.error_status = 408;
+      c->hp.error_code = "request_timeout";
+      c->hp.error_reason =
+          c->state == C_HEAD ? "request headers not received in time" : "request body not received in time";
+      handle_parse_error(c);
+      conn_finish(c);
+      return;
+    }
+    break;
+  case C_IDLE:
+    if (c->pending == 0 && w->stopping) {
+      conn_finish(c);
+      return;
+    }
+    break;
+  default:
+    break;
+  }
+  eng_conn_close(c);
+}
+
+/* Expires the entries of l whose deadline has passed. For the lists that wait for input, a
+ * connection whose bytes the kernel already holds is spared once, by the first sweep that sees
+ * its deadline passed (deadline after `last`, the previous sweep): the loop was late (a long
+ * handler), not the client, and the poll that follows this sweep reads them and moves it on. A
+ * slow client cannot live on that: the next sweep expires it whatever it has sent. */
+static void sweep_list(list *l, uint64_t now, uint64_t last, int waits_for_input) {
+  conn *c = l->head;
+  while (c && c->deadline <= now) {
+    conn *next = c->next;
+    if (!(waits_for_input && c->deadline > last && has_input(c)))
+      expire(c); /* moves c to another list, or closes it */
+    c = next;
+  }
+}
+
+static void close_all(list *l) {
+  while (l->head)
     eng_conn_close(l->head);
+}
+
+void eng_conn_sweep(worker *w, uint64_t now) {
+  uint64_t last = w->last_sweep;
+  w->last_sweep = now;
+  sweep_list(&w->head, now, last, 1);
+  sweep_list(&w->body, now, last, 1);
+  sweep_list(&w->idle, now, last, 1);
+  sweep_list(&w->send, now, last, 0);
+  sweep_list(&w->linger, now, last, 0);
+  if (w->stopping && now >= w->drain_deadline) {
+    close_all(&w->head);
+    close_all(&w->body);
+    close_all(&w->idle);
+    close_all(&w->send);
+    close_all(&w->linger);
+  }
+  limit_log(w->sh, 0);
+}
+
+void eng_conn_drain(worker *w) {
+  uint64_t now = uv_now(&w->loop);
+  int ms = w->cfg->drain_ms < ENG_DRAIN_IDLE_MS ? w->cfg->drain_ms : ENG_DRAIN_IDLE_MS;
+  w->drain_idle_until = now + (uint64_t)ms;
+  eng_conn_adopt_backlog(w);
+  /* Idle keep-alive connections, and new ones that have sent nothing yet, have nothing in
+   * flight, but their client may be sending a request at this very moment, and closing would
+   * lose it (a reset, for a client that does not retry). Each gets up to ENG_DRAIN_IDLE_MS to
+   * send one more, answered with Connection: close; the sweep then half-closes it. One
+   * deadline for all keeps the idle list ordered. */
+  for (conn *c = w->idle.head; c; c = c->next)
+    c->deadline = w->drain_idle_until;
+  for (conn *c = w->head.head, *next; c; c = next) {
+    next = c->next;
+    if (!c->hp.in_message)
+      arm_idle(c);
+  }
 }

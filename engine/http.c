@@ -88,6 +88,7 @@ static int fail(eng_http_parser *p, int status, const char *code, const char *re
 static int on_message_begin(llhttp_t *h) {
   eng_http_parser *p = P(h);
   p->in_message = 1;
+  p->headers_done = 0;
   buf_take(&p->req.url);
   buf_take(&p->req.hbuf);
   return 0;
@@ -226,6 +227,7 @@ static int on_headers_complete(llhttp_t *h) {
     if (r->http_major == 1 && r->http_minor >= 1)
       p->want_continue = 1;
   }
+  p->headers_done = 1;
   return 0;
 }
 
@@ -331,6 +333,7 @@ void eng_http_parser_next(eng_http_parser *p) {
   p->field_len = 0;
   p->value_ended = 0;
   p->want_continue = 0;
+  p->headers_done = 0;
   llhttp_resume(&p->parser);
 }
 

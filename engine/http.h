@@ -62,6 +62,7 @@ typedef struct eng_http_parser {
   const char *feed_end;   /* end of the bytes being fed (obs-fold detection) */
   int want_continue;      /* headers asked for 100-continue and the body has not come */
   int in_message;         /* between message begin and complete */
+  int headers_done;       /* the current message's headers are complete (its body, if any, is arriving) */
   int error_status;       /* 400, 413, 414, 431 when feed returned ENG_HTTP_ERROR */
   const char *error_code; /* "bad_request", ... */
   const char *error_reason;

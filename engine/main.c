@@ -2,11 +2,13 @@
 #include "config.h"
 #include "log.h"
 #include "ops.h"
+#include "server.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int eng_test_main(int argc, char **argv); /* test.c */
 
@@ -31,7 +33,8 @@ static void usage(FILE *f) {
           "overridden by APIENGINE_<NAME> environment variables.\n"
           "One server per database: serve holds <db>.lock (naming its pid) and refuses to start\n"
           "while another process holds it or listens on the address, unless --handover.\n"
-          "Signals: SIGTERM / SIGINT stop accepting, drain in-flight requests, exit 0.\n"
+          "Signals: SIGTERM / SIGINT stop accepting, drain in-flight requests, exit 0 (1 when a\n"
+          "handler still runs past --drain-timeout).\n"
           "SIGHUP reloads the scripts and the config file's `settings` (not migrations; a reload\n"
           "that fails changes nothing and logs file:line).\n",
           APIENGINE_VERSION, eng_config_usage());
@@ -86,6 +89,10 @@ int main(int argc, char **argv) {
    * the directory created for it. */
   umask(027);
   int rc = commands[c].run ? commands[c].run(&cfg) : eng_ops_serve(&cfg, argc, argv, 2);
+  if (eng_server_abandoned()) { /* a worker stuck past the drain deadline still runs (server.h) */
+    fflush(NULL);
+    _exit(rc);
+  }
   eng_config_free(&cfg);
   return rc;
 }

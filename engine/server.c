@@ -22,13 +22,7 @@ atomic_int eng_server_stopping;
 
 static void on_sweep(uv_timer_t *t) {
   worker *w = t->data;
-  uint64_t now = uv_now(&w->loop);
-  eng_conn_sweep(&w->idle, now);
-  eng_conn_sweep(&w->busy, now);
-  if (w->stopping && now >= w->drain_deadline) {
-    while (w->busy.head)
-      eng_conn_close(w->busy.head);
-  }
+  eng_conn_sweep(w, uv_now(&w->loop));
 }
 
 static void close_handle_once(uv_handle_t *h) {
@@ -51,17 +45,8 @@ static void on_wake(uv_async_t *a) {
     return;
   w->stopping = 1;
   w->drain_deadline = uv_now(&w->loop) + (uint64_t)w->cfg->drain_ms;
-  eng_conn_adopt_backlog(w);
+  eng_conn_drain(w); /* adopts the listener's backlog first */
   close_handle_once((uv_handle_t *)&w->listener);
-  /* Idle keep-alive connections (and those just adopted) have nothing in flight, but their
-   * client may be sending the next request at this very moment, and closing would lose it (a
-   * reset, for a client that does not retry). Each gets up to ENG_DRAIN_IDLE_MS to send one
-   * more, answered with Connection: close, and the sweep closes it after that. One deadline for
-   * all keeps the list ordered. */
-  uint64_t until =
-      uv_now(&w->loop) + (uint64_t)(w->cfg->drain_ms < ENG_DRAIN_IDLE_MS ? w->cfg->drain_ms : ENG_DRAIN_IDLE_MS);
-  for (conn *c = w->idle.head; c; c = c->next)
-    c->deadline = until;
   eng_worker_maybe_finish(w);
 }
 
@@ -189,6 +174,8 @@ static void worker_main(void *arg) {
   eng_db_close(w->db);
   eng_response_free(&w->resp);
   eng_buf_free(&w->out);
+  atomic_store(&w->finished, 1);
+  (void)uv_async_send(&w->sh->exited); /* closed only once every worker has finished */
   return;
 
 fail:
@@ -198,6 +185,7 @@ fail:
   w->rt = NULL;
   w->db = NULL;
   w->start_rc = rc ? rc : ENG_EIO;
+  atomic_store(&w->finished, 1);
   uv_sem_post(&w->started);
 }
 
@@ -313,7 +301,10 @@ typedef struct main_ctx {
   reloads *rl;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t poll;
+  uv_timer_t drain; /* the whole process's deadline once draining */
+  server_shared *sh;
   int polling;
+  int draining, timed_out;
   int signo;
   unsigned reload_id;   /* the last SIGHUP's number */
   unsigned accepted_id; /* the last reload the check accepted, 0 for none */
@@ -330,9 +321,57 @@ static void stop_workers(main_ctx *m) {
       (void)uv_async_send(&m->ws[i].wake);
 }
 
+static int all_finished(const main_ctx *m) {
+  for (int i = 0; i < m->n; i++)
+    if (!atomic_load(&m->ws[i].finished))
+      return 0;
+  return 1;
+}
+
+/* A worker's loop has ended: once all have, the drain is over (the main loop ends). */
+static void on_worker_exited(uv_async_t *a) {
+  main_ctx *m = a->data;
+  if (!m->draining || !all_finished(m))
+    return;
+  m->draining = 0;
+  uv_close((uv_handle_t *)&m->drain, NULL);
+  uv_close((uv_handle_t *)&m->sh->exited, NULL);
+}
+
+/* --drain-timeout (and ENG_DRAIN_GRACE_MS for closing) has passed and a worker has not ended:
+ * it is stuck in a handler (a long busy wait on the database, a long C call) that nothing can
+ * interrupt. Name it and end the main loop; eng_server_run returns without waiting for it. */
+static void on_drain_timeout(uv_timer_t *t) {
+  main_ctx *m = t->data;
+  if (!m->draining)
+    return;
+  uint64_t now = uv_hrtime();
+  for (int i = 0; i < m->n; i++) {
+    if (atomic_load(&m->ws[i].finished))
+      continue;
+    uint64_t since = atomic_load(&m->ws[i].busy_since);
+    if (since != 0 && since <= now)
+      eng_log_error("drain timeout (%d ms): worker %d is still busy, in one handler for %.1f s; exiting without it",
+                    m->ws[0].cfg->drain_ms, i, (double)(now - since) / 1e9);
+    else
+      eng_log_error("drain timeout (%d ms): worker %d has not finished; exiting without it", m->ws[0].cfg->drain_ms, i);
+  }
+  m->draining = 0;
+  m->timed_out = 1;
+  uv_close((uv_handle_t *)&m->drain, NULL);
+  uv_unref((uv_handle_t *)&m->sh->exited); /* left open: the stuck worker may still send to it */
+}
+
 static void on_signal(uv_signal_t *s, int signo) {
   main_ctx *m = s->data;
   m->signo = signo;
+  if (!m->draining && uv_timer_init(uv_default_loop(), &m->drain) == 0) {
+    m->drain.data = m;
+    m->draining = 1;
+    uv_ref((uv_handle_t *)&m->sh->exited);
+    if (uv_timer_start(&m->drain, on_drain_timeout, (uint64_t)m->ws[0].cfg->drain_ms + ENG_DRAIN_GRACE_MS, 0) != 0)
+      eng_log_warn("cannot start the drain timer: the drain waits for every worker");
+  }
   atomic_store(&eng_server_stopping, 1);
   eng_log_info("received %s: draining (up to %d ms)", signo == SIGTERM ? "SIGTERM" : "SIGINT", m->ws[0].cfg->drain_ms);
   stop_workers(m);
@@ -467,9 +506,16 @@ static void unwatch_signals(main_ctx *m) {
   (void)signal(SIGHUP, SIG_IGN);
 }
 
+/* After a drain timeout, the workers still running keep using these: they stay allocated (and
+ * reachable, for leak checkers) until the process exits. */
+static worker *abandoned_workers;
+static server_shared *abandoned_shared;
+
+int eng_server_abandoned(void) { return abandoned_workers != NULL; }
+
 int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   int n = cfg->workers;
-  int rc = 0, port = 0;
+  int rc = 0, port = 0, timed_out = 0;
   signal(SIGPIPE, SIG_IGN);
   atomic_store(&eng_server_stopping, 0);
   reloads rl = {.current = NULL};
@@ -481,26 +527,31 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   }
   uv_unref((uv_handle_t *)&rl.done); /* the loop ends with the signal handles; this one is closed last */
   worker *ws = calloc((size_t)n, sizeof *ws);
-  if (ws == NULL) {
+  server_shared *sh = calloc(1, sizeof *sh);
+  if (ws == NULL || sh == NULL || uv_async_init(uv_default_loop(), &sh->exited, on_worker_exited) != 0) {
+    free(sh);
+    sh = NULL;
     rc = ENG_ENOMEM;
     goto out;
   }
+  uv_unref((uv_handle_t *)&sh->exited); /* referenced while draining */
+  sh->max_conns = cfg->max_connections;
   if ((rc = bind_all(cfg, ws, n, &port)) != 0)
     goto out;
   /* The signal handlers come before the first worker: a worker serves as soon as it listens,
    * and a SIGTERM then must drain, not kill (libuv queues it until the loop below runs). */
-  main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl}; /* n: the started workers, below */
+  main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl, .sh = sh}; /* n: the started workers, below */
   rl.done.data = &m;
+  sh->exited.data = &m;
   if ((rc = watch_signals(&m)) != 0)
     goto out;
-  int per = (cfg->max_connections + n - 1) / n;
   int started = 0;
   for (int i = 0; i < n; i++) {
     worker *w = &ws[i];
     w->id = i;
     w->cfg = cfg;
     w->rl = &rl;
-    w->max_conns = per > 0 ? per : 1;
+    w->sh = sh;
     eng_response_init(&w->resp);
     if (uv_sem_init(&w->started, 0) != 0) {
       eng_log_error("worker %d: cannot create its start-up semaphore", i);
@@ -535,6 +586,19 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
                  cfg->schema_dir, cfg->db_path, n, n == 1 ? "" : "s", hooks ? hooks->routes : 0);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   }
+  timed_out = m.timed_out;
+  if (timed_out) {
+    /* The stuck workers still use ws, sh, cfg and their runtimes: join the others only, free
+     * nothing they could touch, and let the caller exit. Reloads cannot reach them any more
+     * (the signal handlers are closed), so rl is not used again. */
+    for (int i = 0; i < started; i++)
+      if (atomic_load(&ws[i].finished) && uv_thread_join(&ws[i].thread) != 0)
+        eng_log_error("worker %d: cannot join its thread", i);
+    abandoned_workers = ws;
+    abandoned_shared = sh;
+    rc = ENG_EIO;
+    goto out;
+  }
   for (int i = 0; i < started; i++)
     if (uv_thread_join(&ws[i].thread) != 0)
       eng_log_error("worker %d: cannot join its thread", i);
@@ -545,10 +609,15 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
       uv_sem_destroy(&ws[i].started);
   }
 out:
-  free(ws);
-  uv_close((uv_handle_t *)&rl.done, NULL); /* no worker is left to send to it */
+  if (sh && !timed_out && !uv_is_closing((uv_handle_t *)&sh->exited))
+    uv_close((uv_handle_t *)&sh->exited, NULL); /* every worker has been joined */
+  uv_close((uv_handle_t *)&rl.done, NULL);      /* no worker is left to send to it */
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);
-  (void)uv_loop_close(uv_default_loop()); /* every handle is closed by now */
+  if (!timed_out) {
+    (void)uv_loop_close(uv_default_loop()); /* every handle is closed by now */
+    free(ws);
+    free(sh);
+  }
   gen_release(&rl, rl.current);
   uv_mutex_destroy(&rl.mu);
   if (rc == 0)

@@ -4,8 +4,11 @@
  * starts the worker threads (each with its own loop, Lua runtime and database
  * connection), and blocks until SIGTERM or SIGINT. Then it stops accepting,
  * lets in-flight requests finish within cfg->drain_ms, closes every
- * connection and database, and returns 0. Start-up failures (bind, scripts,
- * database) return a negative ENG_E* after logging why.
+ * connection and database, and returns 0. cfg->drain_ms is a deadline for the
+ * whole stop: a worker still stuck in a handler ENG_DRAIN_GRACE_MS after it is
+ * named in the log and left running, and the call returns ENG_EIO at once
+ * (see eng_server_abandoned). Start-up failures (bind, scripts, database)
+ * return a negative ENG_E* after logging why.
  *
  * SIGHUP reloads the scripts: the main thread asks hooks->reload_check, which checks a fresh
  * load of the scripts by itself and hands back the settings to use; if it refuses, nothing
@@ -38,6 +41,12 @@ typedef struct eng_server_hooks {
  * cfg->handover, first checks with eng_server_probe that no other process listens on the
  * address: SO_REUSEPORT would otherwise let two servers share the port without a word. */
 int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks);
+
+/* True once eng_server_run has given up on a worker still stuck in a handler past the drain
+ * deadline (it then returns ENG_EIO). That worker still runs and uses the configuration and the
+ * libraries' global state, so the process must end with _exit: no atexit handlers (OpenSSL's
+ * cleanup frees what the worker may use), no freeing of the configuration. */
+int eng_server_abandoned(void);
 
 /* Binds a socket to cfg's address without SO_REUSEPORT and closes it: ENG_EEXISTS when
  * something listens there already (an apiengine, whose sockets have SO_REUSEPORT, included),

@@ -3,9 +3,16 @@
  *
  * Memory per idle keep-alive connection is kept small on purpose: the read buffer is one per
  * worker (requests are parsed and answered synchronously in the read callback), request
- * buffers are released when a connection goes idle, and timeouts use two per-worker lists
- * instead of a timer per connection. Both lists have a fixed timeout, so appending at the tail
- * keeps them ordered by deadline and the sweep stops at the first live entry. */
+ * buffers are released when a connection goes idle, and timeouts use per-worker lists instead
+ * of a timer per connection: one list per kind of deadline (header, body, idle, send, linger).
+ * Every entry of a list got the same timeout when it was appended, so appending at the tail
+ * keeps the list ordered by deadline and the sweep stops at the first live entry.
+ *
+ * Memory for answers is bounded too: a connection whose unsent output passes
+ * ENG_CONN_OUTPUT_MAX stops being read and stops handling the requests it already read (their
+ * bytes wait in its `held` buffer, at most ENG_READ_BUF) until the client takes its answers;
+ * while its worker's unsent output passes ENG_WORKER_OUTPUT_MAX, a connection handles its
+ * next request only once all its earlier answers are sent. */
 #ifndef ENG_SERVER_INT_H
 #define ENG_SERVER_INT_H
 
@@ -22,8 +29,12 @@
 
 #define ENG_READ_BUF (64u * 1024u)
 #define ENG_SWEEP_MS 250
-#define ENG_LINGER_MS 2000        /* after an error answer: wait this long for the peer to close */
-#define ENG_WRITE_HIGH (4u << 20) /* stop reading past this many unsent bytes */
+#define ENG_LINGER_MS 2000                  /* after an error answer: wait this long for the peer to close */
+#define ENG_CONN_OUTPUT_MAX (1u << 20)      /* a connection waits past this many unsent bytes ... */
+#define ENG_CONN_OUTPUT_RESUME (256u << 10) /* ... until they are down to this */
+#define ENG_WORKER_OUTPUT_MAX (32u << 20)   /* past this many unsent bytes of a worker, wait until all sent */
+#define ENG_LIMIT_LOG_MS 1000               /* refused connections: at most one log line this often */
+#define ENG_DRAIN_GRACE_MS 500              /* after --drain-timeout: time for the workers to close their connections */
 #define ENG_BACKLOG 1024
 #define ENG_DRAIN_IDLE_MS 1000 /* at SIGTERM: how long an idle keep-alive connection may still send one request */
 
@@ -35,7 +46,14 @@ typedef struct list {
   conn *head, *tail;
 } list;
 
-enum { C_IDLE, C_BUSY, C_LINGER };
+/* What a connection waits for, and so which deadline applies (the list it is on):
+ * C_IDLE   the first byte of the next request (idle list, or send list while answers are unsent);
+ *          a new connection starts in C_HEAD
+ * C_HEAD   the rest of a request's line and headers (head list: --header-timeout from its first byte)
+ * C_BODY   the next bytes of a request body (body list: --body-timeout, renewed at each read)
+ * C_WAIT   the client to take its answers, before the connection reads on (send list)
+ * C_LINGER its answers to go out after the last one, then the peer's close (send, then linger list) */
+enum { C_IDLE, C_HEAD, C_BODY, C_WAIT, C_LINGER };
 
 struct conn {
   uv_tcp_t tcp; /* first: handles cast back to conn */
@@ -45,10 +63,22 @@ struct conn {
   uint64_t deadline;
   uint64_t t_start; /* uv_hrtime at request start */
   size_t pending;   /* bytes queued in uv_write */
+  eng_buf held;     /* read but not yet parsed while C_WAIT (at most ENG_READ_BUF) */
   eng_http_parser hp;
-  unsigned state : 2, closing : 1, sent_continue : 1, reading : 1;
+  unsigned state : 3, closing : 1, sent_continue : 1, reading : 1, counted : 1, shut : 1;
   char peer[48];
 };
+
+/* What every worker of one server shares: the process-wide connection count and the
+ * refused-connection log (atomics), and the main thread's wake-up for a worker that has ended.
+ * On the heap: after a drain timeout the process exits with it still in use. */
+typedef struct server_shared {
+  uv_async_t exited;              /* on the main loop: a worker's loop has ended */
+  int max_conns;                  /* --max-connections */
+  atomic_int conns;               /* admitted connections, all workers */
+  atomic_ulong refused;           /* refused since the last log line */
+  atomic_uint_fast64_t logged_ms; /* when that line was written (uv_hrtime in ms), 0: never */
+} server_shared;
 
 /* One accepted reload: the settings its runtimes get. Shared by the main thread and the workers
  * building from it; freed by the last of them (refs under reloads.mu). */
@@ -79,15 +109,21 @@ struct worker {
   int fd;
   int start_rc;
   int stopping;
-  int nconns, max_conns;
-  list idle, busy;
+  server_shared *sh;
+  int nconns; /* this worker's connection handles, refused ones included until closed */
+  list idle, head, body, send, linger;
+  size_t queued; /* unsent output of all its connections */
   eng_runtime *rt;
   eng_db *db;
   eng_response resp;
   eng_buf out;
   uint64_t drain_deadline;
-  atomic_uint reload_seen;  /* id of the last reload this worker finished building */
-  atomic_int reload_failed; /* and whether it kept the old runtime then */
+  uint64_t drain_idle_until;       /* at the drain: when idle connections are closed */
+  uint64_t last_sweep;             /* loop time of the previous sweep */
+  atomic_uint_fast64_t busy_since; /* uv_hrtime when the running handler started, 0: none */
+  atomic_int finished;             /* the worker's loop has ended (read by the main thread) */
+  atomic_uint reload_seen;         /* id of the last reload this worker finished building */
+  atomic_int reload_failed;        /* and whether it kept the old runtime then */
   char readbuf[ENG_READ_BUF];
 };
 
@@ -120,8 +156,12 @@ void eng_conn_on_connection(uv_stream_t *server, int status);
 void eng_conn_adopt_backlog(worker *w);
 /* Closes c (idempotent); its memory goes in the close callback. */
 void eng_conn_close(conn *c);
-/* Closes the connections of l whose deadline has passed. */
-void eng_conn_sweep(list *l, uint64_t now);
+/* Acts on the deadlines that have passed at `now` (408, close), and past the drain deadline
+ * closes every connection; flushes the refused-connection count to the log. */
+void eng_conn_sweep(worker *w, uint64_t now);
+/* At SIGTERM/SIGINT: idle connections get until ENG_DRAIN_IDLE_MS from now to send one more
+ * request, then are closed cleanly (half-close and linger, no reset). */
+void eng_conn_drain(worker *w);
 
 /* ---- server.c ---- */
 

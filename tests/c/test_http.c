@@ -89,6 +89,27 @@ static void test_pipelined_and_close(void) {
   eng_http_parser_free(&p);
 }
 
+/* headers_done tells the server a body is arriving (its timeout then runs between reads). */
+static void test_headers_done(void) {
+  eng_http_parser p;
+  eng_http_parser_init(&p, &lim);
+  size_t used = 0;
+  const char *head = "POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n";
+  CHECK_INT(eng_http_parser_feed(&p, head, strlen(head), &used), ENG_HTTP_NEED_MORE);
+  CHECK_INT(p.in_message, 1);
+  CHECK_INT(p.headers_done, 0);
+  CHECK_INT(eng_http_parser_feed(&p, "\r\nab", 4, &used), ENG_HTTP_NEED_MORE);
+  CHECK_INT(p.headers_done, 1);
+  CHECK_INT(eng_http_parser_feed(&p, "cdGET", 5, &used), ENG_HTTP_REQUEST);
+  CHECK_INT(used, 2);
+  eng_http_parser_next(&p);
+  CHECK_INT(p.headers_done, 0);
+  CHECK_INT(eng_http_parser_feed(&p, "GET", 3, &used), ENG_HTTP_NEED_MORE);
+  CHECK_INT(p.in_message, 1);
+  CHECK_INT(p.headers_done, 0);
+  eng_http_parser_free(&p);
+}
+
 static void test_chunked(void) {
   eng_http_parser p;
   size_t at;
@@ -465,6 +486,7 @@ int main(void) {
   eng_http_limits_default(&lim);
   test_simple();
   test_pipelined_and_close();
+  test_headers_done();
   test_chunked();
   test_continue();
   test_limits();

@@ -93,4 +93,43 @@ describe("/v2/integrations/app_setting", function()
     }, P.ok(app.request("GET", SETTING, { headers = P.auth(a.token) })))
     P.failed(app.request("GET", SETTING .. "?key=missedCall", { headers = P.auth(a.token) }), 404)
   end)
+
+  it("caps an app at 100 settings and 262144 bytes of keys and values by default, with 403 naming the cap", function()
+    for i = 1, 100 do P.ok(post({ Key = "k" .. i, Value = "v" })) end
+    assert.equal("settings limit reached: app_settings_max is 100 settings per app (the app has 100)",
+      P.failed(post({ Key = "one-more", Value = "v" }), 403))
+    P.ok(post({ Key = "k1", Value = "replaced" })) -- a replacement is not one more
+    assert.equal(100, P.count(app, "app_settings WHERE app_id = ?", a.id))
+    local other = P.app(app, c.token)
+    local big = string.rep("b", 200000)
+    P.ok(post({ Key = "big", Value = big }, other.token))
+    assert.equal("settings limit reached: app_settings_max_bytes is 262144 bytes of keys and values per app "
+      .. "(the app's settings hold 200003, this one would make 262150)",
+      P.failed(post({ Key = "big2", Value = string.rep("c", 62143) }, other.token), 403))
+    P.ok(post({ Key = "big2", Value = string.rep("c", 62137) }, other.token)) -- exactly 262144
+    assert.equal(2, P.count(app, "app_settings WHERE app_id = ?", other.id))
+  end)
+end)
+
+describe("/v2/integrations/app_setting caps from the settings", function()
+  local app = spec.app { scripts = "scripts", schema = "schema",
+                         settings = { app_settings_max = 2, app_settings_max_bytes = 20 } }
+
+  it("refuses a third setting and a total past 20 bytes, and lets a value shrink", function()
+    local c = P.customer(app)
+    local a = P.app(app, c.token)
+    local function post(body)
+      return app.request("POST", SETTING, { json = body, headers = P.auth(a.token) })
+    end
+    P.ok(post({ Key = "a", Value = "123456789" })) -- 10 bytes
+    assert.equal("settings limit reached: app_settings_max_bytes is 20 bytes of keys and values per app "
+      .. "(the app's settings hold 10, this one would make 21)", P.failed(post({ Key = "b", Value = "123456789x" }), 403))
+    P.ok(post({ Key = "b", Value = "12345678" })) -- 19 bytes in all
+    assert.equal("settings limit reached: app_settings_max is 2 settings per app (the app has 2)",
+      P.failed(post({ Key = "c", Value = "1" }), 403))
+    P.ok(post({ Key = "a", Value = "1" })) -- shrinks: 11 bytes
+    assert.same({ { CustomerID = c.id, AppID = a.id, Key = "a", Value = "1" },
+                  { CustomerID = c.id, AppID = a.id, Key = "b", Value = "12345678" } },
+      P.ok(app.request("GET", SETTING, { headers = P.auth(a.token) })))
+  end)
 end)
