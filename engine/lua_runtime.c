@@ -34,6 +34,7 @@
 #include "lua_config.h"
 #include "lua_db.h"
 #include "lua_json.h"
+#include "metrics.h"
 #include "text.h"
 
 #include <lauxlib.h>
@@ -474,7 +475,9 @@ static void script_failed(eng_runtime *rt, lua_State *L, run *r, const char *req
   run_release(rt, r);
   eng_buf_reset(&resp->headers);
   resp->content_type[0] = '\0';
+  eng_metrics_script_error(rt->route);
   if (blown) {
+    eng_metrics_budget_exceeded(rt->mem_blown);
     if (rt->mem_blown)
       lua_gc(L, LUA_GCCOLLECT);
     eng_runtime_error_in(rt, L, 503, "budget_exceeded",
@@ -511,6 +514,7 @@ static int handle_p(lua_State *L) {
     int n = snprintf(msg, sizeof msg, "%s %s: %s", lr->req->method, lr->m->pattern, why);
     eng_log_msg(ENG_LOG_ERROR, lr->request_id, msg, n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
     eng_buf_reset(&c->resp->headers);
+    eng_metrics_script_error(rt->route);
     eng_runtime_error_in(rt, L, 500, "internal_error", "internal server error", lr->request_id, c->resp);
   } else {
     c->resp->status = (int)status;
@@ -528,7 +532,9 @@ static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
   run_abandon(rt, &c->run);
   eng_buf_reset(&c->resp->headers);
   c->resp->content_type[0] = '\0';
+  eng_metrics_script_error(rt->route);
   if (rt->mem_blown) {
+    eng_metrics_budget_exceeded(1);
     lua_gc(L, LUA_GCCOLLECT);
     eng_runtime_error_in(rt, L, 503, "budget_exceeded", "script memory budget exceeded", c->lr.request_id, c->resp);
   } else {
@@ -539,6 +545,7 @@ static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
 void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
                            const char *request_id, eng_response *resp) {
   int top = lua_gettop(L);
+  rt->route = NULL;
   int method = eng_router_method(req->method, strlen(req->method));
   eng_route_match m;
   char small[512];
@@ -577,6 +584,7 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
     goto done;
   }
   rt->request_id = request_id;
+  rt->route = m.pattern;
   rt->budget_blown = rt->mem_blown = 0; /* so a failure before the handler runs reads today's flags */
   call c = {.rt = rt, .lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id}, .resp = resp};
   if (eng_lua_protect(L, handle_p, &c, 0) != LUA_OK)
@@ -683,3 +691,5 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 }
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
+
+const char *eng_runtime_route(const eng_runtime *rt) { return rt->route; }

@@ -3,6 +3,7 @@
 #include "server.h"
 #include "server_int.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -116,6 +117,7 @@ static void on_reload(uv_async_t *a) {
   if (rc == 0) {
     eng_runtime_free(w->rt);
     w->rt = fresh;
+    eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   } else {
     eng_log_error("reload %u: worker %d keeps the scripts it had: %s", g->id, w->id, err ? err : eng_strerror(rc));
   }
@@ -164,6 +166,7 @@ static void worker_main(void *arg) {
   char *err = NULL;
   int rc;
   eng_db_options dbo = {.synchronous = w->cfg->synchronous};
+  eng_metrics_bind_shard(w->id); /* a no-op shard-less unless --metrics-listen */
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
     goto fail;
@@ -173,6 +176,7 @@ static void worker_main(void *arg) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
   }
+  eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   if ((rc = worker_listen(w)) != 0) {
     eng_log_error("worker %d: listen: %s", w->id, uv_strerror(rc));
     rc = eng_err_from_uv(rc);
@@ -365,6 +369,7 @@ static void on_sighup(uv_signal_t *s, int signo) {
   if (rc != 0) {
     eng_log_error("reload %u refused: %s; nothing changed, the old scripts keep serving", id,
                   err ? err : eng_strerror(rc));
+    eng_metrics_reload("refused");
     free(err);
     if (g)
       eng_buf_free(&g->settings);
@@ -399,6 +404,7 @@ static void on_reload_done(uv_async_t *a) {
     kept += atomic_load(&m->ws[i].reload_failed);
   }
   m->logged_id = id;
+  eng_metrics_reload(kept == 0 ? "done" : "partial");
   double ms = (double)(uv_hrtime() - m->reload_t0) / 1e6;
   if (kept == 0)
     eng_log_info("reload %u done: %d worker%s serve%s the new scripts (%d routes), in %.0f ms", id, m->n,
@@ -470,6 +476,7 @@ static void unwatch_signals(main_ctx *m) {
 int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   int n = cfg->workers;
   int rc = 0, port = 0;
+  eng_metrics_srv *msrv = NULL;
   signal(SIGPIPE, SIG_IGN);
   atomic_store(&eng_server_stopping, 0);
   reloads rl = {.current = NULL};
@@ -487,6 +494,12 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   }
   if ((rc = bind_all(cfg, ws, n, &port)) != 0)
     goto out;
+  /* The metrics listener, when asked for, before the workers: they record only once it is on. */
+  if (cfg->metrics_host && ((rc = eng_metrics_enable(n)) != 0 || (rc = eng_metrics_srv_start(&msrv, cfg)) != 0)) {
+    for (int i = 0; i < n; i++)
+      close(ws[i].fd);
+    goto out;
+  }
   /* The signal handlers come before the first worker: a worker serves as soon as it listens,
    * and a SIGTERM then must drain, not kill (libuv queues it until the loop below runs). */
   main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl}; /* n: the started workers, below */
@@ -533,6 +546,7 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
                  APIENGINE_VERSION, *v6 ? "[" : "", cfg->listen_host, v6, port, cfg->config_file ? "'" : "",
                  cfg->config_file ? cfg->config_file : "none", cfg->config_file ? "'" : "", cfg->scripts_dir,
                  cfg->schema_dir, cfg->db_path, n, n == 1 ? "" : "s", hooks ? hooks->routes : 0);
+    eng_metrics_srv_ready(msrv, 1);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   }
   for (int i = 0; i < started; i++)
@@ -545,6 +559,8 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
       uv_sem_destroy(&ws[i].started);
   }
 out:
+  eng_metrics_srv_stop(msrv); /* it answered /readyz 503 through the drain */
+  eng_metrics_disable();
   free(ws);
   uv_close((uv_handle_t *)&rl.done, NULL); /* no worker is left to send to it */
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);

@@ -47,6 +47,7 @@ struct conn {
   size_t pending;   /* bytes queued in uv_write */
   eng_http_parser hp;
   unsigned state : 2, closing : 1, sent_continue : 1, reading : 1;
+  signed char gauge; /* the state apiengine_connections counts it in (ENG_METRICS_CONN_*) */
   char peer[48];
 };
 
@@ -122,6 +123,27 @@ void eng_conn_adopt_backlog(worker *w);
 void eng_conn_close(conn *c);
 /* Closes the connections of l whose deadline has passed. */
 void eng_conn_sweep(list *l, uint64_t now);
+
+/* ---- server_metrics.c ---- */
+
+enum { ENG_HEALTHZ = 1, ENG_READYZ = 2 };
+/* ENG_HEALTHZ or ENG_READYZ when req is a GET or HEAD of cfg's health or readiness path, else 0. */
+int eng_health_path(const eng_config *cfg, const eng_http_request *req);
+/* Fills resp (reset) with the answer of that path: 200, or 503 naming why_not_ready (a static
+ * word: "draining", "scripts", "database"; NULL: ready). */
+void eng_health_fill(int kind, const char *why_not_ready, eng_response *resp);
+/* Why worker w is not ready (draining, no scripts, its database does not answer), or NULL. */
+const char *eng_worker_not_ready(worker *w);
+
+/* The metrics listener: its own thread, serving /metrics and the two health paths. */
+typedef struct eng_metrics_srv eng_metrics_srv;
+/* Binds cfg->metrics_host:metrics_port and starts serving (logs the address, or why not). cfg is
+ * borrowed until eng_metrics_srv_stop. 0 or an ENG_E* code. */
+int eng_metrics_srv_start(eng_metrics_srv **out, const eng_config *cfg);
+/* Readiness: set once every worker has started (the drain shows through eng_server_stopping). */
+void eng_metrics_srv_ready(eng_metrics_srv *s, int ready);
+/* Stops it, closing its connections, and frees it. NULL is fine. */
+void eng_metrics_srv_stop(eng_metrics_srv *s);
 
 /* ---- server.c ---- */
 

@@ -1,0 +1,304 @@
+-- Metrics (Prometheus text format on --metrics-listen), the access line's route and worker, and
+-- the health checks answered in C, against the real binary on loopback ports.
+local spec = require "engine.spec"
+local testing = require "engine.testing"
+local socket = require "socket"
+
+local SCRIPTS = "tests/fixtures/metrics/scripts"
+local SCHEMA = "tests/fixtures/engine/schema"
+
+-- One request on a new connection to port; the parsed answer.
+local function get(port, path, method)
+  local c = assert(socket.tcp())
+  c:settimeout(5)
+  assert(c:connect("127.0.0.1", port))
+  assert(c:send((method or "GET") .. " " .. path .. " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+  local data, _, partial = c:receive("*a")
+  c:close()
+  return spec.parse_response(data or partial, method == "HEAD")
+end
+
+-- GET /metrics on port: { ["name{labels}"] = value }, every sample line checked against the text
+-- format (and no series twice), and the text.
+local function scrape(port)
+  local res = get(port, "/metrics")
+  assert.equal(200, res.status)
+  assert.equal("text/plain; version=0.0.4; charset=utf-8", res.headers["content-type"])
+  local m = {}
+  for line in res.body:gmatch("[^\n]+") do
+    if line:sub(1, 1) == "#" then
+      assert.truthy(line:match("^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .+$") or
+                    line:match("^# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* [a-z]+$"), line)
+    else
+      local key, v = line:match("^([a-zA-Z_:][a-zA-Z0-9_:]*%b{}) (%S+)$")
+      if not key then key, v = line:match("^([a-zA-Z_:][a-zA-Z0-9_:]*) (%S+)$") end
+      assert(key, "not a sample line: " .. line)
+      assert.is_nil(m[key], "series twice: " .. key)
+      m[key] = v == "+Inf" and math.huge or assert(tonumber(v), line)
+    end
+  end
+  return m, res.body
+end
+
+-- The cumulative buckets of a histogram's series (labels: 'route="/x",' or ""), in le order.
+local function buckets(m, name, labels)
+  local out = {}
+  for _, le in ipairs { "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+                        "2.5", "5", "10", "+Inf" } do
+    out[#out + 1] = m[name .. "_bucket{" .. labels .. 'le="' .. le .. '"}']
+  end
+  return out
+end
+
+local function wait_for(pred, ms)
+  for _ = 1, (ms or 5000) // 20 do
+    if pred() then return true end
+    testing.sleep(20)
+  end
+  return pred()
+end
+
+describe("metrics", function()
+  local MPORT = testing.free_port()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 2,
+                            args = { "--metrics-listen", "127.0.0.1:" .. MPORT, "--budget-ms", "300",
+                                     "--memory-limit-mb", "16" } }
+  local R = "apiengine_requests_total"
+
+  it("are not served on the API port, only on --metrics-listen", function()
+    assert.equal(404, get(srv.port, "/metrics").status)
+    assert.matches("metrics and health checks on http://127%.0%.0%.1:" .. MPORT .. "/metrics", srv.read_log())
+  end)
+
+  it("count requests by method, route pattern and status, summed over the workers", function()
+    for i = 1, 20 do assert.equal(200, get(srv.port, "/items/" .. i).status) end
+    for _ = 1, 3 do assert.equal(201, get(srv.port, "/hello", "POST").status) end
+    assert.equal(418, get(srv.port, "/teapot").status)
+    assert.equal(404, get(srv.port, "/nope").status)
+    assert.equal(405, get(srv.port, "/hello", "DELETE").status)
+    assert.equal(404, get(srv.port, "/nope", "PROPFIND").status)
+    local m = scrape(MPORT)
+    assert.equal(20, m[R .. '{method="GET",route="/items/{id}",status="200"}'])
+    assert.equal(3, m[R .. '{method="POST",route="/hello",status="201"}'])
+    assert.equal(1, m[R .. '{method="GET",route="/teapot",status="other"}'])
+    assert.equal(2, m[R .. '{method="GET",route="unmatched",status="404"}']) -- and the /metrics above
+    assert.equal(1, m[R .. '{method="DELETE",route="unmatched",status="405"}'])
+    assert.equal(1, m[R .. '{method="other",route="unmatched",status="404"}'])
+    assert.is_nil(m[R .. '{method="GET",route="/hello",status="200"}']) -- none yet: no zero lines
+    -- Both workers served /items/{id} (20 connections spread by SO_REUSEPORT): the access line says which.
+    local log = srv.read_log()
+    assert.matches("GET /items/%d+ 200 %d+ [%d.]+ms [%x-]+ /items/{id} w0\n", log)
+    assert.matches("GET /items/%d+ 200 %d+ [%d.]+ms [%x-]+ /items/{id} w1\n", log)
+    assert.matches("GET /nope 404 %d+ [%d.]+ms [%x-]+ %- w%d\n", log)
+    -- The duration histogram of the route: cumulative buckets, all 20 by +Inf, a positive sum.
+    local H = "apiengine_request_duration_seconds"
+    local b = buckets(m, H, 'route="/items/{id}",')
+    assert.equal(15, #b)
+    for i = 2, #b do assert.is_true(b[i] >= b[i - 1]) end
+    assert.equal(20, b[#b])
+    assert.equal(20, m[H .. '_count{route="/items/{id}"}'])
+    assert.is_true(m[H .. '_sum{route="/items/{id}"}'] > 0)
+  end)
+
+  it("count script errors by route and blown budgets by kind", function()
+    assert.equal(500, get(srv.port, "/boom").status)
+    assert.equal(503, get(srv.port, "/forever").status)
+    local hog = get(srv.port, "/hog")
+    assert.equal(503, hog.status)
+    assert.equal("script memory budget exceeded", hog.json.error.message)
+    local m = scrape(MPORT)
+    assert.equal(1, m['apiengine_script_errors_total{route="/boom"}'])
+    assert.equal(1, m['apiengine_script_errors_total{route="/forever"}'])
+    assert.equal(1, m['apiengine_script_errors_total{route="/hog"}'])
+    assert.is_nil(m['apiengine_script_errors_total{route="/hello"}'])
+    assert.equal(1, m['apiengine_budget_exceeded_total{kind="time"}'])
+    assert.equal(1, m['apiengine_budget_exceeded_total{kind="memory"}'])
+    assert.equal(1, m[R .. '{method="GET",route="/forever",status="503"}'])
+  end)
+
+  it("gauge the open connections by state", function()
+    local G = "apiengine_connections"
+    local c = srv.connect()
+    assert(c:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert.equal(200, spec.read_response(c).status)
+    local m
+    assert.is_true(wait_for(function()
+      m = scrape(MPORT)
+      return m[G .. '{state="idle"}'] == 1
+    end))
+    assert.equal(0, m[G .. '{state="active"}'])
+    assert.equal(0, m[G .. '{state="closing"}'])
+    assert(c:send("GET /hello HTTP/1.1\r\n")) -- half a request: in progress
+    assert.is_true(wait_for(function()
+      m = scrape(MPORT)
+      return m[G .. '{state="active"}'] == 1
+    end))
+    assert.equal(0, m[G .. '{state="idle"}'])
+    c:close()
+    -- Answered with Connection: close and read to the end, but not closed by the client: lingering.
+    local d = srv.connect()
+    assert(d:send("GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+    local data, _, partial = d:receive("*a")
+    assert.matches("^HTTP/1%.1 200", data or partial)
+    assert.is_true(wait_for(function()
+      m = scrape(MPORT)
+      return m[G .. '{state="closing"}'] == 1
+    end))
+    assert.equal(0, m[G .. '{state="active"}'] + m[G .. '{state="idle"}'])
+    d:close()
+    assert.is_true(wait_for(function()
+      m = scrape(MPORT)
+      return m[G .. '{state="closing"}'] == 0
+    end))
+  end)
+
+  it("gauge each worker's Lua memory", function()
+    local m = scrape(MPORT)
+    assert.is_true(m['apiengine_lua_memory_bytes{worker="0"}'] > 10000)
+    assert.is_true(m['apiengine_lua_memory_bytes{worker="1"}'] > 10000)
+    assert.is_nil(m['apiengine_lua_memory_bytes{worker="2"}'])
+  end)
+
+  it("time database statements and count busy waits", function()
+    local Q = "apiengine_db_query_duration_seconds"
+    local before = scrape(MPORT)
+    assert.equal(0, before["apiengine_db_busy_waits_total"])
+    assert.equal(200, get(srv.port, "/count").status)
+    local m = scrape(MPORT)
+    assert.equal(before[Q .. "_count"] + 1, m[Q .. "_count"])
+    assert.equal(m[Q .. "_count"], m[Q .. '_bucket{le="+Inf"}'])
+    -- This process holds the write lock while a worker inserts: the worker waits, then succeeds.
+    testing.open_db(srv.db_path, SCHEMA)
+    local db = require "engine.db"
+    db.exec("BEGIN IMMEDIATE")
+    local c = srv.connect()
+    assert(c:send("POST /items?name=locked HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"))
+    testing.sleep(200)
+    db.exec("COMMIT")
+    testing.close_db()
+    assert.equal(201, spec.read_response(c).status)
+    c:close()
+    assert.equal(1, scrape(MPORT)["apiengine_db_busy_waits_total"])
+  end)
+
+  it("count reloads by result and name the version", function()
+    local m = scrape(MPORT)
+    assert.equal(0, m['apiengine_reloads_total{result="done"}'])
+    testing.kill(srv.pid, 1)
+    assert.is_true(wait_for(function() return srv.read_log():find("reload 1 done", 1, true) ~= nil end))
+    m = scrape(MPORT)
+    assert.equal(1, m['apiengine_reloads_total{result="done"}'])
+    assert.equal(0, m['apiengine_reloads_total{result="partial"}'])
+    assert.equal(0, m['apiengine_reloads_total{result="refused"}'])
+    local version = io.popen(testing.exe() .. " --version"):read("a"):match("(%d+%.%d+%.%d+)")
+    assert.equal(1, m['apiengine_build_info{version="' .. version .. '"}'])
+    -- The counts survive the reload: they live in C, not in the Lua states it replaced.
+    assert.equal(20, m[R .. '{method="GET",route="/items/{id}",status="200"}'])
+  end)
+
+  it("answer only GET and HEAD of /metrics and the health paths on the metrics listener", function()
+    local head = get(MPORT, "/metrics", "HEAD")
+    assert.equal(200, head.status)
+    assert.equal("", head.body)
+    local post = get(MPORT, "/metrics", "POST")
+    assert.equal(405, post.status)
+    assert.equal("GET, HEAD", post.headers["allow"])
+    assert.equal(404, get(MPORT, "/hello").status)
+    local c = assert(socket.tcp())
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", MPORT))
+    assert(c:send("GET /metrics HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n"))
+    local data, _, partial = c:receive("*a")
+    c:close()
+    assert.equal(400, spec.parse_response(data or partial).status)
+    assert.equal(200, get(MPORT, "/metrics").status) -- still serving
+  end)
+end)
+
+describe("health checks", function()
+  local MPORT = testing.free_port()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, manual = true,
+                            args = { "--metrics-listen", "127.0.0.1:" .. MPORT, "--budget-ms", "10000" } }
+  after_each(function() srv.stop(); if srv.dir then testing.rmtree(srv.dir) end end)
+
+  it("/healthz answers within 100 ms on the metrics listener while the only worker spins 2 s", function()
+    srv.start()
+    local c = srv.connect(10)
+    assert(c:send("GET /spin?secs=2 HTTP/1.1\r\nHost: t\r\n\r\n"))
+    testing.sleep(200) -- the worker is in the handler now
+    local t0 = socket.gettime()
+    local res = get(MPORT, "/healthz")
+    local dt = socket.gettime() - t0
+    assert.equal(200, res.status)
+    assert.equal('{"status":"ok"}', res.body)
+    assert.is_true(dt < 0.1, "took " .. dt .. " s")
+    t0 = socket.gettime()
+    res = get(MPORT, "/readyz")
+    assert.equal(200, res.status)
+    assert.equal('{"status":"ready"}', res.body)
+    assert.is_true(socket.gettime() - t0 < 0.1)
+    local slow = spec.read_response(c)
+    c:close()
+    assert.equal(200, slow.status)
+    assert.same({ spun = 2 }, slow.json)
+  end)
+
+  it("answers /healthz and /readyz on the API port in C, before the scripts' routes", function()
+    srv.start()
+    local res = get(srv.port, "/healthz")
+    assert.equal(200, res.status) -- the script routes /healthz to a 500: never reached
+    assert.equal('{"status":"ok"}', res.body)
+    assert.equal("application/json", res.headers["content-type"])
+    res = get(srv.port, "/readyz")
+    assert.equal(200, res.status)
+    assert.equal('{"status":"ready"}', res.body)
+    assert.equal(200, get(srv.port, "/healthz", "HEAD").status)
+    assert.equal(405, get(srv.port, "/healthz", "POST").status) -- only GET and HEAD are the engine's
+    testing.sleep(50)
+    assert.matches("GET /healthz 200 15 [%d.]+ms [%x-]+ /healthz w0\n", srv.read_log())
+  end)
+
+  it("takes both paths from --healthz-path and --readyz-path", function()
+    local other = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, manual = true,
+                                args = { "--healthz-path", "/live", "--readyz-path", "/ready" } }
+    other.start()
+    local live, ready = get(other.port, "/live"), get(other.port, "/ready")
+    local script, gone = get(other.port, "/healthz"), get(other.port, "/readyz")
+    other.stop()
+    testing.rmtree(other.dir)
+    assert.equal(200, live.status)
+    assert.equal('{"status":"ok"}', live.body)
+    assert.equal(200, ready.status)
+    assert.equal('{"status":"ready"}', ready.body)
+    assert.equal(500, script.status) -- /healthz is the script's route again
+    assert.same({ script = true }, script.json)
+    assert.equal(404, gone.status)
+  end)
+
+  it("/readyz answers 503 during the drain, on the metrics listener and on a kept-alive connection", function()
+    srv.start()
+    local idle = srv.connect(10)
+    assert(idle:send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert.equal(200, spec.read_response(idle).status)
+    local busy = srv.connect(10)
+    assert(busy:send("GET /spin?secs=1 HTTP/1.1\r\nHost: t\r\n\r\n"))
+    testing.sleep(150)
+    testing.kill(srv.pid, 15)
+    assert.is_true(wait_for(function() return srv.read_log():find("received SIGTERM", 1, true) ~= nil end))
+    local res = get(MPORT, "/readyz")
+    assert.equal(503, res.status)
+    assert.equal('{"status":"not_ready","reason":"draining"}', res.body)
+    assert.equal(200, get(MPORT, "/healthz").status) -- alive, not ready
+    assert(idle:send("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n"))
+    local mid = spec.read_response(busy)
+    assert.equal(200, mid.status)
+    res = spec.read_response(idle)
+    assert.equal(503, res.status)
+    assert.equal('{"status":"not_ready","reason":"draining"}', res.body)
+    assert.equal("close", res.headers["connection"])
+    idle:close()
+    busy:close()
+    assert.equal(0, testing.wait(srv.pid, 10000))
+    srv.pid = nil
+  end)
+end)
