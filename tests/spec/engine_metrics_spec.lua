@@ -302,3 +302,98 @@ describe("health checks", function()
     srv.pid = nil
   end)
 end)
+
+describe("engine.metrics", function()
+  local MPORT = testing.free_port()
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 2,
+                            args = { "--metrics-listen", "127.0.0.1:" .. MPORT } }
+
+  it("adds up a script's counter over the workers and across a reload", function()
+    for _ = 1, 20 do assert.equal(201, get(srv.port, "/orders/pro", "POST").status) end
+    assert.equal(201, get(srv.port, "/orders/free", "POST").status)
+    local m, text = scrape(MPORT)
+    assert.equal(20, m['shop_orders_total{plan="pro"}'])
+    assert.equal(1, m['shop_orders_total{plan="free"}'])
+    assert.matches("# HELP shop_orders_total Orders placed, by plan%.\n# TYPE shop_orders_total counter\n", text)
+    local log = srv.read_log()
+    assert.matches("POST /orders/pro 201 %d+ [%d.]+ms [%x-]+ /orders/{plan} w0\n", log)
+    assert.matches("POST /orders/pro 201 %d+ [%d.]+ms [%x-]+ /orders/{plan} w1\n", log)
+    -- A reload declares the metric again in fresh Lua states: the same series goes on counting.
+    testing.kill(srv.pid, 1)
+    assert.is_true(wait_for(function() return srv.read_log():find("reload 1 done", 1, true) ~= nil end))
+    assert.equal(201, get(srv.port, "/orders/pro", "POST").status)
+    assert.equal(21, scrape(MPORT)['shop_orders_total{plan="pro"}'])
+  end)
+
+  it("adds up gauges and fills histograms with the script's buckets", function()
+    assert.equal(200, get(srv.port, "/depth/7", "POST").status)
+    assert.equal(7, scrape(MPORT)["shop_queue_depth"])
+    for _, s in ipairs { "0.05", "0.5", "5" } do
+      assert.equal(200, get(srv.port, "/render/list/" .. s, "POST").status)
+    end
+    local m = scrape(MPORT)
+    assert.equal(1, m['shop_render_seconds_bucket{view="list",le="0.1"}'])
+    assert.equal(2, m['shop_render_seconds_bucket{view="list",le="1"}'])
+    assert.equal(3, m['shop_render_seconds_bucket{view="list",le="+Inf"}'])
+    assert.equal(3, m['shop_render_seconds_count{view="list"}'])
+    assert.near(5.55, m['shop_render_seconds_sum{view="list"}'], 1e-9)
+  end)
+
+  it("refuses a new label set past the cap, and the series it has keep counting", function()
+    -- 100 label sets per metric: pro and free are two; 98 more fit, the next is refused.
+    for i = 1, 98 do assert.equal(201, get(srv.port, "/orders/p" .. i, "POST").status) end
+    local res = get(srv.port, "/orders/one-too-many", "POST")
+    assert.equal(429, res.status)
+    assert.equal("too many label sets for this metric (at most 100): a new one is refused", res.json.refused)
+    assert.equal(201, get(srv.port, "/orders/p98", "POST").status)
+    local m = scrape(MPORT)
+    assert.is_nil(m['shop_orders_total{plan="one-too-many"}'])
+    assert.equal(2, m['shop_orders_total{plan="p98"}'])
+    assert.equal(200, get(MPORT, "/healthz").status) -- and the server serves on
+  end)
+end)
+
+describe("engine.metrics declarations", function()
+  local metrics = require "engine.metrics"
+
+  it("check names, labels and buckets", function()
+    assert.has_error(function() metrics.counter("bad name", "h") end,
+      "metrics.counter('bad name'): metric names are [a-zA-Z_:][a-zA-Z0-9_:]* (at most 128 bytes), not apiengine_* or __*")
+    assert.has_error(function() metrics.counter("apiengine_mine", "h") end)
+    assert.has_error(function() metrics.counter("9lives", "h") end)
+    assert.has_error(function() metrics.gauge("spec_g", "h", { "le" }) end)
+    assert.has_error(function() metrics.gauge("spec_g", "h", { "a", "a" }) end)
+    assert.has_error(function() metrics.gauge("spec_g", "h", { "a-b" }) end)
+    assert.has_error(function() metrics.gauge("spec_g", "h", { 1 }) end)
+    assert.has_error(function() metrics.gauge("spec_g", "h", { "a", "b", "c", "d", "e", "f", "g", "h", "i" }) end)
+    assert.has_error(function() metrics.histogram("spec_h", "h", {}, { 1, 1 }) end)
+    assert.has_error(function() metrics.histogram("spec_h", "h", {}, { 2, 1 }) end)
+    assert.has_error(function() metrics.histogram("spec_h", "h", {}, { 1, 0 / 0 }) end)
+  end)
+
+  it("give the same metric for the same declaration, and refuse another under its name", function()
+    local a = metrics.counter("spec_same_total", "h", { "k" })
+    local b = metrics.counter("spec_same_total", "h", { "k" })
+    assert.is_true(a:inc({ k = "x" }))
+    assert.is_true(b:inc(2, { k = "x" }))
+    assert.has_error(function() metrics.gauge("spec_same_total", "h", { "k" }) end,
+      "metrics.gauge('spec_same_total'): this metric was declared before with another type, labels or buckets")
+    assert.has_error(function() metrics.counter("spec_same_total", "h", { "j" }) end)
+  end)
+
+  it("raise on wrong label values and amounts", function()
+    local c = metrics.counter("spec_args_total", "h", { "plan" })
+    assert.has_error(function() c:inc(-1, { plan = "a" }) end)
+    assert.has_error(function() c:inc({}) end, "label 'plan' needs a string or number value (got nil)")
+    assert.has_error(function() c:inc({ plan = "a", extra = 1 }) end)
+    assert.has_error(function() c:inc({ plan = {} }) end)
+    assert.has_error(function() c:inc(1 / 0, { plan = "a" }) end)
+    assert.is_true(c:inc({ plan = 5 }))
+    local g = metrics.gauge("spec_plain", "h")
+    assert.is_true(g:set(3))
+    assert.is_true(g:dec())
+    assert.has_error(function() g:set(1, { plan = "a" }) end)
+    assert.has_error(function() c.inc(g, 1) end) -- a gauge is not a counter
+    assert.equal(false, getmetatable(c))
+  end)
+end)
