@@ -58,6 +58,11 @@ local function wait_for(pred, ms)
   return pred()
 end
 
+-- spec.server returns once the first worker accepts; the others may still be loading.
+local function all_workers_listen(srv)
+  assert.is_true(wait_for(function() return srv.read_log():find(" listening on ", 1, true) ~= nil end, 10000))
+end
+
 describe("metrics", function()
   local MPORT = testing.free_port()
   local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 2,
@@ -71,6 +76,7 @@ describe("metrics", function()
   end)
 
   it("count requests by method, route pattern and status, summed over the workers", function()
+    all_workers_listen(srv)
     for i = 1, 20 do assert.equal(200, get(srv.port, "/items/" .. i).status) end
     for _ = 1, 3 do assert.equal(201, get(srv.port, "/hello", "POST").status) end
     assert.equal(418, get(srv.port, "/teapot").status)
@@ -309,6 +315,7 @@ describe("engine.metrics", function()
                             args = { "--metrics-listen", "127.0.0.1:" .. MPORT } }
 
   it("adds up a script's counter over the workers and across a reload", function()
+    all_workers_listen(srv)
     for _ = 1, 20 do assert.equal(201, get(srv.port, "/orders/pro", "POST").status) end
     assert.equal(201, get(srv.port, "/orders/free", "POST").status)
     local m, text = scrape(MPORT)
