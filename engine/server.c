@@ -269,7 +269,9 @@ int eng_server_probe(const eng_config *cfg, char **err) {
   if (err)
     *err = NULL;
   int rc = resolve(cfg, &ss, &sl, err);
-  return rc ? rc : probe_addr(cfg, &ss, sl, err);
+  if (rc == 0)
+    rc = probe_addr(cfg, &ss, sl, err);
+  return rc ? rc : eng_metrics_srv_probe(cfg, err);
 }
 
 /* Binds one socket per worker on the same address. Port 0 picks a free port once. Unless
@@ -281,6 +283,8 @@ static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
   int rc = resolve(cfg, &ss, &sl, &err);
   if (rc == 0 && !cfg->handover)
     rc = probe_addr(cfg, &ss, sl, &err);
+  if (rc == 0 && !cfg->handover)
+    rc = eng_metrics_srv_probe(cfg, &err);
   if (rc != 0) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     free(err);

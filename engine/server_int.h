@@ -140,6 +140,9 @@ typedef struct eng_metrics_srv eng_metrics_srv;
 /* Binds cfg->metrics_host:metrics_port and starts serving (logs the address, or why not). cfg is
  * borrowed until eng_metrics_srv_stop. 0 or an ENG_E* code. */
 int eng_metrics_srv_start(eng_metrics_srv **out, const eng_config *cfg);
+/* Whether cfg's metrics address (if any) is free: as eng_server_probe (server.h) does for the API
+ * address. 0, or an ENG_E* code with a malloc'd *err. */
+int eng_metrics_srv_probe(const eng_config *cfg, char **err);
 /* Readiness: set once every worker has started (the drain shows through eng_server_stopping). */
 void eng_metrics_srv_ready(eng_metrics_srv *s, int ready);
 /* Stops it, closing its connections, and frees it. NULL is fine. */

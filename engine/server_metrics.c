@@ -8,6 +8,11 @@
 #include <sqlite3.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +78,7 @@ struct eng_metrics_srv {
   uv_async_t stop;
   uv_sem_t started;
   int start_rc;
+  int fd;   /* the bound socket until the listener takes it */
   int port; /* the bound port (port 0 picks one) */
   int nconns;
   atomic_int ready; /* every worker has started (set by server.c) */
@@ -251,31 +257,72 @@ static void on_mstop(uv_async_t *a) {
   uv_close((uv_handle_t *)&s->stop, NULL);
 }
 
-/* On the listener's thread: bind, listen, serve until stopped. */
+/* cfg's metrics address, resolved (a name or a numeric address). 0 or a getaddrinfo code. */
+static int metrics_addr(const eng_config *cfg, struct sockaddr_storage *ss, socklen_t *sl) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+  struct addrinfo *ai = NULL;
+  char port[16];
+  snprintf(port, sizeof port, "%d", cfg->metrics_port);
+  int gai = getaddrinfo(cfg->metrics_host, port, &hints, &ai);
+  if (gai != 0)
+    return gai;
+  *sl = ai->ai_addrlen;
+  memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+  freeaddrinfo(ai);
+  return 0;
+}
+
+/* A socket bound to sa, with SO_REUSEPORT as the workers' have it, so a handover's new server
+ * can listen beside the old one; -errno on failure. */
+static int bind_reuseport(const struct sockaddr *sa, socklen_t sl, int reuseport, int *out) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) || bind(fd, sa, sl) != 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  *out = fd;
+  return 0;
+}
+
+int eng_metrics_srv_probe(const eng_config *cfg, char **err) {
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  int fd = -1, e;
+  if (cfg->metrics_host == NULL || cfg->metrics_port == 0)
+    return 0;
+  if ((e = metrics_addr(cfg, &ss, &sl)) != 0)
+    return eng_errorf(err, ENG_ECONFIG, "cannot resolve the metrics address '%s': %s", cfg->metrics_host,
+                      gai_strerror(e));
+  /* Without SO_REUSEPORT: fails while anything listens there, an apiengine included. */
+  if ((e = bind_reuseport((struct sockaddr *)&ss, sl, 0, &fd)) != 0)
+    return eng_errorf(err, e == -EADDRINUSE ? ENG_EEXISTS : ENG_EIO, "cannot listen for metrics on %s:%d: %s%s",
+                      cfg->metrics_host, cfg->metrics_port, strerror(-e),
+                      e == -EADDRINUSE ? ": another process listens there" : "");
+  close(fd);
+  return 0;
+}
+
+/* On the listener's thread: listen on s->fd, serve until stopped. */
 static void metrics_main(void *arg) {
   eng_metrics_srv *s = arg;
-  struct sockaddr_storage ss;
   int rc = uv_loop_init(&s->loop);
   if (rc == 0) {
-    rc = uv_ip4_addr(s->cfg->metrics_host, s->cfg->metrics_port, (struct sockaddr_in *)&ss);
-    if (rc != 0)
-      rc = uv_ip6_addr(s->cfg->metrics_host, s->cfg->metrics_port, (struct sockaddr_in6 *)&ss);
-    int ok = rc == 0 && (rc = uv_tcp_init(&s->loop, &s->listener)) == 0;
-    if (ok) {
+    if ((rc = uv_tcp_init(&s->loop, &s->listener)) == 0) {
       s->listener.data = s;
-      if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) == 0 &&
-          (rc = uv_listen((uv_stream_t *)&s->listener, 128, on_mconnection)) == 0)
-        rc = uv_async_init(&s->loop, &s->stop, on_mstop);
-      if (rc == 0) {
-        s->stop.data = s;
-        struct sockaddr_storage bound;
-        int len = sizeof bound;
-        if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len) == 0)
-          s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                      : ((struct sockaddr_in *)&bound)->sin_port);
-      } else {
-        uv_close((uv_handle_t *)&s->listener, NULL);
+      if ((rc = uv_tcp_open(&s->listener, s->fd)) == 0) {
+        s->fd = -1; /* the listener's now */
+        if ((rc = uv_listen((uv_stream_t *)&s->listener, 128, on_mconnection)) == 0)
+          rc = uv_async_init(&s->loop, &s->stop, on_mstop);
       }
+      if (rc == 0)
+        s->stop.data = s;
+      else
+        uv_close((uv_handle_t *)&s->listener, NULL);
     }
     if (rc != 0) {
       uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -298,13 +345,34 @@ int eng_metrics_srv_start(eng_metrics_srv **out, const eng_config *cfg) {
   if (s == NULL)
     return ENG_ENOMEM;
   s->cfg = cfg;
+  s->fd = -1;
   eng_response_init(&s->resp);
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  int e = metrics_addr(cfg, &ss, &sl);
+  if (e != 0) {
+    eng_log_error("cannot resolve the metrics address '%s': %s", cfg->metrics_host, gai_strerror(e));
+    free(s);
+    return ENG_ECONFIG;
+  }
+  if ((e = bind_reuseport((struct sockaddr *)&ss, sl, 1, &s->fd)) != 0) {
+    eng_log_error("cannot listen for metrics on %s:%d: %s", cfg->metrics_host, cfg->metrics_port, strerror(-e));
+    free(s);
+    return ENG_EIO;
+  }
+  struct sockaddr_storage bound;
+  socklen_t bl = sizeof bound;
+  if (getsockname(s->fd, (struct sockaddr *)&bound, &bl) == 0)
+    s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                : ((struct sockaddr_in *)&bound)->sin_port);
   if (uv_sem_init(&s->started, 0) != 0) {
+    close(s->fd);
     free(s);
     return ENG_EIO;
   }
   if (uv_thread_create(&s->thread, metrics_main, s) != 0) {
     uv_sem_destroy(&s->started);
+    close(s->fd);
     free(s);
     return ENG_EIO;
   }
@@ -314,6 +382,8 @@ int eng_metrics_srv_start(eng_metrics_srv **out, const eng_config *cfg) {
                   uv_strerror(s->start_rc));
     uv_thread_join(&s->thread);
     uv_sem_destroy(&s->started);
+    if (s->fd >= 0)
+      close(s->fd);
     eng_response_free(&s->resp);
     free(s);
     return ENG_EIO;

@@ -202,6 +202,23 @@ describe("metrics", function()
     assert.equal(20, m[R .. '{method="GET",route="/items/{id}",status="200"}'])
   end)
 
+  it("stop a second server on the same metrics address before it touches its database", function()
+    local dir = testing.mkdtemp()
+    local log = dir .. "/out.log"
+    local pid = testing.spawn({ testing.exe(), "serve", "--listen", "127.0.0.1:" .. testing.free_port(), "--scripts",
+      SCRIPTS, "--schema", SCHEMA, "--db", dir .. "/db.sqlite", "--workers", "1",
+      "--metrics-listen", "127.0.0.1:" .. MPORT }, log)
+    local code = testing.wait(pid, 10000)
+    if code == nil then testing.kill(pid, 9); testing.wait(pid, 5000) end
+    local out = assert(io.open(log)):read("a")
+    local db = io.open(dir .. "/db.sqlite")
+    testing.rmtree(dir)
+    assert.equal(1, code, out)
+    assert.matches("cannot listen for metrics on 127%.0%.0%.1:" .. MPORT .. ": Address already in use", out)
+    assert.is_nil(db) -- refused at the first step: no database made, no migration run
+    assert.equal(200, get(MPORT, "/healthz").status) -- the first one serves on
+  end)
+
   it("answer only GET and HEAD of /metrics and the health paths on the metrics listener", function()
     local head = get(MPORT, "/metrics", "HEAD")
     assert.equal(200, head.status)
