@@ -171,10 +171,11 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
                                r->headers.data, r->headers.len);
   if (rc == 0 && !no_body && r->body.len)
     rc = eng_buf_append(&w->out, r->body.data, r->body.len);
-  if (rc == 0)
-    rc = conn_send(c, w->out.data, w->out.len);
+  /* Counted before the write: a client that has the answer finds it counted. */
   double ms = (double)(uv_hrtime() - c->t_start) / 1e6;
   eng_metrics_request(route, req ? req->method : NULL, r->status, ms / 1e3);
+  if (rc == 0)
+    rc = conn_send(c, w->out.data, w->out.len);
   if (w->cfg->access_log) {
     eng_access_entry e = {
         .method = req && req->method ? req->method : "-",

@@ -717,7 +717,7 @@ int eng_metrics_render(eng_buf *out) {
       }
   }
   head(&b, "apiengine_request_duration_seconds", "histogram",
-       "Time from a request's first byte to its answer being written, by route pattern.");
+       "Time from a request's first byte to its answer, by route pattern.");
   for (int r = 0; r < reg.nroutes; r++) {
     if (!route_used(n, &reg.routes[r]))
       continue;

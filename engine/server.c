@@ -265,7 +265,7 @@ static int probe_addr(const eng_config *cfg, const struct sockaddr_storage *ss, 
 
 int eng_server_probe(const eng_config *cfg, char **err) {
   struct sockaddr_storage ss;
-  socklen_t sl;
+  socklen_t sl = 0;
   if (err)
     *err = NULL;
   int rc = resolve(cfg, &ss, &sl, err);
@@ -278,7 +278,7 @@ int eng_server_probe(const eng_config *cfg, char **err) {
  * handing over, first makes sure nobody else listens there. */
 static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
   struct sockaddr_storage ss;
-  socklen_t sl;
+  socklen_t sl = 0;
   char *err = NULL;
   int rc = resolve(cfg, &ss, &sl, &err);
   if (rc == 0 && !cfg->handover)

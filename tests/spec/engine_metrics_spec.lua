@@ -298,6 +298,22 @@ describe("health checks", function()
     assert.equal(404, gone.status)
   end)
 
+  it("refuses a health path that is not an origin-form path, and a bad metrics address", function()
+    for _, bad in ipairs { { "--healthz-path", "healthz" }, { "--readyz-path", "/ready?x" },
+                           { "--readyz-path", "/a b" }, { "--metrics-listen", "127.0.0.1" },
+                           { "--metrics-listen", "127.0.0.1:70000" } } do
+      local dir = testing.mkdtemp()
+      local pid = testing.spawn({ testing.exe(), "check", "--scripts", SCRIPTS, "--schema", SCHEMA, "--db",
+        dir .. "/db.sqlite", bad[1], bad[2] }, dir .. "/out.log")
+      local code = testing.wait(pid, 10000)
+      if code == nil then testing.kill(pid, 9); testing.wait(pid, 5000) end
+      local out = assert(io.open(dir .. "/out.log")):read("a")
+      testing.rmtree(dir)
+      assert.equal(1, code, out)
+      assert.truthy(out:find("invalid value '" .. bad[2] .. "' for " .. bad[1], 1, true), out)
+    end
+  end)
+
   it("/readyz answers 503 during the drain, on the metrics listener and on a kept-alive connection", function()
     srv.start()
     local idle = srv.connect(10)
