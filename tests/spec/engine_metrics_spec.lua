@@ -309,7 +309,7 @@ describe("health checks", function()
       if code == nil then testing.kill(pid, 9); testing.wait(pid, 5000) end
       local out = assert(io.open(dir .. "/out.log")):read("a")
       testing.rmtree(dir)
-      assert.equal(1, code, out)
+      assert.equal(2, code, out) -- a usage error
       assert.truthy(out:find("invalid value '" .. bad[2] .. "' for " .. bad[1], 1, true), out)
     end
   end)
