@@ -11,7 +11,20 @@
 #include <unistd.h>
 
 /* T_FLAG: a flag without a value, which sets an int to 1 (no environment variable or file key). */
-typedef enum { T_STR, T_INT, T_LISTEN, T_LEVEL, T_FORMAT, T_ONOFF, T_SYNC, T_SIZE, T_MB, T_FLAG } opt_type;
+typedef enum {
+  T_STR,
+  T_INT,
+  T_LISTEN,
+  T_LEVEL,
+  T_FORMAT,
+  T_ONOFF,
+  T_SYNC,
+  T_SIZE,
+  T_MB,
+  T_FLAG,
+  T_MLISTEN,
+  T_PATH
+} opt_type;
 
 typedef struct opt {
   const char *flag; /* "--listen" */
@@ -71,6 +84,12 @@ static const opt opts[] = {
      "serve: write the pid here (removed at exit); reload: signal the pid written here"},
     {"--handover", NULL, NULL, T_FLAG, OFF(handover), 0, 0,
      "serve: start beside a running server of the same database and port (binary upgrade)"},
+    {"--metrics-listen", "APIENGINE_METRICS_LISTEN", "metrics_listen", T_MLISTEN, 0, 0, 0,
+     "HOST:PORT of the listener for /metrics and the health checks (default: none)"},
+    {"--healthz-path", "APIENGINE_HEALTHZ_PATH", "healthz_path", T_PATH, OFF(healthz_path), 0, 0,
+     "path the engine answers 200 itself, before any Lua (default /healthz)"},
+    {"--readyz-path", "APIENGINE_READYZ_PATH", "readyz_path", T_PATH, OFF(readyz_path), 0, 0,
+     "path answering 200 when the database answers and the scripts are loaded, 503 else (default /readyz)"},
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])
@@ -96,6 +115,8 @@ void eng_config_init(eng_config *c) {
   c->drain_ms = ENG_DEFAULT_DRAIN_MS;
   c->budget_ms = ENG_DEFAULT_BUDGET_MS;
   c->memory_limit = (size_t)ENG_DEFAULT_MEMORY_MB << 20;
+  c->healthz_path = strdup("/healthz");
+  c->readyz_path = strdup("/readyz");
 }
 
 void eng_config_free(eng_config *c) {
@@ -110,6 +131,9 @@ void eng_config_free(eng_config *c) {
   }
   free(c->synchronous);
   free(c->pid_file);
+  free(c->metrics_host);
+  free(c->healthz_path);
+  free(c->readyz_path);
   eng_buf_free(&c->settings);
   memset(c, 0, sizeof *c);
 }
@@ -155,6 +179,21 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
     else
       *(size_t *)(base + o->offset) = (size_t)n << 20;
     return 0;
+  case T_PATH: { /* an origin-form path: '/', then visible ASCII without '?' or '#' */
+    if (val[0] != '/' || strlen(val) > 256)
+      goto bad;
+    for (const char *p = val; *p; p++)
+      if (*p <= ' ' || *p >= 127 || *p == '?' || *p == '#')
+        goto bad;
+    char **slot = (char **)(base + o->offset);
+    char *copy = strdup(val);
+    if (copy == NULL)
+      goto bad;
+    free(*slot);
+    *slot = copy;
+    return 0;
+  }
+  case T_MLISTEN:
   case T_LISTEN: {
     const char *colon = strrchr(val, ':');
     if (colon == NULL || colon == val || parse_long(colon + 1, &n) != 0 || n < 0 || n > 65535)
@@ -167,9 +206,10 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
     char *host = strndup(val, hl);
     if (host == NULL)
       goto bad;
-    free(c->listen_host);
-    c->listen_host = host;
-    c->port = (int)n;
+    char **hslot = o->type == T_LISTEN ? &c->listen_host : &c->metrics_host;
+    free(*hslot);
+    *hslot = host;
+    *(o->type == T_LISTEN ? &c->port : &c->metrics_port) = (int)n;
     return 0;
   }
   case T_LEVEL:

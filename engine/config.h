@@ -53,6 +53,10 @@ typedef struct eng_config {
   eng_buf settings;    /* the config file's `settings`, packed (lua_config.h); empty: none */
   char *pid_file;      /* written at start, removed at exit; NULL: none */
   int handover;        /* --handover: start beside a running server of the same database and port */
+  char *metrics_host;  /* --metrics-listen: the metrics and health listener; NULL: none (the default) */
+  int metrics_port;
+  char *healthz_path; /* answered 200 by the engine itself, before any Lua ("/healthz") */
+  char *readyz_path;  /* 200 when the database answers and the scripts are loaded, else 503 ("/readyz") */
 } eng_config;
 
 /* Fills defaults. */

@@ -2,6 +2,7 @@
  * connection limit (see server_int.h). */
 #include "server_int.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,8 +31,23 @@ static void list_remove(conn *c) {
   c->on = NULL;
 }
 
+/* apiengine_connections: a connection's state, when it is pushed on a deadline list, says which
+ * state it counts in: C_IDLE is idle, C_HEAD, C_BODY and C_WAIT are active (a request under way
+ * or held back), C_LINGER is closing. */
+static void gauge_to(conn *c, int to) {
+  eng_metrics_conn_state(c->gauge, to);
+  c->gauge = (signed char)to;
+}
+
+static int gauge_of(unsigned state) {
+  return state == C_IDLE     ? ENG_METRICS_CONN_IDLE
+         : state == C_LINGER ? ENG_METRICS_CONN_CLOSING
+                             : ENG_METRICS_CONN_ACTIVE;
+}
+
 static void list_push(list *l, conn *c, uint64_t deadline) {
   list_remove(c);
+  gauge_to(c, gauge_of(c->state));
   c->deadline = deadline;
   c->prev = l->tail;
   c->next = NULL;
@@ -81,6 +97,7 @@ void eng_conn_close(conn *c) {
     return;
   c->closing = 1;
   list_remove(c);
+  gauge_to(c, ENG_METRICS_CONN_NONE);
   uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
@@ -241,8 +258,10 @@ static int conn_send(conn *c, const char *data, size_t len) {
   return 0;
 }
 
-/* Writes w->resp as the answer to a request (req may be NULL for parse errors). */
-static void send_response(conn *c, const eng_http_request *req, const char *request_id, int keep_alive) {
+/* Writes w->resp as the answer to a request (req may be NULL for parse errors); route is the
+ * pattern that answered it (NULL: none), for the access line and the metrics. */
+static void send_response(conn *c, const eng_http_request *req, const char *request_id, int keep_alive,
+                          const char *route) {
   worker *w = c->w;
   eng_response *r = &w->resp;
   int no_body = (req && req->method && strcmp(req->method, "HEAD") == 0) || !eng_http_status_has_body(r->status);
@@ -253,6 +272,9 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
                                r->headers.data, r->headers.len);
   if (rc == 0 && !no_body && r->body.len)
     rc = eng_buf_append(&w->out, r->body.data, r->body.len);
+  /* Counted before the write: a client that has the answer finds it counted. */
+  double ms = (double)(uv_hrtime() - c->t_start) / 1e6;
+  eng_metrics_request(route, req ? req->method : NULL, r->status, ms / 1e3);
   if (rc == 0)
     rc = conn_send(c, w->out.data, w->out.len);
   if (w->cfg->access_log) {
@@ -262,9 +284,11 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
         .path_len = req && req->url.data ? req->path_len : 1,
         .status = r->status,
         .bytes = no_body ? 0 : r->body.len,
-        .duration_ms = (double)(uv_hrtime() - c->t_start) / 1e6,
+        .duration_ms = ms,
         .request_id = request_id,
         .peer = c->peer,
+        .route = route,
+        .worker = w->id,
     };
     eng_log_access(&e);
   }
@@ -278,12 +302,21 @@ static void handle_request(conn *c) {
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   eng_http_request_id(req, rid);
   eng_response_reset(&w->resp);
-  /* The main thread names the workers still in a handler when the drain deadline passes. */
-  atomic_store_explicit(&w->busy_since, uv_hrtime(), memory_order_relaxed);
-  eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
-  atomic_store_explicit(&w->busy_since, 0, memory_order_relaxed);
+  const char *route;
+  int health = eng_health_path(w->cfg, req); /* answered here, before any Lua */
+  if (health) {
+    eng_health_fill(health, health == ENG_READYZ ? eng_worker_not_ready(w) : NULL, &w->resp);
+    route = health == ENG_HEALTHZ ? w->cfg->healthz_path : w->cfg->readyz_path;
+  } else {
+    /* The main thread names the workers still in a handler when the drain deadline passes. */
+    atomic_store_explicit(&w->busy_since, uv_hrtime(), memory_order_relaxed);
+    eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
+    atomic_store_explicit(&w->busy_since, 0, memory_order_relaxed);
+    route = eng_runtime_route(w->rt);
+    eng_metrics_lua_memory(eng_runtime_memory(w->rt));
+  }
   int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&eng_server_stopping, memory_order_relaxed);
-  send_response(c, req, rid, keep);
+  send_response(c, req, rid, keep, route);
   if (!keep)
     c->closing = 1;
 }
@@ -295,7 +328,7 @@ static void handle_parse_error(conn *c) {
   eng_http_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
   eng_response_reset(&w->resp);
   eng_runtime_error(w->rt, c->hp.error_status, c->hp.error_code, c->hp.error_reason, rid, &w->resp);
-  send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0);
+  send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0, NULL);
   c->closing = 1;
 }
 
@@ -446,6 +479,7 @@ static conn *conn_new(worker *w) {
     return NULL;
   }
   c->w = w;
+  c->gauge = ENG_METRICS_CONN_NONE;
   if ((rc = uv_tcp_init(&w->loop, &c->tcp)) != 0) {
     eng_log_error("worker %d: cannot accept a connection: %s", w->id, uv_strerror(rc));
     free(c);

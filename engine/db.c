@@ -17,6 +17,7 @@
 #include "db_internal.h"
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 
 struct stmt_entry {
   struct stmt_entry *hnext;       /* hash bucket chain */
@@ -218,6 +219,8 @@ static int64_t mono_us(void) {
  * released, leaving a core idle (a third of the CPU in the usage bench). This one tries again
  * every 100 us for the first 5 ms, then every 1 ms, until busy_timeout_ms have passed. */
 static int busy_wait(void *arg, int count) {
+  if (count == 0)
+    eng_metrics_db_busy_wait();
   eng_db *db = arg;
   int64_t now = mono_us();
   if (count == 0)
@@ -297,6 +300,14 @@ static int resolve_options(eng_db_options *o, char **err) {
   return 0;
 }
 
+/* apiengine_db_query_duration_seconds: SQLite's own measure of each statement run (to the
+ * millisecond: it reads the VFS clock), reported when the statement finishes or is reset. */
+static int on_profile(unsigned type, void *ud, void *stmt, void *ns) {
+  (void)type, (void)ud, (void)stmt;
+  eng_metrics_db_query((double)*(sqlite3_int64 *)ns / 1e9);
+  return 0;
+}
+
 /* Sets up the freshly opened handle: extended result codes, the busy handler, WAL (for a file),
  * synchronous, foreign keys, cache_size and mmap_size. */
 static int configure(eng_db *db, const char *path, const eng_db_options *o, char **err) {
@@ -306,6 +317,8 @@ static int configure(eng_db *db, const char *path, const eng_db_options *o, char
   sqlite3_extended_result_codes(db->h, 1);
   db->busy_timeout_ms = o->busy_timeout_ms;
   sqlite3_busy_handler(db->h, busy_wait, db);
+  if (eng_metrics_enabled())
+    sqlite3_trace_v2(db->h, SQLITE_TRACE_PROFILE, on_profile, NULL);
   if (strcmp(path, ":memory:") != 0 && path[0] != '\0') {
     if (pragma_text(db->h, "PRAGMA journal_mode=WAL", mode, sizeof mode) != SQLITE_OK)
       return eng_errorf(err, ENG_EDB, "db: cannot set WAL mode on %s: %s", path, sqlite3_errmsg(db->h));

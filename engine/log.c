@@ -133,13 +133,23 @@ void eng_log_access(const eng_access_entry *e) {
     json_str(&b, e->request_id, strlen(e->request_id));
     eng_buf_append_str(&b, ",\"peer\":");
     json_str(&b, e->peer, strlen(e->peer));
-    eng_buf_append_char(&b, '}');
+    eng_buf_append_str(&b, ",\"route\":");
+    if (e->route)
+      json_str(&b, e->route, strlen(e->route));
+    else
+      eng_buf_append_str(&b, "null");
+    eng_buf_appendf(&b, ",\"worker\":%d}", e->worker);
   } else {
     eng_buf_appendf(&b, "%s access %s ", ts, e->peer);
     plain_clean(&b, e->method, strlen(e->method));
     eng_buf_append_char(&b, ' ');
     plain_clean(&b, e->path, e->path_len);
-    eng_buf_appendf(&b, " %d %llu %.3fms %s", e->status, (unsigned long long)e->bytes, e->duration_ms, e->request_id);
+    eng_buf_appendf(&b, " %d %llu %.3fms %s ", e->status, (unsigned long long)e->bytes, e->duration_ms, e->request_id);
+    if (e->route)
+      plain_clean(&b, e->route, strlen(e->route));
+    else
+      eng_buf_append_char(&b, '-');
+    eng_buf_appendf(&b, " w%d", e->worker);
   }
   emit(&b);
 }

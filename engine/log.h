@@ -38,6 +38,8 @@ typedef struct eng_access_entry {
   double duration_ms;
   const char *request_id;
   const char *peer;
+  const char *route; /* the route pattern that answered, NULL: none (logged as "-") */
+  int worker;        /* the worker thread's number */
 } eng_access_entry;
 void eng_log_access(const eng_access_entry *e);
 

@@ -32,13 +32,14 @@ static inline void eng_lua_push_array_mt(lua_State *L) {
   }
 }
 
-int eng_luaopen_json(lua_State *L);   /* "engine.json"   lua_json.c   */
-int eng_luaopen_crypto(lua_State *L); /* "engine.crypto" lua_crypto.c */
-int eng_luaopen_time(lua_State *L);   /* "engine.time"   lua_time.c   */
-int eng_luaopen_db(lua_State *L);     /* "engine.db"     lua_db.c     */
-int eng_luaopen_log(lua_State *L);    /* "engine.log"    lua_log.c    */
-int eng_luaopen_config(lua_State *L); /* "engine.config" lua_config.c */
-int eng_luaopen_route(lua_State *L);  /* "engine.route"  lua_route.c  */
-int eng_luaopen_limit(lua_State *L);  /* "engine.limit"  lua_limit.c  */
+int eng_luaopen_json(lua_State *L);    /* "engine.json"   lua_json.c   */
+int eng_luaopen_crypto(lua_State *L);  /* "engine.crypto" lua_crypto.c */
+int eng_luaopen_time(lua_State *L);    /* "engine.time"   lua_time.c   */
+int eng_luaopen_db(lua_State *L);      /* "engine.db"     lua_db.c     */
+int eng_luaopen_log(lua_State *L);     /* "engine.log"    lua_log.c    */
+int eng_luaopen_config(lua_State *L);  /* "engine.config" lua_config.c */
+int eng_luaopen_route(lua_State *L);   /* "engine.route"  lua_route.c  */
+int eng_luaopen_limit(lua_State *L);   /* "engine.limit"  lua_limit.c  */
+int eng_luaopen_metrics(lua_State *L); /* "engine.metrics" lua_metrics.c */
 
 #endif

@@ -10,14 +10,15 @@
 #include <lauxlib.h>
 
 static const luaL_Reg modules[] = {
-    {"engine.json", eng_luaopen_json},     /* lua_json.c   */
-    {"engine.db", eng_luaopen_db},         /* lua_db.c     */
-    {"engine.crypto", eng_luaopen_crypto}, /* lua_crypto.c */
-    {"engine.time", eng_luaopen_time},     /* lua_time.c   */
-    {"engine.log", eng_luaopen_log},       /* lua_log.c    */
-    {"engine.config", eng_luaopen_config}, /* lua_config.c */
-    {"engine.route", eng_luaopen_route},   /* lua_route.c  */
-    {"engine.limit", eng_luaopen_limit},   /* lua_limit.c  */
+    {"engine.json", eng_luaopen_json},       /* lua_json.c   */
+    {"engine.db", eng_luaopen_db},           /* lua_db.c     */
+    {"engine.crypto", eng_luaopen_crypto},   /* lua_crypto.c */
+    {"engine.time", eng_luaopen_time},       /* lua_time.c   */
+    {"engine.log", eng_luaopen_log},         /* lua_log.c    */
+    {"engine.config", eng_luaopen_config},   /* lua_config.c */
+    {"engine.route", eng_luaopen_route},     /* lua_route.c  */
+    {"engine.limit", eng_luaopen_limit},     /* lua_limit.c  */
+    {"engine.metrics", eng_luaopen_metrics}, /* lua_metrics.c */
     {NULL, NULL},
 };
 

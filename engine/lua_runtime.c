@@ -34,6 +34,7 @@
 #include "lua_config.h"
 #include "lua_db.h"
 #include "lua_json.h"
+#include "metrics.h"
 #include "text.h"
 
 #include <lauxlib.h>
@@ -501,7 +502,9 @@ static void script_failed(call *c, lua_State *L) {
   run_release(rt, &c->run);
   eng_buf_reset(&c->resp->headers);
   c->resp->content_type[0] = '\0';
+  eng_metrics_script_error(rt->route);
   if (blown) {
+    eng_metrics_budget_exceeded(rt->mem_blown);
     if (rt->mem_blown)
       lua_gc(L, LUA_GCCOLLECT);
     call_error(c, L, 503, "budget_exceeded",
@@ -532,6 +535,7 @@ static void bad_answer(call *c, lua_State *L, const char *who, const char *why) 
   eng_buf_reset(&c->resp->headers);
   c->resp->content_type[0] = '\0';
   eng_buf_reset(&c->resp->body);
+  eng_metrics_script_error(c->rt->route);
   call_error(c, L, 500, "internal_error", "internal server error");
 }
 
@@ -720,7 +724,9 @@ static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
   run_abandon(rt, &c->run);
   eng_buf_reset(&c->resp->headers);
   c->resp->content_type[0] = '\0';
+  eng_metrics_script_error(rt->route);
   if (rt->mem_blown) {
+    eng_metrics_budget_exceeded(1);
     lua_gc(L, LUA_GCCOLLECT);
     call_error(c, L, 503, "budget_exceeded", "script memory budget exceeded");
   } else {
@@ -747,6 +753,7 @@ static int engine_healthz(lua_State *L, const eng_route_match *m) {
 void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
                            const char *request_id, eng_response *resp) {
   int top = lua_gettop(L);
+  rt->route = NULL;
   int method = eng_router_method(req->method, strlen(req->method));
   eng_route_match m;
   char small[512];
@@ -790,6 +797,7 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
     goto done;
   }
   rt->request_id = request_id;
+  rt->route = m.status == 200 && c.bad == 0 ? m.pattern : NULL; /* NULL: metrics say `unmatched` */
   rt->budget_blown = rt->mem_blown = 0; /* so a failure before the handler runs reads today's flags */
   c.deadline = mono_ms() + rt->budget_ms;
   if (eng_lua_protect(L, handle_p, &c, 0) != LUA_OK)
@@ -897,3 +905,5 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 }
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
+
+const char *eng_runtime_route(const eng_runtime *rt) { return rt->route; }

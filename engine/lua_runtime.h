@@ -82,6 +82,10 @@ typedef struct eng_error_place {
 void eng_runtime_error_at(eng_runtime *rt, lua_State *L, int status, const char *code, const char *message,
                           const char *request_id, const eng_error_place *at, eng_response *resp);
 
+/* The pattern of the route that answered the last eng_runtime_handle (borrowed from the router,
+ * valid until the runtime is freed), or NULL when none did (404, 405, 400). */
+const char *eng_runtime_route(const eng_runtime *rt);
+
 /* Bytes the Lua state currently holds. */
 size_t eng_runtime_memory(const eng_runtime *rt);
 

@@ -52,6 +52,7 @@ struct eng_runtime {
   int key_method, key_path; /* registry refs: the key strings of the eagerly set request fields */
   eng_live_request *live;   /* requests whose handlers are running, innermost first */
   const char *request_id;   /* of the request being handled (for engine.log), or NULL */
+  const char *route;        /* pattern of the last request's route (the router's), NULL: none */
   lua_State *co;            /* the reusable handler coroutine, or NULL (see run_budgeted in lua_runtime.c) */
   int co_ref;               /* its registry ref (the anchor), or LUA_NOREF */
   int co_busy;              /* co is running a call right now */

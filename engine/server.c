@@ -3,6 +3,7 @@
 #include "server.h"
 #include "server_int.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -101,6 +102,7 @@ static void on_reload(uv_async_t *a) {
   if (rc == 0) {
     eng_runtime_free(w->rt);
     w->rt = fresh;
+    eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   } else {
     eng_log_error("reload %u: worker %d keeps the scripts it had: %s", g->id, w->id, err ? err : eng_strerror(rc));
   }
@@ -149,6 +151,7 @@ static void worker_main(void *arg) {
   char *err = NULL;
   int rc;
   eng_db_options dbo = {.synchronous = w->cfg->synchronous};
+  eng_metrics_bind_shard(w->id); /* a no-op shard-less unless --metrics-listen */
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
     goto fail;
@@ -158,6 +161,7 @@ static void worker_main(void *arg) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
   }
+  eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   if ((rc = worker_listen(w)) != 0) {
     eng_log_error("worker %d: listen: %s", w->id, uv_strerror(rc));
     rc = eng_err_from_uv(rc);
@@ -249,22 +253,26 @@ static int probe_addr(const eng_config *cfg, const struct sockaddr_storage *ss, 
 
 int eng_server_probe(const eng_config *cfg, char **err) {
   struct sockaddr_storage ss;
-  socklen_t sl;
+  socklen_t sl = 0;
   if (err)
     *err = NULL;
   int rc = resolve(cfg, &ss, &sl, err);
-  return rc ? rc : probe_addr(cfg, &ss, sl, err);
+  if (rc == 0)
+    rc = probe_addr(cfg, &ss, sl, err);
+  return rc ? rc : eng_metrics_srv_probe(cfg, err);
 }
 
 /* Binds one socket per worker on the same address. Port 0 picks a free port once. Unless
  * handing over, first makes sure nobody else listens there. */
 static int bind_all(const eng_config *cfg, worker *ws, int n, int *port_out) {
   struct sockaddr_storage ss;
-  socklen_t sl;
+  socklen_t sl = 0;
   char *err = NULL;
   int rc = resolve(cfg, &ss, &sl, &err);
   if (rc == 0 && !cfg->handover)
     rc = probe_addr(cfg, &ss, sl, &err);
+  if (rc == 0 && !cfg->handover)
+    rc = eng_metrics_srv_probe(cfg, &err);
   if (rc != 0) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     free(err);
@@ -404,6 +412,7 @@ static void on_sighup(uv_signal_t *s, int signo) {
   if (rc != 0) {
     eng_log_error("reload %u refused: %s; nothing changed, the old scripts keep serving", id,
                   err ? err : eng_strerror(rc));
+    eng_metrics_reload("refused");
     free(err);
     if (g)
       eng_buf_free(&g->settings);
@@ -438,6 +447,7 @@ static void on_reload_done(uv_async_t *a) {
     kept += atomic_load(&m->ws[i].reload_failed);
   }
   m->logged_id = id;
+  eng_metrics_reload(kept == 0 ? "done" : "partial");
   double ms = (double)(uv_hrtime() - m->reload_t0) / 1e6;
   if (kept == 0)
     eng_log_info("reload %u done: %d worker%s serve%s the new scripts (%d routes), in %.0f ms", id, m->n,
@@ -516,6 +526,7 @@ int eng_server_abandoned(void) { return abandoned_workers != NULL; }
 int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   int n = cfg->workers;
   int rc = 0, port = 0, timed_out = 0;
+  eng_metrics_srv *msrv = NULL;
   signal(SIGPIPE, SIG_IGN);
   atomic_store(&eng_server_stopping, 0);
   reloads rl = {.current = NULL};
@@ -538,6 +549,12 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   sh->max_conns = cfg->max_connections;
   if ((rc = bind_all(cfg, ws, n, &port)) != 0)
     goto out;
+  /* The metrics listener, when asked for, before the workers: they record only once it is on. */
+  if (cfg->metrics_host && ((rc = eng_metrics_enable(n)) != 0 || (rc = eng_metrics_srv_start(&msrv, cfg)) != 0)) {
+    for (int i = 0; i < n; i++)
+      close(ws[i].fd);
+    goto out;
+  }
   /* The signal handlers come before the first worker: a worker serves as soon as it listens,
    * and a SIGTERM then must drain, not kill (libuv queues it until the loop below runs). */
   main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl, .sh = sh}; /* n: the started workers, below */
@@ -584,6 +601,7 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
                  APIENGINE_VERSION, *v6 ? "[" : "", cfg->listen_host, v6, port, cfg->config_file ? "'" : "",
                  cfg->config_file ? cfg->config_file : "none", cfg->config_file ? "'" : "", cfg->scripts_dir,
                  cfg->schema_dir, cfg->db_path, n, n == 1 ? "" : "s", hooks ? hooks->routes : 0);
+    eng_metrics_srv_ready(msrv, 1);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   }
   timed_out = m.timed_out;
@@ -609,6 +627,9 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
       uv_sem_destroy(&ws[i].started);
   }
 out:
+  eng_metrics_srv_stop(msrv); /* it answered /readyz 503 through the drain */
+  if (!timed_out)
+    eng_metrics_disable(); /* a stuck worker may still record into its shard */
   if (sh && !timed_out && !uv_is_closing((uv_handle_t *)&sh->exited))
     uv_close((uv_handle_t *)&sh->exited, NULL); /* every worker has been joined */
   uv_close((uv_handle_t *)&rl.done, NULL);      /* no worker is left to send to it */

@@ -66,6 +66,7 @@ struct conn {
   eng_buf held;     /* read but not yet parsed while C_WAIT (at most ENG_READ_BUF) */
   eng_http_parser hp;
   unsigned state : 3, closing : 1, sent_continue : 1, reading : 1, counted : 1, shut : 1;
+  signed char gauge; /* the state apiengine_connections counts it in (ENG_METRICS_CONN_*) */
   char peer[48];
 };
 
@@ -162,6 +163,30 @@ void eng_conn_sweep(worker *w, uint64_t now);
 /* At SIGTERM/SIGINT: idle connections get until ENG_DRAIN_IDLE_MS from now to send one more
  * request, then are closed cleanly (half-close and linger, no reset). */
 void eng_conn_drain(worker *w);
+
+/* ---- server_metrics.c ---- */
+
+enum { ENG_HEALTHZ = 1, ENG_READYZ = 2 };
+/* ENG_HEALTHZ or ENG_READYZ when req is a GET or HEAD of cfg's health or readiness path, else 0. */
+int eng_health_path(const eng_config *cfg, const eng_http_request *req);
+/* Fills resp (reset) with the answer of that path: 200, or 503 naming why_not_ready (a static
+ * word: "draining", "scripts", "database"; NULL: ready). */
+void eng_health_fill(int kind, const char *why_not_ready, eng_response *resp);
+/* Why worker w is not ready (draining, no scripts, its database does not answer), or NULL. */
+const char *eng_worker_not_ready(worker *w);
+
+/* The metrics listener: its own thread, serving /metrics and the two health paths. */
+typedef struct eng_metrics_srv eng_metrics_srv;
+/* Binds cfg->metrics_host:metrics_port and starts serving (logs the address, or why not). cfg is
+ * borrowed until eng_metrics_srv_stop. 0 or an ENG_E* code. */
+int eng_metrics_srv_start(eng_metrics_srv **out, const eng_config *cfg);
+/* Whether cfg's metrics address (if any) is free: as eng_server_probe (server.h) does for the API
+ * address. 0, or an ENG_E* code with a malloc'd *err. */
+int eng_metrics_srv_probe(const eng_config *cfg, char **err);
+/* Readiness: set once every worker has started (the drain shows through eng_server_stopping). */
+void eng_metrics_srv_ready(eng_metrics_srv *s, int ready);
+/* Stops it, closing its connections, and frees it. NULL is fine. */
+void eng_metrics_srv_stop(eng_metrics_srv *s);
 
 /* ---- server.c ---- */
 

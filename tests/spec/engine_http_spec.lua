@@ -224,7 +224,7 @@ describe("engine over HTTP", function()
   it("writes one access log line per request with method, path, status, bytes, duration and id", function()
     srv.request("GET", "/hello?secret=1", { headers = { ["X-Request-Id"] = "access-1" } })
     testing.sleep(50)
-    assert.matches("access 127%.0%.0%.1:%d+ GET /hello 200 17 [%d.]+ms access%-1\n", srv.read_log())
+    assert.matches("access 127%.0%.0%.1:%d+ GET /hello 200 17 [%d.]+ms access%-1 /hello w%d\n", srv.read_log())
   end)
 end)
 
