@@ -540,3 +540,31 @@ cleanup:
   }
   return rc;
 }
+
+int eng_db_engine_fact_set(eng_db *db, const char *key, const char *value, char **err) {
+  sqlite3 *h = eng_db_handle(db);
+  sqlite3_stmt *st = NULL;
+  int rc;
+  if (err)
+    *err = NULL;
+  if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start a transaction", err)) != 0)
+    return rc;
+  if ((rc = exec_sql(db, SQL_CREATE_ENGINE, "cannot create " ENG_DB_ENGINE_TABLE, err)) != 0)
+    goto cleanup;
+  if (sqlite3_prepare_v2(h, "INSERT OR REPLACE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", -1, &st,
+                         NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  rc = exec_sql(db, "COMMIT", "cannot commit " ENG_DB_ENGINE_TABLE, err);
+cleanup:
+  sqlite3_finalize(st);
+  rollback_if_open(db);
+  return rc;
+}

@@ -68,4 +68,9 @@ void eng_db_state_free(eng_db_state *s);
  * frees it). One transaction; call it outside one. ENG_EDB / ENG_ENOMEM with *err. */
 int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **stored, char **err);
 
+/* Stores value under key in ENG_DB_ENGINE_TABLE, replacing what it held (`apiengine rekey`
+ * records the current key's fingerprint once every secret is sealed with it). One transaction;
+ * call it outside one. ENG_EDB with *err. */
+int eng_db_engine_fact_set(eng_db *db, const char *key, const char *value, char **err);
+
 #endif

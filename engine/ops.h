@@ -45,4 +45,17 @@ int eng_ops_routes(const eng_config *cfg);
  * <db>.lock. 1 when no server runs there. */
 int eng_ops_reload(const eng_config *cfg);
 
+/* apiengine rekey: re-seals the secrets of the columns the scripts declare
+ * (crypto.sealed_column) under the current key, in short transactions (lua_rekey.h), progress on
+ * stderr, safe beside a running server (which must run with the same keys: the database records
+ * the current key of the last start, and a rekey with another current key is refused). Once no
+ * value is left that only a previous key opens, the database's key fingerprint becomes the
+ * current key's, so a start with the previous key alone is refused from then on. */
+int eng_ops_rekey(const eng_config *cfg);
+
+/* apiengine backup OUT: an online copy of cfg->db_path through SQLite's backup API, from one
+ * read snapshot (writers go on meanwhile), into OUT, which must not exist; the key file
+ * <db>.key, when there is one, to OUT.key (mode 0600). Removes what it made when it fails. */
+int eng_ops_backup(const eng_config *cfg, const char *out);
+
 #endif
