@@ -555,3 +555,129 @@ describe("apiengine --help", function()
     assert.equal("apiengine: --handover: invalid value 'yes' for --handover\n", out)
   end)
 end)
+
+-- One request with a JSON body on a new connection -> status, decoded body.
+local function call(port, method, path, body, token)
+  local c = socket.tcp()
+  c:settimeout(10)
+  assert(c:connect("127.0.0.1", port))
+  local data = body and require("engine.json").encode(body) or ""
+  c:send(method .. " " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    .. (token and ("Authorization: " .. token .. "\r\n") or "") .. "Content-Length: " .. #data .. "\r\n\r\n" .. data)
+  local raw, _, partial = c:receive("*a")
+  c:close()
+  local res = spec.parse_response(raw or partial)
+  return res.status, res.json
+end
+
+local function mode_of(path)
+  local p = io.popen("stat -c %a " .. path)
+  local m = p:read("l")
+  p:close()
+  return m
+end
+
+describe("apiengine backup", function()
+  local P = "/v2/integrations"
+  local function default_args(dir)
+    return { "--scripts", "scripts", "--schema", "schema", "--db", dir .. "/db.sqlite", "--workers", "2" }
+  end
+  local function new_customer(port, n)
+    local st, res = call(port, "POST", P .. "/customer", { CustomerName = "Customer " .. n, Email = "c" .. n .. "@x.io" })
+    assert.equal(200, st)
+    return { id = res.Data.CustomerID, secret = res.Data.CustomerSecret }
+  end
+  local seq = 0
+  local function post_calls(port, token)
+    local batch = {}
+    for i = 1, 1000 do
+      seq = seq + 1
+      batch[i] = { CallSid = string.format("sid-%08d", seq), Direction = "inbound", Channel = "pstn",
+        StartTime = "2024-06-03T10:15:00Z", Duration = 60 + i }
+    end
+    local st, res = call(port, "POST", P .. "/calls", batch, token)
+    assert.equal(200, st, require("engine.json").encode(res))
+  end
+
+  it("copies a database under write load consistently, with its key file; the restored copy serves its logins",
+    function()
+      local dir, restored = tmpdir(), tmpdir()
+      local out = dir .. "/backup.db"
+      local s = serve(default_args(dir), testing.free_port())
+      assert.is_nil(s.code, s.read_log())
+      local before = {}
+      for n = 1, 5 do before[n] = new_customer(s.port, n) end
+      local _, tok = call(s.port, "POST", P .. "/token", { Id = before[1].id, Secret = before[1].secret,
+        Entity = "customer" })
+      local st, app = call(s.port, "POST", P .. "/app", { AppName = "desk", ExotelAccountSid = "acc", ExotelApiKey = "k",
+        ExotelApiToken = "t", ExotelDomain = "mumbai", IsActive = true }, tok.Data)
+      assert.equal(200, st)
+      local _, atok = call(s.port, "POST", P .. "/token", { Id = app.Data.AppID, Secret = app.Data.AppSecret,
+        Entity = "app" })
+      for _ = 1, 20 do post_calls(s.port, atok.Data) end -- some megabytes, so the copy takes many steps
+
+      -- Writes go on while the backup runs: customers and batches of 1,000 call records.
+      local during, n = {}, 5
+      local pid = testing.spawn({ testing.exe(), "backup", "--db", dir .. "/db.sqlite", out }, dir .. "/backup.out")
+      local code
+      repeat
+        n = n + 1
+        during[#during + 1] = new_customer(s.port, n)
+        post_calls(s.port, atok.Data)
+        code = testing.wait(pid, 0)
+      until code
+      assert.equal(0, code, read(dir .. "/backup.out"))
+      assert.matches("^backup: " .. dir:gsub("%p", "%%%0") .. "/db%.sqlite %(%d+ pages%) copied to "
+        .. out:gsub("%p", "%%%0") .. " in %d+ ms; its key file to " .. out:gsub("%p", "%%%0")
+        .. "%.key %(mode 0600%)\n$", read(dir .. "/backup.out"))
+      assert.equal("600", mode_of(out .. ".key"))
+      assert.equal(read(dir .. "/db.sqlite.key"), read(out .. ".key"))
+      assert.is_true(#during >= 1)
+
+      -- Never overwrites.
+      local size = #read(out)
+      local code2, msg = run { "backup", "--db", dir .. "/db.sqlite", out }
+      assert.equal(1, code2)
+      assert.equal("apiengine: backup failed: " .. out .. " exists: a backup never overwrites; remove it or choose "
+        .. "another name\n", msg)
+      assert.equal(size, #read(out))
+      assert.equal(0, s.stop())
+
+      -- Restore as the README says: the copy and its key file in place of the database and its key.
+      os.execute("cp " .. out .. " " .. restored .. "/db.sqlite && cp -p " .. out .. ".key " .. restored
+        .. "/db.sqlite.key")
+      local r = serve(default_args(restored), testing.free_port())
+      assert.is_nil(r.code, r.read_log())
+      for _, c in ipairs(before) do -- acknowledged before the backup began: there, and their secrets open
+        local st3, res = call(r.port, "POST", P .. "/token", { Id = c.id, Secret = c.secret, Entity = "customer" })
+        assert.equal(200, st3, require("engine.json").encode(res))
+      end
+      local present = 0
+      for _, c in ipairs(during) do -- written during the copy: there whole, or not at all
+        local st3 = call(r.port, "POST", P .. "/token", { Id = c.id, Secret = c.secret, Entity = "customer" })
+        assert.is_true(st3 == 200 or st3 == 401, tostring(st3))
+        if st3 == 200 then present = present + 1 end
+      end
+      assert.equal(0, r.stop())
+      testing.open_db(restored .. "/db.sqlite", "schema")
+      local sdb = require "engine.db"
+      assert.equal("ok", sdb.one("PRAGMA integrity_check").integrity_check)
+      local calls = sdb.one("SELECT count(*) AS n FROM calls").n
+      local customers = sdb.one("SELECT count(*) AS n FROM customers").n
+      testing.close_db()
+      assert.equal(5 + present, customers)
+      assert.is_true(calls >= 20000 and calls % 1000 == 0, tostring(calls)) -- whole batches only
+    end)
+
+  it("refuses a missing database and leaves nothing behind", function()
+    local dir = tmpdir()
+    local code, out = run { "backup", "--db", dir .. "/none.db", dir .. "/out.db" }
+    assert.equal(1, code)
+    assert.truthy(out:find("apiengine: backup failed: database " .. dir .. "/none.db: No such file or directory\n", 1,
+      true), out)
+    assert.is_false(exists(dir .. "/out.db"))
+    code, out = run { "backup" }
+    assert.equal(2, code)
+    assert.equal("apiengine: backup needs the output path last: apiengine backup [--db PATH] OUT\n", out)
+  end)
+end)
