@@ -646,12 +646,33 @@ out:
 
 /* ---- migrate ---------------------------------------------------------------------------------- */
 
+/* Takes <db>.lock as serve does, so it never migrates under a running server (whose scripts were
+ * checked against the schema it started with) nor beside a second migrate. */
 int eng_ops_migrate(const eng_config *cfg) {
-  if (!is_memory_db(cfg->db_path) && ensure_parent_dir(cfg->db_path) != 0) {
+  instance_lock lk = {.fd = -1};
+  char *err = NULL;
+  int rc = 0;
+  if (is_memory_db(cfg->db_path))
+    return migrate_db(cfg, NULL) == 0 ? 0 : 1;
+  if (ensure_parent_dir(cfg->db_path) != 0) {
     eng_log_error("cannot create the directory of %s", cfg->db_path);
     return 1;
   }
-  return migrate_db(cfg, NULL) == 0 ? 0 : 1;
+  if ((rc = lock_take(&lk, cfg->db_path, 0, &err)) == ENG_EEXISTS) {
+    char who[64] = "another process";
+    if (lk.old_pid > 0)
+      snprintf(who, sizeof who, "another apiengine (pid %ld)", lk.old_pid);
+    eng_log_error("database %s is in use by %s, which holds %s: stop it first (a server applies pending migrations "
+                  "itself when it starts)",
+                  cfg->db_path, who, lk.path);
+  } else if (rc != 0) {
+    eng_log_error("%s", err ? err : eng_strerror(rc));
+  } else {
+    rc = migrate_db(cfg, NULL);
+  }
+  lock_release(&lk);
+  free(err);
+  return rc == 0 ? 0 : 1;
 }
 
 /* ---- check and routes ------------------------------------------------------------------------- */

@@ -29,7 +29,8 @@
  * call. */
 int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first);
 
-/* apiengine migrate: applies the migrations and exits. */
+/* apiengine migrate: takes <db>.lock (refused while a server or another migrate holds it),
+ * applies the migrations and exits. */
 int eng_ops_migrate(const eng_config *cfg);
 
 /* apiengine check: the config (already read), the database read-only (or not at all when

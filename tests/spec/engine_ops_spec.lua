@@ -681,3 +681,69 @@ describe("apiengine backup", function()
     assert.equal("apiengine: backup needs the output path last: apiengine backup [--db PATH] OUT\n", out)
   end)
 end)
+
+describe("migration messages", function()
+  local function migrate(dir, schema)
+    return run { "migrate", "--db", dir .. "/db.sqlite", "--schema", schema or (dir .. "/schema") }
+  end
+
+  it("name the file and line of the failing statement", function()
+    local dir = tmpdir()
+    write(dir .. "/schema/0002_bad.sql", "CREATE TABLE fine (id INTEGER PRIMARY KEY);\n\n-- the next one is broken\n"
+      .. "/* a block\n   comment */\nCREATE TABLE broken (;\n")
+    local code, out = migrate(dir)
+    assert.equal(1, code)
+    assert.truthy(out:find("error database " .. dir .. "/db.sqlite: db: migration " .. dir .. "/schema/0002_bad.sql:6 "
+      .. "failed: near \";\": syntax error\n", 1, true), out)
+    -- The start tries it on the scratch copy first, and names the same place.
+    local s = serve(args_for(dir), testing.free_port())
+    assert.equal(1, s.code)
+    assert.truthy(s.read_log():find("db: migration " .. dir .. "/schema/0002_bad.sql:6 failed: near \";\": syntax "
+      .. "error\n", 1, true), s.read_log())
+  end)
+
+  it("say what to do about an applied migration that was edited", function()
+    local dir = tmpdir()
+    assert.equal(0, (migrate(dir)))
+    local f = assert(io.open(dir .. "/schema/0001_items.sql", "a"))
+    f:write("-- an edit\n")
+    f:close()
+    local code, out = migrate(dir)
+    assert.equal(1, code)
+    assert.matches("error database [^\n]*/db%.sqlite: db: migration [^\n]*/schema/0001_items%.sql was changed after it "
+      .. "was applied %(sha256 %x+ when applied, %x+ now%): put the file back as it was %(from version control or the "
+      .. "release it came with%) and make the change in a new migration numbered after the last one\n", out)
+  end)
+
+  it("suggest the --schema overlay a recorded migration came from", function()
+    local dir = tmpdir()
+    os.execute("mkdir -p " .. dir .. "/mine")
+    write(dir .. "/mine/0100_things.sql", "CREATE TABLE things (id TEXT PRIMARY KEY);\n")
+    assert.equal(0, (migrate(dir, dir .. "/schema:" .. dir .. "/mine")))
+    local code, out = migrate(dir)
+    assert.equal(1, code)
+    assert.truthy(out:find("db: the database records migration 0100_things.sql (id 100), which is not in " .. dir
+      .. "/schema: if it came from another schema directory (an overlay: --schema schema:my-schema), give the same "
+      .. "--schema as the start that applied it; an applied migration file is never removed\n", 1, true), out)
+  end)
+end)
+
+describe("apiengine migrate", function()
+  it("takes <db>.lock like serve: refused while a server runs on the database", function()
+    local dir = tmpdir()
+    local s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    write(dir .. "/schema/0002_more.sql", "CREATE TABLE more (id INTEGER PRIMARY KEY);\n")
+    local code, out = run { "migrate", "--db", dir .. "/db.sqlite", "--schema", dir .. "/schema" }
+    assert.equal(1, code)
+    assert.truthy(out:find("error database " .. dir .. "/db.sqlite is in use by another apiengine (pid " .. s.pid
+      .. "), which holds " .. dir .. "/db.sqlite.lock: stop it first (a server applies pending migrations itself when "
+      .. "it starts)\n", 1, true), out)
+    assert.equal(s.pid .. "\n", read(dir .. "/db.sqlite.lock"))
+    assert.equal(200, get(s.port, "/a"))
+    assert.equal(0, s.stop())
+    code, out = run { "migrate", "--db", dir .. "/db.sqlite", "--schema", dir .. "/schema" }
+    assert.equal(0, code, out)
+    assert.truthy(out:find("1 migration(s) applied", 1, true), out)
+  end)
+end)
