@@ -97,6 +97,7 @@ int main(int argc, char **argv) {
     eng_config_free(&cfg);
     return 0;
   }
+  eng_ops_default_dirs(&cfg);
   eng_log_setup(cfg.log_level, cfg.log_json);
   /* The database holds sealed secrets and verifiers: no access for others to it, its WAL or
    * the directory created for it. */

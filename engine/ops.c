@@ -93,6 +93,44 @@ static int write_pid_fd(int fd) {
   return 0;
 }
 
+/* ---- the installed scripts and schema --------------------------------------------------------- */
+
+#define INSTALLED_DATA "/../share/apiengine" /* from the binary's directory: cmake --install's layout */
+
+static int is_dir(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Replaces *setting by the installed directory name (share/apiengine/<name> beside the binary's
+ * bin/) when it is the default and the working directory has no such directory. */
+static void use_installed(char **setting, const char *name, const char *exe_dir) {
+  char path[OPS_PATH_MAX];
+  if (strcmp(*setting, name) != 0 || is_dir(name))
+    return;
+  if (snprintf(path, sizeof path, "%s%s/%s", exe_dir, INSTALLED_DATA, name) >= (int)sizeof path || !is_dir(path))
+    return;
+  char *copy = realpath(path, NULL); /* without the bin/.. */
+  if (copy == NULL)
+    return;
+  free(*setting);
+  *setting = copy;
+}
+
+void eng_ops_default_dirs(eng_config *cfg) {
+  char exe[OPS_PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0)
+    return;
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (slash == NULL)
+    return;
+  *slash = '\0';
+  use_installed(&cfg->scripts_dir, ENG_DEFAULT_SCRIPTS, exe);
+  use_installed(&cfg->schema_dir, ENG_DEFAULT_SCHEMA, exe);
+}
+
 /* ---- the instance lock ------------------------------------------------------------------------ */
 
 /* <db>.lock, flock'ed exclusively for the process lifetime, holding the holder's pid. The file
@@ -487,6 +525,7 @@ static int reload_check(void *ud, unsigned id, eng_buf *settings, int *routes, c
   int rc = eng_config_load(&fresh, s->argc, s->argv, s->first, &help, &version, out_err);
   if (rc != 0)
     goto cleanup;
+  eng_ops_default_dirs(&fresh);
   warn_restart_settings(id, s->cfg, &fresh);
   if (!is_memory_db(s->cfg->db_path)) {
     if (eng_db_inspect(s->cfg->db_path, s->cfg->schema_dir, &st, &err) == 0) {

@@ -24,6 +24,12 @@
 
 #include "config.h"
 
+/* Where the default scripts and schema are when the binary is installed (cmake --install):
+ * a scripts or schema setting left at its default ("scripts", "schema") names
+ * <bin>/../share/apiengine/scripts (schema) instead when the working directory has no such
+ * directory and the installed one exists. Call it after eng_config_load. */
+void eng_ops_default_dirs(eng_config *cfg);
+
 /* apiengine serve. argv[first..argc) are the flags cfg was loaded from: a reload reads the
  * config file (and the environment and flags over it) again from them; argv must outlive the
  * call. */

@@ -747,3 +747,29 @@ describe("apiengine migrate", function()
     assert.truthy(out:find("1 migration(s) applied", 1, true), out)
   end)
 end)
+
+describe("cmake --install", function()
+  it("installs the binary, the default scripts and schema; the installed binary finds them from anywhere", function()
+    local prefix, elsewhere = testing.mkdtemp(), testing.mkdtemp() -- empty: no scripts/ or schema/ there
+    dirs[#dirs + 1] = prefix
+    dirs[#dirs + 1] = elsewhere
+    local build = testing.exe():match("^(.*)/[^/]+$")
+    local p = io.popen("cmake --install " .. build .. " --prefix " .. prefix .. " 2>&1")
+    local log = p:read("a")
+    assert.is_true(p:close(), log)
+    assert.truthy(exists(prefix .. "/share/apiengine/scripts/lib/auth.lua"))
+    assert.truthy(exists(prefix .. "/share/apiengine/schema/0001_init.sql"))
+    assert.truthy(exists(prefix .. "/share/apiengine/deploy/apiengine.service"))
+    p = io.popen("cd " .. elsewhere .. " && env -u APIENGINE_SCRIPTS -u APIENGINE_SCHEMA " .. prefix
+      .. "/bin/apiengine check 2>&1; echo \"exit $?\"")
+    local out = p:read("a")
+    p:close()
+    local head = "config: none\nscripts: " .. prefix .. "/share/apiengine/scripts\nschema: " .. prefix
+      .. "/share/apiengine/schema\ndatabase: data/apiengine.db does not exist; the first start creates it\n"
+    assert.equal(head, out:sub(1, #head))
+    assert.truthy(out:find("\nPOST +/v2/integrations/customer +" .. prefix:gsub("%p", "%%%0")
+      .. "/share/apiengine/scripts/customer%.lua:%d+\n"), out)
+    assert.matches("\nok: %d+ routes, %d+ pending migration%(s%)\nexit 0\n$", out)
+    assert.is_false(exists(elsewhere .. "/data"))
+  end)
+end)
