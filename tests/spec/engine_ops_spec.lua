@@ -773,3 +773,34 @@ describe("cmake --install", function()
     assert.is_false(exists(elsewhere .. "/data"))
   end)
 end)
+
+describe("the README's overlay example (things)", function()
+  local function section(text, name)
+    local pat = name:gsub("%-", "%%-")
+    local block = text:match("<!%-%- " .. pat .. ":begin %-%->\n```%a*\n(.-)\n```\n<!%-%- " .. pat .. ":end %-%->")
+    assert(block, "README.md has no " .. name .. " block")
+    return block
+  end
+
+  it("works as printed: check, the migration in the overlay, the new endpoint", function()
+    local readme = read("README.md")
+    local script, expected = section(readme, "things"), section(readme, "things-output")
+    local port = testing.free_port()
+    assert.truthy(script:find("127.0.0.1:8080", 1, true))
+    script = script:gsub("127%.0%.0%.1:8080", "127.0.0.1:" .. port)
+    -- Run from a directory that has the repository's scripts, schema and build, as the README's reader does.
+    local dir = testing.mkdtemp()
+    dirs[#dirs + 1] = dir
+    local cwd = io.popen("pwd"):read("l")
+    os.execute("ln -s " .. cwd .. "/scripts " .. dir .. "/scripts && ln -s " .. cwd .. "/schema " .. dir
+      .. "/schema && mkdir " .. dir .. "/build && ln -s " .. testing.exe() .. " " .. dir .. "/build/apiengine")
+    write(dir .. "/things.sh", script .. "\n")
+    local ok = os.execute("cd " .. dir .. " && timeout 60 bash -eu things.sh > out.txt 2>&1")
+    local pid = tonumber(read(dir .. "/my/apiengine.pid") or "")
+    if pid then testing.kill(pid, 9) end -- only when the script stopped before its last line
+    local out = read(dir .. "/out.txt")
+    assert.is_true(ok, out)
+    assert.is_nil(pid)
+    assert.equal(expected, (out:gsub("\n$", "")))
+  end)
+end)
