@@ -1070,8 +1070,10 @@ int eng_ops_backup(const eng_config *cfg, const char *out) {
   printf("backup: %s (%d pages) copied to %s in %ld ms", cfg->db_path, pages, out, ms);
   if (key_copied)
     printf("; its key file to %s (mode 0600)\n", out_key);
-  else
+  else if (cfg->key && *cfg->key)
     printf("; no key file beside the database (the key is configured): keep that key with the backup\n");
+  else
+    printf("; the database has no key file %s yet\n", key_path);
   goto out;
 fail:
   fprintf(stderr, "apiengine: backup failed: %s\n", err ? err : eng_strerror(rc));

@@ -679,6 +679,13 @@ describe("apiengine backup", function()
     code, out = run { "backup" }
     assert.equal(2, code)
     assert.equal("apiengine: backup needs the output path last: apiengine backup [--db PATH] OUT\n", out)
+    -- A configured key has no file to copy: the output says to keep the key with the copy.
+    assert.equal(0, (run { "migrate", "--db", dir .. "/k.db", "--schema", dir .. "/schema" }))
+    code, out = run({ "backup", "--db", dir .. "/k.db", dir .. "/k-copy.db" }, { APIENGINE_KEY = string.rep("ab", 32) })
+    assert.equal(0, code, out)
+    assert.truthy(out:find(" copied to " .. dir:gsub("%p", "%%%0") .. "/k%-copy%.db in %d+ ms; no key file beside the database %(the key is "
+      .. "configured%): keep that key with the backup\n$"), out)
+    assert.is_false(exists(dir .. "/k-copy.db.key"))
   end)
 end)
 
