@@ -236,6 +236,71 @@ describe("key rotation", function()
       assert.is_nil(crypto.open(u1.sip_secret_sealed, "user:" .. aid .. "/agent-1"))
     end)
 
+  it("resumes a rekey that was killed half-way, while the server keeps answering reads and writes", function()
+    local dir = tmpdir()
+    local db = dir .. "/db.sqlite"
+    local s = serve(dir, { APIENGINE_KEY = A })
+    assert.is_nil(s.code, s.read_log())
+    assert.equal(0, s.stop())
+    -- 20,000 customer secrets sealed under A, written straight into the stopped server's database.
+    testing.use_key(crypto.from_hex(A))
+    testing.open_db(db, "schema")
+    local sdb = require "engine.db"
+    sdb.tx(function()
+      for i = 1, 20000 do
+        local id = string.format("c%07d", i)
+        sdb.exec("INSERT INTO customers (id, name, email, secret_sealed, created_at, updated_at) VALUES (?, ?, ?, ?, "
+          .. "'2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')", id, "Customer " .. i, "c" .. i .. "@x.io",
+          crypto.seal("secret-" .. i, id))
+      end
+    end)
+    testing.close_db()
+
+    s = serve(dir, { APIENGINE_KEY = B .. "," .. A })
+    assert.is_nil(s.code, s.read_log())
+    local out1 = dir .. "/rekey1.out"
+    local pid = testing.spawn({ testing.exe(), "rekey", table.unpack(base_args(dir)) }, out1,
+      { APIENGINE_KEY = B .. "," .. A })
+    -- The server answers while the rekey runs (an A-sealed secret opens); the rekey is killed once
+    -- three batches are in.
+    local answered = 0
+    assert.truthy(wait_for(function()
+      local st = s.request("POST", P .. "/token", { Id = "c0000007", Secret = "secret-7", Entity = "customer" })
+      assert.equal(200, st)
+      answered = answered + 1
+      local _, n = (read(out1) or ""):gsub("rekey customers%.secret_sealed: ", "")
+      return n >= 3
+    end), read(out1))
+    assert.is_true(answered >= 1)
+    testing.kill(pid, 9)
+    testing.wait(pid, 5000)
+    -- And after the kill: an A-sealed secret still opens, a new one is made under B.
+    local st, res = s.request("POST", P .. "/token", { Id = "c0000007", Secret = "secret-7", Entity = "customer" })
+    assert.equal(200, st, json.encode(res))
+    local cid = customer(s, "later")
+
+    local code, out = run({ "rekey", table.unpack(base_args(dir)) }, { APIENGINE_KEY = B .. "," .. A })
+    assert.equal(0, code, out)
+    local resealed, already = out:match("rekey: 4 sealed column%(s%), 20001 rows read, (%d+) re%-sealed under the "
+      .. "current key, (%d+) already were, 0 opened by no key")
+    assert.truthy(resealed, out)
+    resealed, already = tonumber(resealed), tonumber(already)
+    assert.equal(20001, resealed + already)
+    assert.is_true(resealed > 0 and resealed < 20000, out) -- the first run had done part of it
+    assert.is_true(already >= 601, out) -- three batches of 200, and the customer sealed under B
+    assert.equal(0, s.stop())
+
+    s = serve(dir, { APIENGINE_KEY = B })
+    assert.is_nil(s.code, s.read_log())
+    for _, i in ipairs { 1, 7, 10000, 20000 } do
+      st = s.request("POST", P .. "/token", { Id = string.format("c%07d", i), Secret = "secret-" .. i,
+        Entity = "customer" })
+      assert.equal(200, st)
+    end
+    assert.truthy(cid)
+    assert.equal(0, s.stop())
+  end)
+
   it("reads previous keys from the key file's later lines too", function()
     local dir = tmpdir()
     local db = dir .. "/db.sqlite"
