@@ -72,7 +72,9 @@ int main(int argc, char **argv) {
   }
   int backup = strcmp(argv[1], "backup") == 0, nargs = argc;
   const char *out = NULL;
-  if (backup) { /* apiengine backup [options] OUT: the output path comes last */
+  int asks_help = argc >= 3 && (strcmp(argv[argc - 1], "--help") == 0 || strcmp(argv[argc - 1], "-h") == 0 ||
+                                strcmp(argv[argc - 1], "--version") == 0);
+  if (backup && !asks_help) { /* apiengine backup [options] OUT: the output path comes last */
     if (argc < 3 || argv[argc - 1][0] == '-') {
       fprintf(stderr, "apiengine: backup needs the output path last: apiengine backup [--db PATH] OUT\n");
       return 2;

@@ -679,6 +679,10 @@ describe("apiengine backup", function()
     code, out = run { "backup" }
     assert.equal(2, code)
     assert.equal("apiengine: backup needs the output path last: apiengine backup [--db PATH] OUT\n", out)
+    code, out = run { "backup", "--help" }
+    assert.equal(0, code)
+    assert.truthy(out:find("\n  apiengine backup [options] OUT\n", 1, true), out)
+    assert.truthy(out:find("\n  apiengine rekey [options] ", 1, true), out)
     -- A configured key has no file to copy: the output says to keep the key with the copy.
     assert.equal(0, (run { "migrate", "--db", dir .. "/k.db", "--schema", dir .. "/schema" }))
     code, out = run({ "backup", "--db", dir .. "/k.db", dir .. "/k-copy.db" }, { APIENGINE_KEY = string.rep("ab", 32) })
