@@ -204,13 +204,26 @@ static mig_file *find_migration(mig_file *files, size_t n, int id) {
   return lo < n && files[lo].id == id ? &files[lo] : NULL;
 }
 
-/* Compares a recorded migration with the directory's file of that number. */
+/* Compares a recorded migration with the directory's file of that number; a mismatch says what
+ * to do about it. */
 static int check_record(const char *dir, mig_file *f, int id, const char *name, const char *checksum, char **err) {
-  if (!f || strcmp(f->name, name) != 0)
-    return eng_errorf(err, ENG_ECONFIG, "db: the database records migration %s (id %d), which is not in %s", name, id,
-                      dir);
+  if (!f)
+    return eng_errorf(err, ENG_ECONFIG,
+                      "db: the database records migration %s (id %d), which is not in %s: if it came from another "
+                      "schema directory (an overlay: --schema schema:my-schema), give the same --schema as the "
+                      "start that applied it; an applied migration file is never removed",
+                      name, id, dir);
+  if (strcmp(f->name, name) != 0)
+    return eng_errorf(err, ENG_ECONFIG,
+                      "db: the database records migration %s (id %d), which is not in %s: %s/%s has that number now; "
+                      "if it was renamed, give it back its name (the database records names and checksums)",
+                      name, id, dir, f->dir, f->name);
   if (strcmp(f->checksum, checksum) != 0)
-    return eng_errorf(err, ENG_ECONFIG, "db: migration %s was changed after it was applied", f->name);
+    return eng_errorf(err, ENG_ECONFIG,
+                      "db: migration %s/%s was changed after it was applied (sha256 %.12s when applied, %.12s now): "
+                      "put the file back as it was (from version control or the release it came with) and make the "
+                      "change in a new migration numbered after the last one",
+                      f->dir, f->name, checksum, f->checksum);
   f->recorded = 1;
   return 0;
 }
@@ -250,12 +263,59 @@ cleanup:
   return rc;
 }
 
+/* Where the statement starting at or after p really starts: past blanks and SQL comments. */
+static const char *skip_blanks(const char *p) {
+  for (;;) {
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '\f' || *p == '\v')
+      p++;
+    if (p[0] == '-' && p[1] == '-') {
+      while (*p && *p != '\n')
+        p++;
+    } else if (p[0] == '/' && p[1] == '*') {
+      const char *end = strstr(p + 2, "*/");
+      p = end ? end + 2 : p + strlen(p);
+    } else {
+      return p;
+    }
+  }
+}
+
+static int line_of(const char *text, const char *at) {
+  int line = 1;
+  for (const char *p = text; p < at; p++)
+    line += *p == '\n';
+  return line;
+}
+
+/* Runs a migration's statements one at a time (as sqlite3_exec would), so that a failure names
+ * the file and the line where the failing statement starts. */
+static int exec_migration(sqlite3 *h, const mig_file *f, const char *sql, char **err) {
+  const char *p = sql;
+  while (*(p = skip_blanks(p)) != '\0') {
+    sqlite3_stmt *st = NULL;
+    const char *tail = NULL;
+    int rc = sqlite3_prepare_v2(h, p, -1, &st, &tail);
+    while (rc == SQLITE_OK && st && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    }
+    if (rc != SQLITE_OK && rc != SQLITE_DONE) {
+      rc = eng_errorf(err, ENG_EDB, "db: migration %s/%s:%d failed: %s", f->dir, f->name, line_of(sql, p),
+                      sqlite3_errmsg(h));
+      sqlite3_finalize(st);
+      return rc;
+    }
+    sqlite3_finalize(st);
+    if (tail == NULL || tail == p)
+      break; /* nothing consumed: only what SQLite skips was left */
+    p = tail;
+  }
+  return 0;
+}
+
 /* Applies one migration in its own transaction. *done = 1 when it ran (0 when another
  * migrator had applied it meanwhile). */
 static int apply_migration(eng_db *db, const char *dir, mig_file *f, int quiet, int *done, char **err) {
   sqlite3 *h = eng_db_handle(db);
   char *sql = NULL;
-  char *emsg = NULL;
   const char *pmsg;
   sqlite3_stmt *st;
   int rc, step;
@@ -283,10 +343,8 @@ static int apply_migration(eng_db *db, const char *dir, mig_file *f, int quiet, 
     rc = eng_errorf(err, ENG_EDB, "db: cannot read " ENG_DB_MIGRATIONS_TABLE ": %s", sqlite3_errmsg(h));
     goto cleanup;
   }
-  if (sqlite3_exec(h, sql, NULL, NULL, &emsg) != SQLITE_OK) {
-    rc = eng_errorf(err, ENG_EDB, "db: migration %s failed: %s", f->name, emsg ? emsg : sqlite3_errmsg(h));
+  if ((rc = exec_migration(h, f, sql, err)) != 0)
     goto cleanup;
-  }
   if (eng_db_prepare(db, SQL_INSERT_MIGRATION, strlen(SQL_INSERT_MIGRATION), &st, &pmsg) != 0) {
     rc = eng_errorf(err, ENG_EDB, "db: cannot record migration %s: %s", f->name, pmsg);
     goto cleanup;
@@ -310,7 +368,6 @@ static int apply_migration(eng_db *db, const char *dir, mig_file *f, int quiet, 
     eng_log_info("db: applied migration %s (sha256 %.12s)", f->name, f->checksum);
 cleanup:
   rollback_if_open(db);
-  sqlite3_free(emsg);
   free(sql);
   return rc;
 }
@@ -538,5 +595,33 @@ cleanup:
     free(*stored);
     *stored = NULL;
   }
+  return rc;
+}
+
+int eng_db_engine_fact_set(eng_db *db, const char *key, const char *value, char **err) {
+  sqlite3 *h = eng_db_handle(db);
+  sqlite3_stmt *st = NULL;
+  int rc;
+  if (err)
+    *err = NULL;
+  if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start a transaction", err)) != 0)
+    return rc;
+  if ((rc = exec_sql(db, SQL_CREATE_ENGINE, "cannot create " ENG_DB_ENGINE_TABLE, err)) != 0)
+    goto cleanup;
+  if (sqlite3_prepare_v2(h, "INSERT OR REPLACE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", -1, &st,
+                         NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE) {
+    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
+    goto cleanup;
+  }
+  rc = exec_sql(db, "COMMIT", "cannot commit " ENG_DB_ENGINE_TABLE, err);
+cleanup:
+  sqlite3_finalize(st);
+  rollback_if_open(db);
   return rc;
 }

@@ -16,11 +16,13 @@ typedef struct eng_db eng_db; /* db.h */
  * Safe to run from several processes or threads at once (each connection its own): BEGIN
  * IMMEDIATE serialises them and a migration applied meanwhile by another is skipped.
  * Refuses with ENG_ECONFIG, before applying anything, when: the db records a migration the
- * directory does not have; a recorded migration's file changed ("migration 0002_x.sql was changed
- * after it was applied"); two files share a number; a new file's number is below an applied one;
- * a file holds a NUL byte.
- * A failing migration is rolled back fully (ENG_EDB; the message names the file and SQLite's
- * error); the ones before it stay applied. ENG_EIO when the directory or a file can't be read.
+ * directories do not have (the message suggests the --schema overlay it may have come from); a
+ * recorded migration's file changed ("migration dir/0002_x.sql was changed after it was applied
+ * ...", saying what to do); two files share a number; a new file's number is below an applied
+ * one; a file holds a NUL byte.
+ * A migration's statements run one at a time; a failing one is rolled back fully (ENG_EDB; the
+ * message names dir/file:line of the failing statement and SQLite's error); the ones before it
+ * stay applied. ENG_EIO when the directory or a file can't be read.
  * *applied (if not NULL) gets the number of newly applied files, also on error. *err (if not
  * NULL) gets a malloc'd message on failure. Logs one info line per applied migration.
  * Also ENG_ETOOBIG (a path, or a file over ENG_DB_MIGRATION_MAX_BYTES), ENG_ENOMEM and
@@ -67,5 +69,10 @@ void eng_db_state_free(eng_db_state *s);
  * has a value; either way *stored gets the value the table holds afterwards (malloc'd, the caller
  * frees it). One transaction; call it outside one. ENG_EDB / ENG_ENOMEM with *err. */
 int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **stored, char **err);
+
+/* Stores value under key in ENG_DB_ENGINE_TABLE, replacing what it held (`apiengine rekey`
+ * records the current key's fingerprint once every secret is sealed with it). One transaction;
+ * call it outside one. ENG_EDB with *err. */
+int eng_db_engine_fact_set(eng_db *db, const char *key, const char *value, char **err);
 
 #endif

@@ -22,35 +22,49 @@
 #define FINGERPRINT_LABEL "apiengine fingerprint v1"
 #define FINGERPRINT_MESSAGE "apiengine key check"
 #define KEY_HEX_LEN (2 * ENG_KEY_LEN)
-#define KEY_B64_UNPADDED_LEN 43             /* base64 of 32 bytes without its one '=' */
-#define KEY_FILE_READ_MAX (KEY_HEX_LEN + 2) /* reading one byte past "hex\n" detects junk */
+#define KEY_B64_UNPADDED_LEN 43                                  /* base64 of 32 bytes without its one '=' */
+#define KEY_FILE_READ_MAX (ENG_KEYS_MAX * (KEY_HEX_LEN + 1) + 1) /* one byte past the last "hex\n" detects junk */
 #define TMP_SUFFIX ".tmp"
 
 /* Internal results of the file helpers, next to 0 and ENG_E*. */
 #define KEY_FILE_MISSING 1
 #define KEY_FILE_LOST_RACE 2
 
-static unsigned char token_key[ENG_KEY_LEN];
-static unsigned char seal_key[ENG_KEY_LEN];
-static unsigned char fingerprint[ENG_CRYPTO_SHA256_LEN];
-static int keys_loaded;
+/* Index 0 is the current key, 1.. the previous ones (newest first). */
+static unsigned char token_keys[ENG_KEYS_MAX][ENG_KEY_LEN];
+static unsigned char seal_keys[ENG_KEYS_MAX][ENG_KEY_LEN];
+static unsigned char fingerprints[ENG_KEYS_MAX][ENG_CRYPTO_SHA256_LEN];
+static int nkeys;
 
 _Static_assert(ENG_KEY_LEN == ENG_CRYPTO_KEY_LEN, "the server key is a crypto.h key");
 
-static int keys_install(const unsigned char master[ENG_KEY_LEN]) {
-  unsigned char tk[ENG_KEY_LEN], sk[ENG_KEY_LEN], fk[ENG_KEY_LEN], fp[ENG_CRYPTO_SHA256_LEN];
-  int rc = eng_crypto_derive_key(master, TOKEN_LABEL, tk);
-  if (rc == 0)
-    rc = eng_crypto_derive_key(master, SEAL_LABEL, sk);
-  if (rc == 0)
-    rc = eng_crypto_derive_key(master, FINGERPRINT_LABEL, fk);
-  if (rc == 0)
-    rc = eng_crypto_hmac_sha256(fk, sizeof fk, FINGERPRINT_MESSAGE, strlen(FINGERPRINT_MESSAGE), fp);
+static void keys_wipe(void) {
+  nkeys = 0;
+  eng_crypto_wipe(token_keys, sizeof token_keys);
+  eng_crypto_wipe(seal_keys, sizeof seal_keys);
+  eng_crypto_wipe(fingerprints, sizeof fingerprints);
+}
+
+/* Derives the subkeys of n master keys and installs them all, or nothing (on error). */
+static int keys_install(const unsigned char master[][ENG_KEY_LEN], int n) {
+  unsigned char tk[ENG_KEYS_MAX][ENG_KEY_LEN], sk[ENG_KEYS_MAX][ENG_KEY_LEN], fk[ENG_KEY_LEN];
+  unsigned char fp[ENG_KEYS_MAX][ENG_CRYPTO_SHA256_LEN];
+  int rc = n >= 1 && n <= ENG_KEYS_MAX ? 0 : ENG_EINVAL;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    rc = eng_crypto_derive_key(master[i], TOKEN_LABEL, tk[i]);
+    if (rc == 0)
+      rc = eng_crypto_derive_key(master[i], SEAL_LABEL, sk[i]);
+    if (rc == 0)
+      rc = eng_crypto_derive_key(master[i], FINGERPRINT_LABEL, fk);
+    if (rc == 0)
+      rc = eng_crypto_hmac_sha256(fk, sizeof fk, FINGERPRINT_MESSAGE, strlen(FINGERPRINT_MESSAGE), fp[i]);
+  }
   if (rc == 0) {
-    memcpy(token_key, tk, ENG_KEY_LEN);
-    memcpy(seal_key, sk, ENG_KEY_LEN);
-    memcpy(fingerprint, fp, sizeof fingerprint);
-    keys_loaded = 1;
+    keys_wipe();
+    memcpy(token_keys, tk, (size_t)n * ENG_KEY_LEN);
+    memcpy(seal_keys, sk, (size_t)n * ENG_KEY_LEN);
+    memcpy(fingerprints, fp, (size_t)n * ENG_CRYPTO_SHA256_LEN);
+    nkeys = n;
   }
   eng_crypto_wipe(tk, sizeof tk);
   eng_crypto_wipe(sk, sizeof sk);
@@ -58,34 +72,50 @@ static int keys_install(const unsigned char master[ENG_KEY_LEN]) {
   return rc;
 }
 
-void eng_keys_set(const unsigned char key[ENG_KEY_LEN]) { (void)keys_install(key); }
-
-void eng_keys_clear(void) {
-  keys_loaded = 0;
-  eng_crypto_wipe(token_key, sizeof token_key);
-  eng_crypto_wipe(seal_key, sizeof seal_key);
-  eng_crypto_wipe(fingerprint, sizeof fingerprint);
+void eng_keys_set(const unsigned char key[ENG_KEY_LEN]) {
+  unsigned char one[1][ENG_KEY_LEN];
+  memcpy(one[0], key, ENG_KEY_LEN);
+  (void)keys_install((const unsigned char(*)[ENG_KEY_LEN])one, 1);
+  eng_crypto_wipe(one, sizeof one);
 }
 
-int eng_keys_ready(void) { return keys_loaded; }
+void eng_keys_clear(void) { keys_wipe(); }
 
-int eng_keys_fingerprint(char out[ENG_KEY_FINGERPRINT_HEX + 1]) {
+int eng_keys_ready(void) { return nkeys > 0; }
+
+int eng_keys_count(void) { return nkeys; }
+
+int eng_keys_fingerprint_at(int i, char out[ENG_KEY_FINGERPRINT_HEX + 1]) {
   _Static_assert(ENG_KEY_FINGERPRINT_HEX == 2 * ENG_CRYPTO_SHA256_LEN, "hex of one HMAC");
-  if (!keys_loaded)
+  if (i < 0 || i >= nkeys)
     return ENG_EINVAL;
-  out[eng_crypto_hex_encode(fingerprint, sizeof fingerprint, out)] = '\0';
+  out[eng_crypto_hex_encode(fingerprints[i], sizeof fingerprints[i], out)] = '\0';
   return 0;
 }
 
-const unsigned char *eng_keys_token_key(void) { return keys_loaded ? token_key : NULL; }
+int eng_keys_fingerprint(char out[ENG_KEY_FINGERPRINT_HEX + 1]) { return eng_keys_fingerprint_at(0, out); }
 
-const unsigned char *eng_keys_seal_key(void) { return keys_loaded ? seal_key : NULL; }
+int eng_keys_find_fingerprint(const char *hex) {
+  char fp[ENG_KEY_FINGERPRINT_HEX + 1];
+  for (int i = 0; hex && i < nkeys; i++)
+    if (eng_keys_fingerprint_at(i, fp) == 0 && strcmp(fp, hex) == 0)
+      return i;
+  return -1;
+}
 
-/* 64 hex chars, or base64/base64url of 32 bytes with or without its single '='. */
-static int parse_configured(const char *s, unsigned char master[ENG_KEY_LEN], char **err) {
+const unsigned char *eng_keys_token_key_at(int i) { return i >= 0 && i < nkeys ? token_keys[i] : NULL; }
+
+const unsigned char *eng_keys_seal_key_at(int i) { return i >= 0 && i < nkeys ? seal_keys[i] : NULL; }
+
+const unsigned char *eng_keys_token_key(void) { return eng_keys_token_key_at(0); }
+
+const unsigned char *eng_keys_seal_key(void) { return eng_keys_seal_key_at(0); }
+
+/* One key: 64 hex chars, or base64/base64url of 32 bytes with or without its single '='. 0 or -1. */
+static int parse_one(const char *s, size_t len, unsigned char master[ENG_KEY_LEN]) {
   unsigned char raw[ENG_CRYPTO_B64_DECODED_MAX(KEY_HEX_LEN)];
   char padded[KEY_B64_UNPADDED_LEN + 2];
-  size_t len = strlen(s), n = 0;
+  size_t n = 0;
   const char *msg;
   int ok = 0;
   if (len == KEY_HEX_LEN) {
@@ -103,20 +133,54 @@ static int parse_configured(const char *s, unsigned char master[ENG_KEY_LEN], ch
   if (ok)
     memcpy(master, raw, ENG_KEY_LEN);
   eng_crypto_wipe(raw, sizeof raw);
-  if (!ok)
-    return eng_errorf(err, ENG_ECONFIG,
-                      "configured server key is invalid: expected 64 hex characters or "
-                      "base64/base64url of exactly 32 bytes");
-  return 0;
+  return ok ? 0 : -1;
 }
 
-/* 0, KEY_FILE_MISSING, or ENG_E* with *err set. */
-static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], char **err) {
+/* "current[,previous...]": each item a key as parse_one takes it (spaces around items are
+ * ignored), at most ENG_KEYS_MAX, no key twice. Sets *n. */
+static int parse_configured(const char *s, unsigned char master[][ENG_KEY_LEN], int *n, char **err) {
+  *n = 0;
+  for (const char *p = s;;) {
+    const char *end = strchr(p, ',');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    while (len > 0 && (*p == ' ' || *p == '\t')) {
+      p++;
+      len--;
+    }
+    while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+      len--;
+    if (*n == ENG_KEYS_MAX)
+      return eng_errorf(err, ENG_ECONFIG, "configured server key: more than %d keys (the current one and %d previous)",
+                        ENG_KEYS_MAX, ENG_KEYS_MAX - 1);
+    if (parse_one(p, len, master[*n]) != 0) {
+      if (*n == 0)
+        return eng_errorf(err, ENG_ECONFIG,
+                          "configured server key is invalid: expected 64 hex characters or base64/base64url of "
+                          "exactly 32 bytes, then optionally previous keys after commas");
+      return eng_errorf(err, ENG_ECONFIG,
+                        "configured server key: previous key %d (item %d of the list) is invalid: expected 64 hex "
+                        "characters or base64/base64url of exactly 32 bytes",
+                        *n, *n + 1);
+    }
+    for (int j = 0; j < *n; j++)
+      if (eng_crypto_equal(master[j], master[*n], ENG_KEY_LEN))
+        return eng_errorf(err, ENG_ECONFIG, "configured server key: items %d and %d of the list are the same key",
+                          j + 1, *n + 1);
+    (*n)++;
+    if (!end)
+      return 0;
+    p = end + 1;
+  }
+}
+
+/* 0, KEY_FILE_MISSING, or ENG_E* with *err set. The file holds one key per line, 64 hex
+ * characters each: the current key first, then the previous ones. */
+static int read_key_file(const char *path, unsigned char master[][ENG_KEY_LEN], int *nkeys_out, char **err) {
   char text[KEY_FILE_READ_MAX];
   size_t len = 0, n = 0;
   const char *msg;
   struct stat st;
-  int rc = 0;
+  int rc = 0, count = 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT)
@@ -147,13 +211,20 @@ static int read_key_file(const char *path, unsigned char master[ENG_KEY_LEN], ch
       break;
     len += (size_t)r;
   }
-  if (len == KEY_HEX_LEN + 1 && text[KEY_HEX_LEN] == '\n')
-    len--;
-  if (len != KEY_HEX_LEN || eng_crypto_hex_decode(text, len, master, &n, &msg) != 0) {
-    rc = eng_errorf(err, ENG_ECONFIG, "key file %s is malformed: expected 64 hex characters and an optional newline",
-                    path);
-    goto cleanup;
+  for (size_t at = 0; rc == 0 && at < len; count++) {
+    size_t line = len - at < KEY_HEX_LEN ? len - at : KEY_HEX_LEN;
+    if (count == ENG_KEYS_MAX || line != KEY_HEX_LEN || (at + line < len && text[at + line] != '\n') ||
+        eng_crypto_hex_decode(text + at, line, master[count], &n, &msg) != 0)
+      rc = -1;
+    at += line + 1;
   }
+  if (rc != 0 || count == 0)
+    rc = eng_errorf(err, ENG_ECONFIG,
+                    "key file %s is malformed: expected 64 hex characters and an optional newline (or up to %d such "
+                    "lines: the current key, then previous ones)",
+                    path, ENG_KEYS_MAX);
+  else
+    *nkeys_out = count;
 cleanup:
   eng_crypto_wipe(text, sizeof text);
   close(fd);
@@ -264,26 +335,27 @@ int eng_keys_init(const char *configured, const char *key_path, char **err) {
 }
 
 int eng_keys_load(const char *configured, const char *key_path, int create, eng_key_source *source, char **err) {
-  unsigned char master[ENG_KEY_LEN];
+  unsigned char master[ENG_KEYS_MAX][ENG_KEY_LEN];
   eng_key_source from = ENG_KEY_FILE;
-  int rc;
+  int rc, n = 1;
   if (err)
     *err = NULL;
   if (configured && *configured) {
     from = ENG_KEY_CONFIGURED;
-    rc = parse_configured(configured, master, err);
+    rc = parse_configured(configured, master, &n, err);
   } else if (!key_path || !*key_path) {
     rc = eng_errorf(err, ENG_ECONFIG, "no server key configured and no key file path");
   } else {
-    rc = read_key_file(key_path, master, err);
+    rc = read_key_file(key_path, master, &n, err);
     if (rc == KEY_FILE_MISSING && !create)
       rc = eng_errorf(err, ENG_ENOTFOUND, "key file %s does not exist", key_path);
     if (rc == KEY_FILE_MISSING) {
       from = ENG_KEY_CREATED;
-      rc = create_key_file(key_path, master, err);
+      n = 1;
+      rc = create_key_file(key_path, master[0], err);
       if (rc == KEY_FILE_LOST_RACE) {
         from = ENG_KEY_FILE;
-        rc = read_key_file(key_path, master, err);
+        rc = read_key_file(key_path, master, &n, err);
       }
       if (rc == KEY_FILE_MISSING)
         rc = eng_errorf(err, ENG_EIO, "key file %s vanished while being created", key_path);
@@ -291,7 +363,7 @@ int eng_keys_load(const char *configured, const char *key_path, int create, eng_
   }
   if (rc == 0 && source)
     *source = from;
-  if (rc == 0 && keys_install(master) != 0)
+  if (rc == 0 && keys_install((const unsigned char(*)[ENG_KEY_LEN])master, n) != 0)
     rc = eng_errorf(err, ENG_ECRYPTO, "cannot derive keys from the server key");
   eng_crypto_wipe(master, sizeof master);
   return rc;

@@ -165,21 +165,102 @@ static int l_seal(lua_State *L) {
   return 1;
 }
 
+/* Opens sealed bytes with the current key, then each previous one. The index of the key that
+ * opened them (*pt_len set), or -1 (out zeroed where written). len is within the bounds. */
+static int open_any(const unsigned char *in, size_t len, const char *aad, size_t aad_len, unsigned char *out,
+                    size_t *pt_len) {
+  for (int i = 0; i < eng_keys_count(); i++)
+    if (eng_crypto_open(eng_keys_seal_key_at(i), aad, aad_len, in, len, out, pt_len) == 0)
+      return i;
+  return -1;
+}
+
+static int sealed_len_ok(size_t len) {
+  return len >= ENG_CRYPTO_SEAL_OVERHEAD && len - ENG_CRYPTO_SEAL_OVERHEAD <= ENG_CRYPTO_SEAL_MAX;
+}
+
 static int l_open(lua_State *L) {
   size_t len, aad_len;
   const unsigned char *in = (const unsigned char *)check_string(L, 1, &len);
   const char *aad = opt_string(L, 2, &aad_len);
   require_keys(L);
   /* eng_crypto_open refuses these too; checked first so no buffer is sized from them. */
-  if (len < ENG_CRYPTO_SEAL_OVERHEAD || len - ENG_CRYPTO_SEAL_OVERHEAD > ENG_CRYPTO_SEAL_MAX)
+  if (!sealed_len_ok(len))
     return push_fail(L, SEAL_FAILED);
   size_t pt_len = 0;
   luaL_Buffer b;
   unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, len - ENG_CRYPTO_SEAL_OVERHEAD);
-  if (eng_crypto_open(eng_keys_seal_key(), aad, aad_len, in, len, out, &pt_len) != 0)
+  if (open_any(in, len, aad, aad_len, out, &pt_len) < 0)
     return push_fail(L, SEAL_FAILED);
   luaL_pushresultsize(&b, pt_len);
   return 1;
+}
+
+/* crypto.reseal(sealed [, aad]) -> sealed again under the current key, or false when the current
+ * key sealed it already, or nil, message when no loaded key opens it. The plaintext never
+ * reaches Lua. */
+static int l_reseal(lua_State *L) {
+  size_t len, aad_len, pt_len = 0;
+  const unsigned char *in = (const unsigned char *)check_string(L, 1, &len);
+  const char *aad = opt_string(L, 2, &aad_len);
+  require_keys(L);
+  if (!sealed_len_ok(len))
+    return push_fail(L, SEAL_FAILED);
+  unsigned char *pt = lua_newuserdatauv(L, len, 0); /* collected with the state, wiped below */
+  int k = open_any(in, len, aad, aad_len, pt, &pt_len);
+  if (k < 0)
+    return push_fail(L, SEAL_FAILED);
+  if (k == 0) {
+    eng_crypto_wipe(pt, len);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  luaL_Buffer b;
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, ENG_CRYPTO_SEAL_OVERHEAD + pt_len);
+  int rc = eng_crypto_seal(eng_keys_seal_key(), aad, aad_len, pt, pt_len, out);
+  eng_crypto_wipe(pt, len);
+  if (rc != 0)
+    return luaL_error(L, "seal failed");
+  luaL_pushresultsize(&b, ENG_CRYPTO_SEAL_OVERHEAD + pt_len);
+  return 1;
+}
+
+/* crypto.sealed_column(table, column [, aad]): declares a column that holds crypto.seal output,
+ * for `apiengine rekey` (lua_rekey.c). aad: nil (none), the name of a column of the same row, or
+ * a function(row) -> aad string. Kept in the registry table ENG_SEALED_COLUMNS as
+ * { table =, column =, aad = } entries; declaring the same column again replaces the entry. */
+static int l_sealed_column(lua_State *L) {
+  size_t tlen, clen;
+  const char *table = check_string(L, 1, &tlen);
+  const char *column = check_string(L, 2, &clen);
+  luaL_argcheck(L, tlen > 0 && tlen <= 128 && strlen(table) == tlen, 1, "must be a table name (1..128 bytes)");
+  luaL_argcheck(L, clen > 0 && clen <= 128 && strlen(column) == clen, 2, "must be a column name (1..128 bytes)");
+  int t = lua_type(L, 3);
+  luaL_argcheck(L, t == LUA_TNONE || t == LUA_TNIL || t == LUA_TSTRING || t == LUA_TFUNCTION, 3,
+                "must be nil, a column name or a function(row)");
+  lua_settop(L, 3);
+  (void)luaL_getsubtable(L, LUA_REGISTRYINDEX, ENG_SEALED_COLUMNS); /* 4: the list */
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 4), at = n + 1;
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 4, i);
+    lua_getfield(L, -1, "table");
+    lua_getfield(L, -2, "column");
+    int same = strcmp(lua_tostring(L, -2), table) == 0 && strcmp(lua_tostring(L, -1), column) == 0;
+    lua_pop(L, 3);
+    if (same) {
+      at = i;
+      break;
+    }
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "table");
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "column");
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, "aad");
+  lua_rawseti(L, 4, at);
+  return 0;
 }
 
 /* The JSON buffer lives in a userdata so a raising encoder cannot leak it (__gc frees it). */
@@ -265,9 +346,13 @@ static int l_verify(lua_State *L) {
   size_t json_len = 0;
   if (eng_crypto_b64_decode(body, signed_len - TOKEN_PREFIX_LEN, 1, json, &json_len, &msg) != 0)
     return push_fail(L, "malformed");
-  if (eng_crypto_hmac_sha256(eng_keys_token_key(), ENG_KEY_LEN, tok, signed_len, expect) != 0)
-    return luaL_error(L, "verify: hmac failed");
-  if (!eng_crypto_equal(tag, expect, DIGEST_LEN))
+  int good = 0; /* the current key, then each previous one */
+  for (int i = 0; i < eng_keys_count() && !good; i++) {
+    if (eng_crypto_hmac_sha256(eng_keys_token_key_at(i), ENG_KEY_LEN, tok, signed_len, expect) != 0)
+      return luaL_error(L, "verify: hmac failed");
+    good = eng_crypto_equal(tag, expect, DIGEST_LEN);
+  }
+  if (!good)
     return push_fail(L, "bad_signature");
 
   int nret = eng_json_decode(L, (const char *)json, json_len);
@@ -303,6 +388,8 @@ int eng_luaopen_crypto(lua_State *L) {
                                    {"from_base64url", l_from_base64url},
                                    {"seal", l_seal},
                                    {"open", l_open},
+                                   {"reseal", l_reseal},
+                                   {"sealed_column", l_sealed_column},
                                    {"sign", l_sign},
                                    {"verify", l_verify},
                                    {NULL, NULL}};

@@ -16,13 +16,20 @@
  *   seal(plaintext [, aad])   -> 0x01 | 12-byte random nonce | ciphertext | 16-byte tag,
  *                                AES-256-GCM under the derived seal key; the version byte is
  *                                authenticated too. plaintext <= ENG_CRYPTO_SEAL_MAX.
- *   open(sealed [, aad])      -> plaintext | nil, "cannot open sealed data"
+ *   open(sealed [, aad])      -> plaintext | nil, "cannot open sealed data"; tries the current
+ *                                key, then each previous one (keys.h)
+ *   reseal(sealed [, aad])    -> sealed again under the current key | false (the current key
+ *                                sealed it) | nil, "cannot open sealed data"
+ *   sealed_column(table, column [, aad]) declares a column of crypto.seal output for
+ *                                `apiengine rekey` (lua_rekey.h); aad: nil, a column name of the
+ *                                row, or function(row) -> string
  *   sign(payload, ttl_s)      -> "v1.<b64url(json)>.<b64url(HMAC-SHA256(token key,
  *                                "v1." .. b64url(json)))>", json = payload (shallow copy)
  *                                plus "exp" = now_ms + ttl_s*1000 (eng_clock_now_ms).
  *                                1 <= ttl_s <= ENG_TOKEN_MAX_TTL_S; raises if the payload
  *                                cannot be encoded or the token would exceed ENG_TOKEN_MAX.
- *   verify(token)             -> payload table (with exp) | nil, "malformed" |
+ *   verify(token)             -> (signature checked under the current key, then each previous one)
+ *                                payload table (with exp) | nil, "malformed" |
  *                                nil, "bad_signature" | nil, "expired" (now_ms >= exp)
  *   seal/open/sign/verify raise if the key store (keys.h) is not ready. */
 #ifndef ENG_LUA_CRYPTO_H
@@ -37,6 +44,7 @@
 #define ENG_CRYPTO_RANDOM_MAX 65536 /* random_bytes(n) upper bound */
 #define ENG_TOKEN_MAX 4096          /* longest token verify() accepts */
 #define ENG_TOKEN_MAX_TTL_S (10LL * 366 * 24 * 3600)
+#define ENG_SEALED_COLUMNS "engine.crypto.sealed_columns" /* registry: crypto.sealed_column's list */
 
 /* Opener for "engine.crypto": pushes the module table, returns 1. */
 int eng_luaopen_crypto(lua_State *L);

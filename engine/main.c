@@ -1,4 +1,4 @@
-/* main.c - the apiengine command line: serve, migrate, check, routes, reload, test. */
+/* main.c - the apiengine command line: serve, migrate, check, routes, reload, rekey, backup, test. */
 #include "config.h"
 #include "log.h"
 #include "ops.h"
@@ -24,7 +24,12 @@ static void usage(FILE *f) {
           "                                replaced or wrapped it\n"
           "  apiengine reload [options]    SIGHUP to the server of --pid-file, else to the one holding\n"
           "                                <db>.lock: it reloads the scripts and `settings`\n"
-          "  apiengine migrate [options]   apply schema migrations and exit\n"
+          "  apiengine migrate [options]   apply schema migrations and exit (takes <db>.lock like serve)\n"
+          "  apiengine backup [options] OUT\n"
+          "                                online copy of the database to OUT (never overwritten) through\n"
+          "                                SQLite's backup API, and its key file to OUT.key (mode 0600)\n"
+          "  apiengine rekey [options]     re-seal the stored secrets under the current key (APIENGINE_KEY\n"
+          "                                \"NEW,OLD\"), in short transactions, beside a running server\n"
           "  apiengine test [busted options] [PATH...]\n"
           "                                run busted specs inside the engine (default: tests/)\n"
           "  apiengine --version | --help\n\n"
@@ -58,7 +63,9 @@ int main(int argc, char **argv) {
                   {"migrate", eng_ops_migrate},
                   {"check", eng_ops_check},
                   {"routes", eng_ops_routes},
-                  {"reload", eng_ops_reload}};
+                  {"reload", eng_ops_reload},
+                  {"rekey", eng_ops_rekey},
+                  {"backup", NULL}};
   size_t c = 0;
   while (c < sizeof commands / sizeof commands[0] && strcmp(argv[1], commands[c].name) != 0)
     c++;
@@ -66,11 +73,22 @@ int main(int argc, char **argv) {
     fprintf(stderr, "apiengine: unknown command '%s' (see apiengine --help)\n", argv[1]);
     return 2;
   }
+  int backup = strcmp(argv[1], "backup") == 0, nargs = argc;
+  const char *out = NULL;
+  int asks_help = argc >= 3 && (strcmp(argv[argc - 1], "--help") == 0 || strcmp(argv[argc - 1], "-h") == 0 ||
+                                strcmp(argv[argc - 1], "--version") == 0);
+  if (backup && !asks_help) { /* apiengine backup [options] OUT: the output path comes last */
+    if (argc < 3 || argv[argc - 1][0] == '-') {
+      fprintf(stderr, "apiengine: backup needs the output path last: apiengine backup [--db PATH] OUT\n");
+      return 2;
+    }
+    out = argv[--nargs];
+  }
   eng_config cfg;
   eng_config_init(&cfg);
   int help = 0, version = 0;
   char *err = NULL;
-  if (eng_config_load(&cfg, argc, argv, 2, &help, &version, &err) != 0) {
+  if (eng_config_load(&cfg, nargs, argv, 2, &help, &version, &err) != 0) {
     fprintf(stderr, "apiengine: %s\n", err);
     free(err);
     eng_config_free(&cfg);
@@ -84,11 +102,14 @@ int main(int argc, char **argv) {
     eng_config_free(&cfg);
     return 0;
   }
+  eng_ops_default_dirs(&cfg);
   eng_log_setup(cfg.log_level, cfg.log_json);
   /* The database holds sealed secrets and verifiers: no access for others to it, its WAL or
    * the directory created for it. */
   umask(027);
-  int rc = commands[c].run ? commands[c].run(&cfg) : eng_ops_serve(&cfg, argc, argv, 2);
+  int rc = backup            ? eng_ops_backup(&cfg, out)
+           : commands[c].run ? commands[c].run(&cfg)
+                             : eng_ops_serve(&cfg, argc, argv, 2);
   if (eng_server_abandoned()) { /* a worker stuck past the drain deadline still runs (server.h) */
     fflush(NULL);
     _exit(rc);

@@ -15,6 +15,7 @@
 #include "files.h"
 #include "keys.h"
 #include "log.h"
+#include "lua_rekey.h"
 #include "lua_route.h"
 #include "lua_runtime.h"
 #include "router.h"
@@ -29,6 +30,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define OPS_PATH_MAX 4096
@@ -36,7 +38,8 @@
 #define OVERLAY_FILES_MAX 4096 /* replaced files reported */
 #define PID_TEXT_MAX 24        /* a pid in decimal and a newline */
 #define FINGERPRINT_FACT "key_fingerprint"
-#define FINGERPRINT_SHOWN 12 /* hex characters of a fingerprint shown in messages */
+#define SERVING_FACT "serving_key_fingerprint" /* the current key of the last start */
+#define FINGERPRINT_SHOWN 12                   /* hex characters of a fingerprint shown in messages */
 
 /* ---- paths ------------------------------------------------------------------------------------ */
 
@@ -88,6 +91,44 @@ static int write_pid_fd(int fd) {
   if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n)
     return ENG_EIO;
   return 0;
+}
+
+/* ---- the installed scripts and schema --------------------------------------------------------- */
+
+#define INSTALLED_DATA "/../share/apiengine" /* from the binary's directory: cmake --install's layout */
+
+static int is_dir(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Replaces *setting by the installed directory name (share/apiengine/<name> beside the binary's
+ * bin/) when it is the default and the working directory has no such directory. */
+static void use_installed(char **setting, const char *name, const char *exe_dir) {
+  char path[OPS_PATH_MAX];
+  if (strcmp(*setting, name) != 0 || is_dir(name))
+    return;
+  if (snprintf(path, sizeof path, "%s%s/%s", exe_dir, INSTALLED_DATA, name) >= (int)sizeof path || !is_dir(path))
+    return;
+  char *copy = realpath(path, NULL); /* without the bin/.. */
+  if (copy == NULL)
+    return;
+  free(*setting);
+  *setting = copy;
+}
+
+void eng_ops_default_dirs(eng_config *cfg) {
+  char exe[OPS_PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0)
+    return;
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (slash == NULL)
+    return;
+  *slash = '\0';
+  use_installed(&cfg->scripts_dir, ENG_DEFAULT_SCRIPTS, exe);
+  use_installed(&cfg->schema_dir, ENG_DEFAULT_SCHEMA, exe);
 }
 
 /* ---- the instance lock ------------------------------------------------------------------------ */
@@ -404,10 +445,14 @@ static int keys_without_creating(const eng_config *cfg, const eng_db_state *st, 
   return rc;
 }
 
-/* Compares the loaded key with the database's fingerprint. */
-static int fingerprint_check(const eng_config *cfg, const eng_db_state *st, eng_key_source src, char **err) {
+/* Compares the loaded keys with the database's fingerprint: the current key's or a previous
+ * one's (a rotation whose rekey has not finished: *previous gets its index, else 0) passes. */
+static int fingerprint_check(const eng_config *cfg, const eng_db_state *st, eng_key_source src, int *previous,
+                             char **err) {
   char fp[ENG_KEY_FINGERPRINT_HEX + 1];
-  if (st->fingerprint == NULL || eng_keys_fingerprint(fp) != 0 || strcmp(fp, st->fingerprint) == 0)
+  int k = eng_keys_find_fingerprint(st->fingerprint);
+  *previous = k > 0 ? k : 0;
+  if (st->fingerprint == NULL || eng_keys_fingerprint(fp) != 0 || k >= 0)
     return 0;
   if (src == ENG_KEY_CONFIGURED)
     return eng_errorf(err, ENG_ECONFIG,
@@ -488,6 +533,7 @@ static int reload_check(void *ud, unsigned id, eng_buf *settings, int *routes, c
   int rc = eng_config_load(&fresh, s->argc, s->argv, s->first, &help, &version, out_err);
   if (rc != 0)
     goto cleanup;
+  eng_ops_default_dirs(&fresh);
   warn_restart_settings(id, s->cfg, &fresh);
   if (!is_memory_db(s->cfg->db_path)) {
     if (eng_db_inspect(s->cfg->db_path, s->cfg->schema_dir, &st, &err) == 0) {
@@ -539,12 +585,15 @@ static int migrate_db(const eng_config *cfg, const char *fp) {
     goto cleanup;
   if ((rc = eng_db_engine_fact(db, FINGERPRINT_FACT, fp, &stored, &err)) != 0) {
     eng_log_error("database %s: cannot store the key fingerprint: %s", cfg->db_path, err ? err : eng_strerror(rc));
-  } else if (strcmp(stored, fp) != 0) { /* another process stored one since the check: it won */
+  } else if (eng_keys_find_fingerprint(stored) < 0) { /* another process stored one since the check: it won */
     eng_log_error("server key: database %s now holds another key's fingerprint (%.*s); another process started on it "
                   "with another key",
                   cfg->db_path, FINGERPRINT_SHOWN, stored);
     rc = ENG_ECONFIG;
   }
+  /* What `apiengine rekey` checks: the key a server last started with is the one it seals with. */
+  if (rc == 0 && (rc = eng_db_engine_fact_set(db, SERVING_FACT, fp, &err)) != 0)
+    eng_log_error("database %s: cannot store the key fingerprint: %s", cfg->db_path, err ? err : eng_strerror(rc));
 cleanup:
   free(stored);
   free(err);
@@ -558,7 +607,7 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
   overlays ov = {0};
   loaded ld = {0};
   eng_key_source src = 0;
-  int have_key = 0, pid_written = 0, memory = is_memory_db(cfg->db_path);
+  int have_key = 0, pid_written = 0, previous = 0, memory = is_memory_db(cfg->db_path);
   char *err = NULL;
   int rc;
 
@@ -587,8 +636,13 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
     goto fail;
   if ((rc = keys_without_creating(cfg, &st, &have_key, &src, &err)) != 0)
     goto fail;
-  if (have_key && !memory && (rc = fingerprint_check(cfg, &st, src, &err)) != 0)
+  if (have_key && !memory && (rc = fingerprint_check(cfg, &st, src, &previous, &err)) != 0)
     goto fail;
+  if (previous > 0)
+    eng_log_info("server key: the database %s was made with previous key %d: what that key sealed and signed still "
+                 "opens and verifies; run `apiengine rekey` with these keys to re-seal the stored secrets under the "
+                 "current key",
+                 cfg->db_path, previous);
   if ((rc = find_overlays(cfg->scripts_dir, &ov)) != 0) {
     rc = eng_errorf(&err, rc, "scripts: out of memory");
     goto fail;
@@ -639,12 +693,33 @@ out:
 
 /* ---- migrate ---------------------------------------------------------------------------------- */
 
+/* Takes <db>.lock as serve does, so it never migrates under a running server (whose scripts were
+ * checked against the schema it started with) nor beside a second migrate. */
 int eng_ops_migrate(const eng_config *cfg) {
-  if (!is_memory_db(cfg->db_path) && ensure_parent_dir(cfg->db_path) != 0) {
+  instance_lock lk = {.fd = -1};
+  char *err = NULL;
+  int rc = 0;
+  if (is_memory_db(cfg->db_path))
+    return migrate_db(cfg, NULL) == 0 ? 0 : 1;
+  if (ensure_parent_dir(cfg->db_path) != 0) {
     eng_log_error("cannot create the directory of %s", cfg->db_path);
     return 1;
   }
-  return migrate_db(cfg, NULL) == 0 ? 0 : 1;
+  if ((rc = lock_take(&lk, cfg->db_path, 0, &err)) == ENG_EEXISTS) {
+    char who[64] = "another process";
+    if (lk.old_pid > 0)
+      snprintf(who, sizeof who, "another apiengine (pid %ld)", lk.old_pid);
+    eng_log_error("database %s is in use by %s, which holds %s: stop it first (a server applies pending migrations "
+                  "itself when it starts)",
+                  cfg->db_path, who, lk.path);
+  } else if (rc != 0) {
+    eng_log_error("%s", err ? err : eng_strerror(rc));
+  } else {
+    rc = migrate_db(cfg, NULL);
+  }
+  lock_release(&lk);
+  free(err);
+  return rc == 0 ? 0 : 1;
 }
 
 /* ---- check and routes ------------------------------------------------------------------------- */
@@ -687,7 +762,7 @@ int eng_ops_check(const eng_config *cfg) {
   overlays ov = {0};
   loaded ld = {0};
   eng_key_source src = 0;
-  int have_key = 0, rc;
+  int have_key = 0, previous = 0, rc;
   char *err = NULL;
   printf("config: %s\n", cfg->config_file ? cfg->config_file : "none");
   printf("scripts: %s\nschema: %s\n", cfg->scripts_dir, cfg->schema_dir);
@@ -701,10 +776,14 @@ int eng_ops_check(const eng_config *cfg) {
     printf("pending migration: %s\n", st.pending[i]);
   if ((rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err)) != 0)
     goto fail;
-  if (have_key && (rc = fingerprint_check(cfg, &st, src, &err)) != 0)
+  if (have_key && (rc = fingerprint_check(cfg, &st, src, &previous, &err)) != 0)
     goto fail;
   if (!have_key)
     printf("server key: %s.key does not exist; the first start creates it\n", cfg->db_path);
+  else if (previous > 0)
+    printf("server key: %s, previous key %d matches the database's fingerprint (run apiengine rekey to re-seal "
+           "its secrets under the current key)\n",
+           src == ENG_KEY_CONFIGURED ? "configured" : "key file", previous);
   else
     printf("server key: %s, %s\n", src == ENG_KEY_CONFIGURED ? "configured" : "key file",
            st.fingerprint ? "matches the database's fingerprint"
@@ -791,4 +870,232 @@ int eng_ops_reload(const eng_config *cfg) {
   }
   printf("sent SIGHUP to pid %ld: its log says how the reload went (\"reload N done\" or \"reload N refused\")\n", pid);
   return 0;
+}
+
+/* ---- rekey ------------------------------------------------------------------------------------ */
+
+int eng_ops_rekey(const eng_config *cfg) {
+  eng_db_state st = {.max_applied_id = -1};
+  eng_key_source src = 0;
+  eng_db *db = NULL;
+  eng_runtime *rt = NULL;
+  eng_rekey_stats stats = {0};
+  char *err = NULL, *serving = NULL;
+  char path[OPS_PATH_MAX], fp[ENG_KEY_FINGERPRINT_HEX + 1];
+  int rc, previous = 0;
+
+  if (is_memory_db(cfg->db_path) || path_with(path, cfg->db_path, ".key") != 0) {
+    rc = eng_errorf(&err, ENG_EINVAL, "rekey needs a database file (--db)");
+    goto fail;
+  }
+  if ((rc = eng_db_inspect(cfg->db_path, cfg->schema_dir, &st, &err)) != 0)
+    goto fail;
+  if (!st.exists || st.fingerprint == NULL) {
+    rc = eng_errorf(&err, ENG_ECONFIG, "database %s %s: start the server on it once first", cfg->db_path,
+                    st.exists ? "has no key fingerprint yet" : "does not exist");
+    goto fail;
+  }
+  if (st.npending > 0) {
+    rc = eng_errorf(&err, ENG_ECONFIG,
+                    "database %s has %d pending migration(s) (%s): apply them first (apiengine migrate, or a start)",
+                    cfg->db_path, st.npending, st.pending[0]);
+    goto fail;
+  }
+  if ((rc = eng_keys_load(cfg->key, path, 0, &src, &err)) != 0)
+    goto fail;
+  if ((rc = fingerprint_check(cfg, &st, src, &previous, &err)) != 0)
+    goto fail;
+  eng_keys_fingerprint(fp);
+  eng_db_options o = {.synchronous = cfg->synchronous};
+  if ((rc = eng_db_open(&db, cfg->db_path, &o, &err)) != 0)
+    goto fail;
+  /* A server that runs with another current key would not open what this run seals. */
+  if ((rc = eng_db_engine_fact(db, SERVING_FACT, fp, &serving, &err)) != 0)
+    goto fail;
+  if (strcmp(serving, fp) != 0) {
+    rc = eng_errorf(&err, ENG_ECONFIG,
+                    "the server last started on %s with another current key (fingerprint %.*s, this one's %.*s): "
+                    "restart it with the keys given here (the new key first, then the previous ones) before the "
+                    "rekey, so that it opens what the rekey seals",
+                    cfg->db_path, FINGERPRINT_SHOWN, serving, FINGERPRINT_SHOWN, fp);
+    goto fail;
+  }
+  eng_runtime_options ro = {
+      .scripts_dir = cfg->scripts_dir,
+      .settings = &cfg->settings,
+      .budget_ms = cfg->budget_ms,
+      .memory_limit = cfg->memory_limit,
+      .db = db,
+  };
+  if ((rc = eng_runtime_new(&rt, &ro, &err)) != 0)
+    goto fail;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  rc = eng_rekey_run(eng_runtime_lua(rt), db, ENG_REKEY_BATCH_DEFAULT, stderr, &stats, &err);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  long ms = (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+  printf("rekey: %d sealed column(s), %lld rows read, %lld re-sealed under the current key, %lld already were, %lld "
+         "opened by no key, in %ld ms\n",
+         stats.columns, stats.rows, stats.resealed, stats.current, stats.unopenable, ms);
+  if (rc != 0)
+    goto fail;
+  if (stats.unopenable > 0) {
+    rc = eng_errorf(&err, ENG_ECONFIG,
+                    "%lld value(s) open with none of the keys given (logged above with their rowids): the database's "
+                    "key fingerprint stays as it was; give the key that sealed them as a previous key and run "
+                    "rekey again",
+                    stats.unopenable);
+    goto fail;
+  }
+  if (previous > 0 || strcmp(st.fingerprint, fp) != 0) {
+    if ((rc = eng_db_engine_fact_set(db, FINGERPRINT_FACT, fp, &err)) != 0)
+      goto fail;
+    printf("rekey: the database's key fingerprint is now the current key's (%.*s); the previous keys can be dropped "
+           "(tokens they signed are then refused)\n",
+           FINGERPRINT_SHOWN, fp);
+  } else {
+    printf("rekey: the database's key fingerprint was the current key's already (%.*s)\n", FINGERPRINT_SHOWN, fp);
+  }
+  goto out;
+fail:
+  fprintf(stderr, "apiengine: rekey failed: %s\n", err ? err : eng_strerror(rc));
+out:
+  eng_runtime_free(rt);
+  eng_db_close(db);
+  eng_db_state_free(&st);
+  free(serving);
+  free(err);
+  fflush(stdout);
+  return rc == 0 ? 0 : 1;
+}
+
+/* ---- backup ----------------------------------------------------------------------------------- */
+
+#define BACKUP_STEP_PAGES 256 /* pages copied per sqlite3_backup_step */
+#define BACKUP_BUSY_WAIT_MS 10
+
+/* Copies the key file at from to a new file to (O_EXCL, 0600, fsync'd). 0 or ENG_E* with *err. */
+static int copy_key_file(const char *from, const char *to, char **err) {
+  char *data = NULL;
+  size_t len = 0;
+  int rc = eng_file_read(from, 64 * 1024, &data, &len);
+  if (rc != 0)
+    return eng_errorf(err, rc, "cannot read the key file %s: %s", from, strerror(errno));
+  int fd = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    rc = eng_errorf(err, ENG_EIO, "cannot create %s: %s", to, strerror(errno));
+  } else {
+    ssize_t w = write(fd, data, len);
+    if (w != (ssize_t)len || fsync(fd) != 0)
+      rc = eng_errorf(err, ENG_EIO, "cannot write %s: %s", to, strerror(errno));
+    if (close(fd) != 0 && rc == 0)
+      rc = eng_errorf(err, ENG_EIO, "cannot write %s: %s", to, strerror(errno));
+    if (rc != 0)
+      unlink(to);
+  }
+  eng_crypto_wipe(data, len);
+  free(data);
+  return rc;
+}
+
+/* The copy itself: the source opened read-only, one read transaction over the whole copy (a
+ * snapshot: in WAL mode writers go on beside it, and the copy never restarts because of them),
+ * BACKUP_STEP_PAGES pages per step. */
+static int backup_copy(const char *src_path, const char *out, int *pages, char **err) {
+  sqlite3 *src = NULL, *dst = NULL;
+  sqlite3_backup *b = NULL;
+  int rc = 0, step = SQLITE_OK;
+  if (sqlite3_open_v2(src_path, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "cannot open %s: %s", src_path, src ? sqlite3_errmsg(src) : "out of memory");
+    goto cleanup;
+  }
+  sqlite3_busy_timeout(src, ENG_DB_BUSY_TIMEOUT_DEFAULT_MS);
+  if (sqlite3_exec(src, "BEGIN; SELECT count(*) FROM sqlite_master", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "cannot read %s: %s", src_path, sqlite3_errmsg(src));
+    goto cleanup;
+  }
+  if (sqlite3_open_v2(out, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "cannot open %s: %s", out, dst ? sqlite3_errmsg(dst) : "out of memory");
+    goto cleanup;
+  }
+  if ((b = sqlite3_backup_init(dst, "main", src, "main")) == NULL) {
+    rc = eng_errorf(err, ENG_EDB, "cannot start the backup: %s", sqlite3_errmsg(dst));
+    goto cleanup;
+  }
+  while ((step = sqlite3_backup_step(b, BACKUP_STEP_PAGES)) == SQLITE_OK || step == SQLITE_BUSY ||
+         step == SQLITE_LOCKED)
+    if (step != SQLITE_OK)
+      sqlite3_sleep(BACKUP_BUSY_WAIT_MS);
+  *pages = sqlite3_backup_pagecount(b);
+  if (step != SQLITE_DONE)
+    rc = eng_errorf(err, ENG_EDB, "the backup failed: %s", sqlite3_errstr(step));
+cleanup:
+  if (b && sqlite3_backup_finish(b) != SQLITE_OK && rc == 0)
+    rc = eng_errorf(err, ENG_EDB, "the backup failed: %s", sqlite3_errmsg(dst));
+  if (src && !sqlite3_get_autocommit(src))
+    sqlite3_exec(src, "ROLLBACK", NULL, NULL, NULL);
+  if (dst && sqlite3_close(dst) != SQLITE_OK && rc == 0)
+    rc = eng_errorf(err, ENG_EDB, "cannot close %s", out);
+  sqlite3_close(src);
+  return rc;
+}
+
+int eng_ops_backup(const eng_config *cfg, const char *out) {
+  char key_path[OPS_PATH_MAX], out_key[OPS_PATH_MAX];
+  char *err = NULL;
+  int rc = 0, pages = 0, created = 0, key_copied = 0;
+  struct stat sb;
+  if (is_memory_db(cfg->db_path) || path_with(key_path, cfg->db_path, ".key") != 0 ||
+      path_with(out_key, out, ".key") != 0) {
+    rc = eng_errorf(&err, ENG_EINVAL, "backup needs a database file (--db) and an output path");
+    goto fail;
+  }
+  if (stat(cfg->db_path, &sb) != 0) {
+    rc = eng_errorf(&err, ENG_ENOTFOUND, "database %s: %s", cfg->db_path, strerror(errno));
+    goto fail;
+  }
+  int have_key_file = stat(key_path, &sb) == 0;
+  if (lstat(out, &sb) == 0 || (have_key_file && lstat(out_key, &sb) == 0)) {
+    rc = eng_errorf(&err, ENG_EEXISTS, "%s exists: a backup never overwrites; remove it or choose another name",
+                    lstat(out, &sb) == 0 ? out : out_key);
+    goto fail;
+  }
+  int fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640); /* claims the name: an empty database */
+  if (fd < 0) {
+    rc = eng_errorf(&err, errno == EEXIST ? ENG_EEXISTS : ENG_EIO, "cannot create %s: %s", out, strerror(errno));
+    goto fail;
+  }
+  close(fd);
+  created = 1;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  if ((rc = backup_copy(cfg->db_path, out, &pages, &err)) != 0)
+    goto fail;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  if (have_key_file) {
+    if ((rc = copy_key_file(key_path, out_key, &err)) != 0)
+      goto fail;
+    key_copied = 1;
+  }
+  long ms = (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+  printf("backup: %s (%d pages) copied to %s in %ld ms", cfg->db_path, pages, out, ms);
+  if (key_copied)
+    printf("; its key file to %s (mode 0600)\n", out_key);
+  else if (cfg->key && *cfg->key)
+    printf("; no key file beside the database (the key is configured): keep that key with the backup\n");
+  else
+    printf("; the database has no key file %s yet\n", key_path);
+  goto out;
+fail:
+  fprintf(stderr, "apiengine: backup failed: %s\n", err ? err : eng_strerror(rc));
+  if (created) {
+    unlink(out);
+    char side[OPS_PATH_MAX];
+    if (path_with(side, out, "-journal") == 0)
+      unlink(side);
+  }
+out:
+  free(err);
+  fflush(stdout);
+  return rc == 0 ? 0 : 1;
 }

@@ -24,12 +24,19 @@
 
 #include "config.h"
 
+/* Where the default scripts and schema are when the binary is installed (cmake --install):
+ * a scripts or schema setting left at its default ("scripts", "schema") names
+ * <bin>/../share/apiengine/scripts (schema) instead when the working directory has no such
+ * directory and the installed one exists. Call it after eng_config_load. */
+void eng_ops_default_dirs(eng_config *cfg);
+
 /* apiengine serve. argv[first..argc) are the flags cfg was loaded from: a reload reads the
  * config file (and the environment and flags over it) again from them; argv must outlive the
  * call. */
 int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first);
 
-/* apiengine migrate: applies the migrations and exits. */
+/* apiengine migrate: takes <db>.lock (refused while a server or another migrate holds it),
+ * applies the migrations and exits. */
 int eng_ops_migrate(const eng_config *cfg);
 
 /* apiengine check: the config (already read), the database read-only (or not at all when
@@ -44,5 +51,18 @@ int eng_ops_routes(const eng_config *cfg);
 /* apiengine reload: SIGHUP to the server of cfg->pid_file when set, else to the holder of
  * <db>.lock. 1 when no server runs there. */
 int eng_ops_reload(const eng_config *cfg);
+
+/* apiengine rekey: re-seals the secrets of the columns the scripts declare
+ * (crypto.sealed_column) under the current key, in short transactions (lua_rekey.h), progress on
+ * stderr, safe beside a running server (which must run with the same keys: the database records
+ * the current key of the last start, and a rekey with another current key is refused). Once no
+ * value is left that only a previous key opens, the database's key fingerprint becomes the
+ * current key's, so a start with the previous key alone is refused from then on. */
+int eng_ops_rekey(const eng_config *cfg);
+
+/* apiengine backup OUT: an online copy of cfg->db_path through SQLite's backup API, from one
+ * read snapshot (writers go on meanwhile), into OUT, which must not exist; the key file
+ * <db>.key, when there is one, to OUT.key (mode 0600). Removes what it made when it fails. */
+int eng_ops_backup(const eng_config *cfg, const char *out);
 
 #endif

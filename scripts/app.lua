@@ -12,6 +12,10 @@ local validate = require "lib.validate"
 local auth = require "lib.auth"
 local plans = require "lib.plans"
 
+-- The Exotel credentials are sealed with the app id as associated data (`apiengine rekey`).
+crypto.sealed_column("apps", "exotel_api_key_sealed", "id")
+crypto.sealed_column("apps", "exotel_api_token_sealed", "id")
+
 local DOMAINS = { "mumbai", "singapore" }
 
 -- The app object without secrets.

@@ -14,6 +14,9 @@ local admin = require "lib.admin"
 local plans = require "lib.plans"
 local customers = require "lib.customers"
 
+-- CustomerSecret is sealed with the customer id as associated data; `apiengine rekey` re-seals it.
+crypto.sealed_column("customers", "secret_sealed", "id")
+
 -- The customer object of API.md section 3; CustomerSecret is unsealed for the answer only.
 local function customer_object(row)
   local secret = crypto.open(row.secret_sealed, row.id)

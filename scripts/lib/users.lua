@@ -153,6 +153,9 @@ function M.seal(app_id, id, secret)
   return crypto.seal(secret, aad(app_id, id))
 end
 
+-- `apiengine rekey` re-seals SipSecrets with the same associated data.
+crypto.sealed_column("users", "sip_secret_sealed", function(row) return aad(row.app_id, row.app_user_id) end)
+
 function M.open(row)
   local plain = crypto.open(row.sip_secret_sealed, aad(row.app_id, row.app_user_id))
   if not plain then

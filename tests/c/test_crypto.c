@@ -529,6 +529,81 @@ static void test_keys_fingerprint_and_no_create(void) {
   free(missing);
 }
 
+/* Rotation: "current,previous" (and the key file's lines) load both keys, the current one first;
+ * each key keeps its own fingerprint and subkeys; bad lists are refused without naming a key. */
+static void test_keys_rotation(void) {
+  char *err = NULL;
+  unsigned char key_a[ENG_KEY_LEN], key_c[ENG_KEY_LEN];
+  memset(key_a, 0x11, sizeof key_a);
+  memset(key_c, 0x33, sizeof key_c);
+  char fa[ENG_KEY_FINGERPRINT_HEX + 1], fc[ENG_KEY_FINGERPRINT_HEX + 1], got[ENG_KEY_FINGERPRINT_HEX + 1];
+  unsigned char seal_a[ENG_KEY_LEN], token_a[ENG_KEY_LEN];
+  eng_keys_set(key_a);
+  CHECK_INT(eng_keys_count(), 1);
+  eng_keys_fingerprint(fa);
+  memcpy(seal_a, eng_keys_seal_key(), ENG_KEY_LEN);
+  memcpy(token_a, eng_keys_token_key(), ENG_KEY_LEN);
+  eng_keys_set(key_c);
+  eng_keys_fingerprint(fc);
+
+  char ha[65], hc[65], list[200];
+  ha[eng_crypto_hex_encode(key_a, ENG_KEY_LEN, ha)] = '\0';
+  hc[eng_crypto_hex_encode(key_c, ENG_KEY_LEN, hc)] = '\0';
+  snprintf(list, sizeof list, "%s, %s", hc, ha);
+  CHECK_INT(eng_keys_load(list, NULL, 0, NULL, &err), 0);
+  CHECK_INT(eng_keys_count(), 2);
+  CHECK_INT(eng_keys_fingerprint(got), 0);
+  CHECK_STR(got, fc); /* the first is the current key */
+  CHECK_INT(eng_keys_fingerprint_at(1, got), 0);
+  CHECK_STR(got, fa);
+  CHECK_INT(eng_keys_fingerprint_at(2, got), ENG_EINVAL);
+  CHECK_INT(eng_keys_find_fingerprint(fa), 1);
+  CHECK_INT(eng_keys_find_fingerprint(fc), 0);
+  CHECK_INT(eng_keys_find_fingerprint("00"), -1);
+  CHECK_INT(eng_keys_find_fingerprint(NULL), -1);
+  CHECK(memcmp(eng_keys_seal_key_at(1), seal_a, ENG_KEY_LEN) == 0);
+  CHECK(memcmp(eng_keys_token_key_at(1), token_a, ENG_KEY_LEN) == 0);
+  CHECK(eng_keys_seal_key_at(2) == NULL);
+
+  /* The key file: one key a line, the current one first. */
+  char *path = path_in_tmp("two.key");
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  CHECK(fd >= 0);
+  snprintf(list, sizeof list, "%s\n%s\n", ha, hc);
+  CHECK_INT(write(fd, list, strlen(list)), (long long)strlen(list));
+  close(fd);
+  CHECK_INT(eng_keys_load(NULL, path, 0, NULL, &err), 0);
+  CHECK_INT(eng_keys_count(), 2);
+  CHECK_INT(eng_keys_find_fingerprint(fa), 0);
+  CHECK_INT(eng_keys_find_fingerprint(fc), 1);
+  CHECK_INT(unlink(path), 0);
+  free(path);
+
+  /* Nine keys, a bad previous key, the same key twice: refused, the loaded keys kept. */
+  char nine[9 * 66 + 1] = "";
+  for (int i = 0; i < 9; i++) {
+    char k[67];
+    snprintf(k, sizeof k, "%s%02x%.62s", i ? "," : "", i, ha);
+    strcat(nine, k);
+  }
+  CHECK_INT(eng_keys_load(nine, NULL, 0, NULL, &err), ENG_ECONFIG);
+  CHECK(err && strstr(err, "more than 8 keys"));
+  free(err);
+  err = NULL;
+  snprintf(list, sizeof list, "%s,%.63s", hc, ha);
+  CHECK_INT(eng_keys_load(list, NULL, 0, NULL, &err), ENG_ECONFIG);
+  CHECK(err && strstr(err, "previous key 1 (item 2 of the list) is invalid") && !strstr(err, hc));
+  free(err);
+  err = NULL;
+  snprintf(list, sizeof list, "%s,%s", ha, ha);
+  CHECK_INT(eng_keys_load(list, NULL, 0, NULL, &err), ENG_ECONFIG);
+  CHECK(err && strstr(err, "items 1 and 2 of the list are the same key"));
+  free(err);
+  err = NULL;
+  CHECK_INT(eng_keys_count(), 2);
+  CHECK_INT(eng_keys_find_fingerprint(fa), 0);
+}
+
 int main(void) {
   memset(KEY_B, 0x42, sizeof KEY_B);
   snprintf(tmpdir, sizeof tmpdir, "/tmp/test_crypto.XXXXXX");
@@ -546,6 +621,7 @@ int main(void) {
   test_keys_file();
   test_keys_configured();
   test_keys_fingerprint_and_no_create();
+  test_keys_rotation();
 
   CHECK_INT(rmdir(tmpdir), 0); /* every file the test made is gone */
   return check_summary("test_crypto");

@@ -431,7 +431,17 @@ static void test_migrations(void) {
   /* a changed file is refused */
   write_file("schema/0002_b.sql", MIG_0002 "-- edited\n");
   CHECK_INT(eng_db_migrate(db, dir, &applied, &err), ENG_ECONFIG);
-  CHECK_STR(err, "db: migration 0002_b.sql was changed after it was applied");
+  {
+    char want[512];
+    snprintf(want, sizeof want,
+             "db: migration %s/0002_b.sql was changed after it was applied (sha256 d4cc470c70e2 when "
+             "applied, ",
+             dir);
+    CHECK(strncmp(err ? err : "", want, strlen(want)) == 0);
+    CHECK(contains(err, "/0002_b.sql was changed after it was applied (sha256 d4cc470c70e2 when applied, "));
+    CHECK(contains(err, " now): put the file back as it was (from version control or the release it came with) and "
+                        "make the change in a new migration numbered after the last one"));
+  }
   CHECK_INT(applied, 0);
   free(err);
   write_file("schema/0002_b.sql", MIG_0002);
@@ -441,13 +451,19 @@ static void test_migrations(void) {
             SQLITE_OK);
   CHECK_INT(eng_db_migrate(db, dir, &applied, &err), ENG_ECONFIG);
   CHECK(contains(err, "records migration 0009_gone.sql (id 9), which is not in"));
+  CHECK(contains(err, ": if it came from another schema directory (an overlay: --schema schema:my-schema), give the "
+                      "same --schema as the start that applied it"));
   free(err);
   CHECK_INT(sqlite3_exec(h, "DELETE FROM _migrations WHERE id = 9", NULL, NULL, NULL), SQLITE_OK);
 
   /* a failing third migration leaves neither its table nor a record */
   write_file("schema/0003_c.sql", MIG_0003_BAD);
   CHECK_INT(eng_db_migrate(db, dir, &applied, &err), ENG_EDB);
-  CHECK_STR(err, "db: migration 0003_c.sql failed: near \"SELEC\": syntax error");
+  {
+    char want[512];
+    snprintf(want, sizeof want, "db: migration %s/0003_c.sql:2 failed: near \"SELEC\": syntax error", dir);
+    CHECK_STR(err, want);
+  }
   free(err);
   CHECK_INT(applied, 0);
   CHECK_INT(query_int(h, "SELECT count(*) FROM sqlite_master WHERE name = 'c'"), 0);
@@ -635,7 +651,7 @@ static void test_inspect_limit_and_facts(void) {
   /* a changed applied migration: the same refusal as eng_db_migrate */
   write_file("ischema/0001_init.sql", "CREATE TABLE a (id INTEGER PRIMARY KEY);\n");
   CHECK_INT(eng_db_inspect(path_in("inspect.db"), dirs, &st, &err), ENG_ECONFIG);
-  CHECK(err && strstr(err, "migration 0001_init.sql was changed after it was applied"));
+  CHECK(err && strstr(err, "/0001_init.sql was changed after it was applied"));
   free(err);
   err = NULL;
   eng_db_close(db);

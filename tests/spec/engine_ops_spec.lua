@@ -555,3 +555,263 @@ describe("apiengine --help", function()
     assert.equal("apiengine: --handover: invalid value 'yes' for --handover\n", out)
   end)
 end)
+
+-- One request with a JSON body on a new connection -> status, decoded body.
+local function call(port, method, path, body, token)
+  local c = socket.tcp()
+  c:settimeout(10)
+  assert(c:connect("127.0.0.1", port))
+  local data = body and require("engine.json").encode(body) or ""
+  c:send(method .. " " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    .. (token and ("Authorization: " .. token .. "\r\n") or "") .. "Content-Length: " .. #data .. "\r\n\r\n" .. data)
+  local raw, _, partial = c:receive("*a")
+  c:close()
+  local res = spec.parse_response(raw or partial)
+  return res.status, res.json
+end
+
+local function mode_of(path)
+  local p = io.popen("stat -c %a " .. path)
+  local m = p:read("l")
+  p:close()
+  return m
+end
+
+describe("apiengine backup", function()
+  local P = "/v2/integrations"
+  local function default_args(dir)
+    return { "--scripts", "scripts", "--schema", "schema", "--db", dir .. "/db.sqlite", "--workers", "2" }
+  end
+  local function new_customer(port, n)
+    local st, res = call(port, "POST", P .. "/customer", { CustomerName = "Customer " .. n, Email = "c" .. n .. "@x.io" })
+    assert.equal(200, st)
+    return { id = res.Data.CustomerID, secret = res.Data.CustomerSecret }
+  end
+  local seq = 0
+  local function post_calls(port, token)
+    local batch = {}
+    for i = 1, 1000 do
+      seq = seq + 1
+      batch[i] = { CallSid = string.format("sid-%08d", seq), Direction = "inbound", Channel = "pstn",
+        StartTime = "2024-06-03T10:15:00Z", Duration = 60 + i }
+    end
+    local st, res = call(port, "POST", P .. "/calls", batch, token)
+    assert.equal(200, st, require("engine.json").encode(res))
+  end
+
+  it("copies a database under write load consistently, with its key file; the restored copy serves its logins",
+    function()
+      local dir, restored = tmpdir(), tmpdir()
+      local out = dir .. "/backup.db"
+      local s = serve(default_args(dir), testing.free_port())
+      assert.is_nil(s.code, s.read_log())
+      local before = {}
+      for n = 1, 5 do before[n] = new_customer(s.port, n) end
+      local _, tok = call(s.port, "POST", P .. "/token", { Id = before[1].id, Secret = before[1].secret,
+        Entity = "customer" })
+      local st, app = call(s.port, "POST", P .. "/app", { AppName = "desk", ExotelAccountSid = "acc", ExotelApiKey = "k",
+        ExotelApiToken = "t", ExotelDomain = "mumbai", IsActive = true }, tok.Data)
+      assert.equal(200, st)
+      local _, atok = call(s.port, "POST", P .. "/token", { Id = app.Data.AppID, Secret = app.Data.AppSecret,
+        Entity = "app" })
+      for _ = 1, 20 do post_calls(s.port, atok.Data) end -- some megabytes, so the copy takes many steps
+
+      -- Writes go on while the backup runs: customers and batches of 1,000 call records.
+      local during, n = {}, 5
+      local pid = testing.spawn({ testing.exe(), "backup", "--db", dir .. "/db.sqlite", out }, dir .. "/backup.out")
+      local code
+      repeat
+        n = n + 1
+        during[#during + 1] = new_customer(s.port, n)
+        post_calls(s.port, atok.Data)
+        code = testing.wait(pid, 0)
+      until code
+      assert.equal(0, code, read(dir .. "/backup.out"))
+      assert.matches("^backup: " .. dir:gsub("%p", "%%%0") .. "/db%.sqlite %(%d+ pages%) copied to "
+        .. out:gsub("%p", "%%%0") .. " in %d+ ms; its key file to " .. out:gsub("%p", "%%%0")
+        .. "%.key %(mode 0600%)\n$", read(dir .. "/backup.out"))
+      assert.equal("600", mode_of(out .. ".key"))
+      assert.equal(read(dir .. "/db.sqlite.key"), read(out .. ".key"))
+      assert.is_true(#during >= 1)
+
+      -- Never overwrites.
+      local size = #read(out)
+      local code2, msg = run { "backup", "--db", dir .. "/db.sqlite", out }
+      assert.equal(1, code2)
+      assert.equal("apiengine: backup failed: " .. out .. " exists: a backup never overwrites; remove it or choose "
+        .. "another name\n", msg)
+      assert.equal(size, #read(out))
+      assert.equal(0, s.stop())
+
+      -- Restore as the README says: the copy and its key file in place of the database and its key.
+      os.execute("cp " .. out .. " " .. restored .. "/db.sqlite && cp -p " .. out .. ".key " .. restored
+        .. "/db.sqlite.key")
+      local r = serve(default_args(restored), testing.free_port())
+      assert.is_nil(r.code, r.read_log())
+      for _, c in ipairs(before) do -- acknowledged before the backup began: there, and their secrets open
+        local st3, res = call(r.port, "POST", P .. "/token", { Id = c.id, Secret = c.secret, Entity = "customer" })
+        assert.equal(200, st3, require("engine.json").encode(res))
+      end
+      local present = 0
+      for _, c in ipairs(during) do -- written during the copy: there whole, or not at all
+        local st3 = call(r.port, "POST", P .. "/token", { Id = c.id, Secret = c.secret, Entity = "customer" })
+        assert.is_true(st3 == 200 or st3 == 401, tostring(st3))
+        if st3 == 200 then present = present + 1 end
+      end
+      assert.equal(0, r.stop())
+      testing.open_db(restored .. "/db.sqlite", "schema")
+      local sdb = require "engine.db"
+      assert.equal("ok", sdb.one("PRAGMA integrity_check").integrity_check)
+      local calls = sdb.one("SELECT count(*) AS n FROM calls").n
+      local customers = sdb.one("SELECT count(*) AS n FROM customers").n
+      testing.close_db()
+      assert.equal(5 + present, customers)
+      assert.is_true(calls >= 20000 and calls % 1000 == 0, tostring(calls)) -- whole batches only
+    end)
+
+  it("refuses a missing database and leaves nothing behind", function()
+    local dir = tmpdir()
+    local code, out = run { "backup", "--db", dir .. "/none.db", dir .. "/out.db" }
+    assert.equal(1, code)
+    assert.truthy(out:find("apiengine: backup failed: database " .. dir .. "/none.db: No such file or directory\n", 1,
+      true), out)
+    assert.is_false(exists(dir .. "/out.db"))
+    code, out = run { "backup" }
+    assert.equal(2, code)
+    assert.equal("apiengine: backup needs the output path last: apiengine backup [--db PATH] OUT\n", out)
+    code, out = run { "backup", "--help" }
+    assert.equal(0, code)
+    assert.truthy(out:find("\n  apiengine backup [options] OUT\n", 1, true), out)
+    assert.truthy(out:find("\n  apiengine rekey [options] ", 1, true), out)
+    -- A configured key has no file to copy: the output says to keep the key with the copy.
+    assert.equal(0, (run { "migrate", "--db", dir .. "/k.db", "--schema", dir .. "/schema" }))
+    code, out = run({ "backup", "--db", dir .. "/k.db", dir .. "/k-copy.db" }, { APIENGINE_KEY = string.rep("ab", 32) })
+    assert.equal(0, code, out)
+    assert.truthy(out:find(" copied to " .. dir:gsub("%p", "%%%0") .. "/k%-copy%.db in %d+ ms; no key file beside the database %(the key is "
+      .. "configured%): keep that key with the backup\n$"), out)
+    assert.is_false(exists(dir .. "/k-copy.db.key"))
+  end)
+end)
+
+describe("migration messages", function()
+  local function migrate(dir, schema)
+    return run { "migrate", "--db", dir .. "/db.sqlite", "--schema", schema or (dir .. "/schema") }
+  end
+
+  it("name the file and line of the failing statement", function()
+    local dir = tmpdir()
+    write(dir .. "/schema/0002_bad.sql", "CREATE TABLE fine (id INTEGER PRIMARY KEY);\n\n-- the next one is broken\n"
+      .. "/* a block\n   comment */\nCREATE TABLE broken (;\n")
+    local code, out = migrate(dir)
+    assert.equal(1, code)
+    assert.truthy(out:find("error database " .. dir .. "/db.sqlite: db: migration " .. dir .. "/schema/0002_bad.sql:6 "
+      .. "failed: near \";\": syntax error\n", 1, true), out)
+    -- The start tries it on the scratch copy first, and names the same place.
+    local s = serve(args_for(dir), testing.free_port())
+    assert.equal(1, s.code)
+    assert.truthy(s.read_log():find("db: migration " .. dir .. "/schema/0002_bad.sql:6 failed: near \";\": syntax "
+      .. "error\n", 1, true), s.read_log())
+  end)
+
+  it("say what to do about an applied migration that was edited", function()
+    local dir = tmpdir()
+    assert.equal(0, (migrate(dir)))
+    local f = assert(io.open(dir .. "/schema/0001_items.sql", "a"))
+    f:write("-- an edit\n")
+    f:close()
+    local code, out = migrate(dir)
+    assert.equal(1, code)
+    assert.matches("error database [^\n]*/db%.sqlite: db: migration [^\n]*/schema/0001_items%.sql was changed after it "
+      .. "was applied %(sha256 %x+ when applied, %x+ now%): put the file back as it was %(from version control or the "
+      .. "release it came with%) and make the change in a new migration numbered after the last one\n", out)
+  end)
+
+  it("suggest the --schema overlay a recorded migration came from", function()
+    local dir = tmpdir()
+    os.execute("mkdir -p " .. dir .. "/mine")
+    write(dir .. "/mine/0100_things.sql", "CREATE TABLE things (id TEXT PRIMARY KEY);\n")
+    assert.equal(0, (migrate(dir, dir .. "/schema:" .. dir .. "/mine")))
+    local code, out = migrate(dir)
+    assert.equal(1, code)
+    assert.truthy(out:find("db: the database records migration 0100_things.sql (id 100), which is not in " .. dir
+      .. "/schema: if it came from another schema directory (an overlay: --schema schema:my-schema), give the same "
+      .. "--schema as the start that applied it; an applied migration file is never removed\n", 1, true), out)
+  end)
+end)
+
+describe("apiengine migrate", function()
+  it("takes <db>.lock like serve: refused while a server runs on the database", function()
+    local dir = tmpdir()
+    local s = serve(args_for(dir), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    write(dir .. "/schema/0002_more.sql", "CREATE TABLE more (id INTEGER PRIMARY KEY);\n")
+    local code, out = run { "migrate", "--db", dir .. "/db.sqlite", "--schema", dir .. "/schema" }
+    assert.equal(1, code)
+    assert.truthy(out:find("error database " .. dir .. "/db.sqlite is in use by another apiengine (pid " .. s.pid
+      .. "), which holds " .. dir .. "/db.sqlite.lock: stop it first (a server applies pending migrations itself when "
+      .. "it starts)\n", 1, true), out)
+    assert.equal(s.pid .. "\n", read(dir .. "/db.sqlite.lock"))
+    assert.equal(200, get(s.port, "/a"))
+    assert.equal(0, s.stop())
+    code, out = run { "migrate", "--db", dir .. "/db.sqlite", "--schema", dir .. "/schema" }
+    assert.equal(0, code, out)
+    assert.truthy(out:find("1 migration(s) applied", 1, true), out)
+  end)
+end)
+
+describe("cmake --install", function()
+  it("installs the binary, the default scripts and schema; the installed binary finds them from anywhere", function()
+    local prefix, elsewhere = testing.mkdtemp(), testing.mkdtemp() -- empty: no scripts/ or schema/ there
+    dirs[#dirs + 1] = prefix
+    dirs[#dirs + 1] = elsewhere
+    local build = testing.exe():match("^(.*)/[^/]+$")
+    local p = io.popen("cmake --install " .. build .. " --prefix " .. prefix .. " 2>&1")
+    local log = p:read("a")
+    assert.is_true(p:close(), log)
+    assert.truthy(exists(prefix .. "/share/apiengine/scripts/lib/auth.lua"))
+    assert.truthy(exists(prefix .. "/share/apiengine/schema/0001_init.sql"))
+    assert.truthy(exists(prefix .. "/share/apiengine/deploy/apiengine.service"))
+    p = io.popen("cd " .. elsewhere .. " && env -u APIENGINE_SCRIPTS -u APIENGINE_SCHEMA " .. prefix
+      .. "/bin/apiengine check 2>&1; echo \"exit $?\"")
+    local out = p:read("a")
+    p:close()
+    local head = "config: none\nscripts: " .. prefix .. "/share/apiengine/scripts\nschema: " .. prefix
+      .. "/share/apiengine/schema\ndatabase: data/apiengine.db does not exist; the first start creates it\n"
+    assert.equal(head, out:sub(1, #head))
+    assert.truthy(out:find("\nPOST +/v2/integrations/customer +" .. prefix:gsub("%p", "%%%0")
+      .. "/share/apiengine/scripts/customer%.lua:%d+\n"), out)
+    assert.matches("\nok: %d+ routes, %d+ pending migration%(s%)\nexit 0\n$", out)
+    assert.is_false(exists(elsewhere .. "/data"))
+  end)
+end)
+
+describe("the README's overlay example (things)", function()
+  local function section(text, name)
+    local pat = name:gsub("%-", "%%-")
+    local block = text:match("<!%-%- " .. pat .. ":begin %-%->\n```%a*\n(.-)\n```\n<!%-%- " .. pat .. ":end %-%->")
+    assert(block, "README.md has no " .. name .. " block")
+    return block
+  end
+
+  it("works as printed: check, the migration in the overlay, the new endpoint", function()
+    local readme = read("README.md")
+    local script, expected = section(readme, "things"), section(readme, "things-output")
+    local port = testing.free_port()
+    assert.truthy(script:find("127.0.0.1:8080", 1, true))
+    script = script:gsub("127%.0%.0%.1:8080", "127.0.0.1:" .. port)
+    -- Run from a directory that has the repository's scripts, schema and build, as the README's reader does.
+    local dir = testing.mkdtemp()
+    dirs[#dirs + 1] = dir
+    local cwd = io.popen("pwd"):read("l")
+    os.execute("ln -s " .. cwd .. "/scripts " .. dir .. "/scripts && ln -s " .. cwd .. "/schema " .. dir
+      .. "/schema && mkdir " .. dir .. "/build && ln -s " .. testing.exe() .. " " .. dir .. "/build/apiengine")
+    write(dir .. "/things.sh", script .. "\n")
+    local ok = os.execute("cd " .. dir .. " && timeout 60 bash -eu things.sh > out.txt 2>&1")
+    local pid = tonumber(read(dir .. "/my/apiengine.pid") or "")
+    if pid then testing.kill(pid, 9) end -- only when the script stopped before its last line
+    local out = read(dir .. "/out.txt")
+    assert.is_true(ok, out)
+    assert.is_nil(pid)
+    assert.equal(expected, (out:gsub("\n$", "")))
+  end)
+end)
