@@ -298,15 +298,29 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
   for (int i = 0; rc == 0 && i < dl.n; i++)
     rc = list_scripts(dl.dirs[i], &list, &n, err);
 
+  /* The whole load runs under the load budget and the memory cap: a top-level loop stops with
+   * its file:line instead of hanging the start, the reload or the check. */
+  int64_t saved_deadline;
+  eng_lua_budget_load(rt, 1, &saved_deadline);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     lua_pushcfunction(L, msgh);
     if (eng_lua_protect(L, load_p, list[i].path, 1) != LUA_OK || lua_pcall(L, 0, 0, -2) != LUA_OK) {
-      rc = eng_errorf(err, ENG_ELUA, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "script error");
+      const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "script error";
+      if (rt->mem_blown) /* Lua's memory error names no file: say which one and what the cap is */
+        rc = eng_errorf(err, ENG_ELUA,
+                        "%s: loading it passed the memory cap of the Lua state (%zu MiB; --memory-limit-mb or "
+                        "APIENGINE_MEMORY_LIMIT_MB sets it): %s",
+                        list[i].path, rt->mem_limit >> 20, msg);
+      else
+        rc = eng_errorf(err, ENG_ELUA, "%s", msg);
       lua_pop(L, 2);
       break;
     }
     lua_pop(L, 1);
   }
+  eng_lua_budget_load(rt, 0, &saved_deadline);
+  if (rc != 0 && rt->mem_blown)
+    lua_gc(L, LUA_GCCOLLECT);
   for (size_t i = 0; i < n; i++) {
     free(list[i].name);
     free(list[i].path);

@@ -93,13 +93,38 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Raises the budget error of what is running: a handler's or a load's (never returns). The
+ * count hook of L then raises on every instruction, so pcall cannot swallow it. */
+static int raise_budget(lua_State *L, eng_runtime *rt) {
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  if (rt->loading) {
+    /* A load error reads file:line first, like a syntax error: the innermost line of script
+     * code running (the hook has no caller level of its own to point at). */
+    lua_Debug ar;
+    int found = 0;
+    for (int level = 0; !found && lua_getstack(L, level, &ar); level++)
+      if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+        /* the whole path of a file chunk ("@path"), not short_src's 60 characters */
+        lua_pushfstring(L, "%s:%d: ", ar.source[0] == '@' ? ar.source + 1 : ar.short_src, ar.currentline);
+        found = 1;
+      }
+    if (!found)
+      lua_pushliteral(L, "");
+    return luaL_error(L,
+                      "%sload budget exceeded (%d ms): loading the scripts took too long (--load-budget-ms or "
+                      "APIENGINE_LOAD_BUDGET_MS sets the budget)",
+                      lua_tostring(L, -1), rt->load_budget_ms);
+  }
+  return luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   eng_runtime *rt = eng_rt(L);
-  if (deadline_passed(rt)) {
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
-  }
+  if (deadline_passed(rt))
+    raise_budget(L, rt);
   /* A thread the hook fired on every instruction in a blown run (a script's coroutine kept
    * for later) goes back to the normal rate. */
   if (lua_gethookcount(L) != ENG_HOOK_COUNT)
@@ -122,8 +147,23 @@ void eng_lua_budget_check(lua_State *L) {
   eng_runtime *rt = rt_of(L);
   if (rt == NULL || !deadline_passed(rt))
     return;
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-  luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
+  raise_budget(L, rt);
+}
+
+void eng_lua_budget_load(eng_runtime *rt, int on, int64_t *saved_deadline) {
+  if (on) {
+    *saved_deadline = rt->deadline_ms;
+    rt->budget_blown = rt->mem_blown = 0;
+    rt->deadline_ms = mono_ms() + rt->load_budget_ms;
+    rt->loading = 1;
+  } else {
+    rt->deadline_ms = *saved_deadline;
+    rt->loading = 0;
+  }
+}
+
+void eng_runtime_set_load_budget(eng_runtime *rt, int ms) {
+  rt->load_budget_ms = ms > 0 ? ms : ENG_RUNTIME_LOAD_BUDGET_MS;
 }
 
 int eng_lua_budget_over(lua_State *L) {
@@ -628,6 +668,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   if (rt == NULL)
     return eng_errorf(err, ENG_ENOMEM, "out of memory");
   rt->budget_ms = opt->budget_ms > 0 ? opt->budget_ms : 1000;
+  eng_runtime_set_load_budget(rt, opt->load_budget_ms);
   rt->mem_limit = opt->memory_limit ? opt->memory_limit : (size_t)256 << 20;
   rt->error_hook = LUA_NOREF;
   rt->co_ref = LUA_NOREF;

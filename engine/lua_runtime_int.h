@@ -40,6 +40,8 @@ struct eng_runtime {
   eng_db *db;         /* borrowed; NULL when detached */
   char *scripts_dir;  /* "dir[:dir...]" of the last load, for require (lua_load.c); may be NULL */
   int budget_ms;
+  int load_budget_ms;         /* of eng_runtime_load_scripts (lua_load.c) */
+  int loading;                /* a load is in progress: budget errors name the load budget */
   size_t mem_used, mem_limit; /* the allocator's count and cap, for the whole state */
   int budget_blown, mem_blown;
   int64_t deadline_ms;      /* of the budgeted run in progress (monotonic ms); ENG_NO_DEADLINE between runs */
@@ -87,6 +89,11 @@ void eng_lua_budget_check(lua_State *L);
 /* 1 when a budgeted run of L's runtime is past its deadline (which marks it blown), else 0.
  * Never raises. Needs one free stack slot. */
 int eng_lua_budget_over(lua_State *L);
+
+/* Starts (or ends, with on = 0) the budget of a script load: the deadline is now plus the load
+ * budget, the flags are cleared, and budget errors say the load budget was exceeded. What was
+ * in force before is kept in *saved_deadline and put back at the end. Never raises. */
+void eng_lua_budget_load(eng_runtime *rt, int on, int64_t *saved_deadline);
 
 /* lua_db.c brackets the statements that undo a failed transaction with +1 / -1: while any is
  * running, the SQL progress handler does not interrupt statements past the deadline (a rollback

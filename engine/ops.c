@@ -336,6 +336,7 @@ static int check_load(const eng_config *cfg, const eng_buf *settings, int limit,
       .scripts_dir = cfg->scripts_dir,
       .settings = settings,
       .budget_ms = cfg->budget_ms,
+      .load_budget_ms = cfg->load_budget_ms,
       .memory_limit = cfg->memory_limit,
       .db = scratch,
   };
@@ -449,7 +450,9 @@ static void warn_restart_settings(unsigned id, const eng_config *now, const eng_
               now->header_timeout_ms != fresh->header_timeout_ms || now->idle_timeout_ms != fresh->idle_timeout_ms ||
               now->max_connections != fresh->max_connections || now->drain_ms != fresh->drain_ms,
           "HTTP limits", names, z, &n);
-  name_if(now->budget_ms != fresh->budget_ms || now->memory_limit != fresh->memory_limit, "budgets", names, z, &n);
+  name_if(now->budget_ms != fresh->budget_ms || now->load_budget_ms != fresh->load_budget_ms ||
+              now->memory_limit != fresh->memory_limit,
+          "budgets", names, z, &n);
   if (n > 0)
     eng_log_warn("reload %u: the configuration now differs in %s; a reload applies only the scripts and `settings`: "
                  "restart for the rest",
