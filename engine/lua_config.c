@@ -25,14 +25,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SETTINGS_KEY "engine.config.settings"
 
+/* 1 when name (len bytes) is the server key's: "key" or "key_*" in any case, the settings
+ * whose variables are APIENGINE_KEY and APIENGINE_KEY_*. */
+static int is_key_name(const char *name, size_t len) {
+  return len >= 3 && strncasecmp(name, "key", 3) == 0 && (len == 3 || name[3] == '_');
+}
+
 /* config.get(name [, default]): APIENGINE_<NAME> from the environment, else the
- * config file's settings[name], else default. */
+ * config file's settings[name], else default. Names are letters, digits and '_' (anything
+ * else could name another variable: "key\0x" would read APIENGINE_KEY); the server key's
+ * names raise: scripts never see the key. */
 static int config_get(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
+  for (size_t i = 0; i < len; i++)
+    if (!isalnum((unsigned char)name[i]) && name[i] != '_')
+      return luaL_argerror(L, 1, "a setting name is letters, digits and '_'");
+  if (is_key_name(name, len))
+    return luaL_error(L,
+                      "engine.config: '%s' is the server key, which scripts cannot read (use engine.crypto: "
+                      "seal, open, sign, verify)",
+                      name);
   lua_settop(L, 2); /* the default, or nil */
   char env[160] = "APIENGINE_";
   if (len < sizeof env - 11) {

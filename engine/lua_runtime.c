@@ -650,13 +650,13 @@ static int init_p(lua_State *L) {
   lua_pushlightuserdata(L, c->rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &rt_key);
   luaL_openlibs(L);
-  eng_lua_modules_preload(L);
+  eng_lua_modules_preload(L, !opt->test_mode);
   eng_lua_load_sandbox(L, opt->test_mode);
   eng_lua_db_attach(L, NULL); /* the registry slot exists from here on: later attaches do not allocate */
   eng_lua_request_init(c->rt, L);
   eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
   if (!opt->test_mode)
-    eng_lua_load_lock_globals(L);
+    eng_lua_load_freeze(L);
   if (opt->db)
     eng_runtime_set_db(c->rt, opt->db);
   return 0;

@@ -121,8 +121,15 @@ void eng_lua_pattern_set(lua_State *L, int idx);
  * text-only, puts the scripts searcher into package.searchers and, unless test_mode, takes
  * away process control, the file system and most of debug. */
 void eng_lua_load_sandbox(lua_State *L, int test_mode);
-/* Makes a write to an undeclared global an error (server mode). */
-void eng_lua_load_lock_globals(lua_State *L);
+/* Server mode, once the state is set up: makes the standard library, package and the global
+ * table read-only to scripts (proxies, see lua_load.c), rawset refuse them, reading an undeclared
+ * global an error, and the proxy of _G the environment of every chunk loaded from then on. */
+void eng_lua_load_freeze(lua_State *L);
+/* Replaces the table at idx with a read-only proxy of it; name is for error messages. */
+void eng_lua_load_readonly(lua_State *L, int idx, const char *name);
+/* Makes a read-only proxy of the table at idx (left there) that require and package.loaded give
+ * scripts in its place once the state is frozen (eng_lua_load_freeze). */
+void eng_lua_load_register_readonly(lua_State *L, int idx, const char *name);
 
 /* ---- lua_request.c ---- */
 
@@ -136,7 +143,8 @@ void eng_lua_request_push(eng_runtime *rt, lua_State *L, eng_live_request *lr);
 
 /* ---- lua_modules.c ---- */
 
-/* Registers every engine module (engine.json, engine.route, ...) in package.preload. */
-void eng_lua_modules_preload(lua_State *L);
+/* Registers every engine module (engine.json, engine.route, ...) in package.preload; with
+ * readonly, require gives scripts a read-only proxy of each (eng_lua_load_register_readonly). */
+void eng_lua_modules_preload(lua_State *L, int readonly);
 
 #endif

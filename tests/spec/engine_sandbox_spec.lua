@@ -191,3 +191,177 @@ describe("the load budget", function()
     assert.truthy(tostring(err):find(dir .. "/scripts/loop.lua:3: " .. LOAD_BUDGET, 1, true), tostring(err))
   end)
 end)
+
+-- Route scripts that try to change what every later request on the worker relies on.
+local ATTACKS = [==[
+local route = require "engine.route"
+local db = require "engine.db"
+local json = require "engine.json"
+local mylib = require "lib.mylib"
+
+local attacks = {
+  ipairs = function() ipairs = nil end,
+  G_ipairs = function() _G.ipairs = nil end,
+  string_rep = function() string.rep = nil end,
+  rawset_G = function() rawset(_G, "ipairs", function() error("pwned") end) end,
+  rawset_G_new = function() rawset(_G, "evil", 1) end,
+  rawset_string = function() rawset(string, "rep", function() return "pwned" end) end,
+  unlock_G = function() setmetatable(_G, nil) end,
+  unlock_string = function() setmetatable(string, nil) end,
+  string_mt = function() getmetatable("").__index.rep = nil end,
+  engine_db = function() db.exec = nil end,
+  loaded = function() package.loaded["engine.db"] = {} end,
+  loaded_string = function() package.loaded.string.rep = nil end,
+  require_string = function() require("string").rep = nil end,
+  require_G = function() require("_G").ipairs = nil end,
+  searchers = function() package.searchers[2] = nil end,
+  load = function() load("ipairs = nil")() end,
+  new_global = function() evil = 1 end,
+  table_insert = function() table.insert(_G, 1) end,
+  os_getenv = function() os.getenv = function() return "x" end end,
+}
+
+route.post("/break/{what}", function(req)
+  local ok, e = pcall(attacks[req.params.what])
+  return 200, { ok = ok, err = not ok and (tostring(e):gsub("^[^:]*:%d+: ", "")) or json.null }
+end)
+
+route.get("/works", function()
+  local t = {}
+  for i, v in ipairs({ 10, 20, 30 }) do t[i] = v end
+  local names = 0
+  for _ in pairs(string) do names = names + 1 end
+  mylib.count = mylib.count + 1 -- a lib module's table is its scripts' own
+  return 200, { rep = ("ab"):rep(2), srep = string.rep("x", 3), t = t, exec = type(db.exec),
+    string_fns = names > 10, evil = rawget(_G, "evil") or json.null, count = mylib.count }
+end)
+
+route.get("/undeclared", function()
+  local ok, e = pcall(function() return no_such_global end)
+  return 200, { ok = ok, err = (tostring(e):gsub("^[^:]*:%d+: ", "")) }
+end)
+]==]
+
+local function sandbox_server()
+  local dir = tmpdir()
+  os.execute("mkdir -p " .. dir .. "/scripts/lib")
+  write(dir .. "/scripts/lib/mylib.lua", "return { count = 0 }\n")
+  write(dir .. "/scripts/attacks.lua", ATTACKS)
+  local s = serve(args_for(dir, { "--workers", "1" }))
+  assert.is_nil(s.code, s.read_log())
+  return s
+end
+
+describe("the sandbox (real server, one worker)", function()
+  local RO = " (keep your own values in a local table)"
+  local cases = {
+    ipairs = "global 'ipairs' is read-only (use a local of your own)",
+    G_ipairs = "global 'ipairs' is read-only (use a local of your own)",
+    string_rep = "string is read-only: cannot set 'rep'" .. RO,
+    rawset_G = "rawset: the table is read-only (globals, the standard library and the engine's modules)",
+    rawset_G_new = "rawset: the table is read-only (globals, the standard library and the engine's modules)",
+    rawset_string = "rawset: the table is read-only (globals, the standard library and the engine's modules)",
+    unlock_G = "cannot change a protected metatable",
+    unlock_string = "cannot change a protected metatable",
+    string_mt = "attempt to index a boolean value",
+    engine_db = "engine.db is read-only: cannot set 'exec'" .. RO,
+    loaded = "package.loaded is read-only: cannot set 'engine.db'" .. RO,
+    loaded_string = "string is read-only: cannot set 'rep'" .. RO,
+    require_string = "string is read-only: cannot set 'rep'" .. RO,
+    require_G = "global 'ipairs' is read-only (use a local of your own)",
+    searchers = "package.searchers is read-only: cannot set '2'" .. RO,
+    load = "global 'ipairs' is read-only (use a local of your own)",
+    new_global = "assignment to undeclared global 'evil' (use local)",
+    table_insert = "assignment to undeclared global '1' (use local)",
+    os_getenv = "os is read-only: cannot set 'getenv'" .. RO,
+  }
+
+  it("refuses every write to the globals, the standard library and the engine's modules; later requests work", function()
+    local s = sandbox_server()
+    local names = {}
+    for name in pairs(cases) do names[#names + 1] = name end
+    table.sort(names)
+    local json = require "engine.json"
+    for i, name in ipairs(names) do
+      local status, body = get(s.port, "/break/" .. name, "POST")
+      assert.equal(200, status, name)
+      assert.same({ ok = false, err = cases[name] }, json.decode(body), name)
+      status, body = get(s.port, "/works")
+      assert.equal(200, status, name .. ": " .. tostring(body))
+      assert.same({ rep = "abab", srep = "xxx", t = { 10, 20, 30 }, exec = "function", string_fns = true,
+        evil = json.null, count = i }, json.decode(body), name)
+    end
+    assert.equal(0, s.stop())
+  end)
+
+  it("raises with its name when a script reads an undeclared global", function()
+    local s = sandbox_server()
+    local status, body = get(s.port, "/undeclared")
+    assert.equal(200, status)
+    assert.same({ ok = false, err = "undeclared global 'no_such_global' (a typo? globals are the standard library "
+      .. "only)" }, require("engine.json").decode(body))
+    assert.equal(0, s.stop())
+  end)
+end)
+
+describe("secrets in the environment and engine.config (real server)", function()
+  local KEY = ("ab"):rep(32)
+  local SECRETS = [==[
+local route = require "engine.route"
+local config = require "engine.config"
+local json = require "engine.json"
+local function err(f, ...)
+  local ok, e = pcall(f, ...)
+  return ok and "no error" or (tostring(e):gsub("^[^:]*:%d+: ", ""))
+end
+route.get("/env", function()
+  local out = {}
+  for _, name in ipairs { "APIENGINE_KEY", "APIENGINE_ADMIN_KEY", "APIENGINE_KEY_OLD", "APIENGINE_GREETING",
+    "MY_API_KEY", "DB_Password", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "PLAIN_VAR", "APIENGINE_KEY\0x" } do
+    out[#out + 1] = os.getenv(name) or json.null
+  end
+  return 200, out
+end)
+route.get("/config", function()
+  local settings = {}
+  for k in pairs(config.settings()) do settings[#settings + 1] = k end
+  table.sort(settings)
+  return 200, { key = err(config.get, "key"), KEY = err(config.get, "Key"), key_old = err(config.get, "key_old"),
+    nul = err(config.get, "key\0x"), admin = config.get("admin_key"), greeting = config.get("greeting"),
+    keyring = config.get("keyring", "not a key name"), settings = settings }
+end)
+]==]
+
+  it("os.getenv shows no APIENGINE_* variable and none named like a key or secret", function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/secrets.lua", SECRETS)
+    local s = serve(args_for(dir), { APIENGINE_KEY = KEY, APIENGINE_ADMIN_KEY = "adm1n", APIENGINE_KEY_OLD = KEY,
+      APIENGINE_GREETING = "hi", MY_API_KEY = "k", DB_Password = "p", GITHUB_TOKEN = "t",
+      AWS_SECRET_ACCESS_KEY = "s", PLAIN_VAR = "plain" })
+    assert.is_nil(s.code, s.read_log())
+    local status, body = get(s.port, "/env")
+    assert.equal(200, status)
+    local null = require("engine.json").null
+    assert.same({ null, null, null, null, null, null, null, null, "plain", null }, require("engine.json").decode(body))
+    assert.equal(0, s.stop())
+  end)
+
+  it("engine.config never gives the server key, from the environment or the config file", function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/secrets.lua", SECRETS)
+    write(dir .. "/config.lua", 'return { key = "' .. KEY .. '", settings = { greeting = "hello", other = 1 } }\n')
+    local s = serve(args_for(dir, { "--config", dir .. "/config.lua" }), { APIENGINE_ADMIN_KEY = "adm1n",
+      APIENGINE_KEY_OLD = KEY })
+    assert.is_nil(s.code, s.read_log())
+    local status, body = get(s.port, "/config")
+    assert.equal(200, status, body)
+    local KEY_MSG = " is the server key, which scripts cannot read (use engine.crypto: seal, open, sign, verify)"
+    assert.same({ key = "engine.config: 'key'" .. KEY_MSG, KEY = "engine.config: 'Key'" .. KEY_MSG,
+      key_old = "engine.config: 'key_old'" .. KEY_MSG,
+      nul = "bad argument #1 to 'engine.config.get' (a setting name is letters, digits and '_')",
+      admin = "adm1n", greeting = "hello", keyring = "not a key name", settings = { "greeting", "other" } },
+      require("engine.json").decode(body))
+    assert.is_nil(body:find(KEY, 1, true))
+    assert.equal(0, s.stop())
+  end)
+end)
