@@ -171,6 +171,24 @@ int eng_lua_budget_over(lua_State *L) {
   return rt != NULL && deadline_passed(rt);
 }
 
+void eng_lua_storage_failed(lua_State *L, int sqlite_code) {
+  eng_runtime *rt = rt_of(L);
+  if (rt)
+    rt->storage_code = sqlite_code;
+}
+
+/* The cause of a storage failure, for its log line. */
+static const char *storage_cause(int code) {
+  switch (code & 0xff) {
+  case SQLITE_READONLY:
+    return "SQLITE_READONLY: the database file or its directory is read-only";
+  case SQLITE_FULL:
+    return "SQLITE_FULL: the disk is full, or the database reached its size limit";
+  default:
+    return "SQLITE_IOERR: the disk reported an I/O error";
+  }
+}
+
 void eng_lua_budget_sql_hold(lua_State *L, int delta) {
   eng_runtime *rt = rt_of(L);
   if (rt)
@@ -238,6 +256,7 @@ static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, run *r) {
   lua_xmove(L, co, nargs + 1);
   rt->budget_blown = 0;
   rt->mem_blown = 0;
+  rt->storage_code = 0;
   r->outer_deadline = rt->deadline_ms;
   rt->deadline_ms = mono_ms() + rt->budget_ms;
   /* The hook stays on co after the call: closing a failed call's to-be-closed variables
@@ -505,16 +524,28 @@ typedef struct call {
 /* Logs a failed script call and answers 500 or 503. */
 static void script_failed(eng_runtime *rt, lua_State *L, run *r, const char *request_id, eng_response *resp) {
   int blown = rt->budget_blown || rt->mem_blown;
-  push_error_text(L, r);
-  size_t len;
-  const char *text = lua_tolstring(L, -1, &len);
-  eng_log_msg(ENG_LOG_ERROR, request_id, text, len);
-  lua_pop(L, 1);
+  int storage = blown ? 0 : rt->storage_code;
+  if (storage) { /* one line with the cause; the traceback would say nothing more useful */
+    char line[256];
+    int n = snprintf(line, sizeof line, "storage unavailable: a write could not be stored (%s); answered 503",
+                     storage_cause(storage));
+    eng_log_msg(ENG_LOG_ERROR, request_id, line, n < 0 ? 0 : (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+  } else {
+    push_error_text(L, r);
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    eng_log_msg(ENG_LOG_ERROR, request_id, text, len);
+    lua_pop(L, 1);
+  }
   run_close(rt, r);
   run_release(rt, r);
   eng_buf_reset(&resp->headers);
   resp->content_type[0] = '\0';
-  if (blown) {
+  if (storage) {
+    eng_buf_appendf(&resp->headers, "Retry-After: %d\r\n", ENG_STORAGE_RETRY_AFTER_S);
+    eng_runtime_error_in(rt, L, 503, "storage_unavailable",
+                         "the database cannot store writes right now; try again later", request_id, resp);
+  } else if (blown) {
     if (rt->mem_blown)
       lua_gc(L, LUA_GCCOLLECT);
     eng_runtime_error_in(rt, L, 503, "budget_exceeded",

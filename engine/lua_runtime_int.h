@@ -45,6 +45,7 @@ struct eng_runtime {
   size_t mem_used, mem_limit; /* the allocator's count and cap, for the whole state */
   int budget_blown, mem_blown;
   int64_t deadline_ms;      /* of the budgeted run in progress (monotonic ms); ENG_NO_DEADLINE between runs */
+  int storage_code;         /* SQLite code of a write the database could not store in this run, or 0 */
   int sql_hold;             /* > 0: the SQL progress handler lets statements finish (lua_db.c's rollbacks) */
   int error_hook;           /* registry ref of route.on_error's function, or LUA_NOREF */
   int req_mt;               /* registry ref: metatable of request tables (lua_request.c) */
@@ -94,6 +95,12 @@ int eng_lua_budget_over(lua_State *L);
  * budget, the flags are cleared, and budget errors say the load budget was exceeded. What was
  * in force before is kept in *saved_deadline and put back at the end. Never raises. */
 void eng_lua_budget_load(eng_runtime *rt, int on, int64_t *saved_deadline);
+
+/* lua_db.c reports a write the database could not store (SQLITE_READONLY, SQLITE_FULL,
+ * SQLITE_IOERR: the disk, not the request): if the handler then fails, the answer is 503 with
+ * Retry-After (ENG_STORAGE_RETRY_AFTER_S) and one log line naming the cause. Never raises. */
+#define ENG_STORAGE_RETRY_AFTER_S 30
+void eng_lua_storage_failed(lua_State *L, int sqlite_code);
 
 /* lua_db.c brackets the statements that undo a failed transaction with +1 / -1: while any is
  * running, the SQL progress handler does not interrupt statements past the deadline (a rollback

@@ -70,6 +70,42 @@ static int ensure_parent_dir(const char *path) {
   return 0;
 }
 
+/* Refuses a database this process could not write: a server on it would start and answer
+ * /healthz, then fail every write (token issuance included). The database file, its -wal and -shm
+ * files (when they exist) and its directory (where SQLite makes them and the server its lock) must
+ * be writable. access() uses the real ids, which are the effective ones here; for root it passes
+ * whatever the mode bits say, as the writes would, and still fails on a read-only file system. */
+static int check_writable(const char *path, char **err) {
+  char dir[OPS_PATH_MAX], file[OPS_PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  if (strlen(path) >= sizeof dir)
+    return eng_errorf(err, ENG_ETOOBIG, "database path too long: %s", path);
+  if (slash == NULL) {
+    strcpy(dir, ".");
+  } else {
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+  }
+  if (access(dir, W_OK | X_OK) != 0)
+    return eng_errorf(err, ENG_ECONFIG,
+                      "database %s: its directory %s is not writable by this user (uid %u): %s; SQLite makes the "
+                      "database's -wal and -shm files there, so every write (token issuance included) would fail: "
+                      "make the directory writable for this user, or point --db elsewhere",
+                      path, dir, (unsigned)geteuid(), strerror(errno));
+  static const char *const suffixes[] = {"", "-wal", "-shm"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+    if (path_with(file, path, suffixes[i]) != 0)
+      return eng_errorf(err, ENG_ETOOBIG, "database path too long: %s", path);
+    if (access(file, F_OK) == 0 && access(file, W_OK) != 0)
+      return eng_errorf(err, ENG_ECONFIG,
+                        "database %s: %s is not writable by this user (uid %u): %s; every write (token issuance "
+                        "included) would fail: make it writable for this user (chown, chmod), or point --db elsewhere",
+                        path, file, (unsigned)geteuid(), strerror(errno));
+  }
+  return 0;
+}
+
 /* The pid written in fd's file, or 0 when it holds none. */
 static long read_pid_fd(int fd) {
   char text[PID_TEXT_MAX + 1];
@@ -565,6 +601,8 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
     rc = eng_errorf(&err, ENG_EIO, "cannot create the directory of %s: %s", cfg->db_path, strerror(errno));
     goto fail;
   }
+  if (!memory && (rc = check_writable(cfg->db_path, &err)) != 0)
+    goto fail;
   if (!memory && (rc = lock_take(&s.lock, cfg->db_path, cfg->handover, &err)) != 0)
     goto fail;
   if (cfg->handover && s.lock.held)
