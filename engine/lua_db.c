@@ -111,6 +111,8 @@ static void push_error_mt(lua_State *L) {
   if (luaL_newmetatable(L, ERROR_MT)) {
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");
+    lua_pushboolean(L, 0); /* shared by every db error: no script may change it for the others */
+    lua_setfield(L, -2, "__metatable");
   }
 }
 

@@ -29,6 +29,7 @@
  * logs anything that still escapes. */
 #include "lua_runtime_int.h"
 #include "db.h"
+#include "lua_common.h"
 #include "error.h"
 #include "log.h"
 #include "lua_config.h"
@@ -686,8 +687,19 @@ static int init_p(lua_State *L) {
   eng_lua_db_attach(L, NULL); /* the registry slot exists from here on: later attaches do not allocate */
   eng_lua_request_init(c->rt, L);
   eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
-  if (!opt->test_mode)
+  if (!opt->test_mode) {
     eng_lua_load_freeze(L);
+    /* The metatables every request shares: one changed by a script would change the requests
+     * after it (getmetatable(req).__index = nil). Protected, getmetatable gives false. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->req_mt);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->headers_mt);
+    eng_lua_push_array_mt(L);
+    for (int i = 0; i < 3; i++) {
+      lua_pushboolean(L, 0);
+      lua_setfield(L, -2, "__metatable");
+      lua_pop(L, 1);
+    }
+  }
   if (opt->db)
     eng_runtime_set_db(c->rt, opt->db);
   return 0;

@@ -219,21 +219,31 @@ local attacks = {
   new_global = function() evil = 1 end,
   table_insert = function() table.insert(_G, 1) end,
   os_getenv = function() os.getenv = function() return "x" end end,
+  req_mt = function(req) getmetatable(req).__index = nil end,
+  unlock_req = function(req) setmetatable(req, nil) end,
+  headers_mt = function(req) getmetatable(req.headers).__index = nil end,
+  array_mt = function() getmetatable(json.array()).__index = function() error("pwned") end end,
+  db_error_mt = function()
+    local _, e = pcall(db.exec, "SELECT nope FROM no_table")
+    getmetatable(e).__tostring = function() return "pwned" end
+  end,
 }
 
 route.post("/break/{what}", function(req)
-  local ok, e = pcall(attacks[req.params.what])
+  local ok, e = pcall(attacks[req.params.what], req)
   return 200, { ok = ok, err = not ok and (tostring(e):gsub("^[^:]*:%d+: ", "")) or json.null }
 end)
 
-route.get("/works", function()
+route.get("/works", function(req)
   local t = {}
   for i, v in ipairs({ 10, 20, 30 }) do t[i] = v end
   local names = 0
   for _ in pairs(string) do names = names + 1 end
   mylib.count = mylib.count + 1 -- a lib module's table is its scripts' own
+  local _, e = pcall(db.exec, "SELECT nope FROM no_table")
   return 200, { rep = ("ab"):rep(2), srep = string.rep("x", 3), t = t, exec = type(db.exec),
-    string_fns = names > 10, evil = rawget(_G, "evil") or json.null, count = mylib.count }
+    string_fns = names > 10, evil = rawget(_G, "evil") or json.null, count = mylib.count,
+    host = req.headers["Host"], past_end = json.decode("[1, 2]")[3] == nil, dberr = tostring(e) }
 end)
 
 route.get("/undeclared", function()
@@ -274,6 +284,11 @@ describe("the sandbox (real server, one worker)", function()
     new_global = "assignment to undeclared global 'evil' (use local)",
     table_insert = "assignment to undeclared global '1' (use local)",
     os_getenv = "os is read-only: cannot set 'getenv'" .. RO,
+    req_mt = "attempt to index a boolean value",
+    unlock_req = "cannot change a protected metatable",
+    headers_mt = "attempt to index a boolean value",
+    array_mt = "attempt to index a boolean value",
+    db_error_mt = "attempt to index a boolean value",
   }
 
   it("refuses every write to the globals, the standard library and the engine's modules; later requests work", function()
@@ -289,7 +304,8 @@ describe("the sandbox (real server, one worker)", function()
       status, body = get(s.port, "/works")
       assert.equal(200, status, name .. ": " .. tostring(body))
       assert.same({ rep = "abab", srep = "xxx", t = { 10, 20, 30 }, exec = "function", string_fns = true,
-        evil = json.null, count = i }, json.decode(body), name)
+        evil = json.null, count = i, host = "x", past_end = true, dberr = "db: no such table: no_table" },
+        json.decode(body), name)
     end
     assert.equal(0, s.stop())
   end)
