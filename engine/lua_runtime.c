@@ -688,6 +688,7 @@ static int init_p(lua_State *L) {
   eng_lua_request_init(c->rt, L);
   eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
   if (!opt->test_mode) {
+    eng_lua_config_copies(L);
     eng_lua_load_freeze(L);
     /* The metatables every request shares: one changed by a script would change the requests
      * after it (getmetatable(req).__index = nil). Protected, getmetatable gives false. */

@@ -381,3 +381,35 @@ end)
     assert.equal(0, s.stop())
   end)
 end)
+
+describe("settings (real server, one worker)", function()
+  it("are handed out as copies: a script that changes them changes nothing for the requests after it", function()
+    local dir = tmpdir()
+    write(dir .. "/config.lua", 'return { settings = { admin_key = "adm1n", plans = { standard = { max_apps = 5 } } } }\n')
+    write(dir .. "/scripts/settings.lua", [[
+local route = require "engine.route"
+local config = require "engine.config"
+route.post("/tamper", function()
+  config.settings().admin_key = nil
+  config.get("plans").standard.max_apps = 1000000
+  config.settings().plans.standard.max_apps = 1000000
+  return 204
+end)
+route.get("/settings", function()
+  return 200, { admin = config.get("admin_key"), max_apps = config.get("plans").standard.max_apps,
+    all = config.settings() }
+end)
+]])
+    local s = serve(args_for(dir, { "--config", dir .. "/config.lua", "--workers", "1" }))
+    assert.is_nil(s.code, s.read_log())
+    local want = '{"admin":"adm1n","all":{"admin_key":"adm1n","plans":{"standard":{"max_apps":5}}},"max_apps":5}'
+    local function settings()
+      local status, body = get(s.port, "/settings")
+      return { status, body }
+    end
+    assert.same({ 200, want }, settings())
+    assert.equal(204, get(s.port, "/tamper", "POST"))
+    assert.same({ 200, want }, settings())
+    assert.equal(0, s.stop())
+  end)
+end)
