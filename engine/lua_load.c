@@ -255,6 +255,22 @@ static int guarded_rawset(lua_State *L) {
   return 1;
 }
 
+/* collectgarbage for scripts: "count" and "isrunning" only. The collector is the worker's, for
+ * every request after this one: "stop" would let memory grow to the cap, and a full "collect"
+ * of a large state is C work no budget stops. */
+static int guarded_collectgarbage(lua_State *L) {
+  const char *opt = luaL_optstring(L, 1, "collect");
+  if (strcmp(opt, "count") != 0 && strcmp(opt, "isrunning") != 0)
+    return luaL_error(L,
+                      "collectgarbage('%s') is not for scripts: the engine runs the collector (\"count\" and "
+                      "\"isrunning\" answer)",
+                      opt);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 /* __index of the real global table: reading a global that does not exist is an error. */
 static int undeclared_read(lua_State *L) {
   return luaL_error(L, "undeclared global '%s' (a typo? globals are the standard library only)",
@@ -372,6 +388,9 @@ void eng_lua_load_freeze(lua_State *L) {
   lua_getfield(L, g, "require");
   lua_pushcclosure(L, guarded_require, 1);
   lua_setfield(L, g, "require");
+  lua_getfield(L, g, "collectgarbage");
+  lua_pushcclosure(L, guarded_collectgarbage, 1);
+  lua_setfield(L, g, "collectgarbage");
 
   /* The standard library: _G.string is the proxy; package.loaded keeps the real table (Lua's
    * tracebacks look function names up there), which scripts see as the proxy. */

@@ -219,6 +219,8 @@ local attacks = {
   new_global = function() evil = 1 end,
   table_insert = function() table.insert(_G, 1) end,
   os_getenv = function() os.getenv = function() return "x" end end,
+  gc_stop = function() collectgarbage("stop") end,
+  gc_default = function() collectgarbage() end,
   req_mt = function(req) getmetatable(req).__index = nil end,
   unlock_req = function(req) setmetatable(req, nil) end,
   headers_mt = function(req) getmetatable(req.headers).__index = nil end,
@@ -243,6 +245,7 @@ route.get("/works", function(req)
   local _, e = pcall(db.exec, "SELECT nope FROM no_table")
   return 200, { rep = ("ab"):rep(2), srep = string.rep("x", 3), t = t, exec = type(db.exec),
     string_fns = names > 10, evil = rawget(_G, "evil") or json.null, count = mylib.count,
+    gc = collectgarbage("isrunning") and collectgarbage("count") > 0,
     host = req.headers["Host"], past_end = json.decode("[1, 2]")[3] == nil, dberr = tostring(e) }
 end)
 
@@ -284,6 +287,10 @@ describe("the sandbox (real server, one worker)", function()
     new_global = "assignment to undeclared global 'evil' (use local)",
     table_insert = "assignment to undeclared global '1' (use local)",
     os_getenv = "os is read-only: cannot set 'getenv'" .. RO,
+    gc_stop = "collectgarbage('stop') is not for scripts: the engine runs the collector (\"count\" and "
+      .. "\"isrunning\" answer)",
+    gc_default = "collectgarbage('collect') is not for scripts: the engine runs the collector (\"count\" and "
+      .. "\"isrunning\" answer)",
     req_mt = "attempt to index a boolean value",
     unlock_req = "cannot change a protected metatable",
     headers_mt = "attempt to index a boolean value",
@@ -304,7 +311,7 @@ describe("the sandbox (real server, one worker)", function()
       status, body = get(s.port, "/works")
       assert.equal(200, status, name .. ": " .. tostring(body))
       assert.same({ rep = "abab", srep = "xxx", t = { 10, 20, 30 }, exec = "function", string_fns = true,
-        evil = json.null, count = i, host = "x", past_end = true, dberr = "db: no such table: no_table" },
+        evil = json.null, count = i, gc = true, host = "x", past_end = true, dberr = "db: no such table: no_table" },
         json.decode(body), name)
     end
     assert.equal(0, s.stop())
