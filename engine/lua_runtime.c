@@ -182,7 +182,7 @@ void eng_lua_storage_failed(lua_State *L, int sqlite_code) {
 static const char *storage_cause(int code) {
   switch (code & 0xff) {
   case SQLITE_READONLY:
-    return "SQLITE_READONLY: the database file or its directory is read-only";
+    return "SQLITE_READONLY: the database cannot be written (a read-only file, directory or connection)";
   case SQLITE_FULL:
     return "SQLITE_FULL: the disk is full, or the database reached its size limit";
   default:

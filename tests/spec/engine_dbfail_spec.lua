@@ -171,6 +171,14 @@ route.post("/test/max_page_count", function(req)
   local n = tonumber(req.query.n) or db.one("PRAGMA page_count").page_count
   return 200, { max = db.one("PRAGMA max_page_count = " .. math.tointeger(n)).max_page_count }
 end)
+route.post("/test/query_only", function(req)
+  db.exec("PRAGMA query_only = " .. (req.query.on == "1" and "ON" or "OFF"))
+  return 204
+end)
+route.post("/test/caught", function()
+  local ok, e = pcall(db.exec, "INSERT INTO customers (id) VALUES ('x')")
+  return 200, { ok = ok, kind = db.kind(e) }
+end)
 route.get("/test/customers", function()
   return 200, { n = db.one("SELECT count(*) AS n FROM customers").n }
 end)
@@ -226,6 +234,31 @@ describe("a write the database cannot store at run time", function()
     local again = request(s.port, "POST", "/v2/integrations/customer", '{"CustomerName": "After", "Email": "a@b.io"}')
     assert.equal(200, again.status, again.body)
     assert.same({ n = created + 1 }, request(s.port, "GET", "/test/customers").json)
+    assert.equal(0, s.stop())
+  end)
+end)
+
+describe("a connection that refuses writes (SQLITE_READONLY at run time)", function()
+  it("answers 503 with Retry-After, and db.kind says 'unavailable' to a script that catches it", function()
+    local dir = testing.mkdtemp()
+    dirs[#dirs + 1] = dir
+    sh("mkdir " .. dir .. "/overlay")
+    write(dir .. "/overlay/zz_limit.lua", LIMIT)
+    local s = serve { "--db", dir .. "/db.sqlite", "--scripts", "scripts:" .. dir .. "/overlay", "--schema", "schema" }
+    assert.is_nil(s.code, s.read_log())
+    assert.equal(204, request(s.port, "POST", "/test/query_only?on=1").status)
+    local res = request(s.port, "POST", "/v2/integrations/customer", '{"CustomerName": "Acme", "Email": "o@acme.io"}')
+    assert.equal(503, res.status, res.body)
+    assert.equal("30", res.headers["retry-after"])
+    assert.equal("the database cannot store writes right now; try again later", res.json.Error)
+    assert.same({ ok = false, kind = "unavailable" }, request(s.port, "POST", "/test/caught").json)
+    assert.truthy(s.read_log():find("[" .. res.headers["x-request-id"] .. "] storage unavailable: a write could not be "
+      .. "stored (SQLITE_READONLY: the database cannot be written (a read-only file, directory or connection)); "
+      .. "answered 503", 1, true), s.read_log())
+    assert.equal(204, request(s.port, "POST", "/test/query_only?on=0").status)
+    res = request(s.port, "POST", "/v2/integrations/customer", '{"CustomerName": "Acme", "Email": "o@acme.io"}')
+    assert.equal(200, res.status, res.body)
+    assert.same({ n = 1 }, request(s.port, "GET", "/test/customers").json)
     assert.equal(0, s.stop())
   end)
 end)
