@@ -1,7 +1,7 @@
 /* lua_load.c - route scripts into a runtime's state: reading files, directory overlays,
  * the package.searchers entry for the scripts directories, text-only load(), the sandbox
- * and locked globals (see lua_runtime.h for eng_runtime_load_scripts, lua_runtime_int.h
- * for the rest).
+ * (read-only globals, standard library and engine modules; os.getenv without secrets) and the
+ * load budget (see lua_runtime.h for eng_runtime_load_scripts, lua_runtime_int.h for the rest).
  *
  * Scripts are loaded as text only, with the chunk name "@path", so tracebacks read
  * scripts/customer.lua:42. */
@@ -97,8 +97,11 @@ static int text_load(lua_State *L) {
  * (__pairs, __len) and is protected (__metatable), so setmetatable cannot take the lock off. The
  * proxy being empty, every write reaches __newindex, existing keys included (`ipairs = nil`);
  * rawset refuses proxies (it would add keys to the proxy that shadow the real ones). The real
- * tables are reachable only from C: every reference a script can reach (_G, package.loaded, the
- * registry's globals that chunks get as _ENV) points at a proxy. */
+ * tables are reachable only from C: every reference a script can reach points at a proxy (_G and
+ * its fields, package and its tables, the registry's globals that chunks get as _ENV). The real
+ * package.loaded keeps the real tables, because Lua's tracebacks and argument errors look function
+ * names up there ("string.find", "engine.db.exec"); scripts see it only through a proxy that maps
+ * them (mapped_index, proxy_next) and through require, which maps its result (guarded_require). */
 
 static const char proxy_mark = 'p';  /* key (its address) set in every proxy's metatable */
 static const char proxies_key = 'm'; /* registry: real table -> its proxy, for the frozen ones */
