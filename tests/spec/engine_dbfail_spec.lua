@@ -58,7 +58,7 @@ local function serve(argv, env)
   local logdir = testing.mkdtemp()
   local s = { port = port, log = logdir .. "/server.log" }
   dirs[#dirs + 1] = logdir
-  local full = { testing.exe(), "serve", "--listen", "127.0.0.1:" .. port, "--workers", "1" }
+  local full = { env and env.exe or testing.exe(), "serve", "--listen", "127.0.0.1:" .. port, "--workers", "1" }
   for _, a in ipairs(argv) do full[#full + 1] = a end
   if env and env.unprivileged then full = unprivileged(full) end
   s.pid = testing.spawn(full, s.log, { APIENGINE_KEY = KEY })
@@ -112,26 +112,31 @@ after_each(function()
   end
 end)
 
--- A directory others can enter, with a database made (and started once, so it holds the key's
--- fingerprint) by this process.
+-- A directory others can enter, with copies of the binary, the scripts and the schema (the
+-- checkout may be where nobody cannot go), and a database made (and started once, so it holds
+-- the key's fingerprint) by this process. Returns the directory, the database, the arguments and
+-- options for serve.
 local function made_db()
   local dir = testing.mkdtemp()
   dirs[#dirs + 1] = dir
-  sh("chmod 0755 " .. dir .. " && mkdir " .. dir .. "/data && chmod 0755 " .. dir .. "/data")
+  sh("chmod 0755 " .. dir .. " && mkdir " .. dir .. "/data " .. dir .. "/bin && chmod 0755 " .. dir .. "/data "
+    .. dir .. "/bin && cp " .. testing.exe() .. " " .. dir .. "/bin/apiengine && cp -r scripts schema " .. dir
+    .. "/ && chmod -R a+rX " .. dir .. "/bin " .. dir .. "/scripts " .. dir .. "/schema")
   local db = dir .. "/data/db.sqlite"
-  local s = serve { "--db", db, "--scripts", "scripts", "--schema", "schema" }
+  local args = { "--db", db, "--scripts", dir .. "/scripts", "--schema", dir .. "/schema" }
+  local s = serve(args)
   assert.is_nil(s.code, s.read_log())
   assert.equal(0, s.stop())
   os.remove(db .. ".lock")
   sh("chmod 0644 " .. db)
-  return dir, db
+  return dir, db, args, { unprivileged = true, exe = dir .. "/bin/apiengine" }
 end
 
 describe("a database the server cannot write", function()
   it("is refused at start-up when its directory is not writable, naming the directory and why", function()
-    local dir, db = made_db()
+    local dir, db, args, as = made_db()
     if not ROOT then sh("chmod 0555 " .. dir .. "/data") end
-    local s = serve({ "--db", db, "--scripts", "scripts", "--schema", "schema" }, { unprivileged = true })
+    local s = serve(args, as)
     if not ROOT then sh("chmod 0755 " .. dir .. "/data") end
     assert.equal(1, s.code, s.read_log())
     assert.truthy(s.read_log():find("error database " .. db .. ": its directory " .. dir .. "/data is not writable by "
@@ -142,9 +147,9 @@ describe("a database the server cannot write", function()
   end)
 
   it("is refused at start-up when the file is not writable, naming the file and why", function()
-    local dir, db = made_db()
+    local dir, db, args, as = made_db()
     if ROOT then sh("chown nobody " .. dir .. "/data") else sh("chmod 0444 " .. db) end
-    local s = serve({ "--db", db, "--scripts", "scripts", "--schema", "schema" }, { unprivileged = true })
+    local s = serve(args, as)
     assert.equal(1, s.code, s.read_log())
     assert.truthy(s.read_log():find("error database " .. db .. ": " .. db .. " is not writable by this user (uid "
       .. SERVER_UID .. "): Permission denied; every write (token issuance included) would fail: make it writable "
@@ -153,9 +158,9 @@ describe("a database the server cannot write", function()
   end)
 
   it("starts as the same user once the file and directory are writable (the check is no blanket refusal)", function()
-    local dir, db = made_db()
+    local dir, _, args, as = made_db()
     if ROOT then sh("chown -R nobody " .. dir .. "/data") end
-    local s = serve({ "--db", db, "--scripts", "scripts", "--schema", "schema" }, { unprivileged = true })
+    local s = serve(args, as)
     assert.is_nil(s.code, s.read_log())
     local res = request(s.port, "POST", "/v2/integrations/customer", '{"CustomerName": "Acme", "Email": "o@acme.io"}')
     assert.equal(200, res.status, res.body)
