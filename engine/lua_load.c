@@ -22,8 +22,12 @@
 #define ENG_MAX_SCRIPT_BYTES (16u << 20)
 #define ENG_MAX_SCRIPTS 1024
 
+static const char script_env_key = 'e'; /* registry: the environment of script chunks (test mode) */
+
 /* Loads path as a text chunk named "@path"; pushes the function or an error message.
- * The name is pushed before the file is read, so nothing raises while the source is held. */
+ * The name is pushed before the file is read, so nothing raises while the source is held.
+ * Under `apiengine test` the chunk's _ENV is the scripts' read-only view of the globals (in the
+ * server that is the registry's globals, which every chunk gets anyway). */
 static int load_text_file(lua_State *L, const char *path) {
   const char *chunkname = lua_pushfstring(L, "@%s", path);
   size_t len = 0;
@@ -36,6 +40,12 @@ static int load_text_file(lua_State *L, const char *path) {
   int st = luaL_loadbufferx(L, src, len, chunkname, "t"); /* reports errors, never raises */
   free(src);
   lua_remove(L, -2);
+  if (st == LUA_OK) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &script_env_key) == LUA_TTABLE)
+      lua_setupvalue(L, -2, 1);
+    else
+      lua_pop(L, 1);
+  }
   return st;
 }
 
@@ -274,6 +284,21 @@ static int guarded_collectgarbage(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* load for scripts under `apiengine test`: the global load (upvalue 1), with the scripts' view
+ * of the globals (upvalue 2) as the default environment instead of busted's. */
+static int script_load(lua_State *L) {
+  int n = lua_gettop(L);
+  if (n < 4) {
+    lua_settop(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    n = 4;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 /* __index of the real global table: reading a global that does not exist is an error. */
 static int undeclared_read(lua_State *L) {
   return luaL_error(L, "undeclared global '%s' (a typo? globals are the standard library only)",
@@ -381,9 +406,22 @@ void eng_lua_load_sandbox(lua_State *L, int test_mode) {
   lua_setglobal(L, "debug");
 }
 
-void eng_lua_load_freeze(lua_State *L) {
+void eng_lua_load_freeze(lua_State *L, int test_mode) {
   static const char *const libs[] = {"string", "table", "math", "os", "coroutine", "utf8", "debug", NULL};
   lua_pushglobaltable(L);
+  if (test_mode) {
+    /* busted keeps the real globals: the scripts get a copy of them (the standard library and
+     * what the sandbox set, as busted has not run yet), frozen as the server's are. */
+    int real = lua_gettop(L);
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, real)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, real + 1);
+    }
+    lua_remove(L, real);
+  }
   int g = lua_gettop(L);
 
   lua_pushcfunction(L, guarded_rawset);
@@ -391,9 +429,11 @@ void eng_lua_load_freeze(lua_State *L) {
   lua_getfield(L, g, "require");
   lua_pushcclosure(L, guarded_require, 1);
   lua_setfield(L, g, "require");
-  lua_getfield(L, g, "collectgarbage");
-  lua_pushcclosure(L, guarded_collectgarbage, 1);
-  lua_setfield(L, g, "collectgarbage");
+  if (!test_mode) { /* under busted the collector is the test run's, and specs drive it */
+    lua_getfield(L, g, "collectgarbage");
+    lua_pushcclosure(L, guarded_collectgarbage, 1);
+    lua_setfield(L, g, "collectgarbage");
+  }
 
   /* The standard library: _G.string is the proxy; package.loaded keeps the real table (Lua's
    * tracebacks look function names up there), which scripts see as the proxy. */
@@ -453,7 +493,20 @@ void eng_lua_load_freeze(lua_State *L) {
   freeze_table(L, -1, "_G", NULL);
   lua_pushvalue(L, -1);
   lua_setfield(L, g, "_G");
-  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  if (test_mode) {
+    lua_getfield(L, g, "load");
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, script_load, 2);
+    lua_setfield(L, g, "load");
+    push_proxies(L); /* require "_G" and package.loaded._G give scripts their view, not busted's */
+    lua_pushglobaltable(L);
+    lua_pushvalue(L, -3);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &script_env_key);
+  } else {
+    lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  }
   lua_pop(L, 1);
 }
 

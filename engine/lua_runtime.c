@@ -682,14 +682,14 @@ static int init_p(lua_State *L) {
   lua_pushlightuserdata(L, c->rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &rt_key);
   luaL_openlibs(L);
-  eng_lua_modules_preload(L, !opt->test_mode);
+  eng_lua_modules_preload(L, 1);
   eng_lua_load_sandbox(L, opt->test_mode);
   eng_lua_db_attach(L, NULL); /* the registry slot exists from here on: later attaches do not allocate */
   eng_lua_request_init(c->rt, L);
   eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
+  eng_lua_load_freeze(L, opt->test_mode);
   if (!opt->test_mode) {
     eng_lua_config_copies(L);
-    eng_lua_load_freeze(L);
     /* The metatables every request shares: one changed by a script would change the requests
      * after it (getmetatable(req).__index = nil). Protected, getmetatable gives false. */
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->req_mt);

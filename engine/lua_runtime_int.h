@@ -128,10 +128,11 @@ void eng_lua_pattern_set(lua_State *L, int idx);
  * text-only, puts the scripts searcher into package.searchers and, unless test_mode, takes
  * away process control, the file system and most of debug. */
 void eng_lua_load_sandbox(lua_State *L, int test_mode);
-/* Server mode, once the state is set up: makes the standard library, package and the global
- * table read-only to scripts (proxies, see lua_load.c), rawset refuse them, reading an undeclared
- * global an error, and the proxy of _G the environment of every chunk loaded from then on. */
-void eng_lua_load_freeze(lua_State *L);
+/* Once the state is set up: makes the standard library, package and the global table read-only
+ * to scripts (proxies, see lua_load.c), rawset refuse them, reading an undeclared global an
+ * error, and the proxy of _G the environment of every chunk loaded from then on. In test_mode
+ * busted keeps the real globals: the scripts' chunks (and their load) get a frozen copy. */
+void eng_lua_load_freeze(lua_State *L, int test_mode);
 /* Replaces the table at idx with a read-only proxy of it; name is for error messages. */
 void eng_lua_load_readonly(lua_State *L, int idx, const char *name);
 /* Makes a read-only proxy of the table at idx (left there) that require and package.loaded give

@@ -420,3 +420,57 @@ end)
     assert.equal(0, s.stop())
   end)
 end)
+
+describe("the sandbox under `apiengine test` (in-process app: busted keeps its globals, scripts do not)", function()
+  local dir = testing.mkdtemp()
+  os.execute("mkdir -p " .. dir .. "/lib")
+  write(dir .. "/lib/mylib.lua", "return { count = 0 }\n")
+  write(dir .. "/attacks.lua", ATTACKS)
+  local app = spec.app { scripts = dir, schema = SCHEMA }
+  teardown(function() testing.rmtree(dir) end)
+
+  local RO = " (keep your own values in a local table)"
+  local RAWSET = "rawset: the table is read-only (globals, the standard library and the engine's modules)"
+  local cases = {
+    ipairs = "global 'ipairs' is read-only (use a local of your own)",
+    G_ipairs = "global 'ipairs' is read-only (use a local of your own)",
+    string_rep = "string is read-only: cannot set 'rep'" .. RO,
+    rawset_G = RAWSET, rawset_G_new = RAWSET, rawset_string = RAWSET,
+    unlock_G = "cannot change a protected metatable",
+    unlock_string = "cannot change a protected metatable",
+    string_mt = "attempt to index a boolean value",
+    engine_db = "engine.db is read-only: cannot set 'exec'" .. RO,
+    loaded = "package.loaded is read-only: cannot set 'engine.db'" .. RO,
+    loaded_string = "string is read-only: cannot set 'rep'" .. RO,
+    require_string = "string is read-only: cannot set 'rep'" .. RO,
+    require_G = "global 'ipairs' is read-only (use a local of your own)",
+    searchers = "package.searchers is read-only: cannot set '2'" .. RO,
+    load = "global 'ipairs' is read-only (use a local of your own)",
+    new_global = "assignment to undeclared global 'evil' (use local)",
+    os_getenv = "os is read-only: cannot set 'getenv'" .. RO,
+  }
+
+  it("refuses the same writes as the server; the scripts and busted's own globals keep working", function()
+    local names = {}
+    for name in pairs(cases) do names[#names + 1] = name end
+    table.sort(names)
+    for i, name in ipairs(names) do
+      local res = app.request("POST", "/break/" .. name)
+      assert.equal(200, res.status, name)
+      assert.same({ ok = false, err = cases[name] }, res.json, name)
+      res = app.request("GET", "/works", { headers = { Host = "x" } })
+      assert.equal(200, res.status, name .. ": " .. tostring(res.error))
+      assert.same({ "abab", "xxx", { 10, 20, 30 }, "function", i }, { res.json.rep, res.json.srep, res.json.t,
+        res.json.exec, res.json.count }, name)
+    end
+    assert.equal("function", type(ipairs))
+    assert.equal("xx", string.rep("x", 2))
+    assert.is_nil(rawget(_G, "evil"))
+  end)
+
+  it("raises with its name when a script reads an undeclared global", function()
+    local res = app.request("GET", "/undeclared")
+    assert.same({ ok = false, err = "undeclared global 'no_such_global' (a typo? globals are the standard library "
+      .. "only)" }, res.json)
+  end)
+end)
