@@ -78,6 +78,8 @@ static const opt opts[] = {
      "ms the whole process may take to stop on SIGTERM/SIGINT; exit 1 past it (default 10000)"},
     {"--budget-ms", "APIENGINE_BUDGET_MS", "budget_ms", T_INT, OFF(budget_ms), 1, 3600000,
      "time budget of one handler, 503 past it (default 1000)"},
+    {"--load-budget-ms", "APIENGINE_LOAD_BUDGET_MS", "load_budget_ms", T_INT, OFF(load_budget_ms), 1, 3600000,
+     "time budget of loading the scripts at start-up, reload and check (default 30000)"},
     {"--memory-limit-mb", "APIENGINE_MEMORY_LIMIT_MB", "memory_limit_mb", T_MB, OFF(memory_limit), 8, 1 << 20,
      "memory cap of each worker's Lua state (default 256)"},
     {"--pid-file", "APIENGINE_PID_FILE", "pid_file", T_STR, OFF(pid_file), 0, 0,
@@ -114,6 +116,7 @@ void eng_config_init(eng_config *c) {
   c->max_connections = ENG_DEFAULT_MAX_CONNECTIONS;
   c->drain_ms = ENG_DEFAULT_DRAIN_MS;
   c->budget_ms = ENG_DEFAULT_BUDGET_MS;
+  c->load_budget_ms = ENG_DEFAULT_LOAD_BUDGET_MS;
   c->memory_limit = (size_t)ENG_DEFAULT_MEMORY_MB << 20;
   c->healthz_path = strdup("/healthz");
   c->readyz_path = strdup("/readyz");

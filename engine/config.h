@@ -25,6 +25,7 @@
 #define ENG_DEFAULT_MAX_CONNECTIONS 20000
 #define ENG_DEFAULT_DRAIN_MS 10000
 #define ENG_DEFAULT_BUDGET_MS 1000
+#define ENG_DEFAULT_LOAD_BUDGET_MS 30000
 #define ENG_DEFAULT_MEMORY_MB 256
 #define ENG_MAX_WORKERS 256
 
@@ -49,6 +50,7 @@ typedef struct eng_config {
   int max_connections;
   int drain_ms;
   int budget_ms;
+  int load_budget_ms;  /* loading the scripts, all of them (start-up, reload, check) */
   size_t memory_limit; /* bytes per worker Lua state */
   eng_buf settings;    /* the config file's `settings`, packed (lua_config.h); empty: none */
   char *pid_file;      /* written at start, removed at exit; NULL: none */

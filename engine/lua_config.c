@@ -25,14 +25,82 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SETTINGS_KEY "engine.config.settings"
 
+static const char copies_key = 'c'; /* registry: true when scripts get copies of table settings */
+
+/* Replaces the value at L's top, when it is a table, with a deep copy (a table met twice, or in
+ * a cycle, copied once: seen maps originals to copies). Keys are copied too: settings may have
+ * table keys. Nesting is bounded by ENG_SETTINGS_MAX_DEPTH (eng_lua_config_unpack). */
+static void copy_top(lua_State *L, int seen) {
+  if (lua_type(L, -1) != LUA_TTABLE)
+    return;
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, seen) == LUA_TTABLE) {
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
+  luaL_checkstack(L, 8, "settings nested too deep");
+  int src = lua_gettop(L);
+  lua_newtable(L);
+  lua_pushvalue(L, src);
+  lua_pushvalue(L, src + 1);
+  lua_rawset(L, seen);
+  lua_pushnil(L);
+  while (lua_next(L, src)) { /* src dst k v */
+    lua_pushvalue(L, -2);
+    copy_top(L, seen); /* src dst k v k' */
+    lua_insert(L, -2);
+    copy_top(L, seen); /* src dst k k' v' */
+    lua_rawset(L, src + 1);
+  }
+  lua_remove(L, src);
+}
+
+/* In the server, a table setting is handed out as a copy: a script that changed the settings'
+ * own tables (config.settings().admin_key = nil) would change them for every request after it. */
+static void hand_out(lua_State *L) {
+  if (lua_type(L, -1) != LUA_TTABLE)
+    return;
+  int copies = lua_rawgetp(L, LUA_REGISTRYINDEX, &copies_key) == LUA_TBOOLEAN;
+  lua_pop(L, 1);
+  if (!copies)
+    return;
+  lua_newtable(L);
+  lua_insert(L, -2);
+  copy_top(L, lua_gettop(L) - 1);
+  lua_remove(L, -2);
+}
+
+void eng_lua_config_copies(lua_State *L) {
+  lua_pushboolean(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &copies_key);
+}
+
+/* 1 when name (len bytes) is the server key's: "key" or "key_*" in any case, the settings
+ * whose variables are APIENGINE_KEY and APIENGINE_KEY_*. */
+static int is_key_name(const char *name, size_t len) {
+  return len >= 3 && strncasecmp(name, "key", 3) == 0 && (len == 3 || name[3] == '_');
+}
+
 /* config.get(name [, default]): APIENGINE_<NAME> from the environment, else the
- * config file's settings[name], else default. */
+ * config file's settings[name], else default. Names are letters, digits and '_' (anything
+ * else could name another variable: "key\0x" would read APIENGINE_KEY); the server key's
+ * names raise: scripts never see the key. */
 static int config_get(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
+  for (size_t i = 0; i < len; i++)
+    if (!isalnum((unsigned char)name[i]) && name[i] != '_')
+      return luaL_argerror(L, 1, "a setting name is letters, digits and '_'");
+  if (is_key_name(name, len))
+    return luaL_error(L,
+                      "engine.config: '%s' is the server key, which scripts cannot read (use engine.crypto: "
+                      "seal, open, sign, verify)",
+                      name);
   lua_settop(L, 2); /* the default, or nil */
   char env[160] = "APIENGINE_";
   if (len < sizeof env - 11) {
@@ -50,12 +118,15 @@ static int config_get(lua_State *L) {
   lua_getfield(L, -1, name);
   if (lua_isnil(L, -1))
     lua_pushvalue(L, 2);
+  else
+    hand_out(L);
   return 1;
 }
 
-/* config.settings(): the settings table itself (tests may change it). */
+/* config.settings(): the settings table itself (tests may change it); a copy in the server. */
 static int config_settings(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, SETTINGS_KEY);
+  hand_out(L);
   return 1;
 }
 

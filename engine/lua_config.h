@@ -4,7 +4,8 @@
  *   config.get(name [, default])  APIENGINE_<NAME> from the environment (a string; NAME is
  *                                 name in upper case), else the config file's settings[name],
  *                                 else default
- *   config.settings()             the settings table itself (tests may change it)
+ *   config.settings()             the settings table itself (tests may change it); in the
+ *                                 server a copy, as are table values config.get gives
  *
  * The config file is evaluated once (eng_lua_config_read_file, called by config.c), in a state
  * of its own.
@@ -43,6 +44,11 @@ int eng_lua_config_read_file(const char *path, eng_config_file_fn fn, void *ud, 
  * empty on failure. Raises on Lua memory errors: call it in protected mode. L's stack is
  * left as it was. */
 int eng_lua_config_pack(lua_State *L, int idx, eng_buf *out, char **err);
+
+/* From now on config.get and config.settings hand out deep copies of table settings, so no
+ * script can change them for the scripts after it (the server; tests change the live table).
+ * Raises on memory errors. */
+void eng_lua_config_copies(lua_State *L);
 
 /* Rebuilds the table packed in data (len bytes, borrowed; NULL or 0 bytes: an empty table)
  * and makes it the settings engine.config reads in L. Raises on memory errors (and on bytes

@@ -90,6 +90,10 @@ static const char *error_kind(int code) {
   switch (code & 0xff) {
   case SQLITE_BUSY:
     return "busy";
+  case SQLITE_READONLY:
+  case SQLITE_FULL:
+  case SQLITE_IOERR:
+    return "unavailable";
   case SQLITE_CONSTRAINT:
     return "constraint";
   default:
@@ -107,6 +111,8 @@ static void push_error_mt(lua_State *L) {
   if (luaL_newmetatable(L, ERROR_MT)) {
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");
+    lua_pushboolean(L, 0); /* shared by every db error: no script may change it for the others */
+    lua_setfield(L, -2, "__metatable");
   }
 }
 
@@ -115,6 +121,9 @@ static void push_error_mt(lua_State *L) {
 static int raise_failure(lua_State *L, int code, const char *msg, int sql, const char *sql_text) {
   if ((code & 0xff) == SQLITE_INTERRUPT)
     eng_lua_budget_check(L); /* our progress handler stopped it: the budget error instead */
+  int primary = code & 0xff;
+  if (primary == SQLITE_READONLY || primary == SQLITE_FULL || primary == SQLITE_IOERR)
+    eng_lua_storage_failed(L, code); /* the database cannot store writes now: a 503, not a 500 */
   if (sql)
     sql = lua_absindex(L, sql);
   lua_createtable(L, 0, 4);

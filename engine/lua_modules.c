@@ -22,10 +22,25 @@ static const luaL_Reg modules[] = {
     {NULL, NULL},
 };
 
-void eng_lua_modules_preload(lua_State *L) {
+/* The preload entry of a module when modules are read-only: the opener (upvalue 1), and a
+ * read-only proxy of the table it made, which require gives scripts, so no script can change
+ * engine.db (or any module) for the scripts after it. package.loaded keeps the real table, where
+ * Lua's tracebacks and argument errors find the functions' names ("engine.db.exec"). */
+static int open_readonly(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_call(L, 0, 1);
+  if (lua_istable(L, -1))
+    eng_lua_load_register_readonly(L, -1, name);
+  return 1;
+}
+
+void eng_lua_modules_preload(lua_State *L, int readonly) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *m = modules; m->func != NULL; m++) {
     lua_pushcfunction(L, m->func);
+    if (readonly)
+      lua_pushcclosure(L, open_readonly, 1);
     lua_setfield(L, -2, m->name);
   }
   lua_pop(L, 1);

@@ -29,6 +29,7 @@
  * logs anything that still escapes. */
 #include "lua_runtime_int.h"
 #include "db.h"
+#include "lua_common.h"
 #include "error.h"
 #include "log.h"
 #include "lua_config.h"
@@ -95,13 +96,38 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Raises the budget error of what is running: a handler's or a load's (never returns). The
+ * count hook of L then raises on every instruction, so pcall cannot swallow it. */
+static int raise_budget(lua_State *L, eng_runtime *rt) {
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  if (rt->loading) {
+    /* A load error reads file:line first, like a syntax error: the innermost line of script
+     * code running (the hook has no caller level of its own to point at). */
+    lua_Debug ar;
+    int found = 0;
+    for (int level = 0; !found && lua_getstack(L, level, &ar); level++)
+      if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+        /* the whole path of a file chunk ("@path"), not short_src's 60 characters */
+        lua_pushfstring(L, "%s:%d: ", ar.source[0] == '@' ? ar.source + 1 : ar.short_src, ar.currentline);
+        found = 1;
+      }
+    if (!found)
+      lua_pushliteral(L, "");
+    return luaL_error(L,
+                      "%sload budget exceeded (%d ms): loading the scripts took too long (--load-budget-ms or "
+                      "APIENGINE_LOAD_BUDGET_MS sets the budget)",
+                      lua_tostring(L, -1), rt->load_budget_ms);
+  }
+  return luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   eng_runtime *rt = eng_rt(L);
-  if (deadline_passed(rt)) {
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
-  }
+  if (deadline_passed(rt))
+    raise_budget(L, rt);
   /* A thread the hook fired on every instruction in a blown run (a script's coroutine kept
    * for later) goes back to the normal rate. */
   if (lua_gethookcount(L) != ENG_HOOK_COUNT)
@@ -124,13 +150,46 @@ void eng_lua_budget_check(lua_State *L) {
   eng_runtime *rt = rt_of(L);
   if (rt == NULL || !deadline_passed(rt))
     return;
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-  luaL_error(L, "script budget exceeded (%d ms)", rt->budget_ms);
+  raise_budget(L, rt);
+}
+
+void eng_lua_budget_load(eng_runtime *rt, int on, int64_t *saved_deadline) {
+  if (on) {
+    *saved_deadline = rt->deadline_ms;
+    rt->budget_blown = rt->mem_blown = 0;
+    rt->deadline_ms = mono_ms() + rt->load_budget_ms;
+    rt->loading = 1;
+  } else {
+    rt->deadline_ms = *saved_deadline;
+    rt->loading = 0;
+  }
+}
+
+void eng_runtime_set_load_budget(eng_runtime *rt, int ms) {
+  rt->load_budget_ms = ms > 0 ? ms : ENG_RUNTIME_LOAD_BUDGET_MS;
 }
 
 int eng_lua_budget_over(lua_State *L) {
   eng_runtime *rt = rt_of(L);
   return rt != NULL && deadline_passed(rt);
+}
+
+void eng_lua_storage_failed(lua_State *L, int sqlite_code) {
+  eng_runtime *rt = rt_of(L);
+  if (rt)
+    rt->storage_code = sqlite_code;
+}
+
+/* The cause of a storage failure, for its log line. */
+static const char *storage_cause(int code) {
+  switch (code & 0xff) {
+  case SQLITE_READONLY:
+    return "SQLITE_READONLY: the database cannot be written (a read-only file, directory or connection)";
+  case SQLITE_FULL:
+    return "SQLITE_FULL: the disk is full, or the database reached its size limit";
+  default:
+    return "SQLITE_IOERR: the disk reported an I/O error";
+  }
 }
 
 void eng_lua_budget_sql_hold(lua_State *L, int delta) {
@@ -200,6 +259,7 @@ static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, int64_t deadl
   lua_xmove(L, co, nargs + 1);
   rt->budget_blown = 0;
   rt->mem_blown = 0;
+  rt->storage_code = 0;
   r->outer_deadline = rt->deadline_ms;
   rt->deadline_ms = deadline;
   /* The hook stays on co after the call: closing a failed call's to-be-closed variables
@@ -493,17 +553,32 @@ static void script_failed(call *c, lua_State *L) {
   eng_runtime *rt = c->rt;
   int blown = rt->budget_blown || rt->mem_blown;
   c->blown |= blown;
-  push_error_text(L, &c->run);
-  size_t len;
-  const char *text = lua_tolstring(L, -1, &len);
-  eng_log_msg(ENG_LOG_ERROR, c->lr.request_id, text, len);
-  lua_pop(L, 1);
+  int storage = blown ? 0 : rt->storage_code;
+  if (storage) { /* one line with the cause; the traceback would say nothing more useful */
+    char line[256];
+    int n = snprintf(line, sizeof line, "storage unavailable: a write could not be stored (%s); answered 503",
+                     storage_cause(storage));
+    eng_log_msg(ENG_LOG_ERROR, c->lr.request_id, line,
+                n < 0                     ? 0
+                : (size_t)n < sizeof line ? (size_t)n
+                                          : sizeof line - 1);
+  } else {
+    push_error_text(L, &c->run);
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    eng_log_msg(ENG_LOG_ERROR, c->lr.request_id, text, len);
+    lua_pop(L, 1);
+  }
   run_close(rt, &c->run);
   run_release(rt, &c->run);
   eng_buf_reset(&c->resp->headers);
   c->resp->content_type[0] = '\0';
-  eng_metrics_script_error(rt->route);
-  if (blown) {
+  if (!storage)
+    eng_metrics_script_error(rt->route);
+  if (storage) {
+    eng_buf_appendf(&c->resp->headers, "Retry-After: %d\r\n", ENG_STORAGE_RETRY_AFTER_S);
+    call_error(c, L, 503, "storage_unavailable", "the database cannot store writes right now; try again later");
+  } else if (blown) {
     eng_metrics_budget_exceeded(rt->mem_blown);
     if (rt->mem_blown)
       lua_gc(L, LUA_GCCOLLECT);
@@ -831,13 +906,25 @@ static int init_p(lua_State *L) {
   lua_pushlightuserdata(L, c->rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &rt_key);
   luaL_openlibs(L);
-  eng_lua_modules_preload(L);
+  eng_lua_modules_preload(L, 1);
   eng_lua_load_sandbox(L, opt->test_mode);
   eng_lua_db_attach(L, NULL); /* the registry slot exists from here on: later attaches do not allocate */
   eng_lua_request_init(c->rt, L);
   eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
-  if (!opt->test_mode)
-    eng_lua_load_lock_globals(L);
+  eng_lua_load_freeze(L, opt->test_mode);
+  if (!opt->test_mode) {
+    eng_lua_config_copies(L);
+    /* The metatables every request shares: one changed by a script would change the requests
+     * after it (getmetatable(req).__index = nil). Protected, getmetatable gives false. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->req_mt);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->headers_mt);
+    eng_lua_push_array_mt(L);
+    for (int i = 0; i < 3; i++) {
+      lua_pushboolean(L, 0);
+      lua_setfield(L, -2, "__metatable");
+      lua_pop(L, 1);
+    }
+  }
   if (opt->db)
     eng_runtime_set_db(c->rt, opt->db);
   return 0;
@@ -849,6 +936,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   if (rt == NULL)
     return eng_errorf(err, ENG_ENOMEM, "out of memory");
   rt->budget_ms = opt->budget_ms > 0 ? opt->budget_ms : 1000;
+  eng_runtime_set_load_budget(rt, opt->load_budget_ms);
   rt->mem_limit = opt->memory_limit ? opt->memory_limit : (size_t)256 << 20;
   rt->error_hook = LUA_NOREF;
   rt->before_hooks = rt->after_hooks = LUA_NOREF;

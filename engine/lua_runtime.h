@@ -18,11 +18,15 @@
 typedef struct eng_db eng_db;
 typedef struct eng_runtime eng_runtime;
 
+#define ENG_RUNTIME_LOAD_BUDGET_MS 30000 /* the default load budget (config.h's ENG_DEFAULT_LOAD_BUDGET_MS) */
+
 typedef struct eng_runtime_options {
   const char *scripts_dir; /* loaded at creation (server mode), "dir[:dir...]"; may be NULL */
   const eng_buf *settings; /* engine.config's settings as eng_config_load packed them
                               (eng_config.settings); borrowed for the call; NULL: none */
   int budget_ms;           /* per handler call */
+  int load_budget_ms;      /* for loading the scripts, all of them, in each eng_runtime_load_scripts;
+                              0: ENG_RUNTIME_LOAD_BUDGET_MS */
   size_t memory_limit;     /* bytes for the whole Lua state */
   int test_mode;           /* full standard library, writable globals, system package paths (busted) */
   eng_db *db;              /* attached before the scripts load, so they can read it at start-up; may be NULL */
@@ -30,7 +34,8 @@ typedef struct eng_runtime_options {
 
 /* Creates the state, opens the engine modules and, when scripts_dir is set,
  * loads every scripts_dir/ *.lua file in name order. A load or runtime error in
- * a script fails with ENG_ELUA and *err = a malloc'd message naming file:line;
+ * a script, or a load that runs past load_budget_ms or the memory cap, fails with
+ * ENG_ELUA and *err = a malloc'd message naming file:line;
  * a state that cannot be built (memory) with ENG_ENOMEM and a message. opt and
  * what it points to are borrowed for the call (opt->db: until detached). */
 int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **err);
@@ -44,12 +49,18 @@ lua_State *eng_runtime_lua(eng_runtime *rt);
  * off again on detach and in eng_runtime_free: detach or free the runtime before closing db. */
 void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
 
+/* Sets the load budget of later eng_runtime_load_scripts calls (ms; 0: the default). */
+void eng_runtime_set_load_budget(eng_runtime *rt, int ms);
+
 /* Loads the route scripts of dirs (as eng_runtime_new does), replacing the routes
  * already registered. dirs is one directory or several separated by ':', an
  * overlay: the first directory's *.lua files run in name order, a same-named
  * file of a later directory taking the place of an earlier one, then each later
  * directory's other files in name order; `require` searches the last directory
- * first. ENG_ELUA (or ENG_EINVAL, ENG_ETOOBIG) with a malloc'd *err on failure. */
+ * first. The whole load runs under the load budget (the count hook and the deadline checks of
+ * long C work, as a handler runs under its budget) and the memory cap: past either it stops
+ * with ENG_ELUA and a message naming the file:line and the setting that sets the limit.
+ * ENG_ELUA (or ENG_EINVAL, ENG_ETOOBIG) with a malloc'd *err on failure. */
 int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err);
 
 /* Routes and runs one request. Always fills resp (errors become responses); resp must

@@ -40,9 +40,12 @@ struct eng_runtime {
   eng_db *db;         /* borrowed; NULL when detached */
   char *scripts_dir;  /* "dir[:dir...]" of the last load, for require (lua_load.c); may be NULL */
   int budget_ms;
+  int load_budget_ms;         /* of eng_runtime_load_scripts (lua_load.c) */
+  int loading;                /* a load is in progress: budget errors name the load budget */
   size_t mem_used, mem_limit; /* the allocator's count and cap, for the whole state */
   int budget_blown, mem_blown;
   int64_t deadline_ms;      /* of the budgeted run in progress (monotonic ms); ENG_NO_DEADLINE between runs */
+  int storage_code;         /* SQLite code of a write the database could not store in this run, or 0 */
   int sql_hold;             /* > 0: the SQL progress handler lets statements finish (lua_db.c's rollbacks) */
   int error_hook;           /* registry ref of route.on_error's function, or LUA_NOREF */
   int before_hooks;         /* registry refs of the route.before / route.after functions: arrays in */
@@ -91,6 +94,17 @@ void eng_lua_budget_check(lua_State *L);
  * Never raises. Needs one free stack slot. */
 int eng_lua_budget_over(lua_State *L);
 
+/* Starts (or ends, with on = 0) the budget of a script load: the deadline is now plus the load
+ * budget, the flags are cleared, and budget errors say the load budget was exceeded. What was
+ * in force before is kept in *saved_deadline and put back at the end. Never raises. */
+void eng_lua_budget_load(eng_runtime *rt, int on, int64_t *saved_deadline);
+
+/* lua_db.c reports a write the database could not store (SQLITE_READONLY, SQLITE_FULL,
+ * SQLITE_IOERR: the disk, not the request): if the handler then fails, the answer is 503 with
+ * Retry-After (ENG_STORAGE_RETRY_AFTER_S) and one log line naming the cause. Never raises. */
+#define ENG_STORAGE_RETRY_AFTER_S 30
+void eng_lua_storage_failed(lua_State *L, int sqlite_code);
+
 /* lua_db.c brackets the statements that undo a failed transaction with +1 / -1: while any is
  * running, the SQL progress handler does not interrupt statements past the deadline (a rollback
  * must finish). No-op in states eng_runtime_new did not make. */
@@ -117,8 +131,16 @@ void eng_lua_pattern_set(lua_State *L, int idx);
  * text-only, puts the scripts searcher into package.searchers and, unless test_mode, takes
  * away process control, the file system and most of debug. */
 void eng_lua_load_sandbox(lua_State *L, int test_mode);
-/* Makes a write to an undeclared global an error (server mode). */
-void eng_lua_load_lock_globals(lua_State *L);
+/* Once the state is set up: makes the standard library, package and the global table read-only
+ * to scripts (proxies, see lua_load.c), rawset refuse them, reading an undeclared global an
+ * error, and the proxy of _G the environment of every chunk loaded from then on. In test_mode
+ * busted keeps the real globals: the scripts' chunks (and their load) get a frozen copy. */
+void eng_lua_load_freeze(lua_State *L, int test_mode);
+/* Replaces the table at idx with a read-only proxy of it; name is for error messages. */
+void eng_lua_load_readonly(lua_State *L, int idx, const char *name);
+/* Makes a read-only proxy of the table at idx (left there) that require and package.loaded give
+ * scripts in its place once the state is frozen (eng_lua_load_freeze). */
+void eng_lua_load_register_readonly(lua_State *L, int idx, const char *name);
 
 /* ---- lua_request.c ---- */
 
@@ -138,7 +160,8 @@ void eng_lua_route_reset_hooks(eng_runtime *rt, lua_State *L);
 
 /* ---- lua_modules.c ---- */
 
-/* Registers every engine module (engine.json, engine.route, ...) in package.preload. */
-void eng_lua_modules_preload(lua_State *L);
+/* Registers every engine module (engine.json, engine.route, ...) in package.preload; with
+ * readonly, require gives scripts a read-only proxy of each (eng_lua_load_register_readonly). */
+void eng_lua_modules_preload(lua_State *L, int readonly);
 
 #endif

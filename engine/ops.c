@@ -73,6 +73,42 @@ static int ensure_parent_dir(const char *path) {
   return 0;
 }
 
+/* Refuses a database this process could not write: a server on it would start and answer
+ * /healthz, then fail every write (token issuance included). The database file, its -wal and -shm
+ * files (when they exist) and its directory (where SQLite makes them and the server its lock) must
+ * be writable. access() uses the real ids, which are the effective ones here; for root it passes
+ * whatever the mode bits say, as the writes would, and still fails on a read-only file system. */
+static int check_writable(const char *path, char **err) {
+  char dir[OPS_PATH_MAX], file[OPS_PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  if (strlen(path) >= sizeof dir)
+    return eng_errorf(err, ENG_ETOOBIG, "database path too long: %s", path);
+  if (slash == NULL) {
+    strcpy(dir, ".");
+  } else {
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+  }
+  if (access(dir, W_OK | X_OK) != 0)
+    return eng_errorf(err, ENG_ECONFIG,
+                      "database %s: its directory %s is not writable by this user (uid %u): %s; SQLite makes the "
+                      "database's -wal and -shm files there, so every write (token issuance included) would fail: "
+                      "make the directory writable for this user, or point --db elsewhere",
+                      path, dir, (unsigned)geteuid(), strerror(errno));
+  static const char *const suffixes[] = {"", "-wal", "-shm"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+    if (path_with(file, path, suffixes[i]) != 0)
+      return eng_errorf(err, ENG_ETOOBIG, "database path too long: %s", path);
+    if (access(file, F_OK) == 0 && access(file, W_OK) != 0)
+      return eng_errorf(err, ENG_ECONFIG,
+                        "database %s: %s is not writable by this user (uid %u): %s; every write (token issuance "
+                        "included) would fail: make it writable for this user (chown, chmod), or point --db elsewhere",
+                        path, file, (unsigned)geteuid(), strerror(errno));
+  }
+  return 0;
+}
+
 /* The pid written in fd's file, or 0 when it holds none. */
 static long read_pid_fd(int fd) {
   char text[PID_TEXT_MAX + 1];
@@ -384,6 +420,7 @@ static int check_load(const eng_config *cfg, const eng_buf *settings, int limit,
       .scripts_dir = cfg->scripts_dir,
       .settings = settings,
       .budget_ms = cfg->budget_ms,
+      .load_budget_ms = cfg->load_budget_ms,
       .memory_limit = cfg->memory_limit,
       .db = scratch,
   };
@@ -502,7 +539,9 @@ static void warn_restart_settings(unsigned id, const eng_config *now, const eng_
               now->header_timeout_ms != fresh->header_timeout_ms || now->idle_timeout_ms != fresh->idle_timeout_ms ||
               now->max_connections != fresh->max_connections || now->drain_ms != fresh->drain_ms,
           "HTTP limits", names, z, &n);
-  name_if(now->budget_ms != fresh->budget_ms || now->memory_limit != fresh->memory_limit, "budgets", names, z, &n);
+  name_if(now->budget_ms != fresh->budget_ms || now->load_budget_ms != fresh->load_budget_ms ||
+              now->memory_limit != fresh->memory_limit,
+          "budgets", names, z, &n);
   if (n > 0)
     eng_log_warn("reload %u: the configuration now differs in %s; a reload applies only the scripts and `settings`: "
                  "restart for the rest",
@@ -619,6 +658,8 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
     rc = eng_errorf(&err, ENG_EIO, "cannot create the directory of %s: %s", cfg->db_path, strerror(errno));
     goto fail;
   }
+  if (!memory && (rc = check_writable(cfg->db_path, &err)) != 0)
+    goto fail;
   if (!memory && (rc = lock_take(&s.lock, cfg->db_path, cfg->handover, &err)) != 0)
     goto fail;
   if (cfg->handover && s.lock.held)

@@ -61,6 +61,7 @@ static eng_runtime_options runtime_options(const worker *w, const eng_buf *setti
       .scripts_dir = w->cfg->scripts_dir,
       .settings = settings,
       .budget_ms = w->cfg->budget_ms,
+      .load_budget_ms = w->cfg->load_budget_ms,
       .memory_limit = w->cfg->memory_limit,
       .db = w->db, /* scripts may read the database while they load (e.g. to warm caches) */
   };

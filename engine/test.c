@@ -202,8 +202,13 @@ static int t_close_db(lua_State *L) {
 static int t_load_scripts(lua_State *L) {
   test_state *ts = TS(L);
   const char *dir = luaL_checkstring(L, 1);
+  lua_Integer load_ms = luaL_optinteger(L, 2, 0); /* the load budget for this load; 0: the default */
+  luaL_argcheck(L, load_ms >= 0 && load_ms <= 3600000, 2, "load budget out of range (0..3600000 ms)");
   char *err = NULL;
-  if (eng_runtime_load_scripts(ts->rt, dir, &err) != 0) {
+  eng_runtime_set_load_budget(ts->rt, (int)load_ms);
+  int rc = eng_runtime_load_scripts(ts->rt, dir, &err);
+  eng_runtime_set_load_budget(ts->rt, 0);
+  if (rc != 0) {
     lua_pushstring(L, err ? err : "cannot load scripts");
     free(err);
     return lua_error(L);

@@ -72,7 +72,8 @@ spec.clock = {
   now = function() return require("engine.time").now() end,
 }
 
---- In-process app: see the top of this file. opts: scripts, schema, settings, limits.
+--- In-process app: see the top of this file. opts: scripts, schema, settings, limits,
+--- load_budget_ms (the budget of loading the scripts; default the server's, 30 s).
 function spec.app(opts)
   opts = opts or {}
   local setup, teardown = hooks()
@@ -99,7 +100,7 @@ function spec.app(opts)
     apply_settings(app.settings)
     testing.limits(opts.limits)
     testing.limit_clear()
-    testing.load_scripts(opts.scripts or testing.scripts_dir)
+    testing.load_scripts(opts.scripts or testing.scripts_dir, opts.load_budget_ms)
     app.db = require "engine.db"
   end)
   teardown(function()
