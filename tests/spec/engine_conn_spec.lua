@@ -32,7 +32,9 @@ end
 describe("output back-pressure", function()
   local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 2, args = { "--access-log", "off" } }
 
-  it("keeps the server under 256 MiB while 100 clients pipeline 64 KiB of requests for big answers and never read",
+  -- #rss: the ThreadSanitizer pass leaves this one out (its shadow memory counts in VmRSS); the plain
+  -- and ASan passes run it.
+  it("keeps the server under 256 MiB while 100 clients pipeline 64 KiB of requests for big answers and never read #rss",
     function()
       local base = rss_mib(srv.pid)
       -- 128 requests of 512 bytes each per connection, each asking for a 256 KiB answer: 32 MiB
