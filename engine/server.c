@@ -18,6 +18,11 @@
 
 atomic_int eng_server_stopping;
 
+/* The database's checkpointer while eng_server_run runs (db.h): set before the first worker
+ * starts and cleared after the last one has closed its connection. When it runs, the workers'
+ * commits never checkpoint the WAL themselves. */
+static eng_db_checkpointer *checkpointer;
+
 /* ---- worker lifecycle ---------------------------------------------------------------------- */
 
 static void on_sweep(uv_timer_t *t) {
@@ -163,7 +168,7 @@ static void worker_main(void *arg) {
   worker *w = arg;
   char *err = NULL;
   int rc;
-  eng_db_options dbo = {.synchronous = w->cfg->synchronous};
+  eng_db_options dbo = {.synchronous = w->cfg->synchronous, .no_autocheckpoint = checkpointer != NULL};
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
     goto fail;
@@ -487,6 +492,11 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   }
   if ((rc = bind_all(cfg, ws, n, &port)) != 0)
     goto out;
+  eng_db_checkpointer_options cpo = {.synchronous = cfg->synchronous};
+  char *cperr = NULL;
+  if (eng_db_checkpointer_start(&checkpointer, cfg->db_path, &cpo, &cperr) != 0)
+    eng_log_warn("%s; commits checkpoint the WAL themselves", cperr ? cperr : "db: no checkpointer");
+  free(cperr);
   /* The signal handlers come before the first worker: a worker serves as soon as it listens,
    * and a SIGTERM then must drain, not kill (libuv queues it until the loop below runs). */
   main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl}; /* n: the started workers, below */
@@ -545,6 +555,8 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
       uv_sem_destroy(&ws[i].started);
   }
 out:
+  eng_db_checkpointer_stop(checkpointer); /* every worker has closed its connection: the last checkpoint */
+  checkpointer = NULL;
   free(ws);
   uv_close((uv_handle_t *)&rl.done, NULL); /* no worker is left to send to it */
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);
