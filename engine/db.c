@@ -392,7 +392,7 @@ struct eng_db_checkpointer {
   sqlite3 *h;        /* used by the thread only (and by start before the thread exists) */
   eng_db_checkpointer_options o;
   long long frame_bytes; /* one WAL frame: page size + 24 */
-  _Atomic unsigned long long passive, truncates, busy;
+  _Atomic unsigned long long passive, restarts, busy;
   _Atomic long long wal_frames_max;
 };
 
@@ -408,9 +408,9 @@ static int checkpoint(eng_db_checkpointer *cp, int mode, int *log, int *copied) 
   return rc;
 }
 
-/* A PASSIVE checkpoint, then a TRUNCATE one when the WAL is still bigger than truncate_bytes.
- * The PASSIVE one copies nearly everything without holding anyone up, so the TRUNCATE one (which
- * holds off writers while it runs) has little left to copy. */
+/* A PASSIVE checkpoint, then a RESTART one when the WAL still holds more than restart_bytes
+ * (db.h says why). The PASSIVE one copies nearly everything without holding anyone up, so the
+ * RESTART one, which holds off writers while it runs, has little left to copy. */
 static void checkpoint_pass(eng_db_checkpointer *cp) {
   int log, copied;
   int rc = checkpoint(cp, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
@@ -420,15 +420,15 @@ static void checkpoint_pass(eng_db_checkpointer *cp) {
   }
   if (copied)
     atomic_fetch_add(&cp->passive, 1);
-  if (log < 0 || (long long)log * cp->frame_bytes <= cp->o.truncate_bytes)
+  if (log < 0 || (long long)log * cp->frame_bytes <= cp->o.restart_bytes)
     return;
-  rc = checkpoint(cp, SQLITE_CHECKPOINT_TRUNCATE, &log, &copied);
+  rc = checkpoint(cp, SQLITE_CHECKPOINT_RESTART, &log, &copied);
   if (rc == SQLITE_OK)
-    atomic_fetch_add(&cp->truncates, 1);
+    atomic_fetch_add(&cp->restarts, 1);
   else if (rc == SQLITE_BUSY)
     atomic_fetch_add(&cp->busy, 1);
   else
-    eng_log_warn("db: truncating checkpoint failed: %s", sqlite3_errmsg(cp->h));
+    eng_log_warn("db: restarting checkpoint failed: %s", sqlite3_errmsg(cp->h));
 }
 
 static void *checkpointer_main(void *arg) {
@@ -455,7 +455,7 @@ static void *checkpointer_main(void *arg) {
   int log, copied;
   int rc = checkpoint(cp, SQLITE_CHECKPOINT_TRUNCATE, &log, &copied);
   if (rc == SQLITE_OK)
-    atomic_fetch_add(&cp->truncates, 1);
+    atomic_fetch_add(&cp->restarts, 1);
   else
     eng_log_warn("db: final checkpoint failed: %s", sqlite3_errmsg(cp->h));
   return NULL;
@@ -485,13 +485,13 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
     o.synchronous = "FULL";
   if (o.interval_ms == 0)
     o.interval_ms = ENG_DB_CHECKPOINT_INTERVAL_MS;
-  if (o.truncate_bytes == 0)
-    o.truncate_bytes = ENG_DB_CHECKPOINT_TRUNCATE_BYTES;
-  if (o.truncate_wait_ms == 0)
-    o.truncate_wait_ms = ENG_DB_CHECKPOINT_TRUNCATE_WAIT_MS;
+  if (o.restart_bytes == 0)
+    o.restart_bytes = ENG_DB_CHECKPOINT_RESTART_BYTES;
+  if (o.restart_wait_ms == 0)
+    o.restart_wait_ms = ENG_DB_CHECKPOINT_RESTART_WAIT_MS;
   if (strcmp(o.synchronous, "FULL") != 0 && strcmp(o.synchronous, "NORMAL") != 0 && strcmp(o.synchronous, "OFF") != 0)
     return eng_errorf(err, ENG_EINVAL, "db: synchronous must be FULL, NORMAL or OFF, not \"%s\"", o.synchronous);
-  if (o.interval_ms < 1 || o.interval_ms > 60000 || o.truncate_bytes < 0 || o.truncate_wait_ms < 0)
+  if (o.interval_ms < 1 || o.interval_ms > 60000 || o.restart_bytes < 0 || o.restart_wait_ms < 0)
     return eng_errorf(err, ENG_EINVAL, "db: checkpointer options out of range");
   if (strcmp(path, ":memory:") == 0 || path[0] == '\0')
     return eng_errorf(err, ENG_EINVAL, "db: a checkpointer needs a database file");
@@ -519,7 +519,7 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
     goto fail;
   }
   sqlite3_extended_result_codes(cp->h, 1);
-  sqlite3_busy_timeout(cp->h, o.truncate_wait_ms);
+  sqlite3_busy_timeout(cp->h, o.restart_wait_ms);
   char pragma[128];
   snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%lld; PRAGMA wal_autocheckpoint=0",
            o.synchronous, ENG_DB_JOURNAL_LIMIT_BYTES);
@@ -551,7 +551,7 @@ fail:
 
 void eng_db_checkpointer_stats(eng_db_checkpointer *cp, eng_db_checkpoint_stats *out) {
   out->passive = atomic_load(&cp->passive);
-  out->truncates = atomic_load(&cp->truncates);
+  out->restarts = atomic_load(&cp->restarts);
   out->busy = atomic_load(&cp->busy);
   out->wal_frames_max = atomic_load(&cp->wal_frames_max);
 }

@@ -91,33 +91,36 @@ int eng_db_after_request(eng_db *db);
 /* ---- the checkpointer ----
  * A thread with its own connection that moves the WAL's pages into the database file, so that no
  * request does it: a commit on a connection opened with no_autocheckpoint only appends to the
- * WAL. Every interval_ms it runs a PASSIVE checkpoint (it copies what no reader still needs and
- * never waits for a lock: writers and readers go on beside it); when the WAL still holds more
- * than truncate_bytes after that, a TRUNCATE checkpoint (it waits up to truncate_wait_ms for the
- * readers of old snapshots and holds off writers while it copies the few pages the PASSIVE one
- * left, then empties the file). Stopping it runs a last TRUNCATE checkpoint (waiting up to
- * ENG_DB_CHECKPOINT_FINAL_WAIT_MS), so a clean exit leaves an empty WAL. */
+ * WAL. Every interval_ms it runs a PASSIVE checkpoint: it copies what no reader still needs and
+ * never waits for a lock, so writers and readers go on beside it. Under a steady stream of commits
+ * a PASSIVE checkpoint never catches up with the last frame, and a WAL is only rewound by a writer
+ * once everything in it was copied: so when the WAL still holds more than restart_bytes after the
+ * PASSIVE one, a RESTART checkpoint follows (it holds off writers while it copies the few frames
+ * the PASSIVE one left, waits up to restart_wait_ms for readers of old snapshots, and the next
+ * commit then writes from the start of the file; the file is cut back to
+ * ENG_DB_JOURNAL_LIMIT_BYTES if it grew past it). Stopping it runs a TRUNCATE checkpoint (waiting
+ * up to ENG_DB_CHECKPOINT_FINAL_WAIT_MS), so a clean exit leaves an empty WAL. */
 
 #define ENG_DB_CHECKPOINT_INTERVAL_MS 100
-#define ENG_DB_CHECKPOINT_TRUNCATE_BYTES (256LL * 1024 * 1024)
-#define ENG_DB_CHECKPOINT_TRUNCATE_WAIT_MS 100
+#define ENG_DB_CHECKPOINT_RESTART_BYTES (32LL * 1024 * 1024)
+#define ENG_DB_CHECKPOINT_RESTART_WAIT_MS 100
 #define ENG_DB_CHECKPOINT_FINAL_WAIT_MS 5000
 
 typedef struct eng_db_checkpointer eng_db_checkpointer;
 
 typedef struct eng_db_checkpointer_options {
-  const char *synchronous;  /* as eng_db_options (FULL when NULL): FULL syncs the database file after each copy */
-  int interval_ms;          /* between PASSIVE checkpoints; 0: ENG_DB_CHECKPOINT_INTERVAL_MS; 1..60000 */
-  long long truncate_bytes; /* 0: ENG_DB_CHECKPOINT_TRUNCATE_BYTES; negative is ENG_EINVAL */
-  int truncate_wait_ms;     /* 0: ENG_DB_CHECKPOINT_TRUNCATE_WAIT_MS; negative is ENG_EINVAL */
+  const char *synchronous; /* as eng_db_options (FULL when NULL): FULL syncs the database file after each copy */
+  int interval_ms;         /* between PASSIVE checkpoints; 0: ENG_DB_CHECKPOINT_INTERVAL_MS; 1..60000 */
+  long long restart_bytes; /* 0: ENG_DB_CHECKPOINT_RESTART_BYTES; negative is ENG_EINVAL */
+  int restart_wait_ms;     /* 0: ENG_DB_CHECKPOINT_RESTART_WAIT_MS; negative is ENG_EINVAL */
 } eng_db_checkpointer_options;
 
 /* What a checkpointer has done so far (read at any time, from any thread). */
 typedef struct eng_db_checkpoint_stats {
-  unsigned long long passive;   /* PASSIVE checkpoints that copied at least one page */
-  unsigned long long truncates; /* TRUNCATE checkpoints that emptied the WAL */
-  unsigned long long busy;      /* TRUNCATE checkpoints that gave up waiting (tried again later) */
-  long long wal_frames_max;     /* the most frames seen in the WAL before a checkpoint */
+  unsigned long long passive;  /* PASSIVE checkpoints that copied at least one frame */
+  unsigned long long restarts; /* RESTART checkpoints that completed (and the final TRUNCATE one) */
+  unsigned long long busy;     /* RESTART checkpoints that gave up waiting (tried again later) */
+  long long wal_frames_max;    /* the most frames seen in the WAL at a checkpoint */
 } eng_db_checkpoint_stats;
 
 /* Opens its own connection to path (a file: ":memory:" and "" are ENG_EINVAL; the database must
