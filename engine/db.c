@@ -564,5 +564,10 @@ void eng_db_checkpointer_stop(eng_db_checkpointer *cp) {
   pthread_cond_signal(&cp->cv);
   pthread_mutex_unlock(&cp->mu);
   pthread_join(cp->thread, NULL);
+  eng_db_checkpoint_stats st;
+  eng_db_checkpointer_stats(cp, &st);
+  eng_log_info("db: checkpointer stopped: %llu passive checkpoints, %llu restarting ones (the final one included), "
+               "%llu deferred for readers; the WAL held at most %lld frames",
+               st.passive, st.restarts, st.busy, st.wal_frames_max);
   checkpointer_free(cp);
 }

@@ -134,7 +134,7 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
 void eng_db_checkpointer_stats(eng_db_checkpointer *cp, eng_db_checkpoint_stats *out);
 
 /* Wakes the thread, which runs the final TRUNCATE checkpoint (a failure is logged), then joins
- * it, closes its connection and frees cp. Call it after the other connections are closed or
+ * it, logs its counts (one info line), closes its connection and frees cp. Call it after the other connections are closed or
  * idle, or the final checkpoint may wait for them. NULL is a no-op. */
 void eng_db_checkpointer_stop(eng_db_checkpointer *cp);
 
