@@ -450,12 +450,16 @@ static void *checkpointer_main(void *arg) {
   }
   pthread_mutex_unlock(&cp->mu);
 
-  /* The final one: everything into the database file and an empty WAL. */
-  sqlite3_busy_timeout(cp->h, ENG_DB_CHECKPOINT_FINAL_WAIT_MS);
+  /* The final one: everything into the database file and an empty WAL. Another process on the
+   * same database (a server started with --handover) may still be writing: then the WAL is its. */
   int log, copied;
+  (void)checkpoint(cp, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+  sqlite3_busy_timeout(cp->h, ENG_DB_CHECKPOINT_FINAL_WAIT_MS);
   int rc = checkpoint(cp, SQLITE_CHECKPOINT_TRUNCATE, &log, &copied);
   if (rc == SQLITE_OK)
     atomic_fetch_add(&cp->restarts, 1);
+  else if (rc == SQLITE_BUSY)
+    eng_log_info("db: final checkpoint left the WAL as it is: another connection still uses it");
   else
     eng_log_warn("db: final checkpoint failed: %s", sqlite3_errmsg(cp->h));
   return NULL;

@@ -104,7 +104,7 @@ int eng_db_after_request(eng_db *db);
 #define ENG_DB_CHECKPOINT_INTERVAL_MS 100
 #define ENG_DB_CHECKPOINT_RESTART_BYTES (32LL * 1024 * 1024)
 #define ENG_DB_CHECKPOINT_RESTART_WAIT_MS 100
-#define ENG_DB_CHECKPOINT_FINAL_WAIT_MS 5000
+#define ENG_DB_CHECKPOINT_FINAL_WAIT_MS 2000
 
 typedef struct eng_db_checkpointer eng_db_checkpointer;
 
@@ -133,9 +133,11 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
 /* Copies the counters into *out. */
 void eng_db_checkpointer_stats(eng_db_checkpointer *cp, eng_db_checkpoint_stats *out);
 
-/* Wakes the thread, which runs the final TRUNCATE checkpoint (a failure is logged), then joins
- * it, logs its counts (one info line), closes its connection and frees cp. Call it after the other connections are closed or
- * idle, or the final checkpoint may wait for them. NULL is a no-op. */
+/* Wakes the thread, which runs the final TRUNCATE checkpoint, then joins it, logs its counts
+ * (one info line), closes its connection and frees cp. Call it after the other connections of
+ * this process are closed or idle; connections of another process (a server started with
+ * --handover) that keep the WAL busy past ENG_DB_CHECKPOINT_FINAL_WAIT_MS get it left to them.
+ * NULL is a no-op. */
 void eng_db_checkpointer_stop(eng_db_checkpointer *cp);
 
 /* The rest of the storage API, in its own headers: included here so that a caller of the
