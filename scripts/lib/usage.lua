@@ -233,7 +233,9 @@ local INSERT_CALL = [[
   ON CONFLICT (customer_id, call_sid) DO NOTHING]]
 -- When the insert skipped some, which rows it stored: those after the last seq before it. Exact
 -- because store runs in a write transaction (BEGIN IMMEDIATE: no other writer) and nothing else
--- in it inserts calls; seq is AUTOINCREMENT, so the new rows are the ones above it.
+-- in it inserts calls; seq is AUTOINCREMENT, so the new rows are the ones above it. (Where writers
+-- run concurrently, as on PostgreSQL, INSERT ... RETURNING must answer this instead.) The common
+-- case, no duplicate, costs one max(seq) lookup.
 local LAST_SEQ = "SELECT coalesce(max(seq), 0) AS seq FROM calls"
 local STORED_SINCE = "SELECT call_sid FROM calls WHERE seq > ? AND customer_id = ?"
 local UPSERT_DAY = [[
