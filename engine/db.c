@@ -390,11 +390,29 @@ struct eng_db_checkpointer {
   pthread_cond_t cv; /* signalled by eng_db_checkpointer_stop */
   int stop;          /* under mu */
   sqlite3 *h;        /* used by the thread only (and by start before the thread exists) */
+  int wait_ms;       /* how long the next blocking checkpoint may wait (checkpointer_busy) */
+  int64_t busy_since_us;
   eng_db_checkpointer_options o;
   long long frame_bytes; /* one WAL frame: page size + 24 */
   _Atomic unsigned long long passive, restarts, busy;
   _Atomic long long wal_frames_max;
 };
+
+/* The checkpointer's busy handler: tries again every BUSY_SPIN_US until wait_ms have passed. A
+ * RESTART checkpoint needs the write lock in a moment between two workers' transactions, and the
+ * workers retry every 0.1 to 1 ms (busy_wait): with SQLite's own timeout, which sleeps 1 to 100 ms
+ * between tries, it would seldom get it while they are busy, and the WAL would keep growing. */
+static int checkpointer_busy(void *arg, int count) {
+  eng_db_checkpointer *cp = arg;
+  int64_t now = mono_us();
+  if (count == 0)
+    cp->busy_since_us = now;
+  if (now - cp->busy_since_us >= (int64_t)cp->wait_ms * 1000)
+    return 0;
+  struct timespec ts = {0, BUSY_SPIN_US * 1000L};
+  nanosleep(&ts, NULL);
+  return 1;
+}
 
 /* One checkpoint of the given mode. Returns SQLite's code; *log gets the frames in the WAL
  * (-1 when unknown) and *copied whether any page was copied. */
@@ -420,8 +438,12 @@ static void checkpoint_pass(eng_db_checkpointer *cp) {
   }
   if (copied)
     atomic_fetch_add(&cp->passive, 1);
-  if (log < 0 || (long long)log * cp->frame_bytes <= cp->o.restart_bytes)
+  long long bytes = (long long)log * cp->frame_bytes;
+  if (log < 0 || bytes <= cp->o.restart_bytes)
     return;
+  /* Past ENG_DB_CHECKPOINT_HARD_BYTES the RESTART waits longer, holding off new writers meanwhile:
+   * the WAL must stay bounded even when the workers write without pause. */
+  cp->wait_ms = bytes > ENG_DB_CHECKPOINT_HARD_BYTES ? ENG_DB_CHECKPOINT_HARD_WAIT_MS : cp->o.restart_wait_ms;
   rc = checkpoint(cp, SQLITE_CHECKPOINT_RESTART, &log, &copied);
   if (rc == SQLITE_OK)
     atomic_fetch_add(&cp->restarts, 1);
@@ -454,7 +476,7 @@ static void *checkpointer_main(void *arg) {
    * same database (a server started with --handover) may still be writing: then the WAL is its. */
   int log, copied;
   (void)checkpoint(cp, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
-  sqlite3_busy_timeout(cp->h, ENG_DB_CHECKPOINT_FINAL_WAIT_MS);
+  cp->wait_ms = ENG_DB_CHECKPOINT_FINAL_WAIT_MS;
   int rc = checkpoint(cp, SQLITE_CHECKPOINT_TRUNCATE, &log, &copied);
   if (rc == SQLITE_OK)
     atomic_fetch_add(&cp->restarts, 1);
@@ -523,7 +545,8 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
     goto fail;
   }
   sqlite3_extended_result_codes(cp->h, 1);
-  sqlite3_busy_timeout(cp->h, o.restart_wait_ms);
+  cp->wait_ms = o.restart_wait_ms;
+  sqlite3_busy_handler(cp->h, checkpointer_busy, cp);
   char pragma[128];
   snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%lld; PRAGMA wal_autocheckpoint=0",
            o.synchronous, ENG_DB_JOURNAL_LIMIT_BYTES);

@@ -95,15 +95,20 @@ int eng_db_after_request(eng_db *db);
  * never waits for a lock, so writers and readers go on beside it. Under a steady stream of commits
  * a PASSIVE checkpoint never catches up with the last frame, and a WAL is only rewound by a writer
  * once everything in it was copied: so when the WAL still holds more than restart_bytes after the
- * PASSIVE one, a RESTART checkpoint follows (it holds off writers while it copies the few frames
- * the PASSIVE one left, waits up to restart_wait_ms for readers of old snapshots, and the next
- * commit then writes from the start of the file; the file is cut back to
- * ENG_DB_JOURNAL_LIMIT_BYTES if it grew past it). Stopping it runs a TRUNCATE checkpoint (waiting
- * up to ENG_DB_CHECKPOINT_FINAL_WAIT_MS), so a clean exit leaves an empty WAL. */
+ * PASSIVE one, a RESTART checkpoint follows: it waits up to restart_wait_ms for the write lock
+ * (between two transactions) and for readers of old snapshots, holds off writers while it copies
+ * the few frames the PASSIVE one left, and the next commit then writes from the start of the
+ * file (cut back to ENG_DB_JOURNAL_LIMIT_BYTES if it grew past it). If it cannot get them in time
+ * it tries again at the next tick; once the WAL holds more than ENG_DB_CHECKPOINT_HARD_BYTES it
+ * waits up to ENG_DB_CHECKPOINT_HARD_WAIT_MS, so the WAL stays bounded under any write load.
+ * Stopping it runs a TRUNCATE checkpoint (waiting up to ENG_DB_CHECKPOINT_FINAL_WAIT_MS), so a
+ * clean exit leaves an empty WAL. */
 
 #define ENG_DB_CHECKPOINT_INTERVAL_MS 100
 #define ENG_DB_CHECKPOINT_RESTART_BYTES (32LL * 1024 * 1024)
 #define ENG_DB_CHECKPOINT_RESTART_WAIT_MS 100
+#define ENG_DB_CHECKPOINT_HARD_BYTES (256LL * 1024 * 1024) /* past it a RESTART waits up to ... */
+#define ENG_DB_CHECKPOINT_HARD_WAIT_MS 2000                /* ... this long, so the WAL stays bounded */
 #define ENG_DB_CHECKPOINT_FINAL_WAIT_MS 2000
 
 typedef struct eng_db_checkpointer eng_db_checkpointer;
