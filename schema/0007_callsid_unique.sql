@@ -4,7 +4,9 @@
 -- workers' in-memory key sets (0004, lib/usage.lua): about 70 bytes per stored call per worker,
 -- loaded at each start. This unique index makes it an invariant of the database, whoever writes:
 -- lib/usage.store inserts with INSERT ... ON CONFLICT (customer_id, call_sid) DO NOTHING (SQL that
--- PostgreSQL accepts too) and counts only the rows actually inserted.
+-- PostgreSQL accepts too) and counts only the rows actually inserted. Building it reads and sorts
+-- every stored call once: 53 s for 10,000,000 on the project's (busy) 2-core machine, during the
+-- first start after the upgrade, before the workers listen.
 --
 -- An existing database cannot hold the same (customer, CallSid) twice if every writer went
 -- through lib/usage.store. If one does anyway, this migration fails with
