@@ -1,5 +1,5 @@
-/* db.c - the SQLite connection of one worker: open, statement cache, request cleanup.
- * (Its key sets live in db_keyset.c, migrations in db_migrate.c, the shared struct in db_internal.h.)
+/* db.c - the SQLite connection of one worker: open, statement cache, request cleanup; and the
+ * checkpointer thread that keeps WAL checkpoints off the workers. (Its key sets live in db_keyset.c, migrations in db_migrate.c, the shared struct in db_internal.h.)
  *
  * The statement cache is a hash table (SQL text -> entry) plus a doubly linked LRU list; the
  * least recently fetched statement is finalized when the cache is full. Each fetch also puts the
@@ -8,6 +8,7 @@
 #include "db.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,7 +312,7 @@ static int on_profile(unsigned type, void *ud, void *stmt, void *ns) {
 /* Sets up the freshly opened handle: extended result codes, the busy handler, WAL (for a file),
  * synchronous, foreign keys, cache_size and mmap_size. */
 static int configure(eng_db *db, const char *path, const eng_db_options *o, char **err) {
-  char pragma[160];
+  char pragma[320];
   char mode[32];
 
   sqlite3_extended_result_codes(db->h, 1);
@@ -327,9 +328,9 @@ static int configure(eng_db *db, const char *path, const eng_db_options *o, char
   }
   snprintf(pragma, sizeof pragma,
            "PRAGMA synchronous=%s; PRAGMA foreign_keys=ON; PRAGMA cache_size=%lld; "
-           "PRAGMA mmap_size=%lld",
+           "PRAGMA mmap_size=%lld; PRAGMA journal_size_limit=%lld; PRAGMA wal_autocheckpoint=%d",
            o->synchronous, o->cache_mb < 0 ? -2000LL : -1024LL * o->cache_mb,
-           o->mmap_mb < 0 ? 0LL : 1048576LL * o->mmap_mb);
+           o->mmap_mb < 0 ? 0LL : 1048576LL * o->mmap_mb, ENG_DB_JOURNAL_LIMIT_BYTES, o->no_autocheckpoint ? 0 : 1000);
   if (sqlite3_exec(db->h, pragma, NULL, NULL, NULL) != SQLITE_OK)
     return eng_errorf(err, ENG_EDB, "db: cannot configure %s: %s", path, sqlite3_errmsg(db->h));
   return 0;
@@ -392,4 +393,221 @@ void eng_db_close(eng_db *db) {
   free(db->dirty);
   free(db->buckets);
   free(db);
+}
+
+/* ---- the checkpointer ---- */
+
+struct eng_db_checkpointer {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv; /* signalled by eng_db_checkpointer_stop */
+  int stop;          /* under mu */
+  sqlite3 *h;        /* used by the thread only (and by start before the thread exists) */
+  int wait_ms;       /* how long the next blocking checkpoint may wait (checkpointer_busy) */
+  int64_t busy_since_us;
+  eng_db_checkpointer_options o;
+  long long frame_bytes; /* one WAL frame: page size + 24 */
+  _Atomic unsigned long long passive, restarts, busy;
+  _Atomic long long wal_frames_max;
+};
+
+/* The checkpointer's busy handler: tries again every BUSY_SPIN_US until wait_ms have passed. A
+ * RESTART checkpoint needs the write lock in a moment between two workers' transactions, and the
+ * workers retry every 0.1 to 1 ms (busy_wait): with SQLite's own timeout, which sleeps 1 to 100 ms
+ * between tries, it would seldom get it while they are busy, and the WAL would keep growing. */
+static int checkpointer_busy(void *arg, int count) {
+  eng_db_checkpointer *cp = arg;
+  int64_t now = mono_us();
+  if (count == 0)
+    cp->busy_since_us = now;
+  if (now - cp->busy_since_us >= (int64_t)cp->wait_ms * 1000)
+    return 0;
+  struct timespec ts = {0, BUSY_SPIN_US * 1000L};
+  nanosleep(&ts, NULL);
+  return 1;
+}
+
+/* One checkpoint of the given mode. Returns SQLite's code; *log gets the frames in the WAL
+ * (-1 when unknown) and *copied whether any page was copied. */
+static int checkpoint(eng_db_checkpointer *cp, int mode, int *log, int *copied) {
+  int nlog = -1, nckpt = -1;
+  int rc = sqlite3_wal_checkpoint_v2(cp->h, NULL, mode, &nlog, &nckpt);
+  *log = nlog;
+  *copied = nckpt > 0;
+  if (nlog > atomic_load(&cp->wal_frames_max))
+    atomic_store(&cp->wal_frames_max, (long long)nlog);
+  return rc;
+}
+
+/* A PASSIVE checkpoint, then a RESTART one when the WAL still holds more than restart_bytes
+ * (db.h says why). The PASSIVE one copies nearly everything without holding anyone up, so the
+ * RESTART one, which holds off writers while it runs, has little left to copy. */
+static void checkpoint_pass(eng_db_checkpointer *cp) {
+  int log, copied;
+  int rc = checkpoint(cp, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+  if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+    eng_log_warn("db: checkpoint failed: %s", sqlite3_errmsg(cp->h));
+    return;
+  }
+  if (copied)
+    atomic_fetch_add(&cp->passive, 1);
+  long long bytes = (long long)log * cp->frame_bytes;
+  if (log < 0 || bytes <= cp->o.restart_bytes)
+    return;
+  /* Past ENG_DB_CHECKPOINT_HARD_BYTES the RESTART waits longer, holding off new writers meanwhile:
+   * the WAL must stay bounded even when the workers write without pause. */
+  cp->wait_ms = bytes > ENG_DB_CHECKPOINT_HARD_BYTES ? ENG_DB_CHECKPOINT_HARD_WAIT_MS : cp->o.restart_wait_ms;
+  rc = checkpoint(cp, SQLITE_CHECKPOINT_RESTART, &log, &copied);
+  if (rc == SQLITE_OK)
+    atomic_fetch_add(&cp->restarts, 1);
+  else if (rc == SQLITE_BUSY)
+    atomic_fetch_add(&cp->busy, 1);
+  else
+    eng_log_warn("db: restarting checkpoint failed: %s", sqlite3_errmsg(cp->h));
+}
+
+static void *checkpointer_main(void *arg) {
+  eng_db_checkpointer *cp = arg;
+  pthread_mutex_lock(&cp->mu);
+  while (!cp->stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long ns = ts.tv_nsec + (long long)cp->o.interval_ms * 1000000;
+    ts.tv_sec += (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    while (!cp->stop && pthread_cond_timedwait(&cp->cv, &cp->mu, &ts) != ETIMEDOUT)
+      ;
+    if (cp->stop)
+      break;
+    pthread_mutex_unlock(&cp->mu);
+    checkpoint_pass(cp);
+    pthread_mutex_lock(&cp->mu);
+  }
+  pthread_mutex_unlock(&cp->mu);
+
+  /* The final one: everything into the database file and an empty WAL. Another process on the
+   * same database (a server started with --handover) may still be writing: then the WAL is its. */
+  int log, copied;
+  (void)checkpoint(cp, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+  cp->wait_ms = ENG_DB_CHECKPOINT_FINAL_WAIT_MS;
+  int rc = checkpoint(cp, SQLITE_CHECKPOINT_TRUNCATE, &log, &copied);
+  if (rc == SQLITE_OK)
+    atomic_fetch_add(&cp->restarts, 1);
+  else if (rc == SQLITE_BUSY)
+    eng_log_info("db: final checkpoint left the WAL as it is: another connection still uses it");
+  else
+    eng_log_warn("db: final checkpoint failed: %s", sqlite3_errmsg(cp->h));
+  return NULL;
+}
+
+static void checkpointer_free(eng_db_checkpointer *cp) {
+  if (!cp)
+    return;
+  sqlite3_close_v2(cp->h);
+  pthread_cond_destroy(&cp->cv);
+  pthread_mutex_destroy(&cp->mu);
+  free(cp);
+}
+
+int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const eng_db_checkpointer_options *opt,
+                              char **err) {
+  eng_db_checkpointer_options o = opt ? *opt : (eng_db_checkpointer_options){0};
+  eng_db_checkpointer *cp = NULL;
+  pthread_condattr_t ca;
+  char mode[32];
+  int rc = 0;
+
+  *out = NULL;
+  if (err)
+    *err = NULL;
+  if (!o.synchronous)
+    o.synchronous = "FULL";
+  if (o.interval_ms == 0)
+    o.interval_ms = ENG_DB_CHECKPOINT_INTERVAL_MS;
+  if (o.restart_bytes == 0)
+    o.restart_bytes = ENG_DB_CHECKPOINT_RESTART_BYTES;
+  if (o.restart_wait_ms == 0)
+    o.restart_wait_ms = ENG_DB_CHECKPOINT_RESTART_WAIT_MS;
+  if (strcmp(o.synchronous, "FULL") != 0 && strcmp(o.synchronous, "NORMAL") != 0 && strcmp(o.synchronous, "OFF") != 0)
+    return eng_errorf(err, ENG_EINVAL, "db: synchronous must be FULL, NORMAL or OFF, not \"%s\"", o.synchronous);
+  if (o.interval_ms < 1 || o.interval_ms > 60000 || o.restart_bytes < 0 || o.restart_wait_ms < 0)
+    return eng_errorf(err, ENG_EINVAL, "db: checkpointer options out of range");
+  if (strcmp(path, ":memory:") == 0 || path[0] == '\0')
+    return eng_errorf(err, ENG_EINVAL, "db: a checkpointer needs a database file");
+
+  cp = calloc(1, sizeof *cp);
+  if (!cp)
+    return eng_errorf(err, ENG_ENOMEM, "db: out of memory starting the checkpointer");
+  cp->o = o;
+  if (pthread_mutex_init(&cp->mu, NULL) != 0) {
+    free(cp);
+    return eng_errorf(err, ENG_ENOMEM, "db: cannot create the checkpointer's mutex");
+  }
+  if (pthread_condattr_init(&ca) != 0 || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
+      pthread_cond_init(&cp->cv, &ca) != 0) {
+    pthread_mutex_destroy(&cp->mu);
+    free(cp);
+    return eng_errorf(err, ENG_ENOMEM, "db: cannot create the checkpointer's condition variable");
+  }
+  pthread_condattr_destroy(&ca);
+
+  /* No SQLITE_OPEN_CREATE: the workers' database must already be there. */
+  if (sqlite3_open_v2(path, &cp->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    rc = eng_errorf(err, cp->h ? ENG_EDB : ENG_ENOMEM, "db: checkpointer cannot open %s: %s", path,
+                    cp->h ? sqlite3_errmsg(cp->h) : "out of memory");
+    goto fail;
+  }
+  sqlite3_extended_result_codes(cp->h, 1);
+  cp->wait_ms = o.restart_wait_ms;
+  sqlite3_busy_handler(cp->h, checkpointer_busy, cp);
+  char pragma[128];
+  snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%lld; PRAGMA wal_autocheckpoint=0",
+           o.synchronous, ENG_DB_JOURNAL_LIMIT_BYTES);
+  if (sqlite3_exec(cp->h, pragma, NULL, NULL, NULL) != SQLITE_OK ||
+      pragma_text(cp->h, "PRAGMA journal_mode", mode, sizeof mode) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: checkpointer cannot configure %s: %s", path, sqlite3_errmsg(cp->h));
+    goto fail;
+  }
+  if (strcmp(mode, "wal") != 0) {
+    rc = eng_errorf(err, ENG_EDB, "db: checkpointer: %s is not in WAL mode (journal_mode is %s)", path, mode);
+    goto fail;
+  }
+  char psize[32];
+  if (pragma_text(cp->h, "PRAGMA page_size", psize, sizeof psize) != SQLITE_OK) {
+    rc = eng_errorf(err, ENG_EDB, "db: checkpointer cannot read the page size of %s: %s", path, sqlite3_errmsg(cp->h));
+    goto fail;
+  }
+  cp->frame_bytes = atoll(psize) + 24;
+  if (pthread_create(&cp->thread, NULL, checkpointer_main, cp) != 0) {
+    rc = eng_errorf(err, ENG_EIO, "db: cannot start the checkpointer thread");
+    goto fail;
+  }
+  *out = cp;
+  return 0;
+fail:
+  checkpointer_free(cp);
+  return rc;
+}
+
+void eng_db_checkpointer_stats(eng_db_checkpointer *cp, eng_db_checkpoint_stats *out) {
+  out->passive = atomic_load(&cp->passive);
+  out->restarts = atomic_load(&cp->restarts);
+  out->busy = atomic_load(&cp->busy);
+  out->wal_frames_max = atomic_load(&cp->wal_frames_max);
+}
+
+void eng_db_checkpointer_stop(eng_db_checkpointer *cp) {
+  if (!cp)
+    return;
+  pthread_mutex_lock(&cp->mu);
+  cp->stop = 1;
+  pthread_cond_signal(&cp->cv);
+  pthread_mutex_unlock(&cp->mu);
+  pthread_join(cp->thread, NULL);
+  eng_db_checkpoint_stats st;
+  eng_db_checkpointer_stats(cp, &st);
+  eng_log_info("db: checkpointer stopped: %llu passive checkpoints, %llu restarting ones (the final one included), "
+               "%llu deferred for readers; the WAL held at most %lld frames",
+               st.passive, st.restarts, st.busy, st.wal_frames_max);
+  checkpointer_free(cp);
 }

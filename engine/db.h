@@ -25,6 +25,7 @@
 #define ENG_DB_CACHE_DEFAULT_MB 64         /* page cache per connection (PRAGMA cache_size) */
 #define ENG_DB_MMAP_DEFAULT_MB 1024        /* memory-mapped reads of the database file (PRAGMA mmap_size) */
 #define ENG_DB_SIZE_MAX_MB 65536           /* upper bound for both */
+#define ENG_DB_JOURNAL_LIMIT_BYTES (64LL * 1024 * 1024) /* WAL file kept after a reset (journal_size_limit) */
 #define ENG_DB_CACHE_ENV "APIENGINE_DB_CACHE_MB"
 #define ENG_DB_MMAP_ENV "APIENGINE_DB_MMAP_MB"
 
@@ -39,11 +40,17 @@ typedef struct eng_db_options {
                             * negative: SQLite's own default (2 MiB); above ENG_DB_SIZE_MAX_MB: ENG_EINVAL */
   int mmap_mb;             /* mmap window in MiB; 0: $APIENGINE_DB_MMAP_MB, else ENG_DB_MMAP_DEFAULT_MB;
                             * negative: no mmap; above ENG_DB_SIZE_MAX_MB: ENG_EINVAL */
+  int no_autocheckpoint;   /* non-zero: commits never checkpoint on this connection (wal_autocheckpoint=0);
+                            * for connections beside an eng_db_checkpointer, which does it off the
+                            * request path. 0: SQLite's default (a commit that leaves >= 1000 pages in
+                            * the WAL checkpoints, in the committing thread) */
 } eng_db_options;
 
 /* Opens path (created if missing; ":memory:" allowed) and sets journal_mode=WAL (except for
  * ":memory:" and ""), synchronous, foreign_keys=ON, extended result codes, the busy timeout,
- * cache_size and mmap_size. The environment variables APIENGINE_DB_CACHE_MB / APIENGINE_DB_MMAP_MB
+ * cache_size, mmap_size, journal_size_limit (ENG_DB_JOURNAL_LIMIT_BYTES: a WAL file that grew
+ * past it is truncated back to it when a writer restarts the log) and, with no_autocheckpoint,
+ * wal_autocheckpoint=0. The environment variables APIENGINE_DB_CACHE_MB / APIENGINE_DB_MMAP_MB
  * (a whole number of MiB, 0 = off for mmap; anything else is ENG_EINVAL) apply when the option is 0.
  * A large cache matters for ingestion: inserts at random keys of a big table read and dirty pages
  * all over it; mmap lets reads of clean pages skip the read() copy.
@@ -80,6 +87,63 @@ int eng_db_prepare_ex(eng_db *db, const char *sql, size_t len, sqlite3_stmt **ou
  * statement fetched since the last call and rolls back a transaction left open.
  * Returns 1 if it had to roll back, else 0. */
 int eng_db_after_request(eng_db *db);
+
+/* ---- the checkpointer ----
+ * A thread with its own connection that moves the WAL's pages into the database file, so that no
+ * request does it: a commit on a connection opened with no_autocheckpoint only appends to the
+ * WAL. Every interval_ms it runs a PASSIVE checkpoint: it copies what no reader still needs and
+ * never waits for a lock, so writers and readers go on beside it. Under a steady stream of commits
+ * a PASSIVE checkpoint never catches up with the last frame, and a WAL is only rewound by a writer
+ * once everything in it was copied: so when the WAL still holds more than restart_bytes after the
+ * PASSIVE one, a RESTART checkpoint follows: it waits up to restart_wait_ms for the write lock
+ * (between two transactions) and for readers of old snapshots, holds off writers while it copies
+ * the few frames the PASSIVE one left, and the next commit then writes from the start of the
+ * file (cut back to ENG_DB_JOURNAL_LIMIT_BYTES if it grew past it). If it cannot get them in time
+ * it tries again at the next tick; once the WAL holds more than ENG_DB_CHECKPOINT_HARD_BYTES it
+ * waits up to ENG_DB_CHECKPOINT_HARD_WAIT_MS, so the WAL stays bounded under any write load.
+ * Stopping it runs a TRUNCATE checkpoint (waiting up to ENG_DB_CHECKPOINT_FINAL_WAIT_MS), so a
+ * clean exit leaves an empty WAL. */
+
+#define ENG_DB_CHECKPOINT_INTERVAL_MS 100
+#define ENG_DB_CHECKPOINT_RESTART_BYTES (32LL * 1024 * 1024)
+#define ENG_DB_CHECKPOINT_RESTART_WAIT_MS 100
+#define ENG_DB_CHECKPOINT_HARD_BYTES (256LL * 1024 * 1024) /* past it a RESTART waits up to ... */
+#define ENG_DB_CHECKPOINT_HARD_WAIT_MS 2000                /* ... this long, so the WAL stays bounded */
+#define ENG_DB_CHECKPOINT_FINAL_WAIT_MS 2000
+
+typedef struct eng_db_checkpointer eng_db_checkpointer;
+
+typedef struct eng_db_checkpointer_options {
+  const char *synchronous; /* as eng_db_options (FULL when NULL): FULL syncs the database file after each copy */
+  int interval_ms;         /* between PASSIVE checkpoints; 0: ENG_DB_CHECKPOINT_INTERVAL_MS; 1..60000 */
+  long long restart_bytes; /* 0: ENG_DB_CHECKPOINT_RESTART_BYTES; negative is ENG_EINVAL */
+  int restart_wait_ms;     /* 0: ENG_DB_CHECKPOINT_RESTART_WAIT_MS; negative is ENG_EINVAL */
+} eng_db_checkpointer_options;
+
+/* What a checkpointer has done so far (read at any time, from any thread). */
+typedef struct eng_db_checkpoint_stats {
+  unsigned long long passive;  /* PASSIVE checkpoints that copied at least one frame */
+  unsigned long long restarts; /* RESTART checkpoints that completed (and the final TRUNCATE one) */
+  unsigned long long busy;     /* RESTART checkpoints that gave up waiting (tried again later) */
+  long long wal_frames_max;    /* the most frames seen in the WAL at a checkpoint */
+} eng_db_checkpoint_stats;
+
+/* Opens its own connection to path (a file: ":memory:" and "" are ENG_EINVAL; the database must
+ * exist and be in WAL mode, or ENG_EDB) and starts the thread. opt may be NULL (defaults).
+ * On success *out owns it: eng_db_checkpointer_stop it. On failure *out is NULL and *err (if not
+ * NULL) gets a malloc'd message. */
+int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const eng_db_checkpointer_options *opt,
+                              char **err);
+
+/* Copies the counters into *out. */
+void eng_db_checkpointer_stats(eng_db_checkpointer *cp, eng_db_checkpoint_stats *out);
+
+/* Wakes the thread, which runs the final TRUNCATE checkpoint, then joins it, logs its counts
+ * (one info line), closes its connection and frees cp. Call it after the other connections of
+ * this process are closed or idle; connections of another process (a server started with
+ * --handover) that keep the WAL busy past ENG_DB_CHECKPOINT_FINAL_WAIT_MS get it left to them.
+ * NULL is a no-op. */
+void eng_db_checkpointer_stop(eng_db_checkpointer *cp);
 
 /* The rest of the storage API, in its own headers: included here so that a caller of the
  * connection gets all of it with one include. */

@@ -19,6 +19,11 @@
 
 atomic_int eng_server_stopping;
 
+/* The database's checkpointer while eng_server_run runs (db.h): set before the first worker
+ * starts and cleared after the last one has closed its connection. When it runs, the workers'
+ * commits never checkpoint the WAL themselves. */
+static eng_db_checkpointer *checkpointer;
+
 /* ---- worker lifecycle ---------------------------------------------------------------------- */
 
 static void on_sweep(uv_timer_t *t) {
@@ -151,7 +156,7 @@ static void worker_main(void *arg) {
   worker *w = arg;
   char *err = NULL;
   int rc;
-  eng_db_options dbo = {.synchronous = w->cfg->synchronous};
+  eng_db_options dbo = {.synchronous = w->cfg->synchronous, .no_autocheckpoint = checkpointer != NULL};
   eng_metrics_bind_shard(w->id); /* a no-op shard-less unless --metrics-listen */
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
@@ -556,6 +561,11 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
       close(ws[i].fd);
     goto out;
   }
+  eng_db_checkpointer_options cpo = {.synchronous = cfg->synchronous};
+  char *cperr = NULL;
+  if (eng_db_checkpointer_start(&checkpointer, cfg->db_path, &cpo, &cperr) != 0)
+    eng_log_warn("%s; commits checkpoint the WAL themselves", cperr ? cperr : "db: no checkpointer");
+  free(cperr);
   /* The signal handlers come before the first worker: a worker serves as soon as it listens,
    * and a SIGTERM then must drain, not kill (libuv queues it until the loop below runs). */
   main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl, .sh = sh}; /* n: the started workers, below */
@@ -629,8 +639,11 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
   }
 out:
   eng_metrics_srv_stop(msrv); /* it answered /readyz 503 through the drain */
-  if (!timed_out)
-    eng_metrics_disable(); /* a stuck worker may still record into its shard */
+  if (!timed_out) {
+    eng_metrics_disable();                  /* a stuck worker may still record into its shard */
+    eng_db_checkpointer_stop(checkpointer); /* every worker has closed its connection: the last checkpoint */
+    checkpointer = NULL;
+  }
   if (sh && !timed_out && !uv_is_closing((uv_handle_t *)&sh->exited))
     uv_close((uv_handle_t *)&sh->exited, NULL); /* every worker has been joined */
   uv_close((uv_handle_t *)&rl.done, NULL);      /* no worker is left to send to it */

@@ -1,7 +1,8 @@
 -- calls.lua - POST /v2/integrations/calls, platform envelope (API.md section 6).
 -- App token; body a JSON array of 1 to 1000 call records. All or nothing: the first invalid
 -- record answers 400 "record <0-based index>: <field problem>" and nothing is stored.
--- Idempotent per customer on CallSid (the first record wins, across batches and workers).
+-- Idempotent per customer on CallSid (the first record wins, across batches and workers): the
+-- database's unique index calls(customer_id, call_sid) holds it (schema/0007_callsid_unique.sql).
 -- Durable: the raw rows and their rollups commit in one transaction (synchronous=FULL)
 -- before the 200 is sent. Data = {"Accepted": new records, "Duplicates": skipped records}.
 local route = require "engine.route"
@@ -13,10 +14,6 @@ local auth = require "lib.auth"
 local usage = require "lib.usage"
 
 local APP_EXISTS = "SELECT 1 AS x FROM apps WHERE id = ?"
-
--- Load this worker's CallSid key set now, at start-up, rather than in the first request
--- (about 0.35 s per million stored calls), so no request pays for it under its budget.
-usage.sync_keys()
 
 route.post("/v2/integrations/calls", function(req)
   local app, status, err = auth.require_token(req, "app")
@@ -34,9 +31,8 @@ route.post("/v2/integrations/calls", function(req)
     records[i] = rec
   end
 
-  -- Parsing and validation above, and most of the key set's catch-up here, run before the
-  -- write lock (BEGIN IMMEDIATE), so the other workers can do theirs while one writes.
-  usage.sync_keys()
+  -- Parsing and validation above run before the write lock (BEGIN IMMEDIATE), so the other
+  -- workers can do theirs while one writes.
   local created_at = time.format(time.now())
   local accepted = db.tx(function()
     -- The app may have been deleted since the token check: then nothing is stored.

@@ -3,11 +3,8 @@
 --
 --   usage.check_record(v)            -> record | nil, message naming the field (no "record N: ")
 --   usage.store(customer_id, app_id, records, created_at)
---                                    -> accepted count; call inside db.tx, before it writes (raw
---                                       rows and rollups are written in the caller's transaction)
---   usage.sync_keys()                brings this worker's CallSid key set up to date; optional,
---                                    outside db.tx, so that store has little left to catch up
---                                    while it holds the write lock
+--                                    -> accepted count; call inside db.tx (raw rows and rollups
+--                                       are written in the caller's transaction)
 --   usage.period(query, now_ms)      -> start_ms, end_ms (inclusive, whole seconds)
 --                                       | nil, "invalid_date" | "invalid_period", message
 --   usage.totals(customer_id, start_ms, end_ms) -> { total_calls, total_minutes, inbound_calls,
@@ -226,14 +223,21 @@ function M.check_record(r)
   return rec
 end
 
--- Idempotency (schema/0004_ingest.sql): `calls` is appended in arrival order, and whether a
--- (customer, CallSid) is already recorded is answered by the worker's in-memory key set of
--- `calls`, caught up with this scan. Under BEGIN IMMEDIATE no one else writes, so the answer is
--- exact for the transaction.
-local KEY_SCAN = "SELECT seq, customer_id, call_sid FROM calls WHERE seq > ? ORDER BY seq"
+-- Idempotency (schema/0007_callsid_unique.sql): the unique index calls(customer_id, call_sid)
+-- keeps the first record of a CallSid per customer, whoever writes; the insert skips the others.
+-- The batch's own repeats are dropped here first (the first one wins), so the index only meets
+-- CallSids stored before.
 local INSERT_CALL = [[
   INSERT INTO calls (customer_id, call_sid, app_id, app_user_id, direction, channel, start_ms, duration_s, created_at)
-  VALUES (:customer_id, :sid, :app_id, :user, :direction, :channel, :start_ms, :duration, :created_at)]]
+  VALUES (:customer_id, :sid, :app_id, :user, :direction, :channel, :start_ms, :duration, :created_at)
+  ON CONFLICT (customer_id, call_sid) DO NOTHING]]
+-- When the insert skipped some, which rows it stored: those after the last seq before it. Exact
+-- because store runs in a write transaction (BEGIN IMMEDIATE: no other writer) and nothing else
+-- in it inserts calls; seq is AUTOINCREMENT, so the new rows are the ones above it. (Where writers
+-- run concurrently, as on PostgreSQL, INSERT ... RETURNING must answer this instead.) The common
+-- case, no duplicate, costs one max(seq) lookup.
+local LAST_SEQ = "SELECT coalesce(max(seq), 0) AS seq FROM calls"
+local STORED_SINCE = "SELECT call_sid FROM calls WHERE seq > ? AND customer_id = ?"
 local UPSERT_DAY = [[
   INSERT INTO usage_days (customer_id, day, calls, minutes, inbound, outbound, sip, pstn)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -259,51 +263,62 @@ local APP_YEAR = [[INSERT INTO usage_app_years (customer_id, year, app_id, month
 local USER_YEAR = [[INSERT INTO usage_user_years (customer_id, year, app_id, app_user_id, months) VALUES (?, ?, ?, ?, ?)
                     ON CONFLICT DO UPDATE SET months = months | excluded.months]]
 
--- Inserts the records of one app (the first record of a CallSid wins, across batches too) and
--- adds the new ones to the rollups. Must run inside db.tx. Returns how many were new.
--- The rollups are aggregated here first, so a batch writes one row per hour and per day it
--- touches and one per (day, user), (month, user) and (year, user), not one per record.
-function M.sync_keys()
-  db.keys_sync(KEY_SCAN)
-end
-
-function M.store(customer_id, app_id, records, created_at)
-  -- hour -> counters; day -> counters; day -> hour mask; day -> { user -> hour mask }
-  local hours, days, app_days, users = {}, {}, {}, {}
-  local accepted = 0
-  local sids, taken, rows = {}, {}, {}
-  for i = 1, #records do sids[i] = records[i].sid end
-  local new = db.keys_unseen(KEY_SCAN, customer_id, sids)
+-- The records of one batch without its repeated CallSids (the first one wins).
+local function first_of_each(records)
+  local taken, rows = {}, {}
   for i = 1, #records do
     local r = records[i]
-    if new[i] and not taken[r.sid] then
+    if not taken[r.sid] then
       taken[r.sid] = true
-      accepted = accepted + 1
-      rows[accepted] = r
-      local hour = r.start_ms // HOUR_MS
-      local day = hour // 24
-      local hbit = 1 << (hour - day * 24)
-      local h = hours[hour]
-      if not h then
-        h = { 0, 0, 0, 0, 0, 0 }
-        hours[hour] = h
-      end
-      h[1] = h[1] + 1
-      h[2] = h[2] + (r.duration + 59) // 60
-      if r.direction == "inbound" then h[3] = h[3] + 1 else h[4] = h[4] + 1 end
-      if r.channel == "sip" then h[5] = h[5] + 1 else h[6] = h[6] + 1 end
-      local du = users[day]
-      if not du then
-        du = {}
-        users[day] = du
-        app_days[day] = 0
-      end
-      app_days[day] = app_days[day] | hbit
-      local user = r.user
-      if user then du[user] = (du[user] or 0) | hbit end
+      rows[#rows + 1] = r
     end
   end
-  db.exec_many(INSERT_CALL, rows, { customer_id = customer_id, app_id = app_id, created_at = created_at })
+  return rows
+end
+
+-- Inserts the records of one app (the first record of a CallSid wins, across batches too) and
+-- adds the ones actually inserted to the rollups. Must run inside db.tx. Returns how many were
+-- new. The rollups are aggregated here first, so a batch writes one row per hour and per day it
+-- touches and one per (day, user), (month, user) and (year, user), not one per record.
+function M.store(customer_id, app_id, records, created_at)
+  local rows = first_of_each(records)
+  local before = db.one(LAST_SEQ).seq
+  local inserted = db.exec_many(INSERT_CALL, rows, { customer_id = customer_id, app_id = app_id, created_at = created_at })
+  if inserted < #rows then
+    local stored = {}
+    for _, row in ipairs(db.query(STORED_SINCE, before, customer_id)) do stored[row.call_sid] = true end
+    local kept = {}
+    for i = 1, #rows do
+      if stored[rows[i].sid] then kept[#kept + 1] = rows[i] end
+    end
+    rows = kept
+  end
+  -- hour -> counters; day -> counters; day -> hour mask; day -> { user -> hour mask }
+  local hours, days, app_days, users = {}, {}, {}, {}
+  for i = 1, #rows do
+    local r = rows[i]
+    local hour = r.start_ms // HOUR_MS
+    local day = hour // 24
+    local hbit = 1 << (hour - day * 24)
+    local h = hours[hour]
+    if not h then
+      h = { 0, 0, 0, 0, 0, 0 }
+      hours[hour] = h
+    end
+    h[1] = h[1] + 1
+    h[2] = h[2] + (r.duration + 59) // 60
+    if r.direction == "inbound" then h[3] = h[3] + 1 else h[4] = h[4] + 1 end
+    if r.channel == "sip" then h[5] = h[5] + 1 else h[6] = h[6] + 1 end
+    local du = users[day]
+    if not du then
+      du = {}
+      users[day] = du
+      app_days[day] = 0
+    end
+    app_days[day] = app_days[day] | hbit
+    local user = r.user
+    if user then du[user] = (du[user] or 0) | hbit end
+  end
   for hour, h in pairs(hours) do
     db.exec(UPSERT_HOUR, customer_id, hour, h[1], h[2], h[3], h[4], h[5], h[6])
     local day = hour // 24
@@ -347,7 +362,7 @@ function M.store(customer_id, app_id, records, created_at)
       db.exec(USER_YEAR, customer_id, year, app_id, user, umask)
     end
   end
-  return accepted
+  return #rows
 end
 
 -- ---- GET /usage --------------------------------------------------------------------------------

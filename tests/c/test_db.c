@@ -1,5 +1,6 @@
 /* test_db.c - the SQLite connection layer: open pragmas, statement cache, request cleanup,
- * migrations (order, records, checksums, refusals, atomic failure, concurrent migrators). */
+ * migrations (order, records, checksums, refusals, atomic failure, concurrent migrators), the
+ * checkpointer thread. */
 #define _XOPEN_SOURCE 700
 #include <ftw.h>
 #include <pthread.h>
@@ -658,6 +659,95 @@ static void test_inspect_limit_and_facts(void) {
   free(dirs);
 }
 
+static long long file_size(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* A connection opened with no_autocheckpoint leaves every commit in the WAL, however big; the
+ * checkpointer copies it into the database file on its own thread, rewinds a WAL that passed
+ * restart_bytes (the next commit writes at its start: the file does not grow), and empties it
+ * when stopped, while the writer's connection is still open (so it is not SQLite's checkpoint at
+ * the last close). */
+static void test_checkpointer_moves_the_wal_off_the_writers(void) {
+  const char *path = path_in("ckpt.db");
+  char wal[300];
+  snprintf(wal, sizeof wal, "%s-wal", path);
+  eng_db *w = NULL, *plain = NULL;
+  eng_db_checkpointer *cp = NULL;
+  eng_db_checkpoint_stats st;
+  char *err = NULL;
+  eng_db_options o = {.no_autocheckpoint = 1};
+  CHECK_INT(eng_db_open(&w, path, &o, &err), 0);
+  CHECK_INT(eng_db_open(&plain, path, NULL, &err), 0);
+  if (!w || !plain)
+    goto cleanup;
+  sqlite3 *h = eng_db_handle(w);
+  CHECK_INT(query_int(h, "PRAGMA wal_autocheckpoint"), 0);
+  CHECK_INT(query_int(eng_db_handle(plain), "PRAGMA wal_autocheckpoint"), 1000);
+  CHECK_INT(query_int(h, "PRAGMA journal_size_limit"), ENG_DB_JOURNAL_LIMIT_BYTES);
+  eng_db_close(plain);
+  plain = NULL;
+
+  /* About 1,500 pages in one commit: SQLite's default would checkpoint at 1,000. */
+  CHECK_INT(sqlite3_exec(h,
+                         "CREATE TABLE big (x BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                         "WHERE i < 1500) INSERT INTO big SELECT randomblob(3000) FROM n",
+                         NULL, NULL, NULL),
+            SQLITE_OK);
+  long long wal_full = file_size(wal);
+  CHECK(wal_full > 1500LL * 4096);
+  CHECK(file_size(path) < 64 * 1024); /* nothing copied yet */
+
+  eng_db_checkpointer_options co = {.interval_ms = 20, .restart_bytes = 1024 * 1024};
+  CHECK_INT(eng_db_checkpointer_start(&cp, path, &co, &err), 0);
+  CHECK(err == NULL);
+  if (!cp)
+    goto cleanup;
+  long long t0 = now_ms();
+  do {
+    sleep_ms(10);
+    eng_db_checkpointer_stats(cp, &st);
+  } while (st.restarts < 1 && now_ms() - t0 < 5000);
+  CHECK(st.passive >= 1);
+  CHECK(st.restarts >= 1);
+  CHECK_INT(st.busy, 0);
+  CHECK(st.wal_frames_max >= 1500);
+  CHECK(file_size(path) > 1500LL * 3000);
+  CHECK_INT(query_int(h, "SELECT count(*) FROM big"), 1500);
+
+  /* The WAL was rewound: the next commits write at its start and the file keeps its size; the
+   * stop's final checkpoint empties it. */
+  CHECK_INT(sqlite3_exec(h, "INSERT INTO big VALUES (x'01')", NULL, NULL, NULL), SQLITE_OK);
+  CHECK_INT(file_size(wal), wal_full);
+  eng_db_checkpointer_stop(cp);
+  cp = NULL;
+  CHECK_INT(file_size(wal), 0);
+  CHECK_INT(query_int(h, "SELECT count(*) FROM big"), 1501);
+
+  /* Refusals: no file, a file that does not exist (never created), options out of range. */
+  CHECK_INT(eng_db_checkpointer_start(&cp, ":memory:", NULL, &err), ENG_EINVAL);
+  CHECK(cp == NULL);
+  free(err);
+  CHECK_INT(eng_db_checkpointer_start(&cp, path_in("none.db"), NULL, &err), ENG_EDB);
+  CHECK(cp == NULL);
+  CHECK(file_size(path_in("none.db")) == -1);
+  free(err);
+  co = (eng_db_checkpointer_options){.interval_ms = 60001};
+  CHECK_INT(eng_db_checkpointer_start(&cp, path, &co, &err), ENG_EINVAL);
+  free(err);
+  err = NULL;
+cleanup:
+  eng_db_checkpointer_stop(cp);
+  eng_db_close(plain);
+  eng_db_close(w);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/eng_test_db_XXXXXX");
   if (!mkdtemp(tmpdir)) {
@@ -675,6 +765,7 @@ int main(void) {
   test_concurrent_migrators_apply_each_once();
   test_migration_overlay();
   test_inspect_limit_and_facts();
+  test_checkpointer_moves_the_wal_off_the_writers();
   nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
   return check_summary("test_db");
 }

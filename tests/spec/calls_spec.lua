@@ -90,6 +90,46 @@ describe("POST /v2/integrations/calls", function()
       assert.equal(3, app.db.one("SELECT calls FROM usage_days WHERE customer_id = ?", c.id).calls)
     end)
 
+    -- Rows that reach `calls` without the scripts: a plain INSERT (an import, a repair), and a row
+    -- restored with the seq it had (as from a backup), below what any worker had already read.
+    local function insert_by_sql(customer_id, app_id, sid, seq)
+      app.db.exec([[INSERT INTO calls (seq, customer_id, call_sid, app_id, direction, channel, start_ms, duration_s,
+                                       created_at)
+                    VALUES (?, ?, ?, ?, 'inbound', 'sip', 1717409700000, 60, '2024-06-03T10:15:00.000Z')]],
+                  seq, customer_id, sid, app_id)
+    end
+
+    it("refuses as duplicates CallSids stored by plain SQL, not through the scripts, and counts only the new", function()
+      assert.same({ Accepted = 2, Duplicates = 0 },
+                  U.ingest(app, a.token, { U.call { CallSid = "api-1" }, U.call { CallSid = "api-2" } }))
+      insert_by_sql(c.id, a.id, "by-sql", nil)
+      insert_by_sql(c.id, a.id, "restored", -1)
+      local data = U.ingest(app, a.token, { U.call { CallSid = "restored", Duration = 999 }, U.call { CallSid = "new" },
+                                            U.call { CallSid = "by-sql", Duration = 999 } })
+      assert.same({ Accepted = 1, Duplicates = 2 }, data)
+      assert.same({ { call_sid = "api-1", n = 1, d = 60 }, { call_sid = "api-2", n = 1, d = 60 },
+                    { call_sid = "by-sql", n = 1, d = 60 }, { call_sid = "new", n = 1, d = 60 },
+                    { call_sid = "restored", n = 1, d = 60 } },
+                  app.db.query([[SELECT call_sid, count(*) AS n, max(duration_s) AS d FROM calls WHERE customer_id = ?
+                                 GROUP BY call_sid ORDER BY call_sid]], c.id))
+      -- The rollups counted the three calls that went through the scripts, each once.
+      assert.same({ calls = 3, minutes = 3 },
+                  app.db.one("SELECT sum(calls) AS calls, sum(minutes) AS minutes FROM usage_days WHERE customer_id = ?", c.id))
+    end)
+
+    it("is held by the database: a second row of a customer's CallSid is refused whoever writes it", function()
+      U.ingest(app, a.token, { U.call { CallSid = "once" } })
+      local ok, err = pcall(insert_by_sql, c.id, a.id, "once", nil)
+      assert.is_false(ok)
+      assert.matches("UNIQUE constraint failed: calls.customer_id, calls.call_sid", tostring(err), 1, true)
+      local inserted = app.db.exec([[INSERT INTO calls (customer_id, call_sid, app_id, direction, channel, start_ms,
+                                                        duration_s, created_at)
+                                     VALUES (?, 'once', ?, 'inbound', 'sip', 0, 1, 'x')
+                                     ON CONFLICT (customer_id, call_sid) DO NOTHING]], c.id, a.id)
+      assert.equal(0, inserted)
+      assert.equal(1, P.count(app, "calls WHERE call_sid = 'once'"))
+    end)
+
     it("keeps the same CallSid of another customer apart", function()
       local c2 = P.customer(app)
       local a2 = P.app(app, c2.token)
@@ -247,5 +287,53 @@ describe("POST /v2/integrations/calls", function()
                          "usage_hours", "usage_app_days", "usage_user_days" } do
       assert.equal(0, P.count(app, t .. " WHERE customer_id = ?", c.id), t)
     end
+  end)
+end)
+
+-- schema/0007_callsid_unique.sql on a database made before it.
+describe("migration 0007_callsid_unique.sql", function()
+  local testing = require "engine.testing"
+  local dir
+  setup(function()
+    dir = testing.mkdtemp()
+    -- The migrations before 0007, as a database made by the previous release has them.
+    assert(os.execute("mkdir -p " .. dir .. "/schema && cp schema/000[1-6]_*.sql " .. dir .. "/schema/"))
+  end)
+  teardown(function()
+    testing.close_db()
+    testing.rmtree(dir)
+  end)
+
+  local function old_db(path, sids)
+    testing.open_db(path, dir .. "/schema")
+    local db = require "engine.db"
+    db.exec([[INSERT INTO customers (id, name, email, secret_sealed, created_at, updated_at)
+              VALUES ('c1', 'n', 'e@x.io', x'00', 'x', 'x')]])
+    for i, sid in ipairs(sids) do
+      db.exec([[INSERT INTO calls (customer_id, call_sid, app_id, direction, channel, start_ms, duration_s, created_at)
+                VALUES ('c1', ?, 'a1', 'inbound', 'sip', ?, 1, 'x')]], sid, i)
+    end
+    return db
+  end
+
+  it("adds the unique index to a database without duplicates, keeping its rows", function()
+    local db = old_db(dir .. "/clean.db", { "s1", "s2" })
+    assert.equal(1, testing.open_db(dir .. "/clean.db", "schema"))
+    db = require "engine.db"
+    assert.equal(1, db.one("SELECT count(*) AS n FROM sqlite_master WHERE name = 'calls_customer_sid'").n)
+    assert.same({ { call_sid = "s1" }, { call_sid = "s2" } }, db.query("SELECT call_sid FROM calls ORDER BY seq"))
+  end)
+
+  it("stops on a database holding a CallSid twice for a customer, and changes nothing", function()
+    old_db(dir .. "/dup.db", { "s1", "dup", "dup" })
+    local ok, err = pcall(testing.open_db, dir .. "/dup.db", "schema")
+    assert.is_false(ok)
+    assert.matches("migration 0007_callsid_unique.sql failed: UNIQUE constraint failed: calls.customer_id, calls.call_sid",
+                   tostring(err), 1, true)
+    assert.equal(0, testing.open_db(dir .. "/dup.db", dir .. "/schema"))
+    local db = require "engine.db"
+    assert.equal(0, db.one("SELECT count(*) AS n FROM sqlite_master WHERE name = 'calls_customer_sid'").n)
+    assert.equal(3, db.one("SELECT count(*) AS n FROM calls").n)
+    assert.equal(6, db.one("SELECT max(id) AS n FROM _migrations").n)
   end)
 end)

@@ -165,4 +165,32 @@ describe("POST /v2/integrations/calls on a real server", function()
     assert.same(U.brute(db, c.id, 1717200000000, 1719791999000), u)
     testing.close_db()
   end)
+
+  local function size(path)
+    local f = io.open(path, "rb")
+    if not f then return 0 end
+    local n = f:seek("end")
+    f:close()
+    return n
+  end
+
+  it("copies the WAL into the database file while serving, not in the workers' commits, and exits with no WAL", function()
+    start()
+    local before = size(opts.db)
+    -- A commit of a few dozen pages: SQLite's own checkpoint would wait for 1,000 in the WAL.
+    assert.same({ Accepted = 200, Duplicates = 0 }, U.ingest(srv, a.token, batch_of("ckpt", 200)))
+    assert.is_true(size(opts.db .. "-wal") > 0)
+    local copied = false
+    for _ = 1, 200 do -- the checkpointer runs every 100 ms; 2 s at most
+      if size(opts.db) > before then
+        copied = true
+        break
+      end
+      testing.sleep(10)
+    end
+    assert.is_true(copied, "the database file did not grow while the server ran")
+    assert.equal(0, srv.stop())
+    assert.equal(0, size(opts.db .. "-wal")) -- the final checkpoint emptied it (or the last close removed it)
+    assert.matches("db: checkpointer stopped: [1-9]%d* passive checkpoints", srv.read_log())
+  end)
 end)
