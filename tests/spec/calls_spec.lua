@@ -328,7 +328,7 @@ describe("migration 0007_callsid_unique.sql", function()
     old_db(dir .. "/dup.db", { "s1", "dup", "dup" })
     local ok, err = pcall(testing.open_db, dir .. "/dup.db", "schema")
     assert.is_false(ok)
-    assert.matches("migration 0007_callsid_unique.sql failed: UNIQUE constraint failed: calls.customer_id, calls.call_sid",
+    assert.matches("migration schema/0007_callsid_unique.sql:18 failed: UNIQUE constraint failed: calls.customer_id, calls.call_sid",
                    tostring(err), 1, true)
     assert.equal(0, testing.open_db(dir .. "/dup.db", dir .. "/schema"))
     local db = require "engine.db"
