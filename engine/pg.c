@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "log.h"
 
 /* Type OIDs (catalog/pg_type.h, stable across versions). */
 #define OID_BOOL 16
@@ -73,8 +74,11 @@ struct eng_pg_conn {
   request *req;            /* the request in flight (NULL while draining or for an internal ROLLBACK) */
   request *pending;        /* held: the holder's next query, waiting for the drain to end */
   uint32_t prep_id;        /* the statement being prepared (PH_PREPARE), kept while draining */
+  int cancelling;          /* a PQcancel for this connection is still on the thread pool */
+  uint64_t epoch;          /* +1 each time the PGconn goes: a late cancel's completion is then ignored */
   PGresult *acc;           /* the statement's result so far */
-  unsigned char *prepared; /* prepared[id]: statement eng_<id> exists on this connection */
+  unsigned char *prepared; /* prepared[id]: statement eng_<id>_<gen[id]> exists on this connection */
+  uint16_t *gen;           /* gen[id]: bumped when the server says a statement's plan went stale */
   size_t prepared_cap;
 };
 
@@ -93,6 +97,7 @@ struct request {
   eng_pg_cb cb;
   void *data;
   uv_timer_t timer;
+  int retried;             /* run again once after its prepared statement went stale */
   eng_pg_result *deferred; /* completed inside an API call: delivered by a 0 ms timer */
   eng_pg_conn *deferred_conn;
   request *prev, *next; /* the pool's FIFO */
@@ -181,14 +186,24 @@ static eng_pg_result *result_new(PGresult *pr, int code, eng_pg_kind kind, const
   return r;
 }
 
-/* The message without libpq's "ERROR:  " prefix and trailing newline. */
+/* libpq's message on one line: each run of white space (its messages have newlines and tabs) one
+ * space, none at the ends. */
 static void trim_message(char *dst, size_t cap, const char *msg) {
   if (!msg || !*msg)
     msg = "unknown error";
-  size_t n = strlen(msg);
-  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-    n--;
-  snprintf(dst, cap, "%.*s", (int)n, msg);
+  size_t n = 0;
+  int space = 0;
+  for (const char *p = msg; *p && n + 1 < cap; p++) {
+    if (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') {
+      space = n > 0;
+      continue;
+    }
+    if (space && n + 2 < cap)
+      dst[n++] = ' ';
+    space = 0;
+    dst[n++] = *p;
+  }
+  dst[n] = '\0';
 }
 
 /* Takes pr over (may be NULL: then the connection's message). lost: the connection is gone. */
@@ -642,6 +657,10 @@ int eng_pg_statement(eng_pg *pg, const char *sql, size_t len, const eng_pg_stmt 
 
 static void dispatch(eng_pg *pg);
 static void conn_ready(eng_pg_conn *c);
+
+/* Connected, nothing in flight, and no cancel of an earlier statement still on its way: a cancel
+ * that arrived during the next statement would cancel that one instead. */
+static int usable(const eng_pg_conn *c) { return c->state == C_READY && !c->cancelling; }
 static void conn_lost(eng_pg_conn *c, PGresult *pr);
 static void conn_connect(eng_pg_conn *c);
 
@@ -654,8 +673,10 @@ static void maybe_free(eng_pg *pg) {
       st->id = 0;
       eng_pg_stmt_free(st);
     }
-  for (int i = 0; i < pg->size; i++)
+  for (int i = 0; i < pg->size; i++) {
     free(pg->conns[i].prepared);
+    free(pg->conns[i].gen);
+  }
   void (*done)(void *) = pg->done;
   void *data = pg->done_data;
   free(pg->conns);
@@ -785,6 +806,8 @@ static void drop(eng_pg_conn *c) {
   c->state = C_DOWN;
   c->phase = PH_NONE;
   c->draining = 0;
+  c->cancelling = 0;
+  c->epoch++;
   if (c->prepared)
     memset(c->prepared, 0, c->prepared_cap);
 }
@@ -796,6 +819,8 @@ static void connect_failed(eng_pg_conn *c, const char *why) {
   char msg[MSG_MAX];
   trim_message(msg, sizeof msg, why);
   drop(c);
+  if (pg->healthy && !pg->closing) /* once per outage, not once per attempt */
+    eng_log(ENG_LOG_WARN, "pg: cannot connect to the database (%s); retrying with back-off", msg);
   pg->healthy = 0;
   c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : pg->opt.backoff_min_ms;
   if (c->backoff_ms > pg->opt.backoff_max_ms)
@@ -816,6 +841,8 @@ static void connected(eng_pg_conn *c) {
   c->state = C_READY;
   c->backoff_ms = 0;
   pg->connects++;
+  if (!pg->healthy)
+    eng_log(ENG_LOG_INFO, "pg: connected to the database again");
   pg->healthy = 1;
   /* The server is back: the others waiting out a back-off try again now. */
   for (int i = 0; i < pg->size; i++) {
@@ -848,6 +875,15 @@ static void connect_step(eng_pg_conn *c) {
   }
 }
 
+/* libpq's notices (and the server's FATAL message before it drops an idle connection) go to the
+ * engine's log instead of libpq's default, stderr unformatted. */
+static void notice(void *arg, const char *message) {
+  (void)arg;
+  char msg[MSG_MAX];
+  trim_message(msg, sizeof msg, message);
+  eng_log(strncmp(msg, "FATAL", 5) == 0 ? ENG_LOG_WARN : ENG_LOG_DEBUG, "pg: %s", msg);
+}
+
 static void conn_connect(eng_pg_conn *c) {
   eng_pg *pg = c->pg;
   uv_timer_stop(&c->timer);
@@ -856,6 +892,7 @@ static void conn_connect(eng_pg_conn *c) {
     connect_failed(c, "out of memory");
     return;
   }
+  PQsetNoticeProcessor(c->pc, notice, c);
   if (PQstatus(c->pc) == CONNECTION_BAD) {
     connect_failed(c, PQerrorMessage(c->pc));
     return;
@@ -898,8 +935,17 @@ static int ensure_prepared_cap(eng_pg_conn *c, uint32_t id) {
     return -1;
   memset(p + c->prepared_cap, 0, cap - c->prepared_cap);
   c->prepared = p;
+  uint16_t *g = realloc(c->gen, cap * sizeof *g);
+  if (!g)
+    return -1; /* prepared grew, prepared_cap did not: the next call tries again */
+  memset(g + c->prepared_cap, 0, (cap - c->prepared_cap) * sizeof *g);
+  c->gen = g;
   c->prepared_cap = cap;
   return 0;
+}
+
+static void stmt_name(char *buf, const eng_pg_conn *c, uint32_t id) {
+  snprintf(buf, STMT_NAME_MAX, "eng_%u_%u", id, (unsigned)c->gen[id]);
 }
 
 static void send_exec(eng_pg_conn *c, int named) {
@@ -909,7 +955,7 @@ static void send_exec(eng_pg_conn *c, int named) {
   c->phase = PH_EXEC;
   if (named) {
     char name[STMT_NAME_MAX];
-    snprintf(name, sizeof name, "eng_%u", st->id);
+    stmt_name(name, c, st->id);
     ok = PQsendQueryPrepared(c->pc, name, r->nvals, r->values, r->lengths, r->formats, 0);
   } else {
     ok = PQsendQueryParams(c->pc, st->pg_sql, r->nvals, NULL, r->values, r->lengths, r->formats, 0);
@@ -929,7 +975,7 @@ static void start_query(eng_pg_conn *c, request *r) {
   int named = st->id && ensure_prepared_cap(c, st->id) == 0; /* else: sent unnamed this time */
   if (named && !c->prepared[st->id]) {
     char name[STMT_NAME_MAX];
-    snprintf(name, sizeof name, "eng_%u", st->id);
+    stmt_name(name, c, st->id);
     c->phase = PH_PREPARE;
     c->prep_id = st->id;
     if (!PQsendPrepare(c->pc, name, st->pg_sql, 0, NULL))
@@ -944,7 +990,7 @@ static void start_query(eng_pg_conn *c, request *r) {
 /* c has nothing in flight: give it to its holder's pending query, or roll back what a pooled user
  * left open, or hand it to the next waiter. */
 static void conn_ready(eng_pg_conn *c) {
-  if (c->state != C_READY || c->pg->closing)
+  if (!usable(c) || c->pg->closing)
     return;
   if (c->held) {
     if (c->pending) {
@@ -970,6 +1016,10 @@ static void conn_ready(eng_pg_conn *c) {
 static void conn_lost(eng_pg_conn *c, PGresult *pr) {
   eng_pg *pg = c->pg;
   request *r = c->req, *p = c->pending;
+  char msg[MSG_MAX];
+  trim_message(msg, sizeof msg, PQerrorMessage(c->pc));
+  eng_log(ENG_LOG_WARN, "pg: lost a database connection (%s); %s", msg,
+          c->held ? "its holder's queries fail until it gives it back" : "reconnecting");
   eng_pg_result *res = r ? result_from(pr, c->pc, 1) : NULL;
   if (!r)
     PQclear(pr);
@@ -984,6 +1034,29 @@ static void conn_lost(eng_pg_conn *c, PGresult *pr) {
   if (p)
     fail(p, ENG_PG_KIND_UNAVAILABLE, "the connection to the database was lost");
   dispatch(pg);
+}
+
+/* The server no longer has the named statement (a script ran DEALLOCATE or DISCARD) or refuses its
+ * cached plan (a table under SELECT * changed: "cached plan must not change result type"). Either
+ * way the statement is prepared again; it runs again at once (once per request) unless the error
+ * aborted a transaction, which the caller must then roll back. */
+static int stale_statement(eng_pg_conn *c, request *r, PGresult *pr) {
+  const char *state = pr ? PQresultErrorField(pr, PG_DIAG_SQLSTATE) : NULL;
+  uint32_t id = r->stmt->id;
+  if (!state || id >= c->prepared_cap)
+    return 0;
+  if (strcmp(state, "26000") == 0) {
+    c->prepared[id] = 0;
+  } else if (strcmp(state, "0A000") == 0 && strstr(PQresultErrorMessage(pr), "cached plan")) {
+    c->prepared[id] = 0;
+    c->gen[id]++; /* the stale one stays on the server until the connection ends */
+  } else {
+    return 0;
+  }
+  if (r->retried || PQtransactionStatus(c->pc) == PQTRANS_INERROR)
+    return 0;
+  r->retried = 1;
+  return 1;
 }
 
 /* The statement in flight has ended (its results are all in c->acc). */
@@ -1004,6 +1077,11 @@ static void statement_done(eng_pg_conn *c) {
   if (phase == PH_PREPARE && ok && r) {
     PQclear(pr);
     send_exec(c, 1);
+    return;
+  }
+  if (phase == PH_EXEC && r && r->stmt->id && !ok && stale_statement(c, r, pr)) {
+    PQclear(pr);
+    start_query(c, r); /* prepares it again, under a new name when its plan went stale */
     return;
   }
   if (c->draining)
@@ -1070,7 +1148,8 @@ static void poll_cb(uv_poll_t *h, int status, int events) {
 
 typedef struct cancel_work {
   uv_work_t work;
-  eng_pg *pg;
+  eng_pg_conn *conn;
+  uint64_t epoch;
   PGcancel *cancel;
 } cancel_work;
 
@@ -1083,11 +1162,20 @@ static void cancel_run(uv_work_t *w) {
 static void cancel_after(uv_work_t *w, int status) {
   (void)status;
   cancel_work *cw = w->data;
-  eng_pg *pg = cw->pg;
+  eng_pg_conn *c = cw->conn;
+  eng_pg *pg = c->pg;
+  int current = cw->epoch == c->epoch;
   PQfreeCancel(cw->cancel);
   free(cw);
   pg->handles--;
-  maybe_free(pg);
+  if (pg->closing) {
+    maybe_free(pg);
+    return;
+  }
+  if (current) {
+    c->cancelling = 0;
+    conn_ready(c); /* when the drain has ended already, the connection serves again now */
+  }
 }
 
 /* r's deadline passed while it ran on c: answer it now, cancel the statement, let c drain. */
@@ -1098,10 +1186,12 @@ static void cancel_running(eng_pg_conn *c, request *r) {
   pg->cancels++;
   cancel_work *cw = calloc(1, sizeof *cw);
   if (cw && (cw->cancel = PQgetCancel(c->pc)) != NULL) {
-    cw->pg = pg;
+    cw->conn = c;
+    cw->epoch = c->epoch;
     cw->work.data = cw;
     if (uv_queue_work(pg->loop, &cw->work, cancel_run, cancel_after) == 0) {
       pg->handles++;
+      c->cancelling = 1;
       cw = NULL;
     }
   }
@@ -1142,7 +1232,7 @@ static void dispatch(eng_pg *pg) {
   while (pg->head && !pg->closing) {
     eng_pg_conn *c = NULL;
     for (int i = 0; i < pg->size && !c; i++)
-      if (pg->conns[i].state == C_READY && !pg->conns[i].held)
+      if (usable(&pg->conns[i]) && !pg->conns[i].held)
         c = &pg->conns[i];
     if (!c)
       return;
@@ -1252,7 +1342,7 @@ static request *request_new(eng_pg *pg, int type, size_t extra, int timeout_ms, 
 
 static int has_idle(const eng_pg *pg) {
   for (int i = 0; i < pg->size; i++)
-    if (pg->conns[i].state == C_READY && !pg->conns[i].held)
+    if (usable(&pg->conns[i]) && !pg->conns[i].held)
       return 1;
   return 0;
 }
@@ -1367,7 +1457,7 @@ int eng_pg_query(eng_pg *pg, eng_pg_conn *conn, const char *sql, size_t len, con
     enqueue(pg, r);
   } else if (conn->broken || conn->state == C_DOWN) {
     fail(r, ENG_PG_KIND_UNAVAILABLE, "the connection to the database was lost");
-  } else if (conn->state == C_READY) {
+  } else if (usable(conn)) {
     start_query(conn, r);
   } else {
     r->where = R_PENDING; /* draining a cancelled query */
@@ -1419,7 +1509,7 @@ void eng_pg_get_stats(const eng_pg *pg, eng_pg_stats *st) {
     const eng_pg_conn *c = &pg->conns[i];
     if (c->held)
       st->held++;
-    if (c->state == C_READY && !c->held)
+    if (usable(c) && !c->held)
       st->idle++;
     else if (c->state == C_RUNNING)
       st->running++;

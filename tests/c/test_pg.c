@@ -23,6 +23,13 @@ static char pgdir[256];
 static char conninfo[512];
 static char script[1024];
 static int seq; /* completion order */
+static int ticks;
+static void tick(uv_timer_t *t) {
+  (void)t;
+  ticks++;
+}
+
+#define SQL(text) text, strlen(text) /* a literal and its length */
 
 /* ---- the throwaway server ---- */
 
@@ -284,8 +291,11 @@ static void test_type_round_trips(void) {
                          " '2026-01-02 03:04:05+00'::timestamptz AS q, '{\"a\":1}'::jsonb AS r",
                          v, 13, 0);
   CHECK(r && eng_pg_result_code(r) == 0);
-  if (!r || eng_pg_result_code(r) != 0)
+  if (!r || eng_pg_result_code(r) != 0) {
+    eng_pg_result_free(r);
+    close_pool(pg);
     return;
+  }
   CHECK_INT(eng_pg_result_rows(r), 1);
   CHECK_INT(eng_pg_result_cols(r), 18);
   CHECK_STR(eng_pg_result_name(r, 0), "a");
@@ -397,6 +407,9 @@ static void test_named_parameters_bind_in_translation_order(void) {
   }
   eng_pg_value v[] = {vint(4), vint(2)}; /* b, a */
   CHECK_INT(scalar(pg, NULL, sql, v, 2), 42);
+  const eng_pg_stmt *again = NULL;
+  CHECK_INT(eng_pg_statement(pg, sql, strlen(sql), &again, NULL), 0);
+  CHECK(again == st); /* translated once: the cached translation */
   close_pool(pg);
 }
 
@@ -431,18 +444,18 @@ static void test_errors_map_to_kinds_and_the_pool_keeps_serving(void) {
   waiter w = {0};
   char *err = NULL;
   eng_pg_value one = vint(1);
-  CHECK_INT(eng_pg_query(pg, NULL, "SELECT ?, ?", 11, &one, 1, 0, on_done, &w, &err), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?, ?"), &one, 1, 0, on_done, &w, &err), ENG_EINVAL);
   CHECK(err && strstr(err, "2 parameters, got 1 value"));
   free(err);
   err = NULL;
   eng_pg_value nul = {.type = ENG_PG_TEXT, .s = "a\0b", .len = 3};
-  CHECK_INT(eng_pg_query(pg, NULL, "SELECT ?", 8, &nul, 1, 0, on_done, &w, &err), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?"), &nul, 1, 0, on_done, &w, &err), ENG_EINVAL);
   CHECK(err && strstr(err, "NUL"));
   free(err);
   err = NULL;
-  CHECK_INT(eng_pg_query(pg, NULL, "SELECT ?, :a", 12, NULL, 0, 0, on_done, &w, &err), ENG_EPARSE);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?, :a"), NULL, 0, 0, on_done, &w, &err), ENG_EPARSE);
   free(err);
-  CHECK_INT(eng_pg_query(pg, NULL, "SELECT 1", 8, NULL, 0, -1, on_done, &w, NULL), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT 1"), NULL, 0, -1, on_done, &w, NULL), ENG_EINVAL);
   run_ms(20);
   CHECK(!w.done);
   CHECK(ok(pg, NULL, "DROP TABLE ch, p"));
@@ -470,6 +483,92 @@ static void test_each_text_is_prepared_once_per_connection(void) {
   close_pool(pg);
 }
 
+static void test_stale_prepared_statements_are_prepared_again(void) {
+  eng_pg *pg = open_pool(1, NULL);
+  eng_pg_stats st;
+  CHECK_INT(scalar(pg, NULL, "SELECT 11", NULL, 0), 11);
+  CHECK(ok(pg, NULL, "DEALLOCATE ALL")); /* what a script may do: the pool's names are gone */
+  CHECK_INT(scalar(pg, NULL, "SELECT 11", NULL, 0), 11);
+  eng_pg_get_stats(pg, &st);
+  CHECK_INT(st.prepares, 3); /* SELECT 11, DEALLOCATE ALL, SELECT 11 again */
+
+  CHECK(ok(pg, NULL, "CREATE TABLE grow (a int)"));
+  CHECK(ok(pg, NULL, "INSERT INTO grow VALUES (1)"));
+  eng_pg_result *r = run(pg, NULL, "SELECT * FROM grow", NULL, 0, 0);
+  CHECK(r && eng_pg_result_cols(r) == 1);
+  eng_pg_result_free(r);
+  CHECK(ok(pg, NULL, "ALTER TABLE grow ADD COLUMN b int DEFAULT 2"));
+  r = run(pg, NULL, "SELECT * FROM grow", NULL, 0, 0); /* "cached plan must not change result type" */
+  CHECK(r && eng_pg_result_code(r) == 0 && eng_pg_result_cols(r) == 2 && eng_pg_result_int(r, 0, 1) == 2);
+  eng_pg_result_free(r);
+  CHECK(ok(pg, NULL, "DROP TABLE grow"));
+  close_pool(pg);
+}
+
+/* Waiting on a lock in the database (an advisory lock, as migrations on several nodes take) waits
+ * on the socket, not on the loop. */
+static void test_lock_wait_does_not_block_the_loop(void) {
+  eng_pg *pg = open_pool(2, NULL);
+  eng_pg_conn *a = acquire(pg), *b = acquire(pg);
+  CHECK(ok(pg, a, "SELECT pg_advisory_lock(4242)"));
+  CHECK_INT(scalar(pg, b, "SELECT pg_try_advisory_lock(4242)::int", NULL, 0), 0);
+  waiter w = {0};
+  CHECK_INT(eng_pg_query(pg, b, SQL("SELECT pg_advisory_lock(4242)"), NULL, 0, 0, on_done, &w, NULL), 0);
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  uv_timer_start(&t, tick, 10, 10);
+  ticks = 0;
+  run_ms(200);
+  CHECK(!w.done); /* still waiting for the lock */
+  CHECK(ticks >= 10);
+  CHECK(ok(pg, a, "SELECT pg_advisory_unlock(4242)"));
+  wait_for(&w);
+  CHECK(eng_pg_result_code(w.res) == 0);
+  eng_pg_result_free(w.res);
+  CHECK_INT(scalar(pg, b, "SELECT pg_advisory_unlock(4242)::int", NULL, 0), 1);
+  uv_close((uv_handle_t *)&t, NULL);
+  CHECK_INT(eng_pg_release(a), 0);
+  CHECK_INT(eng_pg_release(b), 0);
+  close_pool(pg);
+}
+
+/* Deadlines that fall just as the statement ends: a cancel still on its way must never hit the
+ * next statement on that connection. Each deadline-less query must succeed; each one with a
+ * deadline either succeeds or times out; every callback fires once, and no connection is lost. */
+static void test_deadlines_racing_the_answer(void) {
+  eng_pg *pg = open_pool(1, NULL);
+  CHECK_INT(scalar(pg, NULL, "SELECT 1", NULL, 0), 1);
+  enum { N = 40 };
+  int timeouts = 0, answered = 0, wrong = 0;
+  for (int i = 0; i < N; i++) {
+    waiter racing = {0}, plain = {0};
+    eng_pg_value v = vint(i);
+    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(0.004), ?::int"), &v, 1, 3 + i % 4, on_done, &racing, NULL),
+              0);
+    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?::int AS i"), &v, 1, 0, on_done, &plain, NULL), 0);
+    wait_for(&racing);
+    wait_for(&plain);
+    if (eng_pg_result_kind(racing.res) == ENG_PG_KIND_TIMEOUT)
+      timeouts++;
+    else if (eng_pg_result_code(racing.res) == 0)
+      answered++;
+    if (eng_pg_result_code(plain.res) != 0 || eng_pg_result_int(plain.res, 0, 0) != i) {
+      fprintf(stderr, "  query %d after a deadline: %s\n", i, eng_pg_result_message(plain.res));
+      wrong++;
+    }
+    eng_pg_result_free(racing.res);
+    eng_pg_result_free(plain.res);
+  }
+  CHECK_INT(wrong, 0);
+  CHECK_INT(timeouts + answered, N);
+  CHECK(timeouts > 0);
+  eng_pg_stats st;
+  eng_pg_get_stats(pg, &st);
+  CHECK_INT(st.connects, 1);
+  printf("racing deadlines: %d of %d timed out, %d answered; every query after them answered\n", timeouts, N, answered);
+  close_pool(pg);
+}
+
 /* Completion order of requests on a pool of one: exactly the order they were submitted. */
 static int order_log[16], order_n;
 static void on_order(eng_pg_result *res, eng_pg_conn *conn, void *data) {
@@ -488,7 +587,7 @@ static void test_fifo_when_more_requesters_than_connections(void) {
       CHECK_INT(eng_pg_acquire(pg, 0, on_order, (void *)(intptr_t)i), 0);
     else
       CHECK_INT(
-          eng_pg_query(pg, NULL, "SELECT pg_sleep(0.001), ?::int", 30, &v, 1, 0, on_order, (void *)(intptr_t)i, NULL),
+          eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(0.001), ?::int"), &v, 1, 0, on_order, (void *)(intptr_t)i, NULL),
           0);
   }
   eng_pg_stats st;
@@ -525,7 +624,7 @@ static void test_pool_of_four_runs_four_at_once(void) {
   uint64_t t0 = uv_now(loop);
   for (int i = 0; i < 16; i++) {
     eng_pg_value v = vint(i);
-    CHECK_INT(eng_pg_query(pg, NULL, "SELECT ?::int AS i, pg_sleep(0.1)", 33, &v, 1, 0, on_done, &w[i], NULL), 0);
+    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?::int AS i, pg_sleep(0.1)"), &v, 1, 0, on_done, &w[i], NULL), 0);
   }
   for (int i = 0; i < 16; i++)
     wait_for(&w[i]);
@@ -541,12 +640,6 @@ static void test_pool_of_four_runs_four_at_once(void) {
   CHECK(max_waiting >= 11);
   printf("16 x pg_sleep(0.1) on a pool of 4: %llu ms\n", (unsigned long long)took);
   close_pool(pg);
-}
-
-static int ticks;
-static void tick(uv_timer_t *t) {
-  (void)t;
-  ticks++;
 }
 
 static void test_deadline_cancels_while_the_loop_serves(void) {
@@ -618,8 +711,8 @@ static void test_held_connection_and_rollback_on_release(void) {
 
   /* Only one query at a time on a held connection, and no release while it runs. */
   waiter w = {0};
-  CHECK_INT(eng_pg_query(pg, c, "SELECT pg_sleep(0.05)", 21, NULL, 0, 0, on_done, &w, NULL), 0);
-  CHECK_INT(eng_pg_query(pg, c, "SELECT 1", 8, NULL, 0, 0, on_done, &w, NULL), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, c, SQL("SELECT pg_sleep(0.05)"), NULL, 0, 0, on_done, &w, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, c, SQL("SELECT 1"), NULL, 0, 0, on_done, &w, NULL), ENG_EINVAL);
   CHECK_INT(eng_pg_release(c), ENG_EINVAL);
   wait_for(&w);
   CHECK(w.conn == c && eng_pg_result_code(w.res) == 0);
@@ -696,7 +789,7 @@ static void test_killed_backend_then_reconnect(void) {
 
   /* A backend killed mid-query: that query fails UNAVAILABLE at once, the next one works. */
   waiter w = {0};
-  CHECK_INT(eng_pg_query(pg, NULL, "SELECT pg_sleep(5)", 18, NULL, 0, 0, on_done, &w, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(5)"), NULL, 0, 0, on_done, &w, NULL), 0);
   run_ms(100);
   uv_update_time(loop);
   uint64_t t0 = uv_now(loop);
@@ -799,8 +892,8 @@ static void test_close_fails_what_is_in_flight(void) {
   eng_pg *pg = open_pool(1, NULL);
   CHECK_INT(scalar(pg, NULL, "SELECT 1", NULL, 0), 1);
   waiter a = {0}, b = {0};
-  CHECK_INT(eng_pg_query(pg, NULL, "SELECT pg_sleep(5)", 18, NULL, 0, 0, on_done, &a, NULL), 0);
-  CHECK_INT(eng_pg_query(pg, NULL, "SELECT 2", 8, NULL, 0, 0, on_done, &b, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(5)"), NULL, 0, 0, on_done, &a, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT 2"), NULL, 0, 0, on_done, &b, NULL), 0);
   run_ms(50);
   int done = 0;
   eng_pg_close(pg, closed, &done);
@@ -813,30 +906,42 @@ static void test_close_fails_what_is_in_flight(void) {
     uv_run(loop, UV_RUN_ONCE);
 }
 
+#define RUN(test)                                                                \
+  do {                                                                           \
+    uv_update_time(loop);                                                        \
+    uint64_t t0_ = uv_now(loop);                                                 \
+    test();                                                                      \
+    uv_update_time(loop);                                                        \
+    printf("%-60s %5llu ms\n", #test, (unsigned long long)(uv_now(loop) - t0_)); \
+  } while (0)
+
 int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0);
   alarm(100); /* a hung test dies; the server's watchdog then removes it */
   loop = uv_default_loop();
-  test_translate_placeholders();
-  test_kinds_from_sqlstate();
-  test_open_refuses_bad_options();
+  RUN(test_translate_placeholders);
+  RUN(test_kinds_from_sqlstate);
+  RUN(test_open_refuses_bad_options);
   if (start_server() != 0) {
     fprintf(stderr, "test_pg: cannot start a throwaway PostgreSQL (tests/support/pg.sh)\n");
     return 1;
   }
-  test_type_round_trips();
-  test_named_parameters_bind_in_translation_order();
-  test_errors_map_to_kinds_and_the_pool_keeps_serving();
-  test_each_text_is_prepared_once_per_connection();
-  test_fifo_when_more_requesters_than_connections();
-  test_pool_of_four_runs_four_at_once();
-  test_deadline_cancels_while_the_loop_serves();
-  test_held_connection_and_rollback_on_release();
-  test_serialization_failure_has_its_kind();
-  test_killed_backend_then_reconnect();
-  test_outage_fails_fast_and_recovers();
-  test_connect_timeout();
-  test_close_fails_what_is_in_flight();
+  RUN(test_type_round_trips);
+  RUN(test_named_parameters_bind_in_translation_order);
+  RUN(test_errors_map_to_kinds_and_the_pool_keeps_serving);
+  RUN(test_each_text_is_prepared_once_per_connection);
+  RUN(test_stale_prepared_statements_are_prepared_again);
+  RUN(test_lock_wait_does_not_block_the_loop);
+  RUN(test_fifo_when_more_requesters_than_connections);
+  RUN(test_pool_of_four_runs_four_at_once);
+  RUN(test_deadline_cancels_while_the_loop_serves);
+  RUN(test_deadlines_racing_the_answer);
+  RUN(test_held_connection_and_rollback_on_release);
+  RUN(test_serialization_failure_has_its_kind);
+  RUN(test_killed_backend_then_reconnect);
+  RUN(test_outage_fails_fast_and_recovers);
+  RUN(test_connect_timeout);
+  RUN(test_close_fails_what_is_in_flight);
   uv_run(loop, UV_RUN_NOWAIT);
   int closed_all = uv_loop_close(loop);
   CHECK_INT(closed_all, 0); /* every handle closed */
