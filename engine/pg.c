@@ -910,8 +910,9 @@ static void conn_timer(uv_timer_t *t) {
     conn_connect(c); /* the back-off is over */
   } else if (c->state == C_CONNECTING) {
     connect_failed(c, "timed out connecting");
-  } else if (c->draining) {
-    /* The cancelled query did not end in time: give up on the connection. */
+  } else if (c->draining || c->cancelling) {
+    /* The cancelled query did not end in time, or the cancel itself hangs (PQcancel has no timeout
+     * of its own): give up on the connection. */
     conn_lost(c, NULL);
   }
 }
@@ -1084,8 +1085,8 @@ static void statement_done(eng_pg_conn *c) {
     start_query(c, r); /* prepares it again, under a new name when its plan went stale */
     return;
   }
-  if (c->draining)
-    uv_timer_stop(&c->timer);
+  if (c->draining && !c->cancelling)
+    uv_timer_stop(&c->timer); /* else the grace runs on until the cancel is back too */
   c->req = NULL;
   c->state = C_READY;
   c->phase = PH_NONE;
@@ -1174,7 +1175,9 @@ static void cancel_after(uv_work_t *w, int status) {
   }
   if (current) {
     c->cancelling = 0;
-    conn_ready(c); /* when the drain has ended already, the connection serves again now */
+    if (c->state == C_READY)
+      uv_timer_stop(&c->timer); /* the drain's grace: both are back */
+    conn_ready(c);              /* when the drain has ended already, the connection serves again now */
   }
 }
 

@@ -16,8 +16,9 @@
  * waiting for a connection and running. Past it the callback gets ENG_PG_KIND_TIMEOUT at once; a
  * query already sent is cancelled with PQcancel, which runs on libuv's thread pool (PG 15's libpq
  * has only the blocking cancel: it opens a second connection to the server), and its connection
- * drains the cancelled query's answer before serving again (a held one stays held). A connection
- * whose cancelled query has not drained within `cancel_grace_ms` is closed and made again.
+ * drains the cancelled query's answer, and waits for the cancel to come back (else it could hit
+ * the next statement), before serving again (a held one stays held). A connection that has not
+ * got both within `cancel_grace_ms` is closed and made again.
  *
  * Outages: a lost connection (backend killed, server restart) fails the query on it with
  * ENG_PG_KIND_UNAVAILABLE and is made again at once; a connection attempt that fails marks the
@@ -67,7 +68,7 @@ typedef struct eng_pg_options {
   int connect_timeout_ms; /* one connection attempt; ENG_PG_CONNECT_TIMEOUT_DEFAULT_MS when 0 */
   int backoff_min_ms;     /* first retry after a failed attempt; ENG_PG_BACKOFF_MIN_DEFAULT_MS when 0 */
   int backoff_max_ms;     /* retries double up to this; ENG_PG_BACKOFF_MAX_DEFAULT_MS when 0 */
-  int cancel_grace_ms;    /* how long a cancelled query may take to drain; ENG_PG_CANCEL_GRACE_DEFAULT_MS when 0 */
+  int cancel_grace_ms; /* how long a cancelled query (and its cancel) may take; ENG_PG_CANCEL_GRACE_DEFAULT_MS when 0 */
 } eng_pg_options;
 
 /* The error kinds, named as engine.db names them (lua_db.c) plus the ones only a server has.

@@ -697,6 +697,45 @@ static void test_deadline_cancels_while_the_loop_serves(void) {
   close_pool(pg);
 }
 
+static void sleep_work(uv_work_t *w) {
+  (void)w;
+  usleep(400 * 1000);
+}
+static void sleep_done(uv_work_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+/* A cancel that cannot get through (here: libuv's thread pool is busy) does not keep the
+ * connection out of service: past the grace it is closed and made again, whether the cancelled
+ * statement goes on (pg_sleep(10)) or ends by itself meanwhile (pg_sleep(0.08)). */
+static void test_cancel_that_hangs_costs_the_connection_only(void) {
+  eng_pg_options o = {.cancel_grace_ms = 100};
+  eng_pg *pg = open_pool(1, &o);
+  CHECK_INT(scalar(pg, NULL, "SELECT 1", NULL, 0), 1);
+  const char *sql[] = {"SELECT pg_sleep(10)", "SELECT pg_sleep(0.08)"};
+  for (int k = 0; k < 2; k++) {
+    for (int i = 0; i < 4; i++) { /* UV_THREADPOOL_SIZE is 4 (main) */
+      uv_work_t *w = calloc(1, sizeof *w);
+      CHECK(w && uv_queue_work(loop, w, sleep_work, sleep_done) == 0);
+    }
+    eng_pg_result *r = run(pg, NULL, sql[k], NULL, 0, 50);
+    CHECK(r && eng_pg_result_kind(r) == ENG_PG_KIND_TIMEOUT);
+    eng_pg_result_free(r);
+    uv_update_time(loop);
+    uint64_t t0 = uv_now(loop);
+    CHECK_INT(scalar(pg, NULL, "SELECT 5", NULL, 0), 5);
+    uint64_t took = uv_now(loop) - t0;
+    CHECK(took >= 60 && took < 300); /* after the grace, before the thread pool is free again */
+    eng_pg_stats st;
+    eng_pg_get_stats(pg, &st);
+    CHECK_INT(st.connects, 2 + k);
+    CHECK_INT(st.cancels, 1 + k);
+    run_ms(400); /* the thread pool free again, the late cancel back */
+  }
+  close_pool(pg);
+}
+
 static void test_held_connection_and_rollback_on_release(void) {
   eng_pg *pg = open_pool(2, NULL);
   CHECK(ok(pg, NULL, "CREATE TABLE tx (v int)"));
@@ -917,7 +956,8 @@ static void test_close_fails_what_is_in_flight(void) {
 
 int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0);
-  alarm(100); /* a hung test dies; the server's watchdog then removes it */
+  setenv("UV_THREADPOOL_SIZE", "4", 1); /* before the first use of the pool */
+  alarm(100);                           /* a hung test dies; the server's watchdog then removes it */
   loop = uv_default_loop();
   RUN(test_translate_placeholders);
   RUN(test_kinds_from_sqlstate);
@@ -936,6 +976,7 @@ int main(void) {
   RUN(test_pool_of_four_runs_four_at_once);
   RUN(test_deadline_cancels_while_the_loop_serves);
   RUN(test_deadlines_racing_the_answer);
+  RUN(test_cancel_that_hangs_costs_the_connection_only);
   RUN(test_held_connection_and_rollback_on_release);
   RUN(test_serialization_failure_has_its_kind);
   RUN(test_killed_backend_then_reconnect);
