@@ -699,7 +699,7 @@ static void test_deadline_cancels_while_the_loop_serves(void) {
 
 static void sleep_work(uv_work_t *w) {
   (void)w;
-  usleep(400 * 1000);
+  usleep(800 * 1000);
 }
 static void sleep_done(uv_work_t *w, int status) {
   (void)status;
@@ -726,12 +726,14 @@ static void test_cancel_that_hangs_costs_the_connection_only(void) {
     uint64_t t0 = uv_now(loop);
     CHECK_INT(scalar(pg, NULL, "SELECT 5", NULL, 0), 5);
     uint64_t took = uv_now(loop) - t0;
-    CHECK(took >= 60 && took < 300); /* after the grace, before the thread pool is free again */
+    CHECK(took >= 60 && took < 500); /* after the grace, well before the thread pool is free again */
+    if (took < 60 || took >= 500)
+      fprintf(stderr, "  case %d: served again after %llu ms\n", k, (unsigned long long)took);
     eng_pg_stats st;
     eng_pg_get_stats(pg, &st);
     CHECK_INT(st.connects, 2 + k);
     CHECK_INT(st.cancels, 1 + k);
-    run_ms(400); /* the thread pool free again, the late cancel back */
+    run_ms(800); /* the thread pool free again, the late cancel back */
   }
   close_pool(pg);
 }
