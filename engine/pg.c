@@ -644,7 +644,7 @@ int eng_pg_statement(eng_pg *pg, const char *sql, size_t len, const eng_pg_stmt 
   if (rc)
     return rc;
   st->hash = h;
-  if (pg->nstmts < ENG_PG_STMT_CACHE_MAX) {
+  if (pg->nstmts < (uint32_t)pg->opt.stmt_cache) {
     st->id = ++pg->nstmts;
     st->next = *slot;
     *slot = st;
@@ -1276,7 +1276,9 @@ int eng_pg_open(eng_pg **out, uv_loop_t *loop, const char *conninfo, const eng_p
       (o.backoff_max_ms = option(o.backoff_max_ms, ENG_PG_BACKOFF_MAX_DEFAULT_MS, o.backoff_min_ms,
                                  ENG_PG_TIMEOUT_MAX_MS, "maximum back-off", err)) < 0 ||
       (o.cancel_grace_ms = option(o.cancel_grace_ms, ENG_PG_CANCEL_GRACE_DEFAULT_MS, 1, ENG_PG_TIMEOUT_MAX_MS,
-                                  "cancel grace", err)) < 0)
+                                  "cancel grace", err)) < 0 ||
+      (o.stmt_cache =
+           option(o.stmt_cache, ENG_PG_STMT_CACHE_DEFAULT, 1, ENG_PG_STMT_CACHE_MAX, "statement cache", err)) < 0)
     return ENG_EINVAL;
   eng_pg *pg = calloc(1, sizeof *pg);
   if (!pg || !(pg->conninfo = strdup(conninfo)) || !(pg->conns = calloc((size_t)o.size, sizeof *pg->conns))) {

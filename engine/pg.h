@@ -55,9 +55,10 @@
 #define ENG_PG_TIMEOUT_MAX_MS (24 * 3600 * 1000)
 #define ENG_PG_SQL_MAX_BYTES (1024 * 1024) /* one statement's text */
 #define ENG_PG_PARAMS_MAX 65535            /* the protocol's limit */
-#define ENG_PG_STMT_CACHE_MAX \
-  4096 /* distinct SQL texts translated and prepared per pool; past
-                                            * it a text is translated per call and sent unnamed */
+/* Distinct SQL texts translated and prepared per pool; past the limit a text is translated per
+ * call and sent unnamed. */
+#define ENG_PG_STMT_CACHE_DEFAULT 4096
+#define ENG_PG_STMT_CACHE_MAX 65536
 
 typedef struct eng_pg eng_pg;
 typedef struct eng_pg_conn eng_pg_conn;
@@ -68,7 +69,8 @@ typedef struct eng_pg_options {
   int connect_timeout_ms; /* one connection attempt; ENG_PG_CONNECT_TIMEOUT_DEFAULT_MS when 0 */
   int backoff_min_ms;     /* first retry after a failed attempt; ENG_PG_BACKOFF_MIN_DEFAULT_MS when 0 */
   int backoff_max_ms;     /* retries double up to this; ENG_PG_BACKOFF_MAX_DEFAULT_MS when 0 */
-  int cancel_grace_ms; /* how long a cancelled query (and its cancel) may take; ENG_PG_CANCEL_GRACE_DEFAULT_MS when 0 */
+  int cancel_grace_ms;    /* a cancelled query and its cancel get this long; ENG_PG_CANCEL_GRACE_DEFAULT_MS when 0 */
+  int stmt_cache;         /* distinct SQL texts kept; ENG_PG_STMT_CACHE_DEFAULT when 0; 1..ENG_PG_STMT_CACHE_MAX */
 } eng_pg_options;
 
 /* The error kinds, named as engine.db names them (lua_db.c) plus the ones only a server has.
@@ -157,7 +159,7 @@ int eng_pg_conn_in_tx(const eng_pg_conn *conn);
 /* The translation of sql for the pool's statement cache: nparams and, for :name placeholders,
  * names[i] is the name (without ':', NUL-terminated) of $i+1; names is NULL for `?` ones. The
  * struct stays valid until eng_pg_close. ENG_EPARSE (*err says why), ENG_ETOOBIG, ENG_ENOMEM.
- * Past ENG_PG_STMT_CACHE_MAX texts the translation is not kept: *out is then a fresh one that the
+ * Past the pool's stmt_cache texts the translation is not kept: *out is then a fresh one that the
  * caller frees with eng_pg_stmt_free (which is a no-op for a cached one). */
 typedef struct eng_pg_stmt {
   char *sql; /* the engine's text (NUL-terminated copy) */

@@ -229,6 +229,42 @@ static void test_translate_placeholders(void) {
   check_refused("SELECT $70000", ENG_ETOOBIG, "at most");
 }
 
+/* Random texts over the characters the translator treats specially: it never reads or writes out
+ * of bounds (the ASan pass), a text without '?' or ':' comes back unchanged, and a text without
+ * quotes, dollar signs or comments keeps no '?'. */
+static void test_translate_random_texts(void) {
+  static const char alphabet[] = "?:$'\"-/*E\\\n a1_;([])";
+  uint32_t x = 12345;
+  char sql[80];
+  int translated = 0;
+  for (int n = 0; n < 20000; n++) {
+    x = x * 1103515245u + 12345u;
+    size_t len = (x >> 16) % sizeof sql;
+    for (size_t i = 0; i < len; i++) {
+      x = x * 1103515245u + 12345u;
+      sql[i] = alphabet[(x >> 16) % (sizeof alphabet - 1)];
+    }
+    eng_pg_stmt *st = NULL;
+    char *err = NULL;
+    int rc = eng_pg_translate(sql, len, &st, &err);
+    if (rc == 0) {
+      translated++;
+      CHECK(st->len == len && memcmp(st->sql, sql, len) == 0);
+      if (!memchr(sql, '?', len) && !memchr(sql, ':', len) &&
+          (strlen(st->pg_sql) != len || memcmp(st->pg_sql, sql, len) != 0))
+        CHECK(!"a text without placeholders changed");
+      if (!memchr(sql, '\'', len) && !memchr(sql, '"', len) && !memchr(sql, '$', len) && !memchr(sql, '-', len) &&
+          !memchr(sql, '/', len) && strchr(st->pg_sql, '?'))
+        CHECK(!"a ? outside quotes and comments was left");
+      eng_pg_stmt_free(st);
+    } else {
+      CHECK(rc == ENG_EPARSE && err != NULL);
+      free(err);
+    }
+  }
+  CHECK(translated > 10000);
+}
+
 static void test_kinds_from_sqlstate(void) {
   CHECK_INT(eng_pg_kind_of("23505", "users_email_key"), ENG_PG_KIND_UNIQUE);
   CHECK_INT(eng_pg_kind_of("23505", "users_pkey"), ENG_PG_KIND_PRIMARY_KEY);
@@ -502,6 +538,28 @@ static void test_stale_prepared_statements_are_prepared_again(void) {
   CHECK(r && eng_pg_result_code(r) == 0 && eng_pg_result_cols(r) == 2 && eng_pg_result_int(r, 0, 1) == 2);
   eng_pg_result_free(r);
   CHECK(ok(pg, NULL, "DROP TABLE grow"));
+  close_pool(pg);
+}
+
+/* Past the statement cache's size a text is still run (translated per call, sent unnamed). */
+static void test_texts_past_the_statement_cache(void) {
+  eng_pg_options o = {.stmt_cache = 2};
+  eng_pg *pg = open_pool(1, &o);
+  for (int round = 0; round < 2; round++) {
+    eng_pg_value v = vint(round);
+    CHECK_INT(scalar(pg, NULL, "SELECT ?::int + 1", &v, 1), round + 1);
+    CHECK_INT(scalar(pg, NULL, "SELECT ?::int + 2", &v, 1), round + 2);
+    eng_pg_value named[] = {vint(round), vint(3)};
+    CHECK_INT(scalar(pg, NULL, "SELECT :a::int + :b::int", named, 2), round + 3);
+  }
+  eng_pg_stats st;
+  eng_pg_get_stats(pg, &st);
+  CHECK_INT(st.prepares, 2);
+  const char *sql = "SELECT :a::int + :b::int";
+  const eng_pg_stmt *t = NULL;
+  CHECK_INT(eng_pg_statement(pg, sql, strlen(sql), &t, NULL), 0);
+  CHECK(t && t->id == 0 && t->nparams == 2 && strcmp(t->names[1], "b") == 0);
+  eng_pg_stmt_free(t); /* not cached: the caller's */
   close_pool(pg);
 }
 
@@ -962,6 +1020,7 @@ int main(void) {
   alarm(100);                           /* a hung test dies; the server's watchdog then removes it */
   loop = uv_default_loop();
   RUN(test_translate_placeholders);
+  RUN(test_translate_random_texts);
   RUN(test_kinds_from_sqlstate);
   RUN(test_open_refuses_bad_options);
   if (start_server() != 0) {
@@ -973,6 +1032,7 @@ int main(void) {
   RUN(test_errors_map_to_kinds_and_the_pool_keeps_serving);
   RUN(test_each_text_is_prepared_once_per_connection);
   RUN(test_stale_prepared_statements_are_prepared_again);
+  RUN(test_texts_past_the_statement_cache);
   RUN(test_lock_wait_does_not_block_the_loop);
   RUN(test_fifo_when_more_requesters_than_connections);
   RUN(test_pool_of_four_runs_four_at_once);
