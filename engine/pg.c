@@ -47,7 +47,7 @@ enum { PH_NONE, PH_PREPARE, PH_EXEC, PH_INTERNAL };
 enum { RQ_QUERY, RQ_ACQUIRE };
 enum { R_NEW, R_QUEUED, R_PENDING, R_RUNNING, R_DONE };
 
-typedef struct request request;
+typedef struct eng_pg_req request;
 
 struct eng_pg_result {
   PGresult *pr;
@@ -82,7 +82,7 @@ struct eng_pg_conn {
   size_t prepared_cap;
 };
 
-struct request {
+struct eng_pg_req {
   eng_pg *pg;
   int type;
   int where;
@@ -1206,14 +1206,8 @@ static void cancel_running(eng_pg_conn *c, request *r) {
   complete(r, result_new(NULL, ENG_EDB, ENG_PG_KIND_TIMEOUT, NULL, "the query ran past its deadline"), NULL);
 }
 
-static void request_timer(uv_timer_t *t) {
-  request *r = t->data;
-  if (r->deferred) {
-    eng_pg_result *res = r->deferred;
-    r->deferred = NULL;
-    deliver(r, res, r->deferred_conn);
-    return;
-  }
+/* r's deadline has passed, or its caller abandoned it: out of the queue, or cancelled. */
+static void expire(request *r) {
   const char *msg = "timed out waiting for a database connection";
   switch (r->where) {
   case R_QUEUED:
@@ -1229,6 +1223,17 @@ static void request_timer(uv_timer_t *t) {
     return;
   }
   complete(r, result_new(NULL, ENG_EDB, ENG_PG_KIND_TIMEOUT, NULL, "%s", msg), NULL);
+}
+
+static void request_timer(uv_timer_t *t) {
+  request *r = t->data;
+  if (r->deferred) {
+    eng_pg_result *res = r->deferred;
+    r->deferred = NULL;
+    deliver(r, res, r->deferred_conn);
+    return;
+  }
+  expire(r);
 }
 
 static void dispatch(eng_pg *pg) {
@@ -1426,7 +1431,7 @@ static void param_fill(request *r, const eng_pg_value *vals, int n) {
 }
 
 int eng_pg_query(eng_pg *pg, eng_pg_conn *conn, const char *sql, size_t len, const eng_pg_value *vals, int nvals,
-                 int timeout_ms, eng_pg_cb cb, void *data, char **err) {
+                 int timeout_ms, eng_pg_cb cb, void *data, eng_pg_req **req, char **err) {
   if (!pg || pg->closing || !cb || !sql || nvals < 0 || (nvals > 0 && !vals) || !check_timeout(timeout_ms))
     return eng_errorf(err, ENG_EINVAL, "invalid arguments");
   if (conn && (conn->pg != pg || !conn->held || conn->req || conn->pending))
@@ -1457,6 +1462,8 @@ int eng_pg_query(eng_pg *pg, eng_pg_conn *conn, const char *sql, size_t len, con
     r->own_stmt = (eng_pg_stmt *)st;
   param_fill(r, vals, nvals);
   r->conn = conn;
+  if (req)
+    *req = r;
   pg->submitting++;
   if (!conn) {
     enqueue(pg, r);
@@ -1472,16 +1479,38 @@ int eng_pg_query(eng_pg *pg, eng_pg_conn *conn, const char *sql, size_t len, con
   return 0;
 }
 
-int eng_pg_acquire(eng_pg *pg, int timeout_ms, eng_pg_cb cb, void *data) {
+int eng_pg_acquire(eng_pg *pg, int timeout_ms, eng_pg_cb cb, void *data, eng_pg_req **req) {
   if (!pg || pg->closing || !cb || !check_timeout(timeout_ms))
     return ENG_EINVAL;
   request *r = request_new(pg, RQ_ACQUIRE, 0, timeout_ms, cb, data);
   if (!r)
     return ENG_ENOMEM;
+  if (req)
+    *req = r;
   pg->submitting++;
   enqueue(pg, r);
   pg->submitting--;
   return 0;
+}
+
+/* The callback of an abandoned request: nothing to tell; a connection handed to an acquire goes back. */
+static void abandoned(eng_pg_result *res, eng_pg_conn *conn, void *data) {
+  (void)res;
+  if (conn && (intptr_t)data == RQ_ACQUIRE)
+    eng_pg_release(conn);
+}
+
+void eng_pg_abandon(eng_pg_req *r) {
+  if (!r || r->cb == abandoned)
+    return;
+  eng_pg *pg = r->pg;
+  r->cb = abandoned;
+  r->data = (void *)(intptr_t)r->type;
+  if (r->where == R_DONE) /* answered inside an API call, not yet delivered: the timer delivers it */
+    return;
+  pg->submitting++; /* what expire answers is delivered from the loop, to `abandoned` */
+  expire(r);
+  pg->submitting--;
 }
 
 int eng_pg_release(eng_pg_conn *c) {

@@ -63,6 +63,7 @@
 typedef struct eng_pg eng_pg;
 typedef struct eng_pg_conn eng_pg_conn;
 typedef struct eng_pg_result eng_pg_result;
+typedef struct eng_pg_req eng_pg_req;
 
 typedef struct eng_pg_options {
   int size;               /* connections; ENG_PG_POOL_DEFAULT when 0; 1..ENG_PG_POOL_MAX */
@@ -139,13 +140,22 @@ void eng_pg_close(eng_pg *pg, void (*done)(void *data), void *data);
  * once, later; on error it never fires: ENG_EINVAL (wrong value count, a text value with a NUL, a
  * held connection that already has a query running or waiting, a bad timeout), ENG_EPARSE (the
  * placeholders: *err says why), ENG_ETOOBIG (SQL over ENG_PG_SQL_MAX_BYTES, too many parameters),
- * ENG_ENOMEM. err may be NULL. The SQL must be one statement (the extended protocol refuses more). */
+ * ENG_ENOMEM. err may be NULL. The SQL must be one statement (the extended protocol refuses more).
+ * req (may be NULL) gets a handle for eng_pg_abandon, valid until the callback has fired. */
 int eng_pg_query(eng_pg *pg, eng_pg_conn *conn, const char *sql, size_t len, const eng_pg_value *vals, int nvals,
-                 int timeout_ms, eng_pg_cb cb, void *data, char **err);
+                 int timeout_ms, eng_pg_cb cb, void *data, eng_pg_req **req, char **err);
 
 /* Waits (FIFO, with the other requests) for a free connection and hands it to cb to hold. Same
- * contract as eng_pg_query for timeout_ms and the callback. Errors: ENG_EINVAL, ENG_ENOMEM. */
-int eng_pg_acquire(eng_pg *pg, int timeout_ms, eng_pg_cb cb, void *data);
+ * contract as eng_pg_query for timeout_ms, the callback and req. Errors: ENG_EINVAL, ENG_ENOMEM. */
+int eng_pg_acquire(eng_pg *pg, int timeout_ms, eng_pg_cb cb, void *data, eng_pg_req **req);
+
+/* The caller no longer wants the answer (its handler's budget ran out, its Lua state is going):
+ * the callback will not fire, and whatever the request holds is let go as at a deadline. Waiting:
+ * it leaves the queue. Running: the statement is cancelled and its connection drains (a held one
+ * stays held; its holder must still release it). An acquire whose connection was already handed
+ * over but not yet delivered gives the connection back. Only before the callback has fired: the
+ * handle is gone after it. */
+void eng_pg_abandon(eng_pg_req *req);
 
 /* Gives a held connection back. A transaction left open is rolled back first (so the next user
  * starts clean); a broken one is made again. ENG_EINVAL when a query of the holder's is still

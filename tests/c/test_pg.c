@@ -105,7 +105,7 @@ static void run_ms(uint64_t ms) { /* runs the loop for about ms */
 static eng_pg_result *run(eng_pg *pg, eng_pg_conn *c, const char *sql, const eng_pg_value *v, int n, int timeout) {
   waiter w = {0};
   char *err = NULL;
-  int rc = eng_pg_query(pg, c, sql, strlen(sql), v, n, timeout, on_done, &w, &err);
+  int rc = eng_pg_query(pg, c, sql, strlen(sql), v, n, timeout, on_done, &w, NULL, &err);
   if (rc != 0) {
     fprintf(stderr, "eng_pg_query(%s): %s\n", sql, err ? err : eng_strerror(rc));
     free(err);
@@ -136,7 +136,7 @@ static int64_t scalar(eng_pg *pg, eng_pg_conn *c, const char *sql, const eng_pg_
 
 static eng_pg_conn *acquire(eng_pg *pg) {
   waiter w = {0};
-  CHECK_INT(eng_pg_acquire(pg, 0, on_done, &w), 0);
+  CHECK_INT(eng_pg_acquire(pg, 0, on_done, &w, NULL), 0);
   CHECK(!w.done);
   wait_for(&w);
   CHECK_INT(eng_pg_result_code(w.res), 0);
@@ -480,18 +480,18 @@ static void test_errors_map_to_kinds_and_the_pool_keeps_serving(void) {
   waiter w = {0};
   char *err = NULL;
   eng_pg_value one = vint(1);
-  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?, ?"), &one, 1, 0, on_done, &w, &err), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?, ?"), &one, 1, 0, on_done, &w, NULL, &err), ENG_EINVAL);
   CHECK(err && strstr(err, "2 parameters, got 1 value"));
   free(err);
   err = NULL;
   eng_pg_value nul = {.type = ENG_PG_TEXT, .s = "a\0b", .len = 3};
-  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?"), &nul, 1, 0, on_done, &w, &err), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?"), &nul, 1, 0, on_done, &w, NULL, &err), ENG_EINVAL);
   CHECK(err && strstr(err, "NUL"));
   free(err);
   err = NULL;
-  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?, :a"), NULL, 0, 0, on_done, &w, &err), ENG_EPARSE);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?, :a"), NULL, 0, 0, on_done, &w, NULL, &err), ENG_EPARSE);
   free(err);
-  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT 1"), NULL, 0, -1, on_done, &w, NULL), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT 1"), NULL, 0, -1, on_done, &w, NULL, NULL), ENG_EINVAL);
   run_ms(20);
   CHECK(!w.done);
   CHECK(ok(pg, NULL, "DROP TABLE ch, p"));
@@ -571,7 +571,7 @@ static void test_lock_wait_does_not_block_the_loop(void) {
   CHECK(ok(pg, a, "SELECT pg_advisory_lock(4242)"));
   CHECK_INT(scalar(pg, b, "SELECT pg_try_advisory_lock(4242)::int", NULL, 0), 0);
   waiter w = {0};
-  CHECK_INT(eng_pg_query(pg, b, SQL("SELECT pg_advisory_lock(4242)"), NULL, 0, 0, on_done, &w, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, b, SQL("SELECT pg_advisory_lock(4242)"), NULL, 0, 0, on_done, &w, NULL, NULL), 0);
   uv_timer_t t;
   uv_timer_init(loop, &t);
   uv_timer_start(&t, tick, 10, 10);
@@ -601,9 +601,10 @@ static void test_deadlines_racing_the_answer(void) {
   for (int i = 0; i < N; i++) {
     waiter racing = {0}, plain = {0};
     eng_pg_value v = vint(i);
-    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(0.004), ?::int"), &v, 1, 3 + i % 4, on_done, &racing, NULL),
-              0);
-    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?::int AS i"), &v, 1, 0, on_done, &plain, NULL), 0);
+    CHECK_INT(
+        eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(0.004), ?::int"), &v, 1, 3 + i % 4, on_done, &racing, NULL, NULL),
+        0);
+    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?::int AS i"), &v, 1, 0, on_done, &plain, NULL, NULL), 0);
     wait_for(&racing);
     wait_for(&plain);
     if (eng_pg_result_kind(racing.res) == ENG_PG_KIND_TIMEOUT)
@@ -642,11 +643,11 @@ static void test_fifo_when_more_requesters_than_connections(void) {
   for (int i = 0; i < 12; i++) {
     eng_pg_value v = vint(i);
     if (i % 4 == 3)
-      CHECK_INT(eng_pg_acquire(pg, 0, on_order, (void *)(intptr_t)i), 0);
+      CHECK_INT(eng_pg_acquire(pg, 0, on_order, (void *)(intptr_t)i, NULL), 0);
     else
-      CHECK_INT(
-          eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(0.001), ?::int"), &v, 1, 0, on_order, (void *)(intptr_t)i, NULL),
-          0);
+      CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(0.001), ?::int"), &v, 1, 0, on_order, (void *)(intptr_t)i,
+                             NULL, NULL),
+                0);
   }
   eng_pg_stats st;
   eng_pg_get_stats(pg, &st);
@@ -682,7 +683,8 @@ static void test_pool_of_four_runs_four_at_once(void) {
   uint64_t t0 = uv_now(loop);
   for (int i = 0; i < 16; i++) {
     eng_pg_value v = vint(i);
-    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?::int AS i, pg_sleep(0.1)"), &v, 1, 0, on_done, &w[i], NULL), 0);
+    CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT ?::int AS i, pg_sleep(0.1)"), &v, 1, 0, on_done, &w[i], NULL, NULL),
+              0);
   }
   for (int i = 0; i < 16; i++)
     wait_for(&w[i]);
@@ -796,6 +798,60 @@ static void test_cancel_that_hangs_costs_the_connection_only(void) {
   close_pool(pg);
 }
 
+/* A request its caller abandons: its callback never fires, and what it held is let go. */
+static void test_abandoned_requests_let_go(void) {
+  eng_pg *pg = open_pool(1, NULL);
+  CHECK_INT(scalar(pg, NULL, "SELECT 1", NULL, 0), 1);
+  eng_pg_stats st;
+
+  /* Running: the statement is cancelled, and the connection serves the next one soon. */
+  waiter w[4] = {{0}};
+  eng_pg_req *req = NULL;
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(10)"), NULL, 0, 0, on_done, &w[0], &req, NULL), 0);
+  CHECK(req != NULL);
+  run_ms(50);
+  eng_pg_abandon(req);
+  uv_update_time(loop);
+  uint64_t t0 = uv_now(loop);
+  CHECK_INT(scalar(pg, NULL, "SELECT 2", NULL, 0), 2);
+  CHECK(uv_now(loop) - t0 < 1500);
+  eng_pg_get_stats(pg, &st);
+  CHECK_INT(st.cancels, 1);
+  CHECK_INT(st.connects, 1);
+
+  /* Waiting in the queue behind a held connection: it leaves the queue. */
+  eng_pg_conn *c = acquire(pg);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT 3"), NULL, 0, 0, on_done, &w[1], &req, NULL), 0);
+  eng_pg_get_stats(pg, &st);
+  CHECK_INT(st.waiting, 1);
+  eng_pg_abandon(req);
+  eng_pg_get_stats(pg, &st);
+  CHECK_INT(st.waiting, 0);
+
+  /* Running on a held connection: the connection stays held, and its holder's next statement
+   * runs once the cancelled one has drained. */
+  CHECK(ok(pg, c, "BEGIN"));
+  CHECK_INT(eng_pg_query(pg, c, SQL("SELECT pg_sleep(10)"), NULL, 0, 0, on_done, &w[2], &req, NULL), 0);
+  run_ms(50);
+  eng_pg_abandon(req);
+  CHECK(ok(pg, c, "ROLLBACK"));
+  CHECK_INT(eng_pg_release(c), 0);
+
+  /* An acquire answered inside the call but not yet delivered: the connection comes back. */
+  CHECK_INT(eng_pg_acquire(pg, 0, on_done, &w[3], &req), 0);
+  eng_pg_abandon(req);
+  eng_pg_result *r = run(pg, NULL, "SELECT 4", NULL, 0, 2000); /* the pool's one connection is free */
+  CHECK(r && eng_pg_result_code(r) == 0 && eng_pg_result_int(r, 0, 0) == 4);
+  eng_pg_result_free(r);
+  run_ms(50);
+  for (int i = 0; i < 4; i++) {
+    CHECK(!w[i].done); /* none of the abandoned callbacks fired */
+    if (w[i].done)
+      fprintf(stderr, "  abandoned request %d answered: %s\n", i, eng_pg_result_message(w[i].res));
+  }
+  close_pool(pg);
+}
+
 static void test_held_connection_and_rollback_on_release(void) {
   eng_pg *pg = open_pool(2, NULL);
   CHECK(ok(pg, NULL, "CREATE TABLE tx (v int)"));
@@ -810,8 +866,8 @@ static void test_held_connection_and_rollback_on_release(void) {
 
   /* Only one query at a time on a held connection, and no release while it runs. */
   waiter w = {0};
-  CHECK_INT(eng_pg_query(pg, c, SQL("SELECT pg_sleep(0.05)"), NULL, 0, 0, on_done, &w, NULL), 0);
-  CHECK_INT(eng_pg_query(pg, c, SQL("SELECT 1"), NULL, 0, 0, on_done, &w, NULL), ENG_EINVAL);
+  CHECK_INT(eng_pg_query(pg, c, SQL("SELECT pg_sleep(0.05)"), NULL, 0, 0, on_done, &w, NULL, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, c, SQL("SELECT 1"), NULL, 0, 0, on_done, &w, NULL, NULL), ENG_EINVAL);
   CHECK_INT(eng_pg_release(c), ENG_EINVAL);
   wait_for(&w);
   CHECK(w.conn == c && eng_pg_result_code(w.res) == 0);
@@ -888,7 +944,7 @@ static void test_killed_backend_then_reconnect(void) {
 
   /* A backend killed mid-query: that query fails UNAVAILABLE at once, the next one works. */
   waiter w = {0};
-  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(5)"), NULL, 0, 0, on_done, &w, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(5)"), NULL, 0, 0, on_done, &w, NULL, NULL), 0);
   run_ms(100);
   uv_update_time(loop);
   uint64_t t0 = uv_now(loop);
@@ -991,8 +1047,8 @@ static void test_close_fails_what_is_in_flight(void) {
   eng_pg *pg = open_pool(1, NULL);
   CHECK_INT(scalar(pg, NULL, "SELECT 1", NULL, 0), 1);
   waiter a = {0}, b = {0};
-  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(5)"), NULL, 0, 0, on_done, &a, NULL), 0);
-  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT 2"), NULL, 0, 0, on_done, &b, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT pg_sleep(5)"), NULL, 0, 0, on_done, &a, NULL, NULL), 0);
+  CHECK_INT(eng_pg_query(pg, NULL, SQL("SELECT 2"), NULL, 0, 0, on_done, &b, NULL, NULL), 0);
   run_ms(50);
   int done = 0;
   eng_pg_close(pg, closed, &done);
@@ -1039,6 +1095,7 @@ int main(void) {
   RUN(test_deadline_cancels_while_the_loop_serves);
   RUN(test_deadlines_racing_the_answer);
   RUN(test_cancel_that_hangs_costs_the_connection_only);
+  RUN(test_abandoned_requests_let_go);
   RUN(test_held_connection_and_rollback_on_release);
   RUN(test_serialization_failure_has_its_kind);
   RUN(test_killed_backend_then_reconnect);
