@@ -1406,7 +1406,7 @@ static void param_fill(request *r, const eng_pg_value *vals, int n) {
       p += snprintf(p, 40, "%lld", (long long)v->i) + 1;
       continue;
     case ENG_PG_BOOL:
-      p += snprintf(p, 40, "%s", v->i ? "true" : "false") + 1;
+      p += snprintf(p, 40, "%s", v->i ? "1" : "0") + 1; /* "1"/"0": valid input for boolean and integer columns */
       continue;
     case ENG_PG_FLOAT:
       if (v->f != v->f)

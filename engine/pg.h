@@ -110,7 +110,7 @@ typedef enum eng_pg_type { ENG_PG_NULL, ENG_PG_INT, ENG_PG_FLOAT, ENG_PG_TEXT, E
 
 typedef struct eng_pg_value {
   eng_pg_type type;
-  int64_t i;     /* INT; BOOL (0 or 1) */
+  int64_t i;     /* INT; BOOL (0 or 1, sent as "1"/"0": an integer column, as SQLite keeps booleans, takes it too) */
   double f;      /* FLOAT */
   const char *s; /* TEXT, BLOB: borrowed for the submitting call only (the request copies it) */
   size_t len;    /* TEXT, BLOB; TEXT must not contain a NUL byte (PostgreSQL's text cannot) */

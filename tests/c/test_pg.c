@@ -431,6 +431,22 @@ static void test_type_round_trips(void) {
   close_pool(pg);
 }
 
+static void test_booleans_fit_boolean_and_integer_columns(void) {
+  eng_pg *pg = open_pool(1, NULL);
+  CHECK(ok(pg, NULL, "CREATE TABLE flags (b boolean, i int, t text)"));
+  eng_pg_value v[] = {vbool(1), vbool(1), vbool(0)};
+  eng_pg_result *r = run(pg, NULL, "INSERT INTO flags VALUES (?, ?, ?)", v, 3, 0);
+  CHECK(r && eng_pg_result_code(r) == 0 && eng_pg_result_affected(r) == 1);
+  eng_pg_result_free(r);
+  r = run(pg, NULL, "SELECT b, i, t FROM flags", NULL, 0, 0);
+  CHECK(r && eng_pg_result_type(r, 0, 0) == ENG_PG_BOOL && eng_pg_result_int(r, 0, 0) == 1);
+  CHECK(r && eng_pg_result_type(r, 0, 1) == ENG_PG_INT && eng_pg_result_int(r, 0, 1) == 1);
+  CHECK(r && strcmp(eng_pg_result_text(r, 0, 2, NULL), "0") == 0);
+  eng_pg_result_free(r);
+  CHECK(ok(pg, NULL, "DROP TABLE flags"));
+  close_pool(pg);
+}
+
 static void test_named_parameters_bind_in_translation_order(void) {
   eng_pg *pg = open_pool(1, NULL);
   const char *sql = "SELECT :b::int * 10 + :a::int AS s, :b::int AS b";
@@ -1084,6 +1100,7 @@ int main(void) {
     return 1;
   }
   RUN(test_type_round_trips);
+  RUN(test_booleans_fit_boolean_and_integer_columns);
   RUN(test_named_parameters_bind_in_translation_order);
   RUN(test_errors_map_to_kinds_and_the_pool_keeps_serving);
   RUN(test_each_text_is_prepared_once_per_connection);
