@@ -1,5 +1,6 @@
 /* db.c - the SQLite connection of one worker: open, statement cache, request cleanup; and the
- * checkpointer thread that keeps WAL checkpoints off the workers. (Its key sets live in db_keyset.c, migrations in db_migrate.c, the shared struct in db_internal.h.)
+ * checkpointer thread that keeps WAL checkpoints off the workers. (Migrations live in
+ * db_migrate.c, the shared struct in db_internal.h.)
  *
  * The statement cache is a hash table (SQL text -> entry) plus a doubly linked LRU list; the
  * least recently fetched statement is finalized when the cache is full. Each fetch also puts the
@@ -388,8 +389,6 @@ void eng_db_close(eng_db *db) {
       sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
     sqlite3_close_v2(db->h);
   }
-  for (int i = 0; i < db->nkeysets; i++)
-    eng_db_keyset_free(db->keysets[i]);
   free(db->dirty);
   free(db->buckets);
   free(db);

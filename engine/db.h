@@ -1,7 +1,7 @@
 /* db.h - the SQLite connection of one worker: open, statement cache, request cleanup.
  *
- * Key sets (db_keyset.h) and migrations (db_migrate.h) work on this connection; this header
- * includes both. db_internal.h holds what db.c and db_keyset.c share (the eng_db struct).
+ * Migrations (db_migrate.h) work on this connection; this header includes it. db_internal.h
+ * holds the eng_db struct.
  *
  * One eng_db per worker thread; a connection is never shared between threads (it is opened
  * in SQLite's multi-thread mode, so SQLite does no locking of its own for it). Workers share
@@ -147,7 +147,6 @@ void eng_db_checkpointer_stop(eng_db_checkpointer *cp);
 
 /* The rest of the storage API, in its own headers: included here so that a caller of the
  * connection gets all of it with one include. */
-#include "db_keyset.h"
 #include "db_migrate.h"
 
 #endif

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "db_keyset.h"
 #include "error.h"
 #include "log.h"
 #include "lua_common.h"
@@ -39,9 +38,8 @@
 #define SQL_ROLLBACK_TO "ROLLBACK TO eng_tx"
 
 /* Registry keys: their addresses are unique. */
-static const char db_key = 'd';         /* light userdata: the attached eng_db (NULL when detached) */
-static const char names_key = 'n';      /* table: stmt light userdata -> {names..., [0]=serial, [-1]=reprepares} */
-static const char tx_changes_key = 'c'; /* integer: sqlite3_total_changes64 when the outer db.tx began */
+static const char db_key = 'd';    /* light userdata: the attached eng_db (NULL when detached) */
+static const char names_key = 'n'; /* table: stmt light userdata -> {names..., [0]=serial, [-1]=reprepares} */
 
 enum { MODE_QUERY, MODE_ONE, MODE_EXEC };
 
@@ -549,15 +547,7 @@ static int l_tx(lua_State *L) {
 
   if (run_control(db, begin, &f) != 0)
     return raise_failure(L, f.code, f.msg, 0, begin);
-  if (!nested) {
-    lua_pushinteger(L, (lua_Integer)sqlite3_total_changes64(eng_db_handle(db)));
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &tx_changes_key);
-  }
   int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-  if (!nested) {
-    lua_pushnil(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &tx_changes_key);
-  }
   if (status != LUA_OK) {
     undo_tx(L, db, nested);
     return lua_error(L); /* the original error object, unchanged */
@@ -569,87 +559,10 @@ static int l_tx(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* ---- key sets ---- */
-
-/* Syncs the key set of the SQL at stack index 1 (db_keyset.h: eng_db_keyset_sync). Inside a
- * db.tx it refuses once the transaction has written anything: its uncommitted rows could enter
- * the set. In a transaction opened by db.exec('BEGIN') it refuses always: nothing recorded when
- * it began. */
-static eng_db_keyset *sync_keyset(lua_State *L, eng_db *db) {
-  size_t len;
-  const char *sql = luaL_checklstring(L, 1, &len);
-  sqlite3 *h = eng_db_handle(db);
-  if (!sqlite3_get_autocommit(h)) {
-    int recorded = lua_rawgetp(L, LUA_REGISTRYINDEX, &tx_changes_key) == LUA_TNUMBER;
-    lua_Integer at_begin = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    if (!recorded)
-      luaL_error(L, "db: a key set is synced outside transactions or in db.tx, not in a BEGIN of the script's own");
-    if (at_begin != (lua_Integer)sqlite3_total_changes64(h))
-      luaL_error(L, "db: a key set must be synced before the transaction writes");
-  }
-  eng_db_keyset *ks = NULL;
-  const char *emsg = NULL;
-  int rc = eng_db_keyset_sync(db, sql, len, &ks, &emsg);
-  if (rc == ENG_EINVAL)
-    luaL_error(L, "db: %s", emsg);
-  if (rc != 0)
-    raise_failure(L,
-                  rc == ENG_EDB      ? prepare_failure_code(db, rc)
-                  : rc == ENG_ENOMEM ? SQLITE_NOMEM
-                                     : SQLITE_TOOBIG,
-                  emsg, 1, NULL);
-  return ks;
-}
-
-/* db.keys_sync(scan_sql) -> number of pairs in the set. */
-static int l_keys_sync(lua_State *L) {
-  eng_db_keyset *ks = sync_keyset(L, check_db(L));
-  lua_pushinteger(L, (lua_Integer)eng_db_keyset_count(ks));
-  return 1;
-}
-
-/* db.keys_unseen(scan_sql, group, keys) -> array: [i] = true when (group, keys[i]) is not in the
- * synced set. The set is not changed by the answer: the rows the caller then inserts enter it at
- * the next sync, once committed. */
-static int l_keys_unseen(lua_State *L) {
-  eng_db *db = check_db(L);
-  size_t glen;
-  const char *group = luaL_checklstring(L, 2, &glen);
-  luaL_checktype(L, 3, LUA_TTABLE);
-  lua_Integer n = luaL_len(L, 3);
-  for (lua_Integer i = 1; i <= n; i++) {
-    if (lua_rawgeti(L, 3, i) != LUA_TSTRING)
-      luaL_error(L, "db.keys_unseen: key %d is a %s, not a string", (int)i, luaL_typename(L, -1));
-    lua_pop(L, 1);
-  }
-  eng_db_keyset *ks = sync_keyset(L, db);
-  uint32_t gid = eng_db_keyset_group(ks, group, glen);
-  lua_createtable(L, (int)n, 0);
-  for (lua_Integer i = 1; i <= n; i++) {
-    size_t klen;
-    lua_rawgeti(L, 3, i);
-    const char *key = lua_tolstring(L, -1, &klen);
-    int seen = eng_db_keyset_has(ks, gid, key, klen);
-    lua_pop(L, 1);
-    lua_pushboolean(L, !seen);
-    lua_rawseti(L, -2, i);
-  }
-  return 1;
-}
-
 int eng_luaopen_db(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"query", l_query},
-      {"one", l_one},
-      {"exec", l_exec},
-      {"tx", l_tx},
-      {"is_error", l_is_error},
-      {"kind", l_kind},
-      {"keys_sync", l_keys_sync},
-      {"exec_many", l_exec_many},
-      {"keys_unseen", l_keys_unseen},
-      {NULL, NULL},
+      {"query", l_query},       {"one", l_one},   {"exec", l_exec},           {"tx", l_tx},
+      {"is_error", l_is_error}, {"kind", l_kind}, {"exec_many", l_exec_many}, {NULL, NULL},
   };
   push_error_mt(L);
   lua_pop(L, 1);

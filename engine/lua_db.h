@@ -11,11 +11,6 @@
  *   db.tx(fn, ...)      -> fn's results; fn runs in BEGIN IMMEDIATE (or a SAVEPOINT when nested),
  *                          rolled back when it raises, and the error is re-raised unchanged
  *   db.is_error(e), db.kind(e) -> helpers for the error tables raised by the functions above
- *   db.keys_sync(scan_sql)    -> pairs in the connection's key set for scan_sql, brought up to date
- *                                (db_keyset.h: eng_db_keyset_sync; in a transaction only in
- *                                db.tx and before it writes)
- *   db.keys_unseen(scan_sql, group, keys) -> syncs, then {[i] = true when (group, keys[i]) is not
- *                                in the set, false when it is}; exact under db.tx (BEGIN IMMEDIATE)
  * Parameters are bound, never spliced: `?`/`?NNN` from the extra arguments, or `:name`/`@name`/
  * `$name` from a single table argument. NULL reads back as engine.json.null. */
 #ifndef ENG_LUA_DB_H

@@ -13,7 +13,6 @@
 
 #include "check.h"
 #include "db.h"
-#include "db_keyset.h"
 #include "db_migrate.h"
 #include "error.h"
 
@@ -182,87 +181,6 @@ static void test_open_sets_cache_and_mmap(void) {
   o = (eng_db_options){.cache_mb = ENG_DB_SIZE_MAX_MB + 1};
   CHECK_INT(eng_db_open(&db, path_in("cache.db"), &o, &err), ENG_EINVAL);
   free(err);
-}
-
-#define KS_SCAN "SELECT seq, g, k FROM log WHERE seq > ? ORDER BY seq"
-
-static int ks_has(const eng_db_keyset *ks, const char *g, const char *k) {
-  return eng_db_keyset_has(ks, eng_db_keyset_group(ks, g, strlen(g)), k, strlen(k));
-}
-
-static void test_keyset_mirrors_an_append_only_table(void) {
-  eng_db *db = NULL, *other = NULL;
-  eng_db_keyset *ks = NULL, *ks2 = NULL;
-  const char *emsg = NULL;
-  CHECK_INT(eng_db_open(&db, path_in("keys.db"), NULL, NULL), 0);
-  CHECK_INT(eng_db_open(&other, path_in("keys.db"), NULL, NULL), 0);
-  if (!db || !other)
-    goto cleanup;
-  sqlite3 *h = eng_db_handle(db), *oh = eng_db_handle(other);
-  CHECK_INT(sqlite3_exec(h,
-                         "CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, g TEXT NOT NULL, k TEXT NOT NULL);"
-                         "INSERT INTO log (g, k) VALUES ('c1', 'a'), ('c1', 'b'), ('c2', 'a'), ('c1', 'a')",
-                         NULL, NULL, NULL),
-            SQLITE_OK);
-  CHECK_INT(eng_db_keyset_sync(db, KS_SCAN, strlen(KS_SCAN), &ks, &emsg), 0);
-  if (!ks)
-    goto cleanup;
-  CHECK_INT((int)eng_db_keyset_count(ks), 3); /* ('c1', 'a') twice counts once */
-  CHECK_INT(ks_has(ks, "c1", "a"), 1);
-  CHECK_INT(ks_has(ks, "c1", "b"), 1);
-  CHECK_INT(ks_has(ks, "c2", "a"), 1);
-  CHECK_INT(ks_has(ks, "c2", "b"), 0);                                             /* the pair, not the key alone */
-  CHECK_INT(ks_has(ks, "c3", "a"), 0);                                             /* unknown group */
-  CHECK_INT(eng_db_keyset_has(ks, eng_db_keyset_group(ks, "c1", 2), "a\0", 2), 0); /* lengths count */
-  CHECK_INT(eng_db_keyset_group(ks, "c3", 2), 0);
-  CHECK_INT(eng_db_keyset_has(ks, 0, "a", 1), 0);
-
-  /* Another connection appends: the next sync scans only the new rows. Many rows make the
-   * tables grow several times; every pair must still be found. */
-  CHECK_INT(sqlite3_exec(oh,
-                         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
-                         "INSERT INTO log (g, k) SELECT 'g' || (i % 7), 'key-' || i FROM n",
-                         NULL, NULL, NULL),
-            SQLITE_OK);
-  CHECK_INT(ks_has(ks, "g1", "key-1"), 0);
-  CHECK_INT(eng_db_keyset_sync(db, KS_SCAN, strlen(KS_SCAN), &ks2, &emsg), 0);
-  CHECK(ks2 == ks);
-  CHECK_INT((int)eng_db_keyset_count(ks), 5003);
-  int found = 0;
-  char key[32], group[8];
-  for (int i = 1; i <= 5000; i++) {
-    snprintf(key, sizeof key, "key-%d", i);
-    snprintf(group, sizeof group, "g%d", i % 7);
-    found += ks_has(ks, group, key);
-  }
-  CHECK_INT(found, 5000);
-  CHECK_INT(ks_has(ks, "g2", "key-1"), 0);
-  CHECK_INT(ks_has(ks, "g1", "key-5001"), 0);
-
-  /* Deleted rows stay in the set, and their seq is never reused (AUTOINCREMENT). */
-  CHECK_INT(
-      sqlite3_exec(oh, "DELETE FROM log WHERE seq > 5000; INSERT INTO log (g, k) VALUES ('c9', 'z')", NULL, NULL, NULL),
-      SQLITE_OK);
-  CHECK_INT(eng_db_keyset_sync(db, KS_SCAN, strlen(KS_SCAN), NULL, &emsg), 0);
-  CHECK_INT((int)eng_db_keyset_count(ks), 5004);
-  CHECK_INT(ks_has(ks, "g1", "key-4999"), 1);
-  CHECK_INT(ks_has(ks, "c9", "z"), 1);
-
-  /* Refusals: a row that is not (integer, text, text); bad SQL; too many sets. */
-  CHECK_INT(eng_db_keyset_sync(db, "SELECT seq, g, NULL FROM log WHERE seq > ?", 42, NULL, &emsg), ENG_EINVAL);
-  CHECK_STR(emsg, "a key set scan must answer rows of (id INTEGER, group TEXT, key TEXT)");
-  CHECK_INT(eng_db_keyset_sync(db, "SELECT nope", 11, NULL, &emsg), ENG_EDB);
-  char sql[64];
-  int rc = 0;
-  for (int i = 0; i < ENG_DB_KEYSETS_MAX && rc == 0; i++) {
-    snprintf(sql, sizeof sql, "SELECT seq, g, k FROM log WHERE seq > ? AND %d", i);
-    rc = eng_db_keyset_sync(db, sql, strlen(sql), NULL, &emsg);
-  }
-  CHECK_INT(rc, ENG_ETOOBIG); /* KS_SCAN and the refused one above already took two */
-  CHECK_STR(emsg, "too many key sets on one connection");
-cleanup:
-  eng_db_close(other);
-  eng_db_close(db);
 }
 
 static void test_open_rejects_bad_options_and_paths(void) {
@@ -758,7 +676,6 @@ int main(void) {
   test_open_sets_cache_and_mmap();
   test_busy_timeout_waits_then_gives_up();
   test_open_rejects_bad_options_and_paths();
-  test_keyset_mirrors_an_append_only_table();
   test_stmt_cache_reuses_resets_and_evicts_lru();
   test_after_request_resets_and_rolls_back();
   test_migrations();

@@ -130,27 +130,10 @@ static const char many_chunk[] =
     "fails(db.exec_many, 'INSERT INTO m (c) VALUES (?)', { {'a'}, 5 })\n"
     "fails(db.exec_many, 'INSERT INTO m (c) VALUES (?)', { {'a', 'b'} })\n";
 
-static const char keys_chunk[] =
-    "local db = require 'engine.db'\n"
-    "local SCAN = 'SELECT seq, g, k FROM kl WHERE seq > ? ORDER BY seq'\n"
-    "db.exec('CREATE TABLE kl (seq INTEGER PRIMARY KEY AUTOINCREMENT, g TEXT NOT NULL, k TEXT NOT NULL)')\n"
-    "db.exec_many('INSERT INTO kl (g, k) VALUES (?, ?)', { {'c1', 's1'}, {'c1', 's2'}, {'c2', 's1'} })\n"
-    "eq(db.keys_unseen(SCAN, 'c1', {'s1', 's3'})[2], true, 'unseen')\n"
-    "eq(fails(db.tx, function()\n"
-    "  db.exec(\"INSERT INTO kl (g, k) VALUES ('c2', 'uncommitted')\")\n"
-    "  fails(db.keys_unseen, SCAN, 'c2', {'s1'})\n"
-    "  error('undo', 0)\n"
-    "end), 'undo', 'refused after a write')\n"
-    "db.exec('BEGIN')\n"
-    "fails(db.keys_sync, SCAN)\n"
-    "db.exec('ROLLBACK')\n"
-    "fails(db.keys_unseen, SCAN, 'c1', {'a', 5})\n"
-    "fails(db.keys_sync, 'SELECT nope')\n";
-
 static void test_failed_calls_leave_no_statement_busy_and_no_transaction_open(void) {
   static const struct {
     const char *name, *code;
-  } steps[] = {{"rows", rows_chunk}, {"tx", tx_chunk}, {"many", many_chunk}, {"keys", keys_chunk}};
+  } steps[] = {{"rows", rows_chunk}, {"tx", tx_chunk}, {"many", many_chunk}};
   lua_State *L = NULL;
   eng_db *db = open_db("clean.db", &L);
   if (!db)
@@ -261,26 +244,24 @@ static void test_two_workers_write_the_same_file(void) {
   eng_db_close(db);
 }
 
-/* Two workers insert the same 400 keys (each in its own order, in batches of 20) with the
- * keys_unseen check under db.tx: each key must be stored exactly once. */
-static const char ingest_chunk[] =
-    "local db = require 'engine.db'\n"
-    "local w = ...\n"
-    "local SCAN = 'SELECT seq, g, k FROM ing WHERE seq > ? ORDER BY seq'\n"
-    "local stored = 0\n"
-    "for b = 0, 19 do\n"
-    "  local keys = {}\n"
-    "  for i = 1, 20 do\n"
-    "    local n = w == 1 and b * 20 + i or 401 - (b * 20 + i)\n"
-    "    keys[i] = 'k' .. n\n"
-    "  end\n"
-    "  db.keys_sync(SCAN)\n"
-    "  db.tx(function()\n"
-    "    local new, rows = db.keys_unseen(SCAN, 'cust', keys), {}\n"
-    "    for i = 1, #keys do if new[i] then rows[#rows + 1] = {keys[i], w} end end\n"
-    "    stored = stored + db.exec_many(\"INSERT INTO ing (g, k, w) VALUES ('cust', ?, ?)\", rows)\n"
-    "  end)\n"
-    "end\n";
+/* Two workers insert the same 400 keys (each in its own order, in batches of 20) under db.tx
+ * with INSERT ... ON CONFLICT DO NOTHING on a unique index: each key must be stored exactly once,
+ * and the changes each reports must add up to 400. */
+static const char ingest_chunk[] = "local db = require 'engine.db'\n"
+                                   "local w = ...\n"
+                                   "local stored = 0\n"
+                                   "for b = 0, 19 do\n"
+                                   "  local rows = {}\n"
+                                   "  for i = 1, 20 do\n"
+                                   "    local n = w == 1 and b * 20 + i or 401 - (b * 20 + i)\n"
+                                   "    rows[i] = {'k' .. n, w}\n"
+                                   "  end\n"
+                                   "  db.tx(function()\n"
+                                   "    stored = stored + db.exec_many(\"INSERT INTO ing (g, k, w) VALUES ('cust', ?, "
+                                   "?) ON CONFLICT (g, k) DO NOTHING\", rows)\n"
+                                   "  end)\n"
+                                   "end\n"
+                                   "db.exec('INSERT INTO ing_counts (w, n) VALUES (?, ?)', w, stored)\n";
 
 static void *ingest_thread(void *arg) {
   writer *w = arg;
@@ -303,7 +284,8 @@ static void test_two_workers_store_each_key_once(void) {
     return;
   CHECK_INT(sqlite3_exec(eng_db_handle(db),
                          "CREATE TABLE ing (seq INTEGER PRIMARY KEY AUTOINCREMENT, g TEXT NOT NULL, k TEXT NOT NULL, "
-                         "w INTEGER NOT NULL)",
+                         "w INTEGER NOT NULL); CREATE UNIQUE INDEX ing_key ON ing(g, k); "
+                         "CREATE TABLE ing_counts (w INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
                          NULL, NULL, NULL),
             SQLITE_OK);
   writer w[2] = {{path, 1, 0}, {path, 2, 0}};
@@ -318,7 +300,8 @@ static void test_two_workers_store_each_key_once(void) {
   CHECK(run(L, "once",
             "local db = require 'engine.db'\n"
             "eq(db.one('SELECT count(*) AS n FROM ing').n, 400, 'rows')\n"
-            "eq(db.one('SELECT count(DISTINCT k) AS n FROM ing').n, 400, 'distinct keys')\n",
+            "eq(db.one('SELECT count(DISTINCT k) AS n FROM ing').n, 400, 'distinct keys')\n"
+            "eq(db.one('SELECT sum(n) AS n FROM ing_counts').n, 400, 'changes reported')\n",
             0, NULL));
   lua_close(L);
   eng_db_close(db);
