@@ -765,13 +765,23 @@ int eng_ops_migrate(const eng_config *cfg) {
 
 /* ---- check and routes ------------------------------------------------------------------------- */
 
-static void print_routes(const loaded *ld, const overlays *ov) {
+/* The table of check and routes. The health and readiness paths come first, as the engine
+ * answers them (GET and HEAD, in C, before the hooks and the routes); a script's GET or HEAD
+ * route of the same path is listed as shadowed, since it never answers those. */
+static void print_routes(const eng_config *cfg, const loaded *ld, const overlays *ov) {
+  const char *engine_paths[2][2] = {{cfg->healthz_path, "--healthz-path"}, {cfg->readyz_path, "--readyz-path"}};
   int width = 7;
   for (size_t i = 0; i < ld->ninfos; i++) {
     int len = (int)strlen(ld->infos[i].pattern);
     width = len > width ? len : width;
   }
+  for (int i = 0; i < 2; i++) {
+    int len = (int)strlen(engine_paths[i][0]);
+    width = len > width ? len : width;
+  }
   printf("%-7s  %-*s  %s\n", "METHOD", width, "PATTERN", "HANDLER");
+  for (int i = 0; i < 2; i++)
+    printf("%-7s  %-*s  (engine, before any script: %s)\n", "GET", width, engine_paths[i][0], engine_paths[i][1]);
   for (size_t i = 0; i < ld->nhooks; i++) /* they run around every route: listed first */
     printf("%-7s  %-*s  %s\n", strcmp(ld->hooks[i].kind, "before") == 0 ? "BEFORE" : "AFTER", width, "*",
            ld->hooks[i].handler);
@@ -783,6 +793,9 @@ static void print_routes(const loaded *ld, const overlays *ov) {
     const overlay *o = overlay_of(ov, r->replaced_at ? r->replaced_at : r->registered);
     if (o)
       printf("  (%s replaces %s)", o->winner, o->loser);
+    for (int k = 0; k < 2; k++)
+      if ((r->method == ENG_M_GET || r->method == ENG_M_HEAD) && strcmp(r->pattern, engine_paths[k][0]) == 0)
+        printf("  (never answers: the engine's %s answers %s first)", engine_paths[k][1], r->pattern);
     printf("\n");
   }
 }
@@ -831,7 +844,7 @@ int eng_ops_check(const eng_config *cfg) {
                           : "no fingerprint in the database yet (the next start stores it)");
   for (size_t i = 0; i < ov.n; i++)
     printf("overlay: %s replaces %s\n", ov.v[i].winner, ov.v[i].loser);
-  print_routes(&ld, &ov);
+  print_routes(cfg, &ld, &ov);
   printf("ok: %d routes, %d pending migration(s)\n", ld.routes, st.npending);
   goto out;
 fail:
@@ -854,7 +867,7 @@ int eng_ops_routes(const eng_config *cfg) {
   char *err = NULL;
   int rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err);
   if (rc == 0)
-    print_routes(&ld, &ov);
+    print_routes(cfg, &ld, &ov);
   else
     fprintf(stderr, "apiengine: %s\n", err ? err : eng_strerror(rc));
   loaded_free(&ld);

@@ -328,7 +328,7 @@ describe("SIGHUP", function()
     write(dir .. "/config.lua", 'return { settings = { greeting = "bonjour" } }\n')
     testing.kill(s.pid, 1)
     assert.truthy(wait_for(function()
-      return s.read_log():find("info  reload 1 done: 2 workers serve the new scripts (4 routes), in ", 1, true)
+      return s.read_log():find("info  reload 1 done: 2 workers serve the new scripts (3 routes), in ", 1, true)
     end), s.read_log())
     -- Each connection lands on one of the two workers: enough of them reach both.
     for _ = 1, 20 do
@@ -484,7 +484,7 @@ require("engine.route").get("/warm", function() return 200, { n = n } end)
     assert.equal(2, replaced)
     assert.truthy(log:find("info  apiengine %d+%.%d+%.%d+ listening on http://127%.0%.0%.1:" .. s.port .. " %(config '"
       .. dir:gsub("%p", "%%%0") .. "/config%.lua', scripts '" .. OVERLAY:gsub("%p", "%%%0") .. "', schema '"
-      .. SCHEMA:gsub("%p", "%%%0") .. "', db '" .. dir:gsub("%p", "%%%0") .. "/db%.sqlite', 1 worker, 3 routes%)\n"),
+      .. SCHEMA:gsub("%p", "%%%0") .. "', db '" .. dir:gsub("%p", "%%%0") .. "/db%.sqlite', 1 worker, 2 routes%)\n"),
       log)
     testing.kill(s.pid, 1)
     assert.truthy(wait_for(function() return s.read_log():find("reload 1 done", 1, true) end), s.read_log())
@@ -508,10 +508,11 @@ describe("apiengine check", function()
       "pending migration: " .. dir .. "/schema/0001_items.sql",
       "server key: " .. db .. ".key does not exist; the first start creates it",
       "METHOD   PATTERN   HANDLER",
+      "GET      /healthz  (engine, before any script: --healthz-path)",
+      "GET      /readyz   (engine, before any script: --readyz-path)",
       "GET      /a        " .. dir .. "/scripts/a.lua:3",
-      "GET      /healthz  (engine)",
       "GET      /setting  " .. dir .. "/scripts/a.lua:4",
-      "ok: 3 routes, 1 pending migration(s)",
+      "ok: 2 routes, 1 pending migration(s)",
     }, "\n") .. "\n", out)
     assert.is_false(exists(db))
     assert.is_false(exists(db .. ".key"))
@@ -534,11 +535,63 @@ describe("apiengine routes", function()
     local T = "tests/fixtures/overlay/top/"
     assert.equal(table.concat({
       "METHOD   PATTERN   HANDLER",
-      "GET      /healthz  (engine)",
+      "GET      /healthz  (engine, before any script: --healthz-path)",
+      "GET      /readyz   (engine, before any script: --readyz-path)",
       "GET      /other    " .. T .. "aa_wrap.lua:5  (route.replace at " .. T .. "aa_wrap.lua:5, replacing " .. T
         .. "things.lua:5)",
       "GET      /things   " .. T .. "things.lua:4  (" .. T .. "things.lua replaces tests/fixtures/overlay/base/things.lua)",
     }, "\n") .. "\n", out)
+  end)
+end)
+
+describe("the health and readiness paths", function()
+  it("are listed as configured, before any script, and a script's route on one is marked as never answering",
+    function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/b.lua", 'require("engine.route").get("/live", function() return 200, {} end)\n')
+    local code, out = run { "routes", "--healthz-path", "/live", "--readyz-path", "/ready/now",
+      table.unpack(args_for(dir)) }
+    assert.equal(0, code, out)
+    assert.equal(table.concat({
+      "METHOD   PATTERN     HANDLER",
+      "GET      /live       (engine, before any script: --healthz-path)",
+      "GET      /ready/now  (engine, before any script: --readyz-path)",
+      "GET      /a          " .. dir .. "/scripts/a.lua:3",
+      "GET      /live       " .. dir .. "/scripts/b.lua:1  (never answers: the engine's --healthz-path answers /live "
+        .. "first)",
+      "GET      /setting    " .. dir .. "/scripts/a.lua:4",
+    }, "\n") .. "\n", out)
+  end)
+
+  it("are the only ones the server answers itself: moved away, /healthz is no route of anyone's", function()
+    local dir = tmpdir()
+    local s = serve(args_for(dir, { "--healthz-path", "/live", "--readyz-path", "/ready" }), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.same({ 200, '{"status":"ok"}' }, { get(s.port, "/live") })
+    assert.same({ 200, '{"status":"ready"}' }, { get(s.port, "/ready") })
+    local status, body = get(s.port, "/healthz")
+    assert.equal(404, status)
+    assert.equal("not_found", require("engine.json").decode(body).error.code)
+    assert.equal(404, get(s.port, "/readyz"))
+    assert.equal(0, s.stop())
+  end)
+end)
+
+describe("the in-process app (spec.app)", function()
+  local app = spec.app { scripts = "tests/fixtures/metrics/scripts", schema = SCHEMA }
+
+  it("answers /healthz and /readyz as the server does, before the scripts' route of the same path", function()
+    local res = app.request("GET", "/healthz")
+    assert.equal(200, res.status)
+    assert.equal('{"status":"ok"}', res.body)
+    assert.equal("application/json", res.headers["content-type"])
+    res = app.request("GET", "/readyz")
+    assert.equal(200, res.status)
+    assert.equal('{"status":"ready"}', res.body)
+    res = app.request("HEAD", "/readyz")
+    assert.equal(200, res.status)
+    assert.equal("", res.body)
+    assert.equal(405, app.request("POST", "/healthz").status) -- other methods go to the routes
   end)
 end)
 
