@@ -346,8 +346,8 @@ describe("SIGHUP", function()
       return s.read_log():find("error reload 2 refused: " .. dir .. "/scripts/c.lua:4: <name> or '...' expected near "
         .. "<eof>; nothing changed, the old scripts keep serving\n", 1, true)
     end), s.read_log())
-    assert.truthy(s.read_log():find("warn  reload 2: the configuration now differs in logging; a reload applies "
-      .. "only the scripts and `settings`: restart for the rest\n", 1, true), s.read_log())
+    assert.truthy(s.read_log():find("warn  reload 2: the configuration now differs in access_log; a reload applies "
+      .. "only the scripts, `settings` and load_budget_ms: restart for the rest\n", 1, true), s.read_log())
     for _ = 1, 10 do
       assert.equal(200, get(s.port, "/a"))
       assert.equal(200, get(s.port, "/b"))
@@ -388,6 +388,32 @@ require("engine.route").get("/z", function() return 200 end)
       .. "/scripts/z.lua:1: items at load\n", 1, true), s.read_log())
     assert.equal(200, get(s.port, "/a"))
     assert.equal(404, get(s.port, "/z"))
+    assert.equal(0, s.stop())
+  end)
+
+  it("applies a changed load_budget_ms and names every other changed setting that waits for a restart", function()
+    local dir = tmpdir()
+    write(dir .. "/config.lua", "return { load_budget_ms = 200 }\n")
+    local s = serve(args_for(dir, { "--config", dir .. "/config.lua" }), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    -- A script that takes 0.5 s to load: past the running budget, within the fresh one.
+    write(dir .. "/scripts/slow.lua", "local t = os.clock() while os.clock() - t < 0.5 do end\n"
+      .. 'require("engine.route").get("/slow", function() return 200, { slow = true } end)\n')
+    write(dir .. "/config.lua", "return { load_budget_ms = 5000, body_timeout = 5000, send_timeout = 5000, "
+      .. "max_connections = 100, drain_timeout = 2000, metrics_listen = '127.0.0.1:" .. testing.free_port() .. "', "
+      .. "healthz_path = '/live', readyz_path = '/ready' }\n")
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function()
+      return s.read_log():find("info  reload 1 done: 2 workers serve the new scripts (3 routes), in ", 1, true)
+    end), s.read_log())
+    assert.truthy(s.read_log():find("warn  reload 1: the configuration now differs in body_timeout, send_timeout, "
+      .. "max_connections, drain_timeout, metrics_listen, healthz_path, readyz_path; a reload applies only the "
+      .. "scripts, `settings` and load_budget_ms: restart for the rest\n", 1, true), s.read_log())
+    for _ = 1, 10 do -- both workers
+      assert.same({ 200, '{"slow":true}' }, { get(s.port, "/slow") })
+    end
+    assert.equal(200, get(s.port, "/healthz")) -- the paths wait for the restart
+    assert.equal(404, get(s.port, "/live"))
     assert.equal(0, s.stop())
   end)
 
