@@ -635,6 +635,60 @@ describe("apiengine --help", function()
   end)
 end)
 
+describe("the README", function()
+  local readme = assert(read("README.md"))
+  -- The lines of the section that starts with heading, up to the next heading of any level.
+  local function section(heading)
+    local start = assert(readme:find("\n" .. heading .. "\n", 1, true), heading)
+    local stop = readme:find("\n#", start + #heading + 2) or #readme
+    return readme:sub(start, stop)
+  end
+
+  it("lists in the flags table of \"Running the server\" every option `apiengine --help` prints", function()
+    local code, out = run { "--help" }
+    assert.equal(0, code)
+    local rows = {} -- flag (or "—") .. " " .. environment variable, from the table
+    for flag, env in section("## Running the server"):gmatch("\n| ([^|]-) | ([^|]-) |") do
+      rows[#rows + 1] = { flag = flag:match("^`(%-%-[%w-]+)") or flag, env = env:match("^`(APIENGINE_[%u_]+)`$") or env }
+    end
+    local function row_of(flag, env)
+      for _, r in ipairs(rows) do
+        if r.flag == flag and r.env == env then return r end
+      end
+    end
+    local n = 0
+    for line in out:gmatch("[^\n]+") do
+      local flag, env = line:match("^  (%-%-[%w-]+) .*%[([^%]]+)%]$")
+      if not flag and line:match("^  %(no flag%) ") then flag, env = "—", line:match("%[([^%]]+)%]$") end
+      if not flag then goto next_line end
+      env = env == "flag only" and "—" or env
+      assert.truthy(row_of(flag, env), "README's flags table has no row for " .. flag .. " " .. env)
+      n = n + 1
+      ::next_line::
+    end
+    assert.is_true(n >= 28, "options read from --help: " .. n)
+    for _, r in ipairs(rows) do -- and no flag that --help does not know
+      if r.flag:sub(1, 2) == "--" then
+        assert.truthy(out:find("\n  " .. r.flag .. " ", 1, true), "--help does not print " .. r.flag)
+      end
+    end
+  end)
+
+  it("names every file under engine/ in the Layout section", function()
+    local layout = section("## Layout")
+    local p = io.popen("cd engine && ls *.c *.h lua/*")
+    local n = 0
+    for file in p:lines() do
+      local base = file:match("^([%w_]+)%.[ch]$")
+      assert.truthy(layout:find("`" .. file .. "`", 1, true) or (base and layout:find("`" .. base .. "`", 1, true)),
+        "engine/" .. file .. " is not in the README's Layout section")
+      n = n + 1
+    end
+    p:close()
+    assert.is_true(n > 60, "files: " .. n)
+  end)
+end)
+
 -- One request with a JSON body on a new connection -> status, decoded body.
 local function call(port, method, path, body, token)
   local c = socket.tcp()
