@@ -350,6 +350,64 @@ int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_h
   return 0;
 }
 
+/* Table-driven, so an option added to opts is compared too: what differs is named by its
+ * config-file key (the flag's name for a flag-only option). */
+int eng_config_diff(const eng_config *a, const eng_config *b, const char *const *skip, char *names, size_t size) {
+  const char *pa = (const char *)a, *pb = (const char *)b;
+  size_t len = 0;
+  int n = 0;
+  if (size > 0)
+    names[0] = '\0';
+  for (size_t i = 0; i < NOPTS; i++) {
+    const opt *o = &opts[i];
+    const char *name = o->key ? o->key : o->flag + 2;
+    int skipped = 0;
+    for (const char *const *k = skip; k && *k && !skipped; k++)
+      skipped = strcmp(*k, name) == 0;
+    if (skipped)
+      continue;
+    int differs = 0;
+    switch (o->type) {
+    case T_STR:
+    case T_PATH:
+    case T_SYNC: {
+      const char *x = *(char *const *)(pa + o->offset), *y = *(char *const *)(pb + o->offset);
+      differs = (x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0);
+      break;
+    }
+    case T_INT:
+    case T_FORMAT:
+    case T_ONOFF:
+    case T_FLAG:
+      differs = *(const int *)(pa + o->offset) != *(const int *)(pb + o->offset);
+      break;
+    case T_LEVEL:
+      differs = a->log_level != b->log_level;
+      break;
+    case T_SIZE:
+    case T_MB:
+      differs = *(const size_t *)(pa + o->offset) != *(const size_t *)(pb + o->offset);
+      break;
+    case T_LISTEN:
+      differs = strcmp(a->listen_host, b->listen_host) != 0 || a->port != b->port;
+      break;
+    case T_MLISTEN:
+      differs = (a->metrics_host == NULL) != (b->metrics_host == NULL) ||
+                (a->metrics_host && strcmp(a->metrics_host, b->metrics_host) != 0) ||
+                a->metrics_port != b->metrics_port;
+      break;
+    }
+    if (!differs)
+      continue;
+    n++;
+    if (len < size) {
+      int w = snprintf(names + len, size - len, "%s%s", len ? ", " : "", name);
+      len = w < 0 ? size : len + (size_t)w;
+    }
+  }
+  return n;
+}
+
 const char *eng_config_usage(void) {
   static char text[8192];
   if (text[0])

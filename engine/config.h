@@ -71,6 +71,12 @@ void eng_config_free(eng_config *c);
  * are errors: ENG_ECONFIG with a malloc'd *err. *want_help / *want_version are set for --help / --version. */
 int eng_config_load(eng_config *c, int argc, char **argv, int first, int *want_help, int *want_version, char **err);
 
+/* Compares every option of a and b but those whose config-file key is in skip (NULL-terminated;
+ * NULL: none) and writes the keys of those that differ into names (size bytes, ", "-separated,
+ * truncated to fit); returns how many differ. Values are never written (the key is compared
+ * like the rest, and named only as "key"). */
+int eng_config_diff(const eng_config *a, const eng_config *b, const char *const *skip, char *names, size_t size);
+
 /* The usage text for `apiengine serve` options (shared by --help). */
 const char *eng_config_usage(void);
 

@@ -302,14 +302,6 @@ static int resolve_options(eng_db_options *o, char **err) {
   return 0;
 }
 
-/* apiengine_db_query_duration_seconds: SQLite's own measure of each statement run (to the
- * millisecond: it reads the VFS clock), reported when the statement finishes or is reset. */
-static int on_profile(unsigned type, void *ud, void *stmt, void *ns) {
-  (void)type, (void)ud, (void)stmt;
-  eng_metrics_db_query((double)*(sqlite3_int64 *)ns / 1e9);
-  return 0;
-}
-
 /* Sets up the freshly opened handle: extended result codes, the busy handler, WAL (for a file),
  * synchronous, foreign keys, cache_size and mmap_size. */
 static int configure(eng_db *db, const char *path, const eng_db_options *o, char **err) {
@@ -319,8 +311,6 @@ static int configure(eng_db *db, const char *path, const eng_db_options *o, char
   sqlite3_extended_result_codes(db->h, 1);
   db->busy_timeout_ms = o->busy_timeout_ms;
   sqlite3_busy_handler(db->h, busy_wait, db);
-  if (eng_metrics_enabled())
-    sqlite3_trace_v2(db->h, SQLITE_TRACE_PROFILE, on_profile, NULL);
   if (strcmp(path, ":memory:") != 0 && path[0] != '\0') {
     if (pragma_text(db->h, "PRAGMA journal_mode=WAL", mode, sizeof mode) != SQLITE_OK)
       return eng_errorf(err, ENG_EDB, "db: cannot set WAL mode on %s: %s", path, sqlite3_errmsg(db->h));

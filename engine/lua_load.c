@@ -524,24 +524,6 @@ static int msgh(lua_State *L) {
 
 static void unref_handler(int handler, void *ud) { luaL_unref((lua_State *)ud, LUA_REGISTRYINDEX, handler); }
 
-static int healthz(lua_State *L) {
-  lua_pushinteger(L, 200);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "ok");
-  lua_setfield(L, -2, "status");
-  return 2;
-}
-
-/* Routes GET /healthz to healthz (rt given as a light userdata); under eng_lua_protect. */
-static int add_healthz_p(lua_State *L) {
-  eng_runtime *rt = lua_touserdata(L, 1);
-  lua_pushcfunction(L, healthz);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  const char *why;
-  eng_router_add(rt->router, ENG_M_GET, "/healthz", ref, &why);
-  return 0;
-}
-
 /* Pushes the chunk of the script whose path is given as a light userdata, or raises
  * its load error; under eng_lua_protect (the chunk name and the source allocate). */
 static int load_p(lua_State *L) {
@@ -670,15 +652,7 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err) {
     free(list[i].path);
   }
   free(list);
-  if (rc == 0) {
-    /* /healthz is the engine's unless a script answers it. */
-    eng_route_match m;
-    char scratch[16];
-    eng_router_match(rt->router, ENG_M_GET, "/healthz", 8, scratch, &m);
-    if (m.status == 404 && eng_lua_protect(L, add_healthz_p, rt, 0) != LUA_OK) {
-      rc = eng_errorf(err, ENG_ENOMEM, "out of memory");
-      lua_pop(L, 1);
-    }
-  }
+  /* No route of the engine's own here: the health and readiness paths are answered before any
+   * script, by the worker (conn.c) and by the in-process test client (test.c). */
   return rc;
 }

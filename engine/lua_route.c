@@ -183,7 +183,6 @@ static eng_route_info *list_next(lua_State *L, list_ctx *c) {
 static int list_p(lua_State *L) {
   list_ctx *c = lua_touserdata(L, 1);
   eng_router *router = c->rt->router;
-  int healthz_listed = 0;
   if (router == NULL)
     return 0;
   push_records(L, c->rt);
@@ -205,15 +204,8 @@ static int list_p(lua_State *L) {
       r->registered = dup_field(L, "at");
       r->replaced_at = dup_field(L, "rat");
       r->replaced = dup_field(L, "orig");
-      healthz_listed |= method == ENG_M_GET && strcmp(r->pattern, "/healthz") == 0;
     }
     lua_pop(L, 1);
-  }
-  if (!healthz_listed && eng_router_slot(router, ENG_M_GET, "/healthz") != NULL) {
-    eng_route_info *r = list_next(L, c);
-    r->method = ENG_M_GET;
-    if ((r->pattern = strdup("/healthz")) == NULL || (r->handler = strdup("(engine)")) == NULL)
-      luaL_error(L, "out of memory");
   }
   return 0;
 }

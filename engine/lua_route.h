@@ -14,9 +14,8 @@ typedef struct eng_runtime eng_runtime;
 typedef struct eng_route_info {
   int method;        /* ENG_M_* (router.h) */
   char *pattern;     /* as first registered */
-  char *handler;     /* "file:line" where the routed function is defined, "[C]" for a C function, or
-                        "(engine)" for the engine's own /healthz */
-  char *registered;  /* "file:line" of the route.get/add call, or NULL (the engine's) */
+  char *handler;     /* "file:line" where the routed function is defined, or "[C]" for a C function */
+  char *registered;  /* "file:line" of the route.get/add call, or NULL */
   char *replaced_at; /* "file:line" of the last route.replace call, or NULL */
   char *replaced;    /* "file:line" of the handler the first route.replace displaced, or NULL */
 } eng_route_info;

@@ -540,7 +540,7 @@ typedef struct call {
   int64_t deadline;
   int bad; /* the parameters' UTF-8 check: 0, ENG_EPARSE (bad_why says which) or another error */
   const char *bad_why;
-  int hooks; /* run the request hooks (there are some, and this is not the engine's /healthz) */
+  int hooks; /* run the request hooks (there are some) */
   int blown; /* a call of this request blew the time or memory budget: no after hooks */
 } call;
 
@@ -809,22 +809,11 @@ static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
   }
 }
 
-/* 1 when the matched handler is the engine's own /healthz (a C function where scripts route
- * Lua ones): it is answered without the hooks, so no script policy (a rate limit) stands
- * between a load balancer and the health answer. */
-static int engine_healthz(lua_State *L, const eng_route_match *m) {
-  if (m->status != 200 || strcmp(m->pattern, "/healthz") != 0)
-    return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, m->handler);
-  int is_c = lua_iscfunction(L, -1);
-  lua_pop(L, 1);
-  return is_c;
-}
-
-/* Request hooks run for every request the router sees: matched (but the engine's /healthz),
- * 404 and 405 (a CORS preflight is an OPTIONS request to a route that declares none), and a
- * request whose parameters are not UTF-8, before the engine answers it 400. Without hooks,
- * the engine's own answers need no Lua but the error hook. */
+/* Request hooks run for every request the router sees: matched, 404 and 405 (a CORS preflight
+ * is an OPTIONS request to a route that declares none), and a request whose parameters are not
+ * UTF-8, before the engine answers it 400. Without hooks, the engine's own answers need no Lua
+ * but the error hook. The health and readiness paths never get here: the caller answers them
+ * first (conn.c, test.c), so no hook stands between a load balancer and them. */
 void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
                            const char *request_id, eng_response *resp) {
   int top = lua_gettop(L);
@@ -855,7 +844,7 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
       }
     c.bad_why = why;
   }
-  c.hooks = (rt->before_hooks != LUA_NOREF || rt->after_hooks != LUA_NOREF) && !engine_healthz(L, &m);
+  c.hooks = rt->before_hooks != LUA_NOREF || rt->after_hooks != LUA_NOREF;
   if (!c.hooks && (m.status != 200 || c.bad != 0)) { /* answered without Lua (but the error hook) */
     if (m.status == 405) {
       char allow[96];

@@ -513,38 +513,15 @@ typedef struct serve_ctx {
   instance_lock lock;
 } serve_ctx;
 
-static int strdiff(const char *a, const char *b) { return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0); }
+/* Settings a reload applies: `settings` (not an option) and the load budget, since the reload
+ * loads the scripts. The others wait for a restart: named in one warning. */
+static const char *const reload_applies[] = {"load_budget_ms", NULL};
 
-/* Appends name to the list in names (size bytes, *len used) when differs. */
-static void name_if(int differs, const char *name, char *names, size_t size, size_t *len) {
-  if (differs && *len < size)
-    *len += (size_t)snprintf(names + *len, size - *len, "%s%s", *len ? ", " : "", name);
-}
-
-/* Names the settings of fresh that differ from the running ones and need a restart. */
 static void warn_restart_settings(unsigned id, const eng_config *now, const eng_config *fresh) {
-  char names[512] = "";
-  size_t n = 0, z = sizeof names;
-  name_if(strdiff(now->listen_host, fresh->listen_host) || now->port != fresh->port, "listen", names, z, &n);
-  name_if(now->workers != fresh->workers, "workers", names, z, &n);
-  name_if(strdiff(now->scripts_dir, fresh->scripts_dir), "scripts", names, z, &n);
-  name_if(strdiff(now->schema_dir, fresh->schema_dir), "schema", names, z, &n);
-  name_if(strdiff(now->db_path, fresh->db_path), "db", names, z, &n);
-  name_if(strdiff(now->key, fresh->key), "key", names, z, &n);
-  name_if(strdiff(now->synchronous, fresh->synchronous), "synchronous", names, z, &n);
-  name_if(now->log_level != fresh->log_level || now->log_json != fresh->log_json ||
-              now->access_log != fresh->access_log,
-          "logging", names, z, &n);
-  name_if(memcmp(&now->limits, &fresh->limits, sizeof now->limits) != 0 ||
-              now->header_timeout_ms != fresh->header_timeout_ms || now->idle_timeout_ms != fresh->idle_timeout_ms ||
-              now->max_connections != fresh->max_connections || now->drain_ms != fresh->drain_ms,
-          "HTTP limits", names, z, &n);
-  name_if(now->budget_ms != fresh->budget_ms || now->load_budget_ms != fresh->load_budget_ms ||
-              now->memory_limit != fresh->memory_limit,
-          "budgets", names, z, &n);
-  if (n > 0)
-    eng_log_warn("reload %u: the configuration now differs in %s; a reload applies only the scripts and `settings`: "
-                 "restart for the rest",
+  char names[1024];
+  if (eng_config_diff(now, fresh, reload_applies, names, sizeof names) > 0)
+    eng_log_warn("reload %u: the configuration now differs in %s; a reload applies only the scripts, `settings` and "
+                 "load_budget_ms: restart for the rest",
                  id, names);
 }
 
@@ -558,7 +535,7 @@ static void log_pending(const char *what, const eng_db_state *st) {
 }
 
 /* The SIGHUP check (server.h reload_check). */
-static int reload_check(void *ud, unsigned id, eng_buf *settings, int *routes, char **out_err) {
+static int reload_check(void *ud, unsigned id, eng_buf *settings, int *routes, int *load_budget_ms, char **out_err) {
   serve_ctx *s = ud;
   eng_config fresh;
   eng_db_state st = {.max_applied_id = -1};
@@ -588,8 +565,11 @@ static int reload_check(void *ud, unsigned id, eng_buf *settings, int *routes, c
   }
   if (find_overlays(s->cfg->scripts_dir, &ov) == 0)
     log_overlays(&ov);
-  if ((rc = check_load(s->cfg, &fresh.settings, inspected, st.max_applied_id, 0, &ld, out_err)) != 0)
+  eng_config with_fresh = *s->cfg; /* borrowed: the running settings but the fresh load budget */
+  with_fresh.load_budget_ms = fresh.load_budget_ms;
+  if ((rc = check_load(&with_fresh, &fresh.settings, inspected, st.max_applied_id, 0, &ld, out_err)) != 0)
     goto cleanup;
+  *load_budget_ms = fresh.load_budget_ms;
   eng_buf tmp = *settings; /* the server's empty buffer takes the fresh settings */
   *settings = fresh.settings;
   fresh.settings = tmp;
@@ -765,13 +745,23 @@ int eng_ops_migrate(const eng_config *cfg) {
 
 /* ---- check and routes ------------------------------------------------------------------------- */
 
-static void print_routes(const loaded *ld, const overlays *ov) {
+/* The table of check and routes. The health and readiness paths come first, as the engine
+ * answers them (GET and HEAD, in C, before the hooks and the routes); a script's GET or HEAD
+ * route of the same path is listed as shadowed, since it never answers those. */
+static void print_routes(const eng_config *cfg, const loaded *ld, const overlays *ov) {
+  const char *engine_paths[2][2] = {{cfg->healthz_path, "--healthz-path"}, {cfg->readyz_path, "--readyz-path"}};
   int width = 7;
   for (size_t i = 0; i < ld->ninfos; i++) {
     int len = (int)strlen(ld->infos[i].pattern);
     width = len > width ? len : width;
   }
+  for (int i = 0; i < 2; i++) {
+    int len = (int)strlen(engine_paths[i][0]);
+    width = len > width ? len : width;
+  }
   printf("%-7s  %-*s  %s\n", "METHOD", width, "PATTERN", "HANDLER");
+  for (int i = 0; i < 2; i++)
+    printf("%-7s  %-*s  (engine, before any script: %s)\n", "GET", width, engine_paths[i][0], engine_paths[i][1]);
   for (size_t i = 0; i < ld->nhooks; i++) /* they run around every route: listed first */
     printf("%-7s  %-*s  %s\n", strcmp(ld->hooks[i].kind, "before") == 0 ? "BEFORE" : "AFTER", width, "*",
            ld->hooks[i].handler);
@@ -783,6 +773,9 @@ static void print_routes(const loaded *ld, const overlays *ov) {
     const overlay *o = overlay_of(ov, r->replaced_at ? r->replaced_at : r->registered);
     if (o)
       printf("  (%s replaces %s)", o->winner, o->loser);
+    for (int k = 0; k < 2; k++)
+      if ((r->method == ENG_M_GET || r->method == ENG_M_HEAD) && strcmp(r->pattern, engine_paths[k][0]) == 0)
+        printf("  (never answers: the engine's %s answers %s first)", engine_paths[k][1], r->pattern);
     printf("\n");
   }
 }
@@ -831,7 +824,7 @@ int eng_ops_check(const eng_config *cfg) {
                           : "no fingerprint in the database yet (the next start stores it)");
   for (size_t i = 0; i < ov.n; i++)
     printf("overlay: %s replaces %s\n", ov.v[i].winner, ov.v[i].loser);
-  print_routes(&ld, &ov);
+  print_routes(cfg, &ld, &ov);
   printf("ok: %d routes, %d pending migration(s)\n", ld.routes, st.npending);
   goto out;
 fail:
@@ -854,7 +847,7 @@ int eng_ops_routes(const eng_config *cfg) {
   char *err = NULL;
   int rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err);
   if (rc == 0)
-    print_routes(&ld, &ov);
+    print_routes(cfg, &ld, &ov);
   else
     fprintf(stderr, "apiengine: %s\n", err ? err : eng_strerror(rc));
   loaded_free(&ld);

@@ -61,12 +61,12 @@ static void close_any(uv_handle_t *h, void *arg) {
   close_handle_once(h);
 }
 
-static eng_runtime_options runtime_options(const worker *w, const eng_buf *settings) {
+static eng_runtime_options runtime_options(const worker *w, const eng_buf *settings, int load_budget_ms) {
   return (eng_runtime_options){
       .scripts_dir = w->cfg->scripts_dir,
       .settings = settings,
       .budget_ms = w->cfg->budget_ms,
-      .load_budget_ms = w->cfg->load_budget_ms,
+      .load_budget_ms = load_budget_ms,
       .memory_limit = w->cfg->memory_limit,
       .db = w->db, /* scripts may read the database while they load (e.g. to warm caches) */
   };
@@ -101,7 +101,7 @@ static void on_reload(uv_async_t *a) {
     gen_release(rl, g);
     return;
   }
-  eng_runtime_options ro = runtime_options(w, &g->settings);
+  eng_runtime_options ro = runtime_options(w, &g->settings, g->load_budget_ms);
   eng_runtime *fresh = NULL;
   char *err = NULL;
   int rc = eng_runtime_new(&fresh, &ro, &err);
@@ -162,7 +162,7 @@ static void worker_main(void *arg) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
     goto fail;
   }
-  eng_runtime_options ro = runtime_options(w, &w->cfg->settings);
+  eng_runtime_options ro = runtime_options(w, &w->cfg->settings, w->cfg->load_budget_ms);
   if ((rc = eng_runtime_new(&w->rt, &ro, &err)) != 0) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
@@ -414,7 +414,7 @@ static void on_sighup(uv_signal_t *s, int signo) {
   int routes = 0, rc = g ? 0 : ENG_ENOMEM;
   char *err = NULL;
   if (g) /* calloc'd: g->settings is a valid empty buffer */
-    rc = h->reload_check(h->ud, id, &g->settings, &routes, &err);
+    rc = h->reload_check(h->ud, id, &g->settings, &routes, &g->load_budget_ms, &err);
   if (rc != 0) {
     eng_log_error("reload %u refused: %s; nothing changed, the old scripts keep serving", id,
                   err ? err : eng_strerror(rc));

@@ -26,10 +26,11 @@
 typedef struct eng_server_hooks {
   /* On the main thread, at SIGHUP number reload_id: checks what a reload would load. Returns 0
    * with *settings filled (engine.config's packed settings for the new runtimes; the server
-   * takes it over; it arrives empty) and *routes (their count, for the log), or an ENG_E* code
+   * takes it over; it arrives empty), *routes (their count, for the log) and *load_budget_ms (the
+   * fresh configuration's, which the workers load the scripts under), or an ENG_E* code
    * and a malloc'd *err saying why (file:line for a script), which the server logs in the one
    * line that refuses the reload. NULL: SIGHUP is ignored. */
-  int (*reload_check)(void *ud, unsigned reload_id, eng_buf *settings, int *routes, char **err);
+  int (*reload_check)(void *ud, unsigned reload_id, eng_buf *settings, int *routes, int *load_budget_ms, char **err);
   /* On the main thread every ENG_SERVER_POLL_MS until it returns non-zero; NULL: never. The
    * handover uses it to wait for the old server's database lock. */
   int (*poll)(void *ud);

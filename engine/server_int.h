@@ -87,6 +87,7 @@ typedef struct reload_gen {
   unsigned id;
   int refs;
   eng_buf settings;
+  int load_budget_ms; /* the fresh configuration's: the workers load the scripts under it */
 } reload_gen;
 
 /* The reloads of one server run: what the main thread publishes and the workers read. */

@@ -19,6 +19,7 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <sqlite3.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -50,6 +51,29 @@ typedef struct test_state {
 } test_state;
 
 static test_state *TS(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
+
+/* The server's workers answer the health and readiness paths before routing and before any Lua
+ * (conn.c, server_metrics.c eng_health_fill); the in-process client does the same for the
+ * default paths, with the same bodies, so a spec sees what a load balancer would (no hook, no
+ * script route of the same path). Ready: the database is open and answers a read. Returns 1
+ * when it answered. */
+static int health_answer(test_state *ts, const eng_http_request *req, eng_response *resp) {
+  if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0)
+    return 0;
+  int healthz = req->path_len == 8 && memcmp(req->url.data, "/healthz", 8) == 0;
+  int readyz = req->path_len == 7 && memcmp(req->url.data, "/readyz", 7) == 0;
+  if (!healthz && !readyz)
+    return 0;
+  int ready = ts->db != NULL &&
+              sqlite3_exec(eng_db_handle(ts->db), "SELECT 1 FROM sqlite_schema LIMIT 1", NULL, NULL, NULL) == SQLITE_OK;
+  resp->status = healthz || ready ? 200 : 503;
+  strcpy(resp->content_type, "application/json");
+  eng_buf_reset(&resp->body);
+  eng_buf_append_str(&resp->body, healthz ? "{\"status\":\"ok\"}"
+                                  : ready ? "{\"status\":\"ready\"}"
+                                          : "{\"status\":\"not_ready\",\"reason\":\"database\"}");
+  return 1;
+}
 
 /* testing.request(method, target, headers, body [, peer]) -> status, headers, body, logged
  * (logged: what the engine logged at error level while answering, or nil) */
@@ -111,7 +135,8 @@ static int t_request(lua_State *L) {
   eng_buf logged = {0};
   eng_log_capture(&logged);
   if (r == ENG_HTTP_REQUEST) {
-    eng_runtime_handle_in(ts->rt, L, &hp.req, peer, rid, &resp);
+    if (!health_answer(ts, &hp.req, &resp))
+      eng_runtime_handle_in(ts->rt, L, &hp.req, peer, rid, &resp);
   } else if (r == ENG_HTTP_ERROR) {
     eng_runtime_error_in(ts->rt, L, hp.error_status, hp.error_code, hp.error_reason, rid, &resp);
   } else {

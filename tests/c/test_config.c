@@ -136,9 +136,100 @@ static void test_environment_wins_over_settings_as_a_string(void) {
   eng_config_free(&c);
 }
 
+/* eng_config_diff names every option by its config-file key (the reload's warning relies on
+ * it): each one changed from its default is named, in the table's order, and skip leaves one out;
+ * the key's value never appears. */
+static void test_diff_names_every_changed_option(void) {
+  eng_config a, b;
+  char *err = NULL;
+  char names[1024];
+  char file[] = "/tmp/apiengine-config-XXXXXX";
+  int fd = mkstemp(file);
+  FILE *f = fdopen(fd, "w");
+  fputs("return { synchronous = 'NORMAL' }\n", f);
+  fclose(f);
+  setenv("APIENGINE_KEY", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", 1);
+  char *argv[] = {"--listen",
+                  "127.0.0.1:9",
+                  "--workers",
+                  "7",
+                  "--scripts",
+                  "s2",
+                  "--schema",
+                  "c2",
+                  "--db",
+                  "d2",
+                  "--config",
+                  file,
+                  "--log-level",
+                  "debug",
+                  "--log-format",
+                  "json",
+                  "--access-log",
+                  "off",
+                  "--max-header-bytes",
+                  "1000",
+                  "--max-url-bytes",
+                  "1000",
+                  "--max-body-bytes",
+                  "1000",
+                  "--header-timeout",
+                  "1000",
+                  "--body-timeout",
+                  "1000",
+                  "--idle-timeout",
+                  "1000",
+                  "--send-timeout",
+                  "1000",
+                  "--max-connections",
+                  "10",
+                  "--drain-timeout",
+                  "1000",
+                  "--budget-ms",
+                  "10",
+                  "--load-budget-ms",
+                  "10",
+                  "--memory-limit-mb",
+                  "9",
+                  "--pid-file",
+                  "p2",
+                  "--handover",
+                  "--metrics-listen",
+                  "127.0.0.1:9",
+                  "--healthz-path",
+                  "/h2",
+                  "--readyz-path",
+                  "/r2"};
+  CHECK_INT(load(&b, (int)(sizeof argv / sizeof argv[0]), argv, &err), 0);
+  unsetenv("APIENGINE_KEY");
+  unlink(file);
+  CHECK_INT(load(&a, 0, NULL, &err), 0);
+  CHECK_INT(eng_config_diff(&a, &a, NULL, names, sizeof names), 0);
+  CHECK_STR(names, "");
+  CHECK_INT(eng_config_diff(&a, &b, NULL, names, sizeof names), 28);
+  CHECK_STR(names, "listen, workers, scripts, schema, db, config, key, synchronous, log_level, log_format, "
+                   "access_log, max_header_bytes, max_url_bytes, max_body_bytes, header_timeout, body_timeout, "
+                   "idle_timeout, send_timeout, max_connections, drain_timeout, budget_ms, load_budget_ms, "
+                   "memory_limit_mb, pid_file, handover, metrics_listen, healthz_path, readyz_path");
+  const char *const skip[] = {"load_budget_ms", "listen", NULL};
+  CHECK_INT(eng_config_diff(&a, &b, skip, names, sizeof names), 26);
+  CHECK_STR(
+      names,
+      "workers, scripts, schema, db, config, key, synchronous, log_level, log_format, access_log, max_header_bytes, "
+      "max_url_bytes, max_body_bytes, header_timeout, body_timeout, idle_timeout, send_timeout, max_connections, "
+      "drain_timeout, budget_ms, memory_limit_mb, pid_file, handover, metrics_listen, healthz_path, readyz_path");
+  CHECK(strstr(names, "0123") == NULL);
+  char small[16];
+  CHECK_INT(eng_config_diff(&a, &b, NULL, small, sizeof small), 28); /* truncated, terminated */
+  CHECK_INT(strlen(small), sizeof small - 1);
+  eng_config_free(&a);
+  eng_config_free(&b);
+}
+
 int main(void) {
   eng_config c;
   char *err = NULL;
+  test_diff_names_every_changed_option();
 
   CHECK_INT(load(&c, 0, NULL, &err), 0);
   CHECK_STR(c.listen_host, "127.0.0.1");

@@ -86,6 +86,40 @@ describe("output back-pressure", function()
   end)
 end)
 
+describe("the worker-wide bound of unsent answers", function()
+  -- One worker, so all the unsent answers are its own.
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, args = { "--access-log", "off" } }
+
+  it("holds 200 clients that never read to about 32 MiB of answers, where each alone may queue 1 MiB", function()
+    local base = rss_mib(srv.pid)
+    -- 128 requests per connection (64 KiB, all read at once), each for a 64 KiB answer: 8 MiB of
+    -- answers per connection. The per-connection bound alone lets each queue up to 1 MiB (and one
+    -- answer) past what the kernel takes: up to 210 MiB for 200 connections. The worker's bound
+    -- stops every connection with unsent output once the worker has 32 MiB unsent: 32 MiB, plus
+    -- at most one answer per connection. Measured: 44 MiB over the start with the worker's bound,
+    -- past 96 MiB (where the watch stops) without it.
+    local batch = {}
+    for i = 1, 128 do batch[i] = padded("/big?kb=64", 512, "w" .. i) end
+    batch = table.concat(batch)
+    local conns = {}
+    local peak = base
+    for i = 1, 200 do
+      conns[i] = connect(srv.port)
+      assert(conns[i]:send(batch))
+    end
+    -- Watch for 3 s, stopping early once past the bound.
+    local t0 = socket.gettime()
+    while socket.gettime() - t0 < 3 and peak < base + 96 do
+      testing.sleep(100)
+      peak = math.max(peak, rss_mib(srv.pid))
+    end
+    for _, c in ipairs(conns) do c:close() end
+    assert.is_true(peak < base + 96, string.format("peak RSS %.0f MiB (from %.0f MiB at start)", peak, base))
+    -- and it still serves, once the closed connections' answers are dropped
+    assert.equal(200, srv.request("GET", "/hello").status)
+  end)
+end)
+
 -- Reads until the server closes (or `limit` seconds pass): the bytes, how it ended, and when.
 local function read_to_close(c, limit)
   c:settimeout(limit)

@@ -210,6 +210,8 @@ describe("apiengine routes", function()
     local H = root .. "/hooks/hooks.lua:"
     assert.equal(table.concat({
       "METHOD   PATTERN       HANDLER",
+      "GET      /healthz      (engine, before any script: --healthz-path)",
+      "GET      /readyz       (engine, before any script: --readyz-path)",
       "BEFORE   *             " .. H .. "9",
       "BEFORE   *             " .. H .. "10",
       "BEFORE   *             " .. H .. "18",
@@ -218,7 +220,6 @@ describe("apiengine routes", function()
       "GET      /after-bad    " .. H .. "37",
       "GET      /after-error  " .. H .. "36",
       "GET      /fail         " .. H .. "35",
-      "GET      /healthz      (engine)",
       "GET      /p/{id}       " .. H .. "39",
       "GET      /seen         " .. H .. "33",
       "GET      /spin         " .. H .. "38",

@@ -238,6 +238,58 @@ describe("metrics", function()
   end)
 end)
 
+describe("database statement timing", function()
+  -- A statement that runs tens of milliseconds (a recursive CTE counting to n), and a trivial one.
+  local dir = testing.mkdtemp()
+  local f = assert(io.open(dir .. "/timing.lua", "w"))
+  f:write([[
+local route = require "engine.route"
+local db = require "engine.db"
+route.get("/cte", function(req)
+  local n = math.tointeger(tonumber(req.query.n))
+  return 200, db.one("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+    .. "SELECT count(*) AS n FROM c", n)
+end)
+]])
+  f:close()
+  local MPORT = testing.free_port()
+  local srv = spec.server { scripts = dir, schema = SCHEMA, workers = 1,
+                            args = { "--metrics-listen", "127.0.0.1:" .. MPORT, "--budget-ms", "10000" } }
+  teardown(function() testing.rmtree(dir) end)
+  local Q = "apiengine_db_query_duration_seconds"
+
+  it("records a slow statement in the bucket of its duration, measured finer than the millisecond", function()
+    local before = scrape(MPORT)
+    local t0 = socket.gettime()
+    local res = get(srv.port, "/cte?n=150000")
+    local rtt = socket.gettime() - t0
+    assert.equal(200, res.status)
+    assert.same({ n = 150000 }, res.json)
+    local m = scrape(MPORT)
+    assert.equal(before[Q .. "_count"] + 1, m[Q .. "_count"])
+    local d = m[Q .. "_sum"] - before[Q .. "_sum"]
+    assert.is_true(d > 0.01 and d <= rtt, "statement " .. d .. " s, request " .. rtt .. " s")
+    -- One observation: every bucket from the first bound at or above d counts it, none below.
+    local b0, b1 = buckets(before, Q, ""), buckets(m, Q, "")
+    local bounds = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, math.huge }
+    for i, le in ipairs(bounds) do
+      assert.equal(d <= le and 1 or 0, b1[i] - b0[i], "le=" .. le .. " for " .. d .. " s")
+    end
+    -- SQLite's own timing is whole milliseconds; the monotonic clock's is not.
+    local ms = d * 1000
+    assert.is_true(math.abs(ms - math.floor(ms + 0.5)) > 1e-6, "a whole number of milliseconds: " .. ms)
+  end)
+
+  it("records a trivial statement below the millisecond", function()
+    local before = scrape(MPORT)
+    for _ = 1, 5 do assert.equal(200, get(srv.port, "/cte?n=1").status) end
+    local m = scrape(MPORT)
+    assert.equal(before[Q .. "_count"] + 5, m[Q .. "_count"])
+    local d = m[Q .. "_sum"] - before[Q .. "_sum"]
+    assert.is_true(d > 0 and d < 0.005, "5 statements took " .. d .. " s")
+  end)
+end)
+
 describe("health checks", function()
   local MPORT = testing.free_port()
   local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, manual = true,

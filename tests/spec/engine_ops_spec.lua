@@ -328,7 +328,7 @@ describe("SIGHUP", function()
     write(dir .. "/config.lua", 'return { settings = { greeting = "bonjour" } }\n')
     testing.kill(s.pid, 1)
     assert.truthy(wait_for(function()
-      return s.read_log():find("info  reload 1 done: 2 workers serve the new scripts (4 routes), in ", 1, true)
+      return s.read_log():find("info  reload 1 done: 2 workers serve the new scripts (3 routes), in ", 1, true)
     end), s.read_log())
     -- Each connection lands on one of the two workers: enough of them reach both.
     for _ = 1, 20 do
@@ -346,8 +346,8 @@ describe("SIGHUP", function()
       return s.read_log():find("error reload 2 refused: " .. dir .. "/scripts/c.lua:4: <name> or '...' expected near "
         .. "<eof>; nothing changed, the old scripts keep serving\n", 1, true)
     end), s.read_log())
-    assert.truthy(s.read_log():find("warn  reload 2: the configuration now differs in logging; a reload applies "
-      .. "only the scripts and `settings`: restart for the rest\n", 1, true), s.read_log())
+    assert.truthy(s.read_log():find("warn  reload 2: the configuration now differs in access_log; a reload applies "
+      .. "only the scripts, `settings` and load_budget_ms: restart for the rest\n", 1, true), s.read_log())
     for _ = 1, 10 do
       assert.equal(200, get(s.port, "/a"))
       assert.equal(200, get(s.port, "/b"))
@@ -388,6 +388,32 @@ require("engine.route").get("/z", function() return 200 end)
       .. "/scripts/z.lua:1: items at load\n", 1, true), s.read_log())
     assert.equal(200, get(s.port, "/a"))
     assert.equal(404, get(s.port, "/z"))
+    assert.equal(0, s.stop())
+  end)
+
+  it("applies a changed load_budget_ms and names every other changed setting that waits for a restart", function()
+    local dir = tmpdir()
+    write(dir .. "/config.lua", "return { load_budget_ms = 200 }\n")
+    local s = serve(args_for(dir, { "--config", dir .. "/config.lua" }), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    -- A script that takes 0.5 s to load: past the running budget, within the fresh one.
+    write(dir .. "/scripts/slow.lua", "local t = os.clock() while os.clock() - t < 0.5 do end\n"
+      .. 'require("engine.route").get("/slow", function() return 200, { slow = true } end)\n')
+    write(dir .. "/config.lua", "return { load_budget_ms = 5000, body_timeout = 5000, send_timeout = 5000, "
+      .. "max_connections = 100, drain_timeout = 2000, metrics_listen = '127.0.0.1:" .. testing.free_port() .. "', "
+      .. "healthz_path = '/live', readyz_path = '/ready' }\n")
+    testing.kill(s.pid, 1)
+    assert.truthy(wait_for(function()
+      return s.read_log():find("info  reload 1 done: 2 workers serve the new scripts (3 routes), in ", 1, true)
+    end), s.read_log())
+    assert.truthy(s.read_log():find("warn  reload 1: the configuration now differs in body_timeout, send_timeout, "
+      .. "max_connections, drain_timeout, metrics_listen, healthz_path, readyz_path; a reload applies only the "
+      .. "scripts, `settings` and load_budget_ms: restart for the rest\n", 1, true), s.read_log())
+    for _ = 1, 10 do -- both workers
+      assert.same({ 200, '{"slow":true}' }, { get(s.port, "/slow") })
+    end
+    assert.equal(200, get(s.port, "/healthz")) -- the paths wait for the restart
+    assert.equal(404, get(s.port, "/live"))
     assert.equal(0, s.stop())
   end)
 
@@ -484,7 +510,7 @@ require("engine.route").get("/warm", function() return 200, { n = n } end)
     assert.equal(2, replaced)
     assert.truthy(log:find("info  apiengine %d+%.%d+%.%d+ listening on http://127%.0%.0%.1:" .. s.port .. " %(config '"
       .. dir:gsub("%p", "%%%0") .. "/config%.lua', scripts '" .. OVERLAY:gsub("%p", "%%%0") .. "', schema '"
-      .. SCHEMA:gsub("%p", "%%%0") .. "', db '" .. dir:gsub("%p", "%%%0") .. "/db%.sqlite', 1 worker, 3 routes%)\n"),
+      .. SCHEMA:gsub("%p", "%%%0") .. "', db '" .. dir:gsub("%p", "%%%0") .. "/db%.sqlite', 1 worker, 2 routes%)\n"),
       log)
     testing.kill(s.pid, 1)
     assert.truthy(wait_for(function() return s.read_log():find("reload 1 done", 1, true) end), s.read_log())
@@ -508,10 +534,11 @@ describe("apiengine check", function()
       "pending migration: " .. dir .. "/schema/0001_items.sql",
       "server key: " .. db .. ".key does not exist; the first start creates it",
       "METHOD   PATTERN   HANDLER",
+      "GET      /healthz  (engine, before any script: --healthz-path)",
+      "GET      /readyz   (engine, before any script: --readyz-path)",
       "GET      /a        " .. dir .. "/scripts/a.lua:3",
-      "GET      /healthz  (engine)",
       "GET      /setting  " .. dir .. "/scripts/a.lua:4",
-      "ok: 3 routes, 1 pending migration(s)",
+      "ok: 2 routes, 1 pending migration(s)",
     }, "\n") .. "\n", out)
     assert.is_false(exists(db))
     assert.is_false(exists(db .. ".key"))
@@ -534,11 +561,63 @@ describe("apiengine routes", function()
     local T = "tests/fixtures/overlay/top/"
     assert.equal(table.concat({
       "METHOD   PATTERN   HANDLER",
-      "GET      /healthz  (engine)",
+      "GET      /healthz  (engine, before any script: --healthz-path)",
+      "GET      /readyz   (engine, before any script: --readyz-path)",
       "GET      /other    " .. T .. "aa_wrap.lua:5  (route.replace at " .. T .. "aa_wrap.lua:5, replacing " .. T
         .. "things.lua:5)",
       "GET      /things   " .. T .. "things.lua:4  (" .. T .. "things.lua replaces tests/fixtures/overlay/base/things.lua)",
     }, "\n") .. "\n", out)
+  end)
+end)
+
+describe("the health and readiness paths", function()
+  it("are listed as configured, before any script, and a script's route on one is marked as never answering",
+    function()
+    local dir = tmpdir()
+    write(dir .. "/scripts/b.lua", 'require("engine.route").get("/live", function() return 200, {} end)\n')
+    local code, out = run { "routes", "--healthz-path", "/live", "--readyz-path", "/ready/now",
+      table.unpack(args_for(dir)) }
+    assert.equal(0, code, out)
+    assert.equal(table.concat({
+      "METHOD   PATTERN     HANDLER",
+      "GET      /live       (engine, before any script: --healthz-path)",
+      "GET      /ready/now  (engine, before any script: --readyz-path)",
+      "GET      /a          " .. dir .. "/scripts/a.lua:3",
+      "GET      /live       " .. dir .. "/scripts/b.lua:1  (never answers: the engine's --healthz-path answers /live "
+        .. "first)",
+      "GET      /setting    " .. dir .. "/scripts/a.lua:4",
+    }, "\n") .. "\n", out)
+  end)
+
+  it("are the only ones the server answers itself: moved away, /healthz is no route of anyone's", function()
+    local dir = tmpdir()
+    local s = serve(args_for(dir, { "--healthz-path", "/live", "--readyz-path", "/ready" }), testing.free_port())
+    assert.is_nil(s.code, s.read_log())
+    assert.same({ 200, '{"status":"ok"}' }, { get(s.port, "/live") })
+    assert.same({ 200, '{"status":"ready"}' }, { get(s.port, "/ready") })
+    local status, body = get(s.port, "/healthz")
+    assert.equal(404, status)
+    assert.equal("not_found", require("engine.json").decode(body).error.code)
+    assert.equal(404, get(s.port, "/readyz"))
+    assert.equal(0, s.stop())
+  end)
+end)
+
+describe("the in-process app (spec.app)", function()
+  local app = spec.app { scripts = "tests/fixtures/metrics/scripts", schema = SCHEMA }
+
+  it("answers /healthz and /readyz as the server does, before the scripts' route of the same path", function()
+    local res = app.request("GET", "/healthz")
+    assert.equal(200, res.status)
+    assert.equal('{"status":"ok"}', res.body)
+    assert.equal("application/json", res.headers["content-type"])
+    res = app.request("GET", "/readyz")
+    assert.equal(200, res.status)
+    assert.equal('{"status":"ready"}', res.body)
+    res = app.request("HEAD", "/readyz")
+    assert.equal(200, res.status)
+    assert.equal("", res.body)
+    assert.equal(405, app.request("POST", "/healthz").status) -- other methods go to the routes
   end)
 end)
 
@@ -553,6 +632,60 @@ describe("apiengine --help", function()
     code, out = run { "serve", "--handover=yes" }
     assert.equal(2, code)
     assert.equal("apiengine: --handover: invalid value 'yes' for --handover\n", out)
+  end)
+end)
+
+describe("the README", function()
+  local readme = assert(read("README.md"))
+  -- The lines of the section that starts with heading, up to the next heading of any level.
+  local function section(heading)
+    local start = assert(readme:find("\n" .. heading .. "\n", 1, true), heading)
+    local stop = readme:find("\n#", start + #heading + 2) or #readme
+    return readme:sub(start, stop)
+  end
+
+  it("lists in the flags table of \"Running the server\" every option `apiengine --help` prints", function()
+    local code, out = run { "--help" }
+    assert.equal(0, code)
+    local rows = {} -- flag (or "—") .. " " .. environment variable, from the table
+    for flag, env in section("## Running the server"):gmatch("\n| ([^|]-) | ([^|]-) |") do
+      rows[#rows + 1] = { flag = flag:match("^`(%-%-[%w-]+)") or flag, env = env:match("^`(APIENGINE_[%u_]+)`$") or env }
+    end
+    local function row_of(flag, env)
+      for _, r in ipairs(rows) do
+        if r.flag == flag and r.env == env then return r end
+      end
+    end
+    local n = 0
+    for line in out:gmatch("[^\n]+") do
+      local flag, env = line:match("^  (%-%-[%w-]+) .*%[([^%]]+)%]$")
+      if not flag and line:match("^  %(no flag%) ") then flag, env = "—", line:match("%[([^%]]+)%]$") end
+      if not flag then goto next_line end
+      env = env == "flag only" and "—" or env
+      assert.truthy(row_of(flag, env), "README's flags table has no row for " .. flag .. " " .. env)
+      n = n + 1
+      ::next_line::
+    end
+    assert.is_true(n >= 28, "options read from --help: " .. n)
+    for _, r in ipairs(rows) do -- and no flag that --help does not know
+      if r.flag:sub(1, 2) == "--" then
+        assert.truthy(out:find("\n  " .. r.flag .. " ", 1, true), "--help does not print " .. r.flag)
+      end
+    end
+  end)
+
+  it("names every file under engine/ in the Layout section", function()
+    local layout = section("## Layout")
+    local p = io.popen("cd engine && ls *.c *.h lua/*")
+    local n = 0
+    for file in p:lines() do
+      local base = file:match("^([%w_]+)%.[ch]$")
+      assert.truthy(layout:find("`" .. file .. "`", 1, true) or (base and layout:find("`" .. base .. "`", 1, true)),
+        "engine/" .. file .. " is not in the README's Layout section")
+      n = n + 1
+    end
+    p:close()
+    assert.is_true(n > 60, "files: " .. n)
   end)
 end)
 
