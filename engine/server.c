@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -21,9 +22,39 @@ atomic_int eng_server_stopping;
 
 /* ---- worker lifecycle ---------------------------------------------------------------------- */
 
+/* Memory back to the system once a worker is quiet. A spike (big answers, a burst of
+ * connections, an ingestion that filled the page cache) leaves memory behind that nothing
+ * frees while no request comes: the Lua state's garbage (a minor collection runs only as the
+ * state allocates), the worker's answer buffers at the size of its largest answer, SQLite's
+ * page cache, and the pages glibc keeps in its arenas once all that is freed (it returns only
+ * the top of the main heap by itself). So after ENG_RELEASE_IDLE_MS without an answer and with
+ * all answers sent, once per busy period: a full collection, the buffers freed past ENG_KEEP_BUF, the unused cache
+ * pages released, and malloc_trim, which hands the free pages of every arena back (madvise).
+ * A worker that keeps answering never pays for it; one that idles pays once, about a
+ * millisecond. */
+static void release_memory(worker *w) {
+  eng_runtime_collect(w->rt);
+  if (w->out.cap > ENG_KEEP_BUF)
+    eng_buf_free(&w->out);
+  if (w->resp.body.cap > ENG_KEEP_BUF || w->resp.headers.cap > ENG_KEEP_BUF)
+    eng_response_free(&w->resp); /* back to the init state, as eng_response_reset expects */
+  if (w->db)
+    (void)sqlite3_db_release_memory(eng_db_handle(w->db));
+  (void)malloc_trim(0);
+  eng_metrics_lua_memory(eng_runtime_memory(w->rt));
+}
+
 static void on_sweep(uv_timer_t *t) {
   worker *w = t->data;
-  eng_conn_sweep(w, uv_now(&w->loop));
+  uint64_t now = uv_now(&w->loop);
+  eng_conn_sweep(w, now);
+  if (w->answered || w->queued > 0) { /* unsent answers: their memory is still in use */
+    w->answered = 0;
+    w->quiet_since = now;
+  } else if (w->to_release && now - w->quiet_since >= ENG_RELEASE_IDLE_MS) {
+    w->to_release = 0;
+    release_memory(w);
+  }
 }
 
 static void close_handle_once(uv_handle_t *h) {
