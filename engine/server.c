@@ -1,5 +1,6 @@
 /* server.c - workers, listeners, signals, reload and drain (see server.h); the connections
  * themselves live in conn.c, what both share in server_int.h. */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "server.h"
 #include "server_int.h"
 #include "log.h"
@@ -11,8 +12,10 @@
 #include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -183,6 +186,9 @@ static void worker_main(void *arg) {
   char *err = NULL;
   int rc;
   eng_db_options dbo = {.synchronous = w->cfg->synchronous};
+  char name[16]; /* what top -H, perf and /proc/PID/task/TID/comm show: per-worker figures */
+  snprintf(name, sizeof name, "worker-%d", w->id);
+  (void)pthread_setname_np(pthread_self(), name);
   eng_metrics_bind_shard(w->id); /* a no-op shard-less unless --metrics-listen */
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
