@@ -36,7 +36,8 @@ local function wait_rss_under(pid, bound, limit)
 end
 
 describe("memory after a spike", function()
-  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, args = { "--access-log", "off" } }
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1,
+    args = { "--access-log", "off", "--budget-ms", "20000" } } -- building 16 MiB is slow under ASan
 
   it("falls back to within 8 MiB of the resting RSS within 5 s of the last of four 16 MiB answers", function()
     assert.equal(200, srv.request("GET", "/hello").status)
