@@ -264,6 +264,7 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
                           const char *route) {
   worker *w = c->w;
   eng_response *r = &w->resp;
+  w->answered = w->to_release = 1;
   int no_body = (req && req->method && strcmp(req->method, "HEAD") == 0) || !eng_http_status_has_body(r->status);
   int minor = req ? req->http_minor : 1;
   eng_buf_reset(&w->out);

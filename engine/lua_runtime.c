@@ -983,4 +983,12 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
 
+/* The state is in generational mode: a minor collection runs only as it allocates, so a
+ * spike's garbage (big strings, tables) would stay until the next requests. Out of any
+ * budgeted run: the deadline is ENG_NO_DEADLINE, so the allocator refuses nothing. */
+void eng_runtime_collect(eng_runtime *rt) {
+  if (rt && rt->L)
+    lua_gc(rt->L, LUA_GCCOLLECT);
+}
+
 const char *eng_runtime_route(const eng_runtime *rt) { return rt->route; }

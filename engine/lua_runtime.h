@@ -100,4 +100,9 @@ const char *eng_runtime_route(const eng_runtime *rt);
 /* Bytes the Lua state currently holds. */
 size_t eng_runtime_memory(const eng_runtime *rt);
 
+/* A full garbage collection of the state, between requests (the worker calls it once it has
+ * been idle for a while, so the garbage of its last requests does not stay until the next
+ * one). Script finalizers are refused at load, so no script code runs. */
+void eng_runtime_collect(eng_runtime *rt);
+
 #endif

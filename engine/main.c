@@ -4,6 +4,9 @@
 #include "ops.h"
 #include "server.h"
 
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +48,20 @@ static void usage(FILE *f) {
           APIENGINE_VERSION, eng_config_usage());
 }
 
+/* Process-wide settings of the libraries, which only hold when made before their first use:
+ * so here, ahead of every command (the module that owns each library cannot know it is first).
+ * - OpenSSL's error strings are never shown by the engine (crypto.c turns its failures into
+ *   ENG_E* codes), and loading them costs about 450 KiB of resident memory per process. Its
+ *   config file is still read (an operator may name providers there).
+ * - SQLite's memory statistics take a global mutex on every allocation of every connection,
+ *   so the workers' databases would contend on it; nothing reads those statistics. */
+static void libraries_setup(void) {
+  (void)OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CRYPTO_STRINGS, NULL);
+  (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 int main(int argc, char **argv) {
+  libraries_setup();
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -1,5 +1,6 @@
 /* server.c - workers, listeners, signals, reload and drain (see server.h); the connections
  * themselves live in conn.c, what both share in server_int.h. */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "server.h"
 #include "server_int.h"
 #include "log.h"
@@ -8,10 +9,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -26,9 +30,50 @@ static eng_db_checkpointer *checkpointer;
 
 /* ---- worker lifecycle ---------------------------------------------------------------------- */
 
+/* Memory back to the system once a worker is quiet. A spike (big answers, a burst of
+ * connections, an ingestion that filled the page cache) leaves memory behind that nothing
+ * frees while no request comes: the Lua state's garbage (a minor collection runs only as the
+ * state allocates), the worker's answer buffers at the size of its largest answer, SQLite's
+ * page cache, and the pages glibc keeps in its arenas once all that is freed (it returns only
+ * the top of the main heap by itself). So after ENG_RELEASE_IDLE_MS without an answer and with
+ * all answers sent, once per busy period: a full collection, the buffers freed past ENG_KEEP_BUF, the unused cache
+ * pages released, and malloc_trim, which hands the free pages of every arena back (madvise).
+ * A worker that keeps answering never pays for it; one that idles pays once, about a
+ * millisecond. */
+#if defined(__SANITIZE_ADDRESS__)
+/* ASan's allocator ignores malloc_trim and holds freed memory in its quarantine: this drains
+ * the quarantine and returns free memory (the sanitizer build then behaves as the real one,
+ * and the memory spec holds there too). Declared here: GCC 12 ships no allocator_interface.h. */
+void __sanitizer_purge_allocator(void);
+#define purge_allocator() __sanitizer_purge_allocator()
+#else
+#define purge_allocator() ((void)0)
+#endif
+
+static void release_memory(worker *w) {
+  eng_runtime_collect(w->rt);
+  if (w->out.cap > ENG_KEEP_BUF)
+    eng_buf_free(&w->out);
+  if (w->resp.body.cap > ENG_KEEP_BUF || w->resp.headers.cap > ENG_KEEP_BUF)
+    eng_response_free(&w->resp); /* back to the init state, as eng_response_reset expects */
+  if (w->db)
+    (void)sqlite3_db_release_memory(eng_db_handle(w->db));
+  (void)malloc_trim(0);
+  purge_allocator();
+  eng_metrics_lua_memory(eng_runtime_memory(w->rt));
+}
+
 static void on_sweep(uv_timer_t *t) {
   worker *w = t->data;
-  eng_conn_sweep(w, uv_now(&w->loop));
+  uint64_t now = uv_now(&w->loop);
+  eng_conn_sweep(w, now);
+  if (w->answered || w->queued > 0) { /* unsent answers: their memory is still in use */
+    w->answered = 0;
+    w->quiet_since = now;
+  } else if (w->to_release && now - w->quiet_since >= ENG_RELEASE_IDLE_MS) {
+    w->to_release = 0;
+    release_memory(w);
+  }
 }
 
 static void close_handle_once(uv_handle_t *h) {
@@ -157,6 +202,9 @@ static void worker_main(void *arg) {
   char *err = NULL;
   int rc;
   eng_db_options dbo = {.synchronous = w->cfg->synchronous, .no_autocheckpoint = checkpointer != NULL};
+  char name[16]; /* what top -H, perf and /proc/PID/task/TID/comm show: per-worker figures */
+  snprintf(name, sizeof name, "worker-%d", w->id);
+  (void)pthread_setname_np(pthread_self(), name);
   eng_metrics_bind_shard(w->id); /* a no-op shard-less unless --metrics-listen */
   if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
     eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));

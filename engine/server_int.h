@@ -36,7 +36,9 @@
 #define ENG_LIMIT_LOG_MS 1000               /* refused connections: at most one log line this often */
 #define ENG_DRAIN_GRACE_MS 500              /* after --drain-timeout: time for the workers to close their connections */
 #define ENG_BACKLOG 1024
-#define ENG_DRAIN_IDLE_MS 1000 /* at SIGTERM: how long an idle keep-alive connection may still send one request */
+#define ENG_DRAIN_IDLE_MS 1000   /* at SIGTERM: how long an idle keep-alive connection may still send one request */
+#define ENG_RELEASE_IDLE_MS 1000 /* a worker that has answered nothing for this long gives memory back */
+#define ENG_KEEP_BUF (64u << 10) /* per-worker answer buffers larger than this are freed then */
 
 typedef struct worker worker;
 typedef struct conn conn;
@@ -122,6 +124,9 @@ struct worker {
   uint64_t drain_deadline;
   uint64_t drain_idle_until;       /* at the drain: when idle connections are closed */
   uint64_t last_sweep;             /* loop time of the previous sweep */
+  int answered;                    /* 1: it answered since the previous sweep (which resets it) */
+  int to_release;                  /* 1: it answered since it last gave memory back */
+  uint64_t quiet_since;            /* loop time of the first sweep that saw no answer */
   atomic_uint_fast64_t busy_since; /* uv_hrtime when the running handler started, 0: none */
   atomic_int finished;             /* the worker's loop has ended (read by the main thread) */
   atomic_uint reload_seen;         /* id of the last reload this worker finished building */
