@@ -138,6 +138,22 @@ static void test_digests(void) {
   static const char msg[] = "what do ya want for nothing?";
   CHECK_INT(eng_crypto_hmac_sha256("Jefe", 4, msg, sizeof msg - 1, md), 0);
   CHECK_STR(hex_of(md, sizeof md), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  /* RFC 4231 test cases 1 (a 20-byte key) and 6 (a key longer than the block: hashed first) */
+  unsigned char k1[20], k6[131];
+  memset(k1, 0x0b, sizeof k1);
+  memset(k6, 0xaa, sizeof k6);
+  CHECK_INT(eng_crypto_hmac_sha256(k1, sizeof k1, "Hi There", 8, md), 0);
+  CHECK_STR(hex_of(md, sizeof md), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  static const char m6[] = "Test Using Larger Than Block-Size Key - Hash Key First";
+  CHECK_INT(eng_crypto_hmac_sha256(k6, sizeof k6, m6, sizeof m6 - 1, md), 0);
+  CHECK_STR(hex_of(md, sizeof md), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+  /* A key of exactly one block is used as it is; an empty key and message still authenticate. */
+  unsigned char k64[64];
+  memset(k64, 0x42, sizeof k64);
+  CHECK_INT(eng_crypto_hmac_sha256(k64, sizeof k64, "", 0, md), 0);
+  CHECK_STR(hex_of(md, sizeof md), "bf64e6883dbe3b4b2668390800cedbf8d96dce1b3a66688efd3d75593f3eeed0");
+  CHECK_INT(eng_crypto_hmac_sha256("", 0, "", 0, md), 0);
+  CHECK_STR(hex_of(md, sizeof md), "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
   /* The length is checked before the key is read. */
   CHECK_INT(eng_crypto_hmac_sha256("k", (size_t)INT_MAX + 1, msg, 1, md), ENG_EINVAL);
 }
