@@ -424,16 +424,19 @@ static void sb_add(sbuf *b, const char *s, size_t n) {
   b->p[b->len] = '\0';
 }
 
-static void sb_param(sbuf *b, int n) {
-  char tmp[16];
-  int k = snprintf(tmp, sizeof tmp, "$%d", n);
-  sb_add(b, tmp, (size_t)k);
-}
-
 static int ident_start(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
 }
 static int ident_char(unsigned char c) { return ident_start(c) || (c >= '0' && c <= '9') || c == '$'; }
+
+/* Writes $n. Right after a name or a number (`a?`, `x:y`) it writes a space first: PostgreSQL
+ * reads `$` and digits as part of a name, so `a$1` would be one identifier and the parameter
+ * lost (found by fuzz_pgsql). */
+static void sb_param(sbuf *b, int n) {
+  char tmp[16];
+  int k = snprintf(tmp, sizeof tmp, "%s$%d", b->len > 0 && ident_char((unsigned char)b->p[b->len - 1]) ? " " : "", n);
+  sb_add(b, tmp, (size_t)k);
+}
 static int digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 void eng_pg_stmt_free(const eng_pg_stmt *cst) {
@@ -543,12 +546,23 @@ int eng_pg_translate(const char *sql, size_t len, eng_pg_stmt **out, char **err)
         i++;
       }
     } else if (c == '?') {
-      if (++nq > ENG_PG_PARAMS_MAX) {
-        rc = eng_errorf(err, ENG_ETOOBIG, "more than %d parameters", ENG_PG_PARAMS_MAX);
+      /* `?NNN` is parameter NNN (SQLite's numbered form); a bare `?` is one more than the
+       * highest so far, as SQLite numbers them. */
+      long n = 0;
+      int numbered = 0;
+      for (i++; i < len && digit((unsigned char)sql[i]); i++, numbered = 1)
+        if (n <= ENG_PG_PARAMS_MAX)
+          n = n * 10 + (sql[i] - '0');
+      if (!numbered)
+        n = (long)nq + 1;
+      if (n > ENG_PG_PARAMS_MAX || (numbered && n == 0)) {
+        rc = eng_errorf(err, n == 0 ? ENG_EPARSE : ENG_ETOOBIG, "parameter ?%ld: numbers run from 1 to %d", n,
+                        ENG_PG_PARAMS_MAX);
         goto done;
       }
-      sb_param(&b, nq);
-      i++;
+      if (n > nq)
+        nq = (int)n;
+      sb_param(&b, (int)n);
       continue;
     } else if (c == ':' && i + 1 < len && sql[i + 1] == ':') {
       i += 2; /* a cast: the type name after it is copied as an identifier */

@@ -226,6 +226,15 @@ static void test_translate_placeholders(void) {
   check_translation("SELECT :\xc3\xb1o", "SELECT $1", 1, "\xc3\xb1o");
   check_translation("INSERT INTO t (a, b) VALUES (:a, :b) ON CONFLICT (a) DO UPDATE SET b = excluded.b",
                     "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = excluded.b", 2, "a,b");
+  /* Right after a name or a number, $n gets a space: `a$1` would be one identifier (fuzz_pgsql). */
+  check_translation("SELECT a?, 1?", "SELECT a $1, 1 $2", 2, "");
+  check_translation("SELECT x:y, (:z)", "SELECT x $1, ($2)", 2, "y,z");
+  /* ?NNN is parameter NNN, as in SQLite; a bare ? is one past the highest so far (fuzz_pgsql: ?1
+   * became $11). */
+  check_translation("SELECT ?2, ?1, ?", "SELECT $2, $1, $3", 3, "");
+  check_translation("SELECT ?, ?1, ?12", "SELECT $1, $1, $12", 12, "");
+  check_refused("SELECT ?0", ENG_EPARSE, "numbers run from 1");
+  check_refused("SELECT ?70000", ENG_ETOOBIG, "numbers run from 1");
   check_refused("SELECT ?, :a", ENG_EPARSE, "mixes ? and :name");
   check_refused("SELECT $1, ?", ENG_EPARSE, "mixes $n");
   check_refused("SELECT $70000", ENG_ETOOBIG, "at most");

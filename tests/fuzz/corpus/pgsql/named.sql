@@ -1,0 +1,1 @@
+INSERT INTO t (a, b) VALUES (:a, :b) ON CONFLICT (a) DO UPDATE SET b = :b
