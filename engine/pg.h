@@ -184,14 +184,16 @@ typedef struct eng_pg_stmt {
 int eng_pg_statement(eng_pg *pg, const char *sql, size_t len, const eng_pg_stmt **out, char **err);
 void eng_pg_stmt_free(const eng_pg_stmt *st);
 
-/* The placeholder translation itself, without a pool: `?` -> $1, $2, ... in order; `:name`
+/* The placeholder translation itself, without a pool: `?` -> $1, $2, ... in order (`?NNN` -> $NNN,
+ * and a bare `?` after it is one past the highest so far, as SQLite numbers them); `:name`
  * (a letter or '_' then letters, digits, '_') -> $k, the same k for the same name. Left as they are:
  * string literals ('...' with '' inside, E'...' with backslash escapes, $tag$...$tag$), quoted
  * identifiers ("..."), comments (-- to the end of the line, and nested C-style block comments), `::` casts, and a ':'
  * not followed by a name (array slices [1:2]). Mixing `?` and `:name` is refused (ENG_EPARSE), as
  * is `$1` written in the text beside either (a text with only $n placeholders is kept as it is,
  * nparams the highest n). Note: jsonb's `?`, `?|`, `?&` operators read as placeholders: use
- * jsonb_exists() and friends. On success *out owns a fresh eng_pg_stmt (eng_pg_stmt_free). */
+ * jsonb_exists() and friends. A `$n` written right after a name or a number gets a space before it
+ * (`a$1` would be one identifier). On success *out owns a fresh eng_pg_stmt (eng_pg_stmt_free). */
 int eng_pg_translate(const char *sql, size_t len, eng_pg_stmt **out, char **err);
 
 /* ---- results: borrowed during the callback (or kept) ---- */
