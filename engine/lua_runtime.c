@@ -26,7 +26,16 @@
  * start-up error. Values are read off a finished coroutine only after they are
  * moved to the calling thread: an error raised on a coroutine that is not
  * running would go to the main thread's handler, not to ours. A panic handler
- * logs anything that still escapes. */
+ * logs anything that still escapes.
+ *
+ * Suspension: a route handler may yield to the engine (eng_lua_async_yield: a marker no script
+ * can make first). Only the handler: the before hooks have run to completion by then and the
+ * after hooks run once it answers, so the C glue between them is split where the handler
+ * returns (handle_p up to the handler, resume_p after it). The suspended call moves off the C
+ * stack into an eng_pending (its thread and request table anchored in the registry, its own
+ * answer buffer); a timer at the request's deadline answers 503 and closes the thread, so the
+ * wait counts against the budget like running code. The runtime counts its pending requests
+ * and eng_runtime_free defers to the last of them (a reload swaps runtimes under them). */
 #include "lua_runtime_int.h"
 #include "db.h"
 #include "lua_common.h"

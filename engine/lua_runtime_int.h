@@ -3,7 +3,9 @@
  * include it; everything else uses lua_runtime.h.
  *
  *   lua_runtime.c  state creation, budgets (allocator, count hook, budgeted runs, the deadline
- *                  checks of long C work, the SQL progress handler), dispatch, the error hook
+ *                  checks of long C work, the SQL progress handler), dispatch (suspended
+ *                  handlers included), the error hook
+ *   lua_async.c    the waits a handler suspends on (engine.time.sleep)
  *   lua_load.c     script loading: files, overlays, require, text-only load, the sandbox
  *   lua_budget.c   the standard library functions that could run past the deadline in one C
  *                  call or without hooks, replaced by budget-aware ones (string.rep, table.sort,
