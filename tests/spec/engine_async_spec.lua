@@ -259,6 +259,39 @@ describe("suspended requests across a reload and the drain", function()
     assert.is_nil(log:find("Sanitizer", 1, true), log)
   end)
 
+  it("still stops a long SQL statement at the budget after a reload", function()
+    -- Freeing the replaced runtime took the SQLite progress handler off the worker's connection,
+    -- so after a reload a statement ran past the budget to its end.
+    write(dir .. "/scripts/b.lua", [[
+local route = require "engine.route"
+local db = require "engine.db"
+route.get("/slow-sql", function()
+  return 200, db.one("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000000) " ..
+    "SELECT count(*) AS n FROM c")
+end)
+]])
+    local srv = spec.server { scripts = dir .. "/scripts", schema = SCHEMA, workers = 1, manual = true,
+      args = { "--budget-ms", "300" } }
+    srv.start()
+    local ok, err = pcall(function()
+      testing.kill(srv.pid, 1)
+      for _ = 1, 100 do
+        if srv.read_log():find("reload 1 done", 1, true) then break end
+        testing.sleep(20)
+      end
+      assert.truthy(srv.read_log():find("reload 1 done", 1, true), srv.read_log())
+      local t0 = socket.gettime()
+      local res = srv.request("GET", "/slow-sql", { timeout = 5 })
+      local took = socket.gettime() - t0
+      assert.equal(503, res.status, res.body)
+      assert.equal("budget_exceeded", res.json.error.code)
+      assert.is_true(took < 1.5, "the statement ran " .. took .. " s past a 300 ms budget")
+    end)
+    srv.stop()
+    testing.rmtree(srv.dir)
+    assert(ok, err)
+  end)
+
   it("answers in-flight sleeps at SIGTERM, then exits 0", function()
     local srv = spec.server { scripts = dir .. "/scripts", schema = SCHEMA, workers = 1, manual = true }
     srv.start()
