@@ -96,6 +96,11 @@ void eng_conn_close(conn *c) {
   if (uv_is_closing((uv_handle_t *)&c->tcp))
     return;
   c->closing = 1;
+  if (c->run) { /* nobody will take its answer: the handler's wait stops, its coroutine closes */
+    eng_pending *p = c->run;
+    c->run = NULL;
+    eng_pending_abandon(p);
+  }
   list_remove(c);
   gauge_to(c, ENG_METRICS_CONN_NONE);
   uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -258,12 +263,11 @@ static int conn_send(conn *c, const char *data, size_t len) {
   return 0;
 }
 
-/* Writes w->resp as the answer to a request (req may be NULL for parse errors); route is the
+/* Writes r as the answer to a request (req may be NULL for parse errors); route is the
  * pattern that answered it (NULL: none), for the access line and the metrics. */
 static void send_response(conn *c, const eng_http_request *req, const char *request_id, int keep_alive,
-                          const char *route) {
+                          const char *route, const eng_response *r) {
   worker *w = c->w;
-  eng_response *r = &w->resp;
   w->answered = w->to_release = 1;
   int no_body = (req && req->method && strcmp(req->method, "HEAD") == 0) || !eng_http_status_has_body(r->status);
   int minor = req ? req->http_minor : 1;
@@ -297,7 +301,28 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
     eng_conn_close(c);
 }
 
-static void handle_request(conn *c) {
+/* The answer of c's suspended request (eng_pending_done_fn): sent, then c goes on with what it
+ * holds, as after C_WAIT. */
+static void on_answer(void *ud, eng_response *resp, const char *request_id, const char *route) {
+  conn *c = ud;
+  worker *w = c->w;
+  eng_http_request *req = &c->hp.req;
+  c->run = NULL;
+  eng_metrics_lua_memory(eng_runtime_memory(w->rt));
+  int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&eng_server_stopping, memory_order_relaxed);
+  send_response(c, req, request_id, keep, route, resp);
+  if (handle_closing(c))
+    return;
+  if (!keep)
+    c->closing = 1;
+  eng_http_parser_next(&c->hp);
+  c->sent_continue = 0;
+  resume(c);
+}
+
+/* Answers the request c has read; 1 when its handler suspended (c->run set, answered later by
+ * on_answer), else 0. */
+static int handle_request(conn *c) {
   worker *w = c->w;
   eng_http_request *req = &c->hp.req;
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
@@ -311,15 +336,18 @@ static void handle_request(conn *c) {
   } else {
     /* The main thread names the workers still in a handler when the drain deadline passes. */
     atomic_store_explicit(&w->busy_since, uv_hrtime(), memory_order_relaxed);
-    eng_runtime_handle(w->rt, req, c->peer, rid, &w->resp);
+    int suspended = eng_runtime_handle_async(w->rt, req, c->peer, rid, &w->resp, on_answer, c, &c->run);
     atomic_store_explicit(&w->busy_since, 0, memory_order_relaxed);
+    if (suspended)
+      return 1;
     route = eng_runtime_route(w->rt);
     eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   }
   int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&eng_server_stopping, memory_order_relaxed);
-  send_response(c, req, rid, keep, route);
+  send_response(c, req, rid, keep, route, &w->resp);
   if (!keep)
     c->closing = 1;
+  return 0;
 }
 
 static void handle_parse_error(conn *c) {
@@ -329,7 +357,7 @@ static void handle_parse_error(conn *c) {
   eng_http_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
   eng_response_reset(&w->resp);
   eng_runtime_error(w->rt, c->hp.error_status, c->hp.error_code, c->hp.error_reason, rid, &w->resp);
-  send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0, NULL);
+  send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0, NULL, &w->resp);
   c->closing = 1;
 }
 
@@ -380,7 +408,12 @@ static size_t feed(conn *c, const char *data, size_t len) {
       done = len;
       break;
     }
-    handle_request(c);
+    if (handle_request(c)) { /* suspended: the answer, and the rest, come in on_answer */
+      c->state = C_RUN;
+      read_off(c);
+      list_push(&w->run, c, UINT64_MAX);
+      break;
+    }
     eng_http_parser_next(&c->hp);
     c->sent_continue = 0;
     c->state = C_IDLE;
@@ -406,7 +439,7 @@ static void resume(conn *c) {
   size_t used = feed(c, c->held.data, c->held.len);
   if (handle_closing(c))
     return;
-  if (c->state == C_WAIT) { /* again: keep the rest */
+  if (c->state == C_WAIT || c->state == C_RUN) { /* again: keep the rest */
     memmove(c->held.data, c->held.data + used, c->held.len - used);
     c->held.len -= used;
     return;
@@ -441,7 +474,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return; /* lingering: discard */
   size_t n = (size_t)nread;
   size_t used = feed(c, buf->base, n);
-  if (used < n && c->state == C_WAIT && !handle_closing(c) &&
+  if (used < n && (c->state == C_WAIT || c->state == C_RUN) && !handle_closing(c) &&
       eng_buf_append(&c->held, buf->base + used, n - used) != 0) {
     eng_log_error("worker %d: out of memory holding the input of %s", c->w->id, c->peer);
     eng_conn_close(c);
@@ -629,6 +662,7 @@ void eng_conn_sweep(worker *w, uint64_t now) {
     close_all(&w->idle);
     close_all(&w->send);
     close_all(&w->linger);
+    close_all(&w->run);
   }
   limit_log(w->sh, 0);
 }

@@ -26,7 +26,16 @@
  * start-up error. Values are read off a finished coroutine only after they are
  * moved to the calling thread: an error raised on a coroutine that is not
  * running would go to the main thread's handler, not to ours. A panic handler
- * logs anything that still escapes. */
+ * logs anything that still escapes.
+ *
+ * Suspension: a route handler may yield to the engine (eng_lua_async_yield: a marker no script
+ * can make first). Only the handler: the before hooks have run to completion by then and the
+ * after hooks run once it answers, so the C glue between them is split where the handler
+ * returns (handle_p up to the handler, resume_p after it). The suspended call moves off the C
+ * stack into an eng_pending (its thread and request table anchored in the registry, its own
+ * answer buffer); a timer at the request's deadline answers 503 and closes the thread, so the
+ * wait counts against the budget like running code. The runtime counts its pending requests
+ * and eng_runtime_free defers to the last of them (a reload swaps runtimes under them). */
 #include "lua_runtime_int.h"
 #include "db.h"
 #include "lua_common.h"
@@ -224,7 +233,38 @@ typedef struct run {
   int st;                 /* lua_resume's status, LUA_YIELD turned into LUA_ERRRUN */
   int nres;               /* results on co's stack when st is LUA_OK */
   int64_t outer_deadline; /* rt->deadline_ms before this run (a nested run restores it) */
+  int may_suspend;        /* the function may yield to the engine (a route handler, with a loop) */
+  int suspended;          /* it did: st is LUA_YIELD, op and arg say what it waits for */
+  const eng_async_op *op;
+  lua_Integer arg;
 } run;
+
+/* The first value of an engine yield (eng_lua_async_yield): a light userdata no script can
+ * make, so a script's own coroutine.yield out of a handler cannot pass for one. */
+static const char async_marker = 'y';
+
+/* Resumes co (nargs values on its top, or its function and arguments on a fresh start) under
+ * the deadline already set, and sorts out a yield: the engine's (when the run may suspend)
+ * leaves r->suspended set and co's stack empty; any other is an error with no error object. */
+static void run_resume(eng_runtime *rt, lua_State *L, lua_State *co, int nargs, run *r) {
+  lua_State *outer = rt->suspendable;
+  rt->suspendable = r->may_suspend ? co : NULL;
+  r->st = lua_resume(co, L, nargs, &r->nres);
+  rt->suspendable = outer;
+  r->yielded = r->suspended = 0;
+  if (r->st != LUA_YIELD)
+    return;
+  if (r->may_suspend && r->nres == 3 && lua_touserdata(co, -3) == &async_marker) {
+    r->op = lua_touserdata(co, -2);
+    r->arg = lua_tointeger(co, -1);
+    lua_settop(co, 0);
+    r->suspended = 1;
+    return;
+  }
+  r->yielded = 1;
+  lua_settop(co, 0);
+  r->st = LUA_ERRRUN;
+}
 
 /* Runs the function below nargs arguments on L's top in a coroutine under the
  * budget, until deadline (monotonic ms: the calls of one request share one). On return r says how it went; the results (or the error object) are on
@@ -265,12 +305,7 @@ static void run_budgeted(eng_runtime *rt, lua_State *L, int nargs, int64_t deadl
   /* The hook stays on co after the call: closing a failed call's to-be-closed variables
    * (run_close) runs under it too. */
   lua_sethook(co, budget_hook, LUA_MASKCOUNT, ENG_HOOK_COUNT);
-  r->st = lua_resume(co, L, nargs, &r->nres);
-  r->yielded = r->st == LUA_YIELD;
-  if (r->yielded) {
-    lua_settop(co, 0);
-    r->st = LUA_ERRRUN;
-  }
+  run_resume(rt, L, co, nargs, r);
 }
 
 /* Ends a run_budgeted call whose results have been taken: the reusable coroutine is
@@ -540,8 +575,12 @@ typedef struct call {
   int64_t deadline;
   int bad; /* the parameters' UTF-8 check: 0, ENG_EPARSE (bad_why says which) or another error */
   const char *bad_why;
-  int hooks; /* run the request hooks (there are some) */
-  int blown; /* a call of this request blew the time or memory budget: no after hooks */
+  int hooks;       /* run the request hooks (there are some) */
+  int blown;       /* a call of this request blew the time or memory budget: no after hooks */
+  int async;       /* the caller takes a pending answer (eng_runtime_handle_async) */
+  int may_suspend; /* the handler running now may suspend */
+  int suspended;   /* it did: co_ref and req_ref anchor its thread and request table */
+  int co_ref, req_ref;
 } call;
 
 static void call_error(call *c, lua_State *L, int status, const char *code, const char *message) {
@@ -592,7 +631,13 @@ static void script_failed(call *c, lua_State *L) {
 /* Calls the function below nargs arguments on L's top under the request's deadline. 1 with
  * its first nres results on L's top; 0 when it failed, answered (script_failed) and logged. */
 static int call_script(call *c, lua_State *L, int nargs, int nres) {
+  c->run.may_suspend = c->may_suspend;
   run_budgeted(c->rt, L, nargs, c->deadline, &c->run);
+  c->run.may_suspend = 0;
+  if (c->run.suspended) {
+    c->suspended = 1;
+    return 0;
+  }
   if (c->run.st != LUA_OK) {
     script_failed(c, L);
     return 0;
@@ -757,6 +802,32 @@ static void run_after_hooks(call *c, lua_State *L, int req_idx) {
   }
 }
 
+/* Reads the handler's `status, body, headers` (L's top three) into the answer. */
+static void take_handler_answer(call *c, lua_State *L) {
+  char who[300];
+  snprintf(who, sizeof who, "%s %s", c->lr.req->method, c->lr.m->pattern);
+  take_answer(c, L, lua_gettop(L) - 3, who);
+}
+
+/* The handler yielded to the engine: anchors its thread and the request table in the registry
+ * (the reusable coroutine becomes this request's own: the next request makes a new one) so
+ * the request can outlive this call. Raises on memory errors (handle_failed cleans up). */
+static void anchor_suspended(call *c, lua_State *L, int req_idx) {
+  eng_runtime *rt = c->rt;
+  lua_pushvalue(L, req_idx);
+  c->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushthread(c->run.co);
+  lua_xmove(c->run.co, L, 1);
+  c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (c->run.shared) {
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->co_ref);
+    rt->co_ref = LUA_NOREF;
+    rt->co = NULL;
+    rt->co_busy = 0;
+  }
+  rt->deadline_ms = c->run.outer_deadline;
+}
+
 /* The request's hooks and handler, and the reading of the answers; under eng_lua_protect. */
 static int handle_p(lua_State *L) {
   call *c = lua_touserdata(L, 1);
@@ -779,11 +850,15 @@ static int handle_p(lua_State *L) {
     } else {
       lua_rawgeti(L, LUA_REGISTRYINDEX, lr->m->handler);
       lua_pushvalue(L, req_idx);
-      if (call_script(c, L, 1, 3)) {
-        char who[300];
-        snprintf(who, sizeof who, "%s %s", lr->req->method, lr->m->pattern);
-        take_answer(c, L, lua_gettop(L) - 3, who);
+      c->may_suspend = c->async && rt->loop != NULL;
+      int ok = call_script(c, L, 1, 3);
+      c->may_suspend = 0;
+      if (c->suspended) {
+        anchor_suspended(c, L, req_idx);
+        return 0;
       }
+      if (ok)
+        take_handler_answer(c, L);
     }
   }
   lua_settop(L, req_idx);
@@ -797,6 +872,10 @@ static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
   log_glue_error(L, "request", c->lr.request_id);
   lua_pop(L, 1);
   run_abandon(rt, &c->run);
+  luaL_unref(L, LUA_REGISTRYINDEX, c->req_ref); /* a half-done suspension: LUA_NOREF is a no-op */
+  luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
+  c->req_ref = c->co_ref = LUA_NOREF;
+  c->suspended = 0;
   eng_buf_reset(&c->resp->headers);
   c->resp->content_type[0] = '\0';
   eng_metrics_script_error(rt->route);
@@ -814,9 +893,293 @@ static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
  * UTF-8, before the engine answers it 400. Without hooks, the engine's own answers need no Lua
  * but the error hook. The health and readiness paths never get here: the caller answers them
  * first (conn.c, test.c), so no hook stands between a load balancer and them. */
-void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
-                           const char *request_id, eng_response *resp) {
+/* ---- suspended requests -------------------------------------------------------------------- */
+
+/* A request whose handler yielded to the engine: the call (with its own answer, route match and
+ * copies of the request id and peer) moved off the C stack. Owned by the runtime until done is
+ * called or it is abandoned; its memory goes once both timers are closed. */
+struct eng_pending {
+  call c;
+  eng_runtime *rt;
+  lua_State *L;  /* the thread the dispatch glue runs on when it resumes */
+  lua_State *co; /* the handler's thread (anchored by c.co_ref) */
+  const eng_async_op *op;
+  eng_route_match m;
+  eng_response resp;
+  eng_pending_done_fn done;
+  void *ud;
+  const char *route; /* the matched pattern (the router's) */
+  uv_timer_t deadline, wake;
+  int open_handles;
+  int waiting; /* op started and not stopped */
+  char *rid, *peer, *scratch;
+};
+
+/* Removes lr from the runtime's live requests wherever it is (suspended requests end in any
+ * order, not innermost first). */
+static void live_unlink(eng_runtime *rt, eng_live_request *lr) {
+  for (eng_live_request **at = &rt->live; *at; at = &(*at)->prev)
+    if (*at == lr) {
+      *at = lr->prev;
+      return;
+    }
+}
+
+static void runtime_destroy(eng_runtime *rt);
+static void pending_expired(uv_timer_t *t);
+
+static void pending_closed(uv_handle_t *h) {
+  eng_pending *p = h->data;
+  if (--p->open_handles > 0)
+    return;
+  eng_runtime *rt = p->rt;
+  free(p);
+  if (--rt->npending == 0 && rt->dying)
+    runtime_destroy(rt);
+}
+
+static void pending_stop_wait(eng_pending *p) {
+  if (p->waiting && p->op->stop)
+    p->op->stop(p);
+  p->waiting = 0;
+}
+
+/* Ends p: drops its Lua anchors and its place among the live requests, stops its timers, hands
+ * the answer to done (answer = 1) and frees it once its timers are closed. */
+static void pending_end(eng_pending *p, int answer) {
+  eng_runtime *rt = p->rt;
+  pending_stop_wait(p);
+  uv_timer_stop(&p->deadline);
+  live_unlink(rt, &p->c.lr);
+  luaL_unref(rt->L, LUA_REGISTRYINDEX, p->c.co_ref); /* luaL_unref does not allocate */
+  luaL_unref(rt->L, LUA_REGISTRYINDEX, p->c.req_ref);
+  p->c.co_ref = p->c.req_ref = LUA_NOREF;
+  if (answer)
+    p->done(p->ud, &p->resp, p->rid, p->route);
+  eng_response_free(&p->resp);
+  uv_close((uv_handle_t *)&p->deadline, pending_closed);
+  uv_close((uv_handle_t *)&p->wake, pending_closed);
+}
+
+/* Closes the suspended thread of p (its to-be-closed variables run under the request's
+ * deadline, already past when it expired: the count hook stops them). */
+static void pending_close_thread(eng_pending *p) {
+  eng_runtime *rt = p->rt;
+  int64_t saved = rt->deadline_ms;
+  int blown = rt->budget_blown, mem = rt->mem_blown;
+  rt->deadline_ms = p->c.deadline;
+  rt->budget_blown = rt->mem_blown = 0;
+  (void)lua_resetthread(p->co);
+  rt->deadline_ms = saved;
+  rt->budget_blown = blown;
+  rt->mem_blown = mem;
+}
+
+/* Starts p's wait (op) and arms its deadline. 0 or an ENG_E* code. */
+static int pending_wait(eng_pending *p) {
+  uv_update_time(p->rt->loop); /* a long handler ran since the loop last read the clock */
+  int64_t left = p->c.deadline - mono_ms();
+  int rc = p->op->start(p, p->rt->loop, p->c.run.arg);
+  if (rc != 0)
+    return rc;
+  p->waiting = 1;
+  return uv_timer_start(&p->deadline, pending_expired, left > 0 ? (uint64_t)left : 0, 0) == 0 ? 0 : ENG_EIO;
+}
+/* The request's deadline passed while its handler waited: 503 budget_exceeded, the thread
+ * closed; whatever the wait would have brought is dropped with it. */
+static void pending_expired(uv_timer_t *t) {
+  eng_pending *p = t->data;
+  eng_runtime *rt = p->rt;
+  lua_State *L = p->L;
   int top = lua_gettop(L);
+  const char *saved_rid = rt->request_id, *saved_route = rt->route;
+  pending_stop_wait(p);
+  pending_close_thread(p);
+  rt->request_id = p->rid;
+  rt->route = p->route;
+  char line[160];
+  int n = snprintf(line, sizeof line, "script budget exceeded (%d ms) while the handler waited (%s)", rt->budget_ms,
+                   p->op->name);
+  eng_log_msg(ENG_LOG_ERROR, p->rid, line, n < 0 ? 0 : (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+  eng_metrics_script_error(p->route);
+  eng_metrics_budget_exceeded(0);
+  p->c.blown = 1;
+  eng_buf_reset(&p->resp.headers);
+  p->resp.content_type[0] = '\0';
+  call_error(&p->c, L, 503, "budget_exceeded", "script time budget exceeded");
+  after_call(rt);
+  lua_settop(L, top);
+  rt->request_id = saved_rid;
+  rt->route = saved_route;
+  pending_end(p, 1);
+}
+
+/* The resumed handler and the rest of its request (its answer, the after hooks); under
+ * eng_lua_protect. */
+static int resume_p(lua_State *L) {
+  eng_pending *p = lua_touserdata(L, 1);
+  call *c = &p->c;
+  eng_runtime *rt = p->rt;
+  run *r = &c->run;
+  *r = (run){.co = p->co, .may_suspend = 1, .outer_deadline = rt->deadline_ms};
+  rt->budget_blown = rt->mem_blown = 0;
+  rt->storage_code = 0;
+  rt->deadline_ms = c->deadline;
+  run_resume(rt, L, p->co, 0, r);
+  if (r->suspended) {
+    c->suspended = 1;
+    rt->deadline_ms = r->outer_deadline;
+    r->co = NULL;
+    return 0;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->req_ref);
+  int req_idx = lua_gettop(L);
+  if (r->st != LUA_OK) {
+    script_failed(c, L);
+  } else {
+    take_results(rt, L, r, 3);
+    take_handler_answer(c, L);
+  }
+  lua_settop(L, req_idx);
+  run_after_hooks(c, L, req_idx);
+  return 0;
+}
+
+void eng_pending_wake(eng_pending *p) {
+  eng_runtime *rt = p->rt;
+  lua_State *L = p->L;
+  int top = lua_gettop(L);
+  const char *saved_rid = rt->request_id, *saved_route = rt->route;
+  p->waiting = 0;
+  p->c.suspended = 0;
+  rt->request_id = p->rid;
+  rt->route = p->route;
+  if (eng_lua_protect(L, resume_p, p, 0) != LUA_OK)
+    handle_failed(rt, L, &p->c);
+  after_call(rt);
+  lua_settop(L, top);
+  rt->request_id = saved_rid;
+  rt->route = saved_route;
+  if (p->c.suspended) { /* waits again */
+    p->op = p->c.run.op;
+    if (pending_wait(p) == 0)
+      return;
+    pending_stop_wait(p);
+    pending_close_thread(p);
+    eng_log_msg(ENG_LOG_ERROR, p->rid, "cannot start the handler's wait", 31);
+    call_error(&p->c, L, 500, "internal_error", "internal server error");
+    lua_settop(L, top);
+  }
+  pending_end(p, 1);
+}
+
+void eng_pending_abandon(eng_pending *p) {
+  pending_stop_wait(p);
+  pending_close_thread(p);
+  pending_end(p, 0);
+}
+
+uv_timer_t *eng_pending_timer(eng_pending *p) { return &p->wake; }
+
+int eng_runtime_pending(const eng_runtime *rt) { return rt->npending; }
+
+void eng_runtime_set_loop(eng_runtime *rt, uv_loop_t *loop) { rt->loop = loop; }
+
+int eng_lua_async_yield(lua_State *L, const eng_async_op *op, lua_Integer arg) {
+  eng_runtime *rt = rt_of(L);
+  if (rt == NULL || rt->suspendable == NULL)
+    return luaL_error(L,
+                      "%s: only a route handler may wait (not a request hook, the error hook, a script "
+                      "being loaded, or a runtime without an event loop)",
+                      op->name);
+  if (L != rt->suspendable)
+    return luaL_error(L, "%s: cannot wait inside a coroutine the script created: call it from the handler itself",
+                      op->name);
+  if (rt->db && !sqlite3_get_autocommit(eng_db_handle(rt->db)))
+    return luaL_error(L,
+                      "%s: cannot wait inside db.tx: the transaction would stay open while the worker serves "
+                      "other requests",
+                      op->name);
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "%s: cannot wait inside a call from C (xpcall's handler, a metamethod, a sort comparator)",
+                      op->name);
+  lua_pushlightuserdata(L, (void *)&async_marker);
+  lua_pushlightuserdata(L, (void *)op);
+  lua_pushinteger(L, arg);
+  return lua_yield(L, 3);
+}
+
+/* Moves a suspended call off the C stack into an eng_pending and starts its wait. NULL when
+ * that fails (memory, the loop): the caller answers 500; the anchors are then dropped here. */
+static eng_pending *suspend(call *c, lua_State *L, const char *scratch, eng_pending_done_fn done, void *ud) {
+  eng_runtime *rt = c->rt;
+  size_t path = c->lr.req->path_len + 1, peer = strlen(c->lr.peer) + 1, rid = strlen(c->lr.request_id) + 1;
+  eng_pending *p = calloc(1, sizeof *p + path + peer + rid);
+  lua_State *co = c->run.co;
+  if (p == NULL)
+    goto fail;
+  p->rt = rt;
+  p->L = L;
+  p->co = co;
+  p->op = c->run.op;
+  p->done = done;
+  p->ud = ud;
+  p->scratch = (char *)(p + 1);
+  p->peer = p->scratch + path;
+  p->rid = p->peer + peer;
+  memcpy(p->scratch, scratch, path);
+  memcpy(p->peer, c->lr.peer, peer);
+  memcpy(p->rid, c->lr.request_id, rid);
+  p->m = *c->lr.m;
+  for (int i = 0; i < p->m.nparams; i++) /* the decoded values live in the scratch copy */
+    p->m.params[i].value = p->scratch + (p->m.params[i].value - scratch);
+  p->route = p->m.pattern;
+  eng_response_init(&p->resp);
+  p->c = *c;
+  p->c.lr.m = &p->m;
+  p->c.lr.peer = p->peer;
+  p->c.lr.request_id = p->rid;
+  p->c.resp = &p->resp;
+  p->c.run.co = NULL;
+  p->c.suspended = 0;
+  if (uv_timer_init(rt->loop, &p->deadline) != 0 || uv_timer_init(rt->loop, &p->wake) != 0)
+    goto fail; /* cannot fail on a live loop (uv_timer_init only fills the handle) */
+  p->deadline.data = p->wake.data = p;
+  p->open_handles = 2;
+  rt->npending++;
+  /* Its place among the live requests: where the call's own entry was (innermost). */
+  live_unlink(rt, &c->lr);
+  p->c.lr.prev = rt->live;
+  rt->live = &p->c.lr;
+  if (pending_wait(p) != 0) {
+    pending_stop_wait(p);
+    pending_close_thread(p);
+    pending_end(p, 0);
+    return NULL;
+  }
+  return p;
+fail:
+  free(p);
+  int64_t saved = rt->deadline_ms;
+  rt->deadline_ms = c->deadline;
+  (void)lua_resetthread(co);
+  rt->deadline_ms = saved;
+  luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, c->req_ref);
+  return NULL;
+}
+
+/* Request hooks run for every request the router sees: matched, 404 and 405 (a CORS preflight
+ * is an OPTIONS request to a route that declares none), and a request whose parameters are not
+ * UTF-8, before the engine answers it 400. Without hooks, the engine's own answers need no Lua
+ * but the error hook. The health and readiness paths never get here: the caller answers them
+ * first (conn.c, test.c), so no hook stands between a load balancer and them. done == NULL:
+ * the handler may not suspend. Returns 1 when it did (*out set), else 0. */
+static int handle_common(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
+                         const char *request_id, eng_response *resp, eng_pending_done_fn done, void *ud,
+                         eng_pending **out) {
+  int top = lua_gettop(L);
+  int suspended = 0;
   rt->route = NULL;
   int method = eng_router_method(req->method, strlen(req->method));
   eng_route_match m;
@@ -824,13 +1187,16 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
   char *scratch = req->path_len < sizeof small ? small : malloc(req->path_len + 1);
   if (scratch == NULL) {
     eng_runtime_error_in(rt, L, 500, "internal_error", "out of memory", request_id, resp);
-    return;
+    return 0;
   }
   eng_router_match(rt->router, method, req->url.data, req->path_len, scratch, &m);
   call c = {.rt = rt,
             .lr = {.req = req, .m = &m, .peer = peer, .request_id = request_id},
             .at = {.path = req->url.data, .path_len = req->path_len, .route = m.pattern},
-            .resp = resp};
+            .resp = resp,
+            .async = done != NULL,
+            .co_ref = LUA_NOREF,
+            .req_ref = LUA_NOREF};
   /* Scripts get parameters as strings they may echo in JSON: ill-formed UTF-8 is the client's
    * error (400 naming the parameter), not a 500 from the encoder later. */
   char why[160];
@@ -866,19 +1232,46 @@ void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request
   c.deadline = mono_ms() + rt->budget_ms;
   if (eng_lua_protect(L, handle_p, &c, 0) != LUA_OK)
     handle_failed(rt, L, &c);
-  if (rt->live == &c.lr)
-    rt->live = c.lr.prev;
+  if (c.suspended) {
+    lua_settop(L, top);
+    eng_pending *p = suspend(&c, L, scratch, done, ud);
+    if (p != NULL) {
+      *out = p;
+      suspended = 1;
+    } else {
+      eng_log_msg(ENG_LOG_ERROR, request_id, "cannot start the handler's wait", 31);
+      call_error(&c, L, 500, "internal_error", "internal server error");
+    }
+  }
+  live_unlink(rt, &c.lr);
   after_call(rt);
   rt->request_id = NULL;
   lua_settop(L, top);
 done:
   if (scratch != small)
     free(scratch);
+  return suspended;
+}
+
+void eng_runtime_handle_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
+                           const char *request_id, eng_response *resp) {
+  (void)handle_common(rt, L, req, peer, request_id, resp, NULL, NULL, NULL);
 }
 
 void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
                         eng_response *resp) {
-  eng_runtime_handle_in(rt, rt->L, req, peer, request_id, resp);
+  (void)handle_common(rt, rt->L, req, peer, request_id, resp, NULL, NULL, NULL);
+}
+
+int eng_runtime_handle_async(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
+                             eng_response *resp, eng_pending_done_fn done, void *ud, eng_pending **out) {
+  return handle_common(rt, rt->L, req, peer, request_id, resp, done, ud, out);
+}
+
+int eng_runtime_handle_async_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
+                                const char *request_id, eng_response *resp, eng_pending_done_fn done, void *ud,
+                                eng_pending **out) {
+  return handle_common(rt, L, req, peer, request_id, resp, done, ud, out);
 }
 
 /* ---- state ----------------------------------------------------------------------------------- */
@@ -961,7 +1354,16 @@ fail:
 void eng_runtime_free(eng_runtime *rt) {
   if (rt == NULL)
     return;
-  if (rt->db) /* the connection outlives us: its progress handler must not point here */
+  if (rt->npending > 0) {
+    rt->dying = 1; /* the last suspended request frees it (pending_closed) */
+    return;
+  }
+  runtime_destroy(rt);
+}
+
+static void runtime_destroy(eng_runtime *rt) {
+  /* A runtime a reload replaced (dying) left the connection's progress handler to its successor. */
+  if (rt->db && !rt->dying) /* the connection outlives us: its progress handler must not point here */
     sqlite3_progress_handler(eng_db_handle(rt->db), 0, NULL, NULL);
   if (rt->L)
     lua_close(rt->L);

@@ -14,6 +14,7 @@
 
 #include <lua.h>
 #include <stddef.h>
+#include <uv.h>
 
 typedef struct eng_db eng_db;
 typedef struct eng_runtime eng_runtime;
@@ -39,7 +40,15 @@ typedef struct eng_runtime_options {
  * a state that cannot be built (memory) with ENG_ENOMEM and a message. opt and
  * what it points to are borrowed for the call (opt->db: until detached). */
 int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **err);
+/* Frees the runtime, or, while requests of it are suspended (eng_runtime_handle_async), marks it
+ * to be freed once the last of them has ended (answered or abandoned): a reload swaps in a new
+ * runtime without waiting for them. Either way the caller must not use rt afterwards. */
 void eng_runtime_free(eng_runtime *rt);
+
+/* The libuv loop a suspended handler waits on (engine.time.sleep's timer, the request's
+ * deadline timer); borrowed, must outlive the runtime's suspended requests. Without a loop
+ * (NULL, the default) a handler cannot suspend: engine.time.sleep raises. */
+void eng_runtime_set_loop(eng_runtime *rt, uv_loop_t *loop);
 
 /* The runtime's main Lua state (owned by the runtime). */
 lua_State *eng_runtime_lua(eng_runtime *rt);
@@ -67,6 +76,43 @@ int eng_runtime_load_scripts(eng_runtime *rt, const char *dirs, char **err);
  * be empty or reset (eng_response_reset). req, peer and request_id are borrowed. */
 void eng_runtime_handle(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
                         eng_response *resp);
+
+/* ---- suspendable handlers ----
+ *
+ * A route handler may wait for I/O without blocking the worker (engine.time.sleep): its
+ * coroutine yields to the engine, the wait runs on the runtime's loop, and the handler resumes
+ * when it ends. Only the handler suspends: before hooks, after hooks and the error hook run to
+ * completion (a wait there raises). The request's budget covers the wait: at its deadline a
+ * waiting request is answered 503 budget_exceeded and its coroutine closed. */
+typedef struct eng_pending eng_pending;
+
+/* Called once with the answer of a suspended request: resp, request_id and route (the matched
+ * pattern, or NULL) are borrowed for the call. The callback may start the next request on the
+ * same runtime; it must not call eng_pending_abandon(p). */
+typedef void (*eng_pending_done_fn)(void *ud, eng_response *resp, const char *request_id, const char *route);
+
+/* eng_runtime_handle that lets the handler suspend. Returns 0 when resp is filled (the
+ * synchronous path, no allocation more than eng_runtime_handle), or 1 when the handler is
+ * suspended: *out is set, resp is left empty, and done(ud, ...) is called later from the loop
+ * with the answer, unless eng_pending_abandon(*out) is called first. req must stay valid (and
+ * unchanged) until then; peer and request_id are copied. */
+int eng_runtime_handle_async(eng_runtime *rt, const eng_http_request *req, const char *peer, const char *request_id,
+                             eng_response *resp, eng_pending_done_fn done, void *ud, eng_pending **out);
+
+/* The same from a running Lua thread L of the runtime's state (the in-process test client):
+ * the handler resumes on L, which must be running (blocked in the loop) whenever the loop
+ * wakes the request, until done is called. */
+int eng_runtime_handle_async_in(eng_runtime *rt, lua_State *L, const eng_http_request *req, const char *peer,
+                                const char *request_id, eng_response *resp, eng_pending_done_fn done, void *ud,
+                                eng_pending **out);
+
+/* Drops a suspended request whose answer nobody wants any more (its connection closed): its
+ * wait stops, its coroutine is closed (to-be-closed variables run under what is left of its
+ * budget), done is never called. p is invalid afterwards. */
+void eng_pending_abandon(eng_pending *p);
+
+/* Requests suspended on the runtime right now. */
+int eng_runtime_pending(const eng_runtime *rt);
 
 /* Fills resp with the engine's own error answer, shaped by the script error hook
  * when one is set (route.on_error). Keeps headers already in resp (Allow, ...). */

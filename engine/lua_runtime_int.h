@@ -3,7 +3,9 @@
  * include it; everything else uses lua_runtime.h.
  *
  *   lua_runtime.c  state creation, budgets (allocator, count hook, budgeted runs, the deadline
- *                  checks of long C work, the SQL progress handler), dispatch, the error hook
+ *                  checks of long C work, the SQL progress handler), dispatch (suspended
+ *                  handlers included), the error hook
+ *   lua_async.c    the waits a handler suspends on (engine.time.sleep)
  *   lua_load.c     script loading: files, overlays, require, text-only load, the sandbox
  *   lua_budget.c   the standard library functions that could run past the deadline in one C
  *                  call or without hooks, replaced by budget-aware ones (string.rep, table.sort,
@@ -23,6 +25,7 @@
 
 #include <lua.h>
 #include <stdint.h>
+#include <uv.h>
 
 /* A request whose handler is running: what its table's lazy fields are built from
  * (see lua_request.c). Lives on the C stack of eng_runtime_handle_in. */
@@ -59,7 +62,39 @@ struct eng_runtime {
   lua_State *co;            /* the reusable handler coroutine, or NULL (see run_budgeted in lua_runtime.c) */
   int co_ref;               /* its registry ref (the anchor), or LUA_NOREF */
   int co_busy;              /* co is running a call right now */
+  uv_loop_t *loop;          /* where suspended handlers wait (borrowed), or NULL: none may */
+  lua_State *suspendable;   /* the handler thread running now that may suspend, or NULL */
+  int npending;             /* suspended requests (eng_pending) not yet released */
+  int dying;                /* eng_runtime_free was called while npending > 0 */
 };
+
+/* ---- lua_runtime.c: suspension (see lua_runtime.h's suspendable handlers) ----
+ *
+ * A primitive that waits (engine.time.sleep, lua_async.c) calls eng_lua_async_yield with its
+ * operation: the handler's coroutine yields a marker only C can make (a light userdata), the
+ * operation and one integer; the dispatcher recognises the marker (any other yield out of a
+ * handler stays an error), keeps the request (eng_pending) and calls op->start on the loop. The
+ * operation calls eng_pending_wake once its wait is over; op->stop cancels it (deadline,
+ * abandon) and after stop it must not wake. */
+typedef struct eng_async_op {
+  const char *name; /* for error messages: "engine.time.sleep" */
+  /* Starts the wait: 0, or an ENG_E* code (the request is then answered 500). */
+  int (*start)(eng_pending *p, uv_loop_t *loop, lua_Integer arg);
+  void (*stop)(eng_pending *p);
+} eng_async_op;
+
+/* Yields the running handler to the engine for op with arg (from a C function: `return
+ * eng_lua_async_yield(...)`). Raises a clear error where no wait is allowed: outside a route
+ * handler (hooks, the error hook, load time, no loop), in a coroutine the script made, inside
+ * db.tx, or under a C call that cannot yield (xpcall, a metamethod). */
+int eng_lua_async_yield(lua_State *L, const eng_async_op *op, lua_Integer arg);
+
+/* Resumes the suspended handler of p (no values returned to it). Call from the loop only. */
+void eng_pending_wake(eng_pending *p);
+
+/* A timer that belongs to p, initialised on the runtime's loop, for the operation's use (its
+ * data field is p); closed with p. */
+uv_timer_t *eng_pending_timer(eng_pending *p);
 
 /* The runtime of a Lua state created by eng_runtime_new (any of its threads). */
 static inline eng_runtime *eng_rt(lua_State *L) { return *(eng_runtime **)lua_getextraspace(L); }
@@ -109,6 +144,14 @@ void eng_lua_storage_failed(lua_State *L, int sqlite_code);
  * running, the SQL progress handler does not interrupt statements past the deadline (a rollback
  * must finish). No-op in states eng_runtime_new did not make. */
 void eng_lua_budget_sql_hold(lua_State *L, int delta);
+
+/* ---- lua_async.c ---- */
+
+#define ENG_SLEEP_MAX_MS 3600000 /* engine.time.sleep's longest wait (the budget ends most sooner) */
+
+/* engine.time.sleep(ms): suspends the route handler for ms milliseconds (a timer on the
+ * runtime's loop); the worker serves other requests meanwhile. */
+int eng_lua_time_sleep(lua_State *L);
 
 /* ---- lua_budget.c ---- */
 

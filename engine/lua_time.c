@@ -5,6 +5,7 @@
 
 #include "clock.h"
 #include "lua_common.h"
+#include "lua_runtime_int.h"
 
 static int l_now(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)eng_clock_now_ms());
@@ -40,7 +41,8 @@ static int l_parse(lua_State *L) {
 }
 
 int eng_luaopen_time(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"now", l_now}, {"format", l_format}, {"parse", l_parse}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"now", l_now}, {"format", l_format}, {"parse", l_parse}, {"sleep", eng_lua_time_sleep}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -151,7 +151,12 @@ static void on_reload(uv_async_t *a) {
   char *err = NULL;
   int rc = eng_runtime_new(&fresh, &ro, &err);
   if (rc == 0) {
+    /* Requests suspended on the old runtime finish on it: it is freed after the last of them
+     * (eng_runtime_free defers). The database's progress handler is the new runtime's: set
+     * again, since freeing the old one takes it off the shared connection. */
     eng_runtime_free(w->rt);
+    eng_runtime_set_loop(fresh, &w->loop);
+    eng_runtime_set_db(fresh, w->db);
     w->rt = fresh;
     eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   } else {
@@ -221,6 +226,7 @@ static void worker_main(void *arg) {
     rc = eng_err_from_uv(rc);
     goto fail;
   }
+  eng_runtime_set_loop(w->rt, &w->loop); /* handlers may suspend from here on */
   w->start_rc = 0;
   uv_sem_post(&w->started);
 

@@ -54,8 +54,11 @@ typedef struct list {
  * C_HEAD   the rest of a request's line and headers (head list: --header-timeout from its first byte)
  * C_BODY   the next bytes of a request body (body list: --body-timeout, renewed at each read)
  * C_WAIT   the client to take its answers, before the connection reads on (send list)
- * C_LINGER its answers to go out after the last one, then the peer's close (send, then linger list) */
-enum { C_IDLE, C_HEAD, C_BODY, C_WAIT, C_LINGER };
+ * C_LINGER its answers to go out after the last one, then the peer's close (send, then linger list)
+ * C_RUN    its request's handler, suspended (engine.time.sleep): not read meanwhile, the rest of
+ *          what was read held as in C_WAIT (run list: no deadline of its own, the request's
+ *          budget ends the wait; the drain deadline closes it) */
+enum { C_IDLE, C_HEAD, C_BODY, C_WAIT, C_LINGER, C_RUN };
 
 struct conn {
   uv_tcp_t tcp; /* first: handles cast back to conn */
@@ -67,6 +70,7 @@ struct conn {
   size_t pending;   /* bytes queued in uv_write */
   eng_buf held;     /* read but not yet parsed while C_WAIT (at most ENG_READ_BUF) */
   eng_http_parser hp;
+  eng_pending *run; /* the suspended request of C_RUN, or NULL */
   unsigned state : 3, closing : 1, sent_continue : 1, reading : 1, counted : 1, shut : 1;
   signed char gauge; /* the state apiengine_connections counts it in (ENG_METRICS_CONN_*) */
   char peer[48];
@@ -115,7 +119,7 @@ struct worker {
   int stopping;
   server_shared *sh;
   int nconns; /* this worker's connection handles, refused ones included until closed */
-  list idle, head, body, send, linger;
+  list idle, head, body, send, linger, run;
   size_t queued; /* unsent output of all its connections */
   eng_runtime *rt;
   eng_db *db;

@@ -44,6 +44,7 @@ int eng_test_main(int argc, char **argv);
 
 typedef struct test_state {
   eng_runtime *rt;
+  uv_loop_t loop; /* where a suspended handler of an in-process request waits (t_request runs it) */
   eng_db *db;
   eng_http_limits limits;
   char schema_dir[1024];
@@ -73,6 +74,22 @@ static int health_answer(test_state *ts, const eng_http_request *req, eng_respon
                                   : ready ? "{\"status\":\"ready\"}"
                                           : "{\"status\":\"not_ready\",\"reason\":\"database\"}");
   return 1;
+}
+
+/* The answer of a suspended in-process request: moved into the waiting t_request's response. */
+typedef struct waiting {
+  eng_response *resp;
+  int done;
+} waiting;
+
+static void request_done(void *ud, eng_response *resp, const char *request_id, const char *route) {
+  (void)request_id;
+  (void)route;
+  waiting *wt = ud;
+  eng_response tmp = *wt->resp;
+  *wt->resp = *resp;
+  *resp = tmp; /* the pending request frees what was ours (empty) */
+  wt->done = 1;
 }
 
 /* testing.request(method, target, headers, body [, peer]) -> status, headers, body, logged
@@ -135,8 +152,16 @@ static int t_request(lua_State *L) {
   eng_buf logged = {0};
   eng_log_capture(&logged);
   if (r == ENG_HTTP_REQUEST) {
-    if (!health_answer(ts, &hp.req, &resp))
-      eng_runtime_handle_in(ts->rt, L, &hp.req, peer, rid, &resp);
+    waiting wt = {.resp = &resp};
+    eng_pending *p = NULL;
+    /* A handler that suspends (engine.time.sleep) is waited for here: the loop runs until it
+     * answers (its deadline bounds that), then once more to close the request's timers. */
+    if (!health_answer(ts, &hp.req, &resp) &&
+        eng_runtime_handle_async_in(ts->rt, L, &hp.req, peer, rid, &resp, request_done, &wt, &p)) {
+      while (!wt.done)
+        uv_run(&ts->loop, UV_RUN_ONCE);
+      uv_run(&ts->loop, UV_RUN_NOWAIT);
+    }
   } else if (r == ENG_HTTP_ERROR) {
     eng_runtime_error_in(ts->rt, L, hp.error_status, hp.error_code, hp.error_reason, rid, &resp);
   } else {
@@ -657,12 +682,19 @@ int eng_test_main(int argc, char **argv) {
 
   eng_runtime_options ro = {.budget_ms = 1000, .memory_limit = (size_t)256 << 20, .test_mode = 1};
   char *err = NULL;
+  if (uv_loop_init(&ts.loop) != 0) {
+    fprintf(stderr, "apiengine test: cannot create an event loop\n");
+    free(bargs);
+    return 1;
+  }
   if (eng_runtime_new(&ts.rt, &ro, &err) != 0) {
     fprintf(stderr, "apiengine test: %s\n", err ? err : "cannot create the Lua state");
     free(err);
     free(bargs);
+    (void)uv_loop_close(&ts.loop);
     return 1;
   }
+  eng_runtime_set_loop(ts.rt, &ts.loop);
   lua_State *L = eng_runtime_lua(ts.rt);
   setup_ctx sc = {.ts = &ts, .bargs = bargs, .nb = nb};
   lua_pushcfunction(L, setup_p);
@@ -672,6 +704,7 @@ int eng_test_main(int argc, char **argv) {
   if (st != LUA_OK) {
     fprintf(stderr, "apiengine test: %s\n", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "set-up failed");
     eng_runtime_free(ts.rt);
+    (void)uv_loop_close(&ts.loop);
     if (log_fd >= 0)
       close(log_fd);
     return 1;
@@ -690,7 +723,9 @@ int eng_test_main(int argc, char **argv) {
       code = 1;
     }
   }
+  uv_run(&ts.loop, UV_RUN_DEFAULT); /* nothing is left waiting: closes what is still closing */
   eng_runtime_free(ts.rt);
+  (void)uv_loop_close(&ts.loop);
   eng_db_close(ts.db);
   if (log_fd >= 0)
     close(log_fd);

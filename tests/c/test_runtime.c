@@ -178,6 +178,125 @@ static void test_error_object_whose_tostring_raises_is_a_500(void) {
   eng_runtime_free(rt);
 }
 
+/* ---- suspendable handlers (eng_runtime_handle_async) ---- */
+
+typedef struct answer {
+  int calls, status;
+  char body[256], rid[64];
+} answer;
+
+static void on_done(void *ud, eng_response *resp, const char *request_id, const char *route) {
+  (void)route;
+  answer *a = ud;
+  a->calls++;
+  a->status = resp->status;
+  snprintf(a->body, sizeof a->body, "%.*s", (int)resp->body.len, resp->body.data ? resp->body.data : "");
+  snprintf(a->rid, sizeof a->rid, "%s", request_id);
+}
+
+/* Starts "GET target" with the async API: 1 when suspended (*p set), else 0 (resp filled). The
+ * parser stays alive in *hp until the caller frees it (the request must outlive the wait). */
+static int get_async(eng_runtime *rt, eng_http_parser *hp, const char *target, eng_response *resp, answer *a,
+                     eng_pending **p) {
+  char raw[256];
+  snprintf(raw, sizeof raw, "GET %s HTTP/1.1\r\nHost: t\r\nX-Request-Id: rid-async\r\n\r\n", target);
+  eng_http_limits lim;
+  eng_http_limits_default(&lim);
+  eng_http_parser_init(hp, &lim);
+  size_t used;
+  CHECK_INT(eng_http_parser_feed(hp, raw, strlen(raw), &used), ENG_HTTP_REQUEST);
+  eng_response_reset(resp);
+  int top = lua_gettop(eng_runtime_lua(rt));
+  int suspended = eng_runtime_handle_async(rt, &hp->req, "127.0.0.1:1", "rid-async", resp, on_done, a, p);
+  CHECK_INT(lua_gettop(eng_runtime_lua(rt)), top);
+  return suspended;
+}
+
+static const char *SLEEPER = "local route = require 'engine.route'\n"
+                             "local time = require 'engine.time'\n"
+                             "route.get('/nap/{ms}', function(req)\n"
+                             "  time.sleep(math.tointeger(tonumber(req.params.ms)))\n"
+                             "  return 200, { napped = req.params.ms }\n"
+                             "end)\n"
+                             "route.get('/ok', function(req) return 200, { ok = true } end)\n";
+
+static void test_a_sleeping_handler_suspends_and_answers_through_done(void) {
+  eng_runtime *rt = runtime_with(SLEEPER);
+  uv_loop_t loop;
+  CHECK_INT(uv_loop_init(&loop), 0);
+  eng_runtime_set_loop(rt, &loop);
+  eng_response r;
+  eng_response_init(&r);
+  eng_http_parser hp;
+  answer a = {0};
+  eng_pending *p = NULL;
+  CHECK_INT(get_async(rt, &hp, "/nap/20", &r, &a, &p), 1);
+  CHECK(p != NULL);
+  CHECK_INT(r.body.len, 0);
+  CHECK_INT(eng_runtime_pending(rt), 1);
+  CHECK(rt->live != NULL); /* its request table still reads its fields */
+  /* the synchronous path is untouched meanwhile */
+  CHECK_INT(get(rt, "/ok", &r), 200);
+  CHECK_INT(a.calls, 0);
+  CHECK_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  CHECK_INT(a.calls, 1);
+  CHECK_INT(a.status, 200);
+  CHECK(strcmp(a.body, "{\"napped\":\"20\"}") == 0);
+  CHECK(strcmp(a.rid, "rid-async") == 0);
+  CHECK_INT(eng_runtime_pending(rt), 0);
+  CHECK(rt->live == NULL);
+  eng_http_parser_free(&hp);
+  /* without done (eng_runtime_handle) a handler cannot wait: a 500 naming why */
+  CHECK_INT(get(rt, "/nap/1", &r), 500);
+  CHECK(log_has("engine.time.sleep: only a route handler may wait"));
+  eng_response_free(&r);
+  eng_runtime_free(rt);
+  CHECK_INT(uv_loop_close(&loop), 0);
+}
+
+static void test_free_waits_for_the_last_suspended_request(void) {
+  eng_runtime *rt = runtime_with(SLEEPER);
+  uv_loop_t loop;
+  CHECK_INT(uv_loop_init(&loop), 0);
+  eng_runtime_set_loop(rt, &loop);
+  eng_response r;
+  eng_response_init(&r);
+  eng_http_parser hp;
+  answer a = {0};
+  eng_pending *p = NULL;
+  CHECK_INT(get_async(rt, &hp, "/nap/10", &r, &a, &p), 1);
+  eng_runtime_free(rt); /* a reload: the runtime lives on until the request ends */
+  CHECK_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  CHECK_INT(a.calls, 1);
+  CHECK_INT(a.status, 200); /* answered by the freed runtime's scripts; then it went (ASan) */
+  eng_http_parser_free(&hp);
+  eng_response_free(&r);
+  CHECK_INT(uv_loop_close(&loop), 0);
+}
+
+static void test_an_abandoned_request_never_answers(void) {
+  eng_runtime *rt = runtime_with(SLEEPER);
+  uv_loop_t loop;
+  CHECK_INT(uv_loop_init(&loop), 0);
+  eng_runtime_set_loop(rt, &loop);
+  eng_response r;
+  eng_response_init(&r);
+  eng_http_parser hp;
+  answer a = {0};
+  eng_pending *p = NULL;
+  CHECK_INT(get_async(rt, &hp, "/nap/5000", &r, &a, &p), 1);
+  eng_pending_abandon(p);
+  CHECK_INT(uv_run(&loop, UV_RUN_DEFAULT), 0); /* its timers are closed: nothing keeps the loop */
+  CHECK_INT(a.calls, 0);
+  CHECK_INT(eng_runtime_pending(rt), 0);
+  CHECK(rt->live == NULL);
+  CHECK_INT(get(rt, "/ok", &r), 200);
+  eng_http_parser_free(&hp);
+  eng_response_free(&r);
+  eng_runtime_free(rt);
+  CHECK_INT(uv_loop_close(&loop), 0);
+}
+
 static void test_state_too_small_to_build_is_a_start_up_error(void) {
   eng_runtime_options o = {.budget_ms = 1000, .memory_limit = 16 * 1024};
   eng_runtime *rt = NULL;
@@ -200,6 +319,9 @@ int main(void) {
   test_memory_error_in_the_error_hook_gives_the_default_answer();
   test_error_object_whose_tostring_raises_is_a_500();
   test_state_too_small_to_build_is_a_start_up_error();
+  test_a_sleeping_handler_suspends_and_answers_through_done();
+  test_free_waits_for_the_last_suspended_request();
+  test_an_abandoned_request_never_answers();
   close(fd);
   unlink(log_path);
   nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
