@@ -80,6 +80,8 @@ static const opt opts[] = {
      "time budget of one handler, 503 past it (default 1000)"},
     {"--load-budget-ms", "APIENGINE_LOAD_BUDGET_MS", "load_budget_ms", T_INT, OFF(load_budget_ms), 1, 3600000,
      "time budget of loading the scripts at start-up, reload and check (default 30000)"},
+    {"--rekey-pause-ms", "APIENGINE_REKEY_PAUSE_MS", "rekey_pause_ms", T_INT, OFF(rekey_pause_ms), 0, 60000,
+     "rekey: ms to pause after each batch, leaving the database to a busy server (default 0)"},
     {"--memory-limit-mb", "APIENGINE_MEMORY_LIMIT_MB", "memory_limit_mb", T_MB, OFF(memory_limit), 8, 1 << 20,
      "memory cap of each worker's Lua state (default 256)"},
     {"--pid-file", "APIENGINE_PID_FILE", "pid_file", T_STR, OFF(pid_file), 0, 0,

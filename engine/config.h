@@ -51,6 +51,7 @@ typedef struct eng_config {
   int drain_ms;
   int budget_ms;
   int load_budget_ms;  /* loading the scripts, all of them (start-up, reload, check) */
+  int rekey_pause_ms;  /* apiengine rekey: a pause after each batch (0: none) */
   size_t memory_limit; /* bytes per worker Lua state */
   eng_buf settings;    /* the config file's `settings`, packed (lua_config.h); empty: none */
   char *pid_file;      /* written at start, removed at exit; NULL: none */

@@ -7,8 +7,10 @@
  * so the walk never updates the table under its own open SELECT. */
 #include "lua_rekey.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 
@@ -186,7 +188,8 @@ static int rekey_batch(lua_State *L) {
 static int exec(sqlite3 *h, const char *sql) { return sqlite3_exec(h, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1; }
 
 /* Walks one declared column: the declaration is the table at the top of L. */
-static int rekey_column(lua_State *L, eng_db *db, int batch, FILE *progress, eng_rekey_stats *stats, char **err) {
+static int rekey_column(lua_State *L, eng_db *db, int batch, int pause_ms, FILE *progress, eng_rekey_stats *stats,
+                        char **err) {
   sqlite3 *h = eng_db_handle(db);
   batch_ctx c = {.limit = batch, .stats = stats};
   char qt[2 * IDENT_MAX + 3], qc[2 * IDENT_MAX + 3], sql[4 * IDENT_MAX + 128];
@@ -235,6 +238,11 @@ static int rekey_column(lua_State *L, eng_db *db, int batch, FILE *progress, eng
     if (progress)
       fprintf(progress, "rekey %s.%s: %lld rows read, %lld re-sealed (up to rowid %lld)\n", c.table, c.column,
               stats->rows - rows0, stats->resealed - resealed0, (long long)c.after);
+    if (pause_ms > 0 && !c.done) {
+      struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000L};
+      while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    }
   }
 cleanup:
   if (c.sel)
@@ -247,7 +255,8 @@ cleanup:
   return rc;
 }
 
-int eng_rekey_run(lua_State *L, eng_db *db, int batch, FILE *progress, eng_rekey_stats *stats, char **err) {
+int eng_rekey_run(lua_State *L, eng_db *db, int batch, int pause_ms, FILE *progress, eng_rekey_stats *stats,
+                  char **err) {
   *stats = (eng_rekey_stats){0};
   if (err)
     *err = NULL;
@@ -255,6 +264,8 @@ int eng_rekey_run(lua_State *L, eng_db *db, int batch, FILE *progress, eng_rekey
     return eng_errorf(err, ENG_EINVAL, "rekey: no server key loaded");
   if (batch < 1 || batch > ENG_REKEY_BATCH_MAX)
     return eng_errorf(err, ENG_EINVAL, "rekey: the batch size must be 1..%d", ENG_REKEY_BATCH_MAX);
+  if (pause_ms < 0 || pause_ms > 60000)
+    return eng_errorf(err, ENG_EINVAL, "rekey: the pause must be 0..60000 ms");
   if (!lua_checkstack(L, 8))
     return eng_errorf(err, ENG_ENOMEM, "rekey: out of memory");
   int top = lua_gettop(L), rc = 0;
@@ -265,7 +276,7 @@ int eng_rekey_run(lua_State *L, eng_db *db, int batch, FILE *progress, eng_rekey
   lua_Integer n = (lua_Integer)lua_rawlen(L, top + 1);
   for (lua_Integer i = 1; rc == 0 && i <= n; i++) {
     lua_rawgeti(L, top + 1, i);
-    rc = rekey_column(L, db, batch, progress, stats, err);
+    rc = rekey_column(L, db, batch, pause_ms, progress, stats, err);
     lua_settop(L, top + 1);
   }
   lua_settop(L, top);

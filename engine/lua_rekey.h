@@ -27,12 +27,14 @@ typedef struct eng_rekey_stats {
 } eng_rekey_stats;
 
 /* Re-seals every column declared in L (a runtime's state whose scripts have loaded) on db,
- * batch rows per transaction (1..ENG_REKEY_BATCH_MAX). One progress line per batch goes to
+ * batch rows per transaction (1..ENG_REKEY_BATCH_MAX), sleeping pause_ms after each (0: none,
+ * else up to 60000) so that a busy server gets the database between them. One progress line per batch goes to
  * progress (may be NULL). *stats is filled as far as the run got. Returns 0, or ENG_EDB (a SQL
  * error: a declared table or column that does not exist, a lock held past the busy timeout),
  * ENG_ELUA (an aad function raised or returned something other than a string), ENG_EINVAL (no
  * key loaded, bad batch) with a malloc'd *err; the batch that failed is rolled back, the ones
  * before it stay. Not thread-safe (L and db belong to the caller's thread). */
-int eng_rekey_run(lua_State *L, eng_db *db, int batch, FILE *progress, eng_rekey_stats *stats, char **err);
+int eng_rekey_run(lua_State *L, eng_db *db, int batch, int pause_ms, FILE *progress, eng_rekey_stats *stats,
+                  char **err);
 
 #endif

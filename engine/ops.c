@@ -965,7 +965,7 @@ int eng_ops_rekey(const eng_config *cfg) {
     goto fail;
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  rc = eng_rekey_run(eng_runtime_lua(rt), db, ENG_REKEY_BATCH_DEFAULT, stderr, &stats, &err);
+  rc = eng_rekey_run(eng_runtime_lua(rt), db, ENG_REKEY_BATCH_DEFAULT, cfg->rekey_pause_ms, stderr, &stats, &err);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   long ms = (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
   printf("rekey: %d sealed column(s), %lld rows read, %lld re-sealed under the current key, %lld already were, %lld "

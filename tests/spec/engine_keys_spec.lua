@@ -259,8 +259,10 @@ describe("key rotation", function()
     s = serve(dir, { APIENGINE_KEY = B .. "," .. A })
     assert.is_nil(s.code, s.read_log())
     local out1 = dir .. "/rekey1.out"
+    -- 100 batches with a 30 ms pause after each: the run lasts at least 3 s, so it is still going
+    -- when the loop below (20 ms a round) sees its third batch, however fast the machine seals.
     local pid = testing.spawn({ testing.exe(), "rekey", table.unpack(base_args(dir)) }, out1,
-      { APIENGINE_KEY = B .. "," .. A })
+      { APIENGINE_KEY = B .. "," .. A, APIENGINE_REKEY_PAUSE_MS = "30" })
     -- The server answers while the rekey runs (an A-sealed secret opens); the rekey is killed once
     -- three batches are in.
     local answered = 0
