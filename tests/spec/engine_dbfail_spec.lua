@@ -10,30 +10,11 @@ local socket = require "socket"
 
 local KEY = ("cd"):rep(32)
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+package.path = "tests/spec/?.lua;" .. package.path
+local proc = require "support.proc"
+local read, write, wait_for = proc.read, proc.write, proc.wait_for
 
 local function sh(cmd) assert(os.execute(cmd), cmd) end
-
-local function wait_for(fn, ms)
-  for _ = 1, (ms or 10000) // 20 do
-    local v = fn()
-    if v then return v end
-    testing.sleep(20)
-  end
-  return fn()
-end
 
 -- The uid the servers of this spec run as: nobody when the spec runs as root.
 local function my_uid()
@@ -51,38 +32,13 @@ local function unprivileged(argv)
   return out
 end
 
-local started, dirs = {}, {}
-
 local function serve(argv, env)
   local port = testing.free_port()
-  local logdir = testing.mkdtemp()
-  local s = { port = port, log = logdir .. "/server.log" }
-  dirs[#dirs + 1] = logdir
   local full = { env and env.exe or testing.exe(), "serve", "--listen", "127.0.0.1:" .. port, "--workers", "1" }
   for _, a in ipairs(argv) do full[#full + 1] = a end
   if env and env.unprivileged then full = unprivileged(full) end
-  s.pid = testing.spawn(full, s.log, { APIENGINE_KEY = KEY })
-  started[#started + 1] = s
-  function s.read_log() return read(s.log) or "" end
-  function s.stop()
-    if not s.pid then return s.code end
-    testing.kill(s.pid, 15)
-    s.code = testing.wait(s.pid, 15000)
-    if s.code == nil then
-      testing.kill(s.pid, 9)
-      testing.wait(s.pid, 5000)
-    end
-    s.pid = nil
-    return s.code
-  end
-  wait_for(function()
-    local code = testing.wait(s.pid, 0)
-    if code then
-      s.code, s.pid = code, nil
-      return true
-    end
-    return s.read_log():find("listening on", 1, true)
-  end, 15000)
+  local s = proc.start(full, { APIENGINE_KEY = KEY })
+  s.port = port
   return s
 end
 
@@ -101,24 +57,14 @@ local function request(port, method, path, body)
   return res
 end
 
-after_each(function()
-  for i = #started, 1, -1 do
-    started[i].stop()
-    started[i] = nil
-  end
-  for i = #dirs, 1, -1 do
-    testing.rmtree(dirs[i])
-    dirs[i] = nil
-  end
-end)
+after_each(proc.cleanup)
 
 -- A directory others can enter, with copies of the binary, the scripts and the schema (the
 -- checkout may be where nobody cannot go), and a database made (and started once, so it holds
 -- the key's fingerprint) by this process. Returns the directory, the database, the arguments and
 -- options for serve.
 local function made_db()
-  local dir = testing.mkdtemp()
-  dirs[#dirs + 1] = dir
+  local dir = proc.tmpdir()
   sh("chmod 0755 " .. dir .. " && mkdir " .. dir .. "/data " .. dir .. "/bin && chmod 0755 " .. dir .. "/data "
     .. dir .. "/bin && cp " .. testing.exe() .. " " .. dir .. "/bin/apiengine && cp -r scripts schema " .. dir
     .. "/ && chmod -R a+rX " .. dir .. "/bin " .. dir .. "/scripts " .. dir .. "/schema")
@@ -191,8 +137,7 @@ end)
 
 describe("a write the database cannot store at run time", function()
   it("answers 503 with Retry-After and one log line naming the cause; reads and the server go on", function()
-    local dir = testing.mkdtemp()
-    dirs[#dirs + 1] = dir
+    local dir = proc.tmpdir()
     sh("mkdir " .. dir .. "/overlay")
     write(dir .. "/overlay/zz_limit.lua", LIMIT)
     local s = serve { "--db", dir .. "/db.sqlite", "--scripts", "scripts:" .. dir .. "/overlay", "--schema", "schema" }
@@ -245,8 +190,7 @@ end)
 
 describe("a connection that refuses writes (SQLITE_READONLY at run time)", function()
   it("answers 503 with Retry-After, and db.kind says 'unavailable' to a script that catches it", function()
-    local dir = testing.mkdtemp()
-    dirs[#dirs + 1] = dir
+    local dir = proc.tmpdir()
     sh("mkdir " .. dir .. "/overlay")
     write(dir .. "/overlay/zz_limit.lua", LIMIT)
     local s = serve { "--db", dir .. "/db.sqlite", "--scripts", "scripts:" .. dir .. "/overlay", "--schema", "schema" }

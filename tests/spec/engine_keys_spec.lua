@@ -10,36 +10,9 @@ local socket = require "socket"
 local A = string.rep("a1", 32)
 local B = string.rep("b2", 32)
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function wait_for(fn, ms)
-  for _ = 1, (ms or 10000) // 20 do
-    local v = fn()
-    if v then return v end
-    testing.sleep(20)
-  end
-  return fn()
-end
-
-local started, dirs = {}, {}
-
-local function tmpdir()
-  local d = testing.mkdtemp()
-  dirs[#dirs + 1] = d
-  return d
-end
+package.path = "tests/spec/?.lua;" .. package.path
+local proc = require "support.proc"
+local read, write, wait_for, tmpdir = proc.read, proc.write, proc.wait_for, proc.tmpdir
 
 local function base_args(dir)
   return { "--scripts", "scripts", "--schema", "schema", "--db", dir .. "/db.sqlite", "--workers", "1" }
@@ -47,44 +20,13 @@ end
 
 -- Runs `apiengine <argv...>` to its end (bounded): exit code, stdout+stderr.
 local function run(argv, env)
-  local d = testing.mkdtemp()
-  local pid = testing.spawn({ testing.exe(), table.unpack(argv) }, d .. "/out", env)
-  local code = testing.wait(pid, 30000)
-  if code == nil then
-    testing.kill(pid, 9)
-    testing.wait(pid, 5000)
-  end
-  local out = read(d .. "/out")
-  testing.rmtree(d)
+  local code, out = proc.run({ testing.exe(), table.unpack(argv) }, env, 30000)
   return code, out
 end
 
 -- `apiengine serve` on dir's database with the key setting env: the server, or .code when it exited.
 local function serve(dir, env)
-  local s = { port = testing.free_port(), log = dir .. "/server-" .. (#started + 1) .. ".log" }
-  local argv = { testing.exe(), "serve", "--listen", "127.0.0.1:" .. s.port, table.unpack(base_args(dir)) }
-  s.pid = testing.spawn(argv, s.log, env)
-  started[#started + 1] = s
-  function s.read_log() return read(s.log) or "" end
-  function s.stop()
-    if not s.pid then return s.code end
-    testing.kill(s.pid, 15)
-    s.code = testing.wait(s.pid, 15000)
-    if s.code == nil then
-      testing.kill(s.pid, 9)
-      testing.wait(s.pid, 5000)
-    end
-    s.pid = nil
-    return s.code
-  end
-  wait_for(function()
-    local code = testing.wait(s.pid, 0)
-    if code then
-      s.code, s.pid = code, nil
-      return true
-    end
-    return s.read_log():find("listening on", 1, true)
-  end)
+  local s = proc.serve(base_args(dir), env)
   -- One request on a new connection -> status, decoded JSON body.
   function s.request(method, path, body, token)
     local c = assert(socket.tcp())
@@ -103,14 +45,7 @@ local function serve(dir, env)
 end
 
 after_each(function()
-  for i = #started, 1, -1 do
-    started[i].stop()
-    started[i] = nil
-  end
-  for i = #dirs, 1, -1 do
-    testing.rmtree(dirs[i])
-    dirs[i] = nil
-  end
+  proc.cleanup()
   testing.use_key(crypto.random_bytes(32)) -- as at the start of the run: a key, none of this file's
 end)
 

@@ -8,31 +8,11 @@ local socket = require "socket"
 local SCHEMA = "tests/fixtures/engine/schema"
 local OVERLAY = "tests/fixtures/overlay/base:tests/fixtures/overlay/top"
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+package.path = "tests/spec/?.lua;" .. package.path
+local proc = require "support.proc"
+local read, write, wait_for = proc.read, proc.write, proc.wait_for
 
 local function exists(path) return read(path) ~= nil end
-
--- Polls fn every 20 ms until it returns a true value or ms pass; returns that value or nil.
-local function wait_for(fn, ms)
-  for _ = 1, (ms or 10000) // 20 do
-    local v = fn()
-    if v then return v end
-    testing.sleep(20)
-  end
-  return fn()
-end
 
 -- The scripts most cases serve: /a, and /setting reading engine.config.
 local A = [[
@@ -42,50 +22,15 @@ route.get("/a", function() return 200, { a = true } end)
 route.get("/setting", function() return 200, { greeting = config.get("greeting", "none") } end)
 ]]
 
-local started = {} -- pids to stop after each case
-
 -- Runs `apiengine <argv...>` to its end (bounded): exit code, output (stdout and stderr).
 local function run(argv, env)
-  local dir = testing.mkdtemp()
-  local pid = testing.spawn({ testing.exe(), table.unpack(argv) }, dir .. "/out", env)
-  local code = testing.wait(pid, 15000)
-  if code == nil then
-    testing.kill(pid, 9)
-    testing.wait(pid, 5000)
-  end
-  local out = read(dir .. "/out")
-  testing.rmtree(dir)
+  local code, out = proc.run({ testing.exe(), table.unpack(argv) }, env)
   return code, out
 end
 
 -- Starts `apiengine serve` with args; returns a server table once it answers on port, or
 -- with .code set when it exited first.
-local function serve(args, port, env)
-  local s = { port = port, log = testing.mkdtemp() .. "/server.log" }
-  s.pid = testing.spawn({ testing.exe(), "serve", "--listen", "127.0.0.1:" .. port, table.unpack(args) }, s.log, env)
-  started[#started + 1] = s
-  function s.read_log() return read(s.log) or "" end
-  function s.stop(sig)
-    if not s.pid then return s.code end
-    testing.kill(s.pid, sig or 15)
-    s.code = testing.wait(s.pid, 15000)
-    if s.code == nil then
-      testing.kill(s.pid, 9)
-      testing.wait(s.pid, 5000)
-    end
-    s.pid = nil
-    return s.code
-  end
-  wait_for(function()
-    local code = testing.wait(s.pid, 0)
-    if code then
-      s.code, s.pid = code, nil
-      return true
-    end
-    return s.read_log():find("listening on", 1, true)
-  end)
-  return s
-end
+local function serve(args, port, env) return proc.serve(args, env, port) end
 
 -- One GET on a new connection: status, decoded body (or nil when nothing answers).
 local function get(port, path)
@@ -127,12 +72,7 @@ local function tmpdir()
 end
 
 after_each(function()
-  for i = #started, 1, -1 do
-    started[i].stop()
-    local logdir = started[i].log:match("^(.*)/server%.log$")
-    if logdir then testing.rmtree(logdir) end
-    started[i] = nil
-  end
+  proc.cleanup()
   for i = #dirs, 1, -1 do
     testing.rmtree(dirs[i])
     dirs[i] = nil

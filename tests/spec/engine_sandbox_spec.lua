@@ -9,35 +9,12 @@ local socket = require "socket"
 
 local SCHEMA = "tests/fixtures/engine/schema"
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- Polls fn every 20 ms until it returns a true value or ms pass; returns that value or nil.
-local function wait_for(fn, ms)
-  for _ = 1, (ms or 10000) // 20 do
-    local v = fn()
-    if v then return v end
-    testing.sleep(20)
-  end
-  return fn()
-end
-
-local started, dirs = {}, {}
+package.path = "tests/spec/?.lua;" .. package.path
+local proc = require "support.proc"
+local read, write, wait_for = proc.read, proc.write, proc.wait_for
 
 local function tmpdir()
-  local d = testing.mkdtemp()
-  dirs[#dirs + 1] = d
+  local d = proc.tmpdir()
   os.execute("mkdir -p " .. d .. "/scripts " .. d .. "/schema && cp " .. SCHEMA .. "/*.sql " .. d .. "/schema/")
   write(d .. "/scripts/a.lua", 'require("engine.route").get("/a", function() return 200, { a = true } end)\n')
   return d
@@ -52,50 +29,11 @@ end
 
 -- Runs `apiengine <argv...>` to its end (bounded by ms, default 15 s): exit code (nil when it
 -- had to be killed), output (stdout and stderr), milliseconds taken.
-local function run(argv, env, ms)
-  local dir = testing.mkdtemp()
-  local t0 = socket.gettime()
-  local pid = testing.spawn({ testing.exe(), table.unpack(argv) }, dir .. "/out", env)
-  local code = testing.wait(pid, ms or 15000)
-  local took = (socket.gettime() - t0) * 1000
-  if code == nil then
-    testing.kill(pid, 9)
-    testing.wait(pid, 5000)
-  end
-  local out = read(dir .. "/out")
-  testing.rmtree(dir)
-  return code, out, took
-end
+local function run(argv, env, ms) return proc.run({ testing.exe(), table.unpack(argv) }, env, ms) end
 
 -- Starts `apiengine serve` with args; returns a server table once it listens, or with .code
 -- set when it exited first (bounded by 15 s).
-local function serve(args, env)
-  local port = testing.free_port()
-  local s = { port = port, log = testing.mkdtemp() .. "/server.log" }
-  s.pid = testing.spawn({ testing.exe(), "serve", "--listen", "127.0.0.1:" .. port, table.unpack(args) }, s.log, env)
-  started[#started + 1] = s
-  function s.read_log() return read(s.log) or "" end
-  function s.stop(sig)
-    if not s.pid then return s.code end
-    testing.kill(s.pid, sig or 15)
-    s.code = testing.wait(s.pid, 15000)
-    if s.code == nil then
-      testing.kill(s.pid, 9)
-      testing.wait(s.pid, 5000)
-    end
-    s.pid = nil
-    return s.code
-  end
-  wait_for(function()
-    local code = testing.wait(s.pid, 0)
-    if code then
-      s.code, s.pid = code, nil
-      return true
-    end
-    return s.read_log():find("listening on", 1, true)
-  end, 15000)
-  return s
-end
+local function serve(args, env) return proc.serve(args, env) end
 
 -- One request on a new connection: status, body (nil when nothing answers).
 local function get(port, path, method)
@@ -114,18 +52,7 @@ local function get(port, path, method)
   return res.status, res.body, res.headers
 end
 
-after_each(function()
-  for i = #started, 1, -1 do
-    started[i].stop()
-    local logdir = started[i].log:match("^(.*)/server%.log$")
-    if logdir then testing.rmtree(logdir) end
-    started[i] = nil
-  end
-  for i = #dirs, 1, -1 do
-    testing.rmtree(dirs[i])
-    dirs[i] = nil
-  end
-end)
+after_each(proc.cleanup)
 
 -- A script whose top level never ends (line 3), even when it catches the budget error.
 local LOOP = [[

@@ -1,0 +1,111 @@
+-- support/proc.lua - the real binary as a process, for the specs that start servers and run
+-- commands: small file helpers, polling, a command run to its end, a server started until it
+-- listens. Everything started here is stopped, and every directory made here removed, by
+-- proc.cleanup() (call it in after_each). Bounded: every wait has a limit.
+local testing = require "engine.testing"
+local socket = require "socket"
+
+local M = {}
+local started, dirs = {}, {}
+
+function M.read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function M.write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+-- Polls fn every 20 ms until it returns a true value or ms (10 s) pass; returns that value or nil.
+function M.wait_for(fn, ms)
+  for _ = 1, (ms or 10000) // 20 do
+    local v = fn()
+    if v then return v end
+    testing.sleep(20)
+  end
+  return fn()
+end
+
+-- A temporary directory that cleanup() removes.
+function M.tmpdir()
+  local d = testing.mkdtemp()
+  dirs[#dirs + 1] = d
+  return d
+end
+
+-- Runs argv (argv[1] is the program) to its end, bounded by ms (15 s): its exit code (nil when
+-- it had to be killed), its output (stdout and stderr) and the milliseconds it took.
+function M.run(argv, env, ms)
+  local d = testing.mkdtemp()
+  local t0 = socket.gettime()
+  local pid = testing.spawn(argv, d .. "/out", env)
+  local code = testing.wait(pid, ms or 15000)
+  local took = (socket.gettime() - t0) * 1000
+  if code == nil then
+    testing.kill(pid, 9)
+    testing.wait(pid, 5000)
+  end
+  local out = M.read(d .. "/out")
+  testing.rmtree(d)
+  return code, out, took
+end
+
+-- Starts argv, a command line that runs a server, with its output in log (default: a file in a
+-- directory of its own). Returns s once the log says "listening on", or with s.code set when the
+-- process exited first (bounded by ms, 15 s). s.read_log() is the log so far; s.stop([signal])
+-- stops it (SIGTERM, then SIGKILL after 15 s) and returns its exit code.
+function M.start(argv, env, log, ms)
+  local s = { log = log or M.tmpdir() .. "/server.log" }
+  s.pid = testing.spawn(argv, s.log, env)
+  started[#started + 1] = s
+  function s.read_log() return M.read(s.log) or "" end
+  function s.stop(sig)
+    if not s.pid then return s.code end
+    testing.kill(s.pid, sig or 15)
+    s.code = testing.wait(s.pid, 15000)
+    if s.code == nil then
+      testing.kill(s.pid, 9)
+      testing.wait(s.pid, 5000)
+    end
+    s.pid = nil
+    return s.code
+  end
+  M.wait_for(function()
+    local code = testing.wait(s.pid, 0)
+    if code then
+      s.code, s.pid = code, nil
+      return true
+    end
+    return s.read_log():find("listening on", 1, true)
+  end, ms or 15000)
+  return s
+end
+
+-- `apiengine serve --listen 127.0.0.1:PORT args...` on a free port (or port): as M.start, with
+-- s.port set.
+function M.serve(args, env, port)
+  port = port or testing.free_port()
+  local s = M.start({ testing.exe(), "serve", "--listen", "127.0.0.1:" .. port, table.unpack(args) }, env)
+  s.port = port
+  return s
+end
+
+-- Stops every server started since the last call (newest first) and removes the directories.
+function M.cleanup()
+  for i = #started, 1, -1 do
+    started[i].stop()
+    started[i] = nil
+  end
+  for i = #dirs, 1, -1 do
+    testing.rmtree(dirs[i])
+    dirs[i] = nil
+  end
+end
+
+return M
