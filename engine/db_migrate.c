@@ -563,19 +563,22 @@ void eng_db_state_free(eng_db_state *s) {
 #define SQL_CREATE_ENGINE \
   "CREATE TABLE IF NOT EXISTS " ENG_DB_ENGINE_TABLE " (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
 
-int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **stored, char **err) {
+/* Writes key = value with `insert` (INSERT OR IGNORE: keep a stored value; INSERT OR REPLACE:
+ * overwrite it) in one transaction, the table created if missing; with stored, reads the value
+ * the table then holds (malloc'd) before the commit. */
+static int write_fact(eng_db *db, const char *insert, const char *key, const char *value, char **stored, char **err) {
   sqlite3 *h = eng_db_handle(db);
   sqlite3_stmt *st = NULL;
   int rc;
-  *stored = NULL;
+  if (stored)
+    *stored = NULL;
   if (err)
     *err = NULL;
   if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start a transaction", err)) != 0)
     return rc;
   if ((rc = exec_sql(db, SQL_CREATE_ENGINE, "cannot create " ENG_DB_ENGINE_TABLE, err)) != 0)
     goto cleanup;
-  if (sqlite3_prepare_v2(h, "INSERT OR IGNORE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", -1, &st,
-                         NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(h, insert, -1, &st, NULL) != SQLITE_OK) {
     rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
     goto cleanup;
   }
@@ -585,43 +588,25 @@ int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **st
     rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
     goto cleanup;
   }
-  if ((rc = read_fact(h, key, stored, err)) != 0)
+  if (stored && (rc = read_fact(h, key, stored, err)) != 0)
     goto cleanup;
   rc = exec_sql(db, "COMMIT", "cannot commit " ENG_DB_ENGINE_TABLE, err);
 cleanup:
   sqlite3_finalize(st);
   rollback_if_open(db);
-  if (rc != 0) {
+  if (rc != 0 && stored) {
     free(*stored);
     *stored = NULL;
   }
   return rc;
 }
 
+int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **stored, char **err) {
+  return write_fact(db, "INSERT OR IGNORE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", key, value,
+                    stored, err);
+}
+
 int eng_db_engine_fact_set(eng_db *db, const char *key, const char *value, char **err) {
-  sqlite3 *h = eng_db_handle(db);
-  sqlite3_stmt *st = NULL;
-  int rc;
-  if (err)
-    *err = NULL;
-  if ((rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot start a transaction", err)) != 0)
-    return rc;
-  if ((rc = exec_sql(db, SQL_CREATE_ENGINE, "cannot create " ENG_DB_ENGINE_TABLE, err)) != 0)
-    goto cleanup;
-  if (sqlite3_prepare_v2(h, "INSERT OR REPLACE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", -1, &st,
-                         NULL) != SQLITE_OK) {
-    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
-    goto cleanup;
-  }
-  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) != SQLITE_DONE) {
-    rc = eng_errorf(err, ENG_EDB, "db: cannot write " ENG_DB_ENGINE_TABLE ": %s", sqlite3_errmsg(h));
-    goto cleanup;
-  }
-  rc = exec_sql(db, "COMMIT", "cannot commit " ENG_DB_ENGINE_TABLE, err);
-cleanup:
-  sqlite3_finalize(st);
-  rollback_if_open(db);
-  return rc;
+  return write_fact(db, "INSERT OR REPLACE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", key, value, NULL,
+                    err);
 }
