@@ -26,6 +26,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "text.h"
 
 /* Type OIDs (catalog/pg_type.h, stable across versions). */
 #define OID_BOOL 16
@@ -342,23 +343,13 @@ const char *eng_pg_result_text(const eng_pg_result *res, int row, int col, size_
   return PQgetvalue(res->pr, row, col);
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 /* Decodes bytea's text form, hex (\x0a0b...) or the old escape form (\\ and \ooo), into dst
  * (NULL: only count). Returns the byte count. */
 static size_t bytea_decode(const char *s, size_t n, unsigned char *dst) {
   size_t out = 0;
   if (n >= 2 && s[0] == '\\' && s[1] == 'x') {
     for (size_t i = 2; i + 1 < n; i += 2) {
-      int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+      int hi = eng_hex_digit((unsigned char)s[i]), lo = eng_hex_digit((unsigned char)s[i + 1]);
       if (hi < 0 || lo < 0)
         break;
       if (dst)

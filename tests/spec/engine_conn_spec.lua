@@ -8,13 +8,8 @@ local socket = require "socket"
 local SCRIPTS = "tests/fixtures/conn/scripts"
 local SCHEMA = "tests/fixtures/engine/schema"
 
--- The server process's resident memory, in MiB (VmRSS of /proc/PID/status).
-local function rss_mib(pid)
-  local f = assert(io.open("/proc/" .. pid .. "/status"))
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+) kB")) / 1024
-end
+package.path = "tests/spec/?.lua;" .. package.path
+local rss_mib = require("support.proc").rss_mib -- the server's VmRSS, in MiB
 
 -- A request of exactly `size` bytes (padded with a header), asking for `path`.
 local function padded(path, size, id)

@@ -87,6 +87,12 @@ function M.start(argv, env, log, ms)
   return s
 end
 
+-- The resident memory of process pid, in MiB (VmRSS of /proc/PID/status).
+function M.rss_mib(pid)
+  local s = assert(M.read("/proc/" .. pid .. "/status"))
+  return tonumber(s:match("VmRSS:%s*(%d+) kB")) / 1024
+end
+
 -- `apiengine serve --listen 127.0.0.1:PORT args...` on a free port (or port): as M.start, with
 -- s.port set.
 function M.serve(args, env, port)
