@@ -47,7 +47,8 @@ static const opt opts[] = {
      "route scripts directory, or dirs joined by ':' to overlay (default " ENG_DEFAULT_SCRIPTS ")"},
     {"--schema", "APIENGINE_SCHEMA", "schema", T_STR, OFF(schema_dir), 0, 0,
      "migrations directory, or dirs joined by ':' (default " ENG_DEFAULT_SCHEMA ")"},
-    {"--db", "APIENGINE_DB", "db", T_STR, OFF(db_path), 0, 0, "SQLite database file (default " ENG_DEFAULT_DB ")"},
+    {"--db", "APIENGINE_DB", "db", T_STR, OFF(db_path), 0, 0,
+     "SQLite database file (default " ENG_DEFAULT_DB "), or PostgreSQL: postgresql://... or 'host=... dbname=...'"},
     {"--config", "APIENGINE_CONFIG", NULL, T_STR, OFF(config_file), 0, 0,
      "Lua config file returning a table of these settings"},
     {NULL, "APIENGINE_KEY", "key", T_STR, OFF(key), 0, 0,
@@ -425,4 +426,10 @@ const char *eng_config_usage(void) {
     o += (size_t)n;
   }
   return text;
+}
+
+int eng_config_db_is_pg(const char *db) {
+  if (db == NULL)
+    return 0;
+  return strncmp(db, "postgresql://", 13) == 0 || strncmp(db, "postgres://", 11) == 0 || strchr(db, '=') != NULL;
 }

@@ -81,4 +81,8 @@ int eng_config_diff(const eng_config *a, const eng_config *b, const char *const 
 /* The usage text for `apiengine serve` options (shared by --help). */
 const char *eng_config_usage(void);
 
+/* 1 when db (the --db value) names a PostgreSQL database: a libpq URI (postgresql://,
+ * postgres://) or a keyword/value connection string (holds a '='); else 0: a SQLite file. */
+int eng_config_db_is_pg(const char *db);
+
 #endif

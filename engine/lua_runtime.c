@@ -1383,6 +1383,12 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
   eng_lua_db_attach(rt->L, db);
 }
 
+void eng_runtime_set_pg(eng_runtime *rt, eng_pg *pg) {
+  if (pg)
+    eng_runtime_set_db(rt, NULL);
+  rt->pg = pg;
+}
+
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }
 
 /* The state is in generational mode: a minor collection runs only as it allocates, so a

@@ -18,6 +18,7 @@
 
 typedef struct eng_db eng_db;
 typedef struct eng_runtime eng_runtime;
+typedef struct eng_pg eng_pg; /* pg.h */
 
 #define ENG_RUNTIME_LOAD_BUDGET_MS 30000 /* the default load budget (config.h's ENG_DEFAULT_LOAD_BUDGET_MS) */
 
@@ -57,6 +58,10 @@ lua_State *eng_runtime_lua(eng_runtime *rt);
  * handler (a statement still running past a handler's deadline is interrupted) and takes it
  * off again on detach and in eng_runtime_free: detach or free the runtime before closing db. */
 void eng_runtime_set_db(eng_runtime *rt, eng_db *db);
+/* A PostgreSQL pool (pg.h) on the runtime's loop, for engine.db in place of SQLite (borrowed;
+ * NULL detaches). A runtime has at most one of the two attached: attaching one detaches the
+ * other. Detach or free the runtime before closing the pool. */
+void eng_runtime_set_pg(eng_runtime *rt, eng_pg *pg);
 
 /* Sets the load budget of later eng_runtime_load_scripts calls (ms; 0: the default). */
 void eng_runtime_set_load_budget(eng_runtime *rt, int ms);

@@ -41,6 +41,7 @@ struct eng_runtime {
   lua_State *L;
   eng_router *router; /* routes of the loaded scripts (lua_route.c adds, lua_load.c replaces) */
   eng_db *db;         /* borrowed; NULL when detached */
+  eng_pg *pg;         /* borrowed; NULL when detached (engine.db on PostgreSQL) */
   char *scripts_dir;  /* "dir[:dir...]" of the last load, for require (lua_load.c); may be NULL */
   int budget_ms;
   int load_budget_ms;         /* of eng_runtime_load_scripts (lua_load.c) */
