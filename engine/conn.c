@@ -301,6 +301,17 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
     eng_conn_close(c);
 }
 
+/* Sends the answer to c's request, keeping the connection for the next one unless the client or
+ * a stopping server says otherwise. */
+static void answer(conn *c, const eng_http_request *req, const char *request_id, const char *route,
+                   eng_response *resp) {
+  worker *w = c->w;
+  int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&eng_server_stopping, memory_order_relaxed);
+  send_response(c, req, request_id, keep, route, resp);
+  if (!keep)
+    c->closing = 1;
+}
+
 /* The answer of c's suspended request (eng_pending_done_fn): sent, then c goes on with what it
  * holds, as after C_WAIT. */
 static void on_answer(void *ud, eng_response *resp, const char *request_id, const char *route) {
@@ -309,12 +320,9 @@ static void on_answer(void *ud, eng_response *resp, const char *request_id, cons
   eng_http_request *req = &c->hp.req;
   c->run = NULL;
   eng_metrics_lua_memory(eng_runtime_memory(w->rt));
-  int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&eng_server_stopping, memory_order_relaxed);
-  send_response(c, req, request_id, keep, route, resp);
+  answer(c, req, request_id, route, resp);
   if (handle_closing(c))
     return;
-  if (!keep)
-    c->closing = 1;
   eng_http_parser_next(&c->hp);
   c->sent_continue = 0;
   resume(c);
@@ -343,10 +351,7 @@ static int handle_request(conn *c) {
     route = eng_runtime_route(w->rt);
     eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   }
-  int keep = req->keep_alive && !w->stopping && !atomic_load_explicit(&eng_server_stopping, memory_order_relaxed);
-  send_response(c, req, rid, keep, route, &w->resp);
-  if (!keep)
-    c->closing = 1;
+  answer(c, req, rid, route, &w->resp);
   return 0;
 }
 
