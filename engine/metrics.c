@@ -13,7 +13,11 @@
  * without it through an insert-only hash table of interned keys (a route's pattern, a series'
  * family and label values): an entry is written in full before a release store publishes it,
  * and a lookup reads the slot with an acquire load. Nothing is ever removed, so every number is
- * stable for the process and the label space is bounded by the caps in metrics.h. */
+ * stable for the process and the label space is bounded by the caps in metrics.h.
+ *
+ * Cost (bench/metrics, README "Metrics"): a request finds its route through a small per-thread
+ * cache by the pattern's address before the hash table, and a scrape copies label and bucket
+ * text made once (when the route, series or family is made) and writes counts without printf. */
 #include "metrics.h"
 #include "error.h"
 
@@ -40,6 +44,16 @@ static const short statuses[] = {100, 101, 200, 201, 202, 204, 206, 301, 302, 30
                                  402, 403, 404, 405, 406, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417,
                                  422, 423, 424, 425, 426, 428, 429, 431, 451, 500, 501, 502, 503, 504, 505};
 #define NSTATUSES ((int)(sizeof statuses / sizeof statuses[0]) + 1) /* + "other" */
+
+/* Status code - 100 -> its index in statuses, for codes 100-599; made by eng_metrics_enable,
+ * before any worker records (a lookup in place of a binary search on every request). */
+static unsigned char status_tab[500];
+
+static void status_tab_make(void) {
+  memset(status_tab, NSTATUSES - 1, sizeof status_tab);
+  for (int i = 0; i < NSTATUSES - 1; i++)
+    status_tab[statuses[i] - 100] = (unsigned char)i;
+}
 
 static const double default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
@@ -80,6 +94,8 @@ typedef struct entry {
 
 typedef struct route {
   char *pattern;
+  char *label; /* route="pattern", escaped: written once, copied by each scrape */
+  size_t label_len;
   unsigned base;
 } route;
 
@@ -90,6 +106,7 @@ typedef struct family {
   char *labels[ENG_METRICS_MAX_LABELS];
   int nbuckets;
   double *buckets;
+  char *le; /* the buckets as text, ENG_NUM_TEXT bytes each (le="..." of every scrape) */
   int nseries;
   int series[ENG_METRICS_MAX_SERIES]; /* indexes into series_tab, in creation order */
 } family;
@@ -120,6 +137,48 @@ static struct {
 } reg = {.mu = PTHREAD_MUTEX_INITIALIZER, .next_slot = G_FIXED_END};
 
 static _Thread_local shard *tl_shard;
+
+/* Route patterns this thread recorded, by the address of the caller's string (the router's
+ * pattern, stable between reloads), so a request skips hashing its pattern: a hit still compares
+ * the text with the route's, so an address reused for another pattern finds its own route. */
+#define ROUTE_CACHE_BITS 6
+static _Thread_local struct {
+  const char *pattern;
+  int idx;
+} tl_routes[1u << ROUTE_CACHE_BITS];
+
+/* Bytes of a number's text: "-1.2345678901234567e-308" and its NUL fit. */
+#define ENG_NUM_TEXT 32
+
+/* Writes v as the text format wants it into t (ENG_NUM_TEXT bytes), its length. */
+static size_t num_text(char *t, double v) {
+  const char *word = isnan(v) ? "NaN" : isinf(v) ? (v > 0 ? "+Inf" : "-Inf") : NULL;
+  if (word)
+    return (size_t)snprintf(t, ENG_NUM_TEXT, "%s", word);
+  /* Whole numbers below 1e15 print as %.15g prints them (every digit, no exponent) without
+   * printf: counters and most sums are whole. -0 keeps its sign through printf. */
+  if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v && !(v == 0 && signbit(v))) {
+    char d[20];
+    int i = 20;
+    uint64_t u = v < 0 ? (uint64_t)(-(int64_t)v) : (uint64_t)v;
+    do {
+      d[--i] = (char)('0' + u % 10);
+      u /= 10;
+    } while (u);
+    size_t n = 0;
+    if (v < 0)
+      t[n++] = '-';
+    memcpy(t + n, d + i, (size_t)(20 - i));
+    n += (size_t)(20 - i);
+    t[n] = '\0';
+    return n;
+  }
+  /* The shortest of %.15g / %.17g that reads back as v: 0.005, not 0.0050000000000000001. */
+  int n = snprintf(t, ENG_NUM_TEXT, "%.15g", v);
+  if (strtod(t, NULL) != v)
+    n = snprintf(t, ENG_NUM_TEXT, "%.17g", v);
+  return (size_t)n;
+}
 
 static uint32_t hash_bytes(const char *p, size_t n) {
   uint32_t h = 2166136261u;
@@ -155,6 +214,22 @@ static int intern_add(const char *key, size_t len, uint32_t h, int value) {
   return 0;
 }
 
+/* Appends v as a label value: backslash, double quote and newline escaped. */
+static int append_label_value(eng_buf *b, const char *v, size_t n) {
+  int rc = eng_buf_append_char(b, '"');
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    if (v[i] == '\\')
+      rc = eng_buf_append_str(b, "\\\\");
+    else if (v[i] == '"')
+      rc = eng_buf_append_str(b, "\\\"");
+    else if (v[i] == '\n')
+      rc = eng_buf_append_str(b, "\\n");
+    else
+      rc = eng_buf_append_char(b, v[i]);
+  }
+  return rc ? rc : eng_buf_append_char(b, '"');
+}
+
 /* n consecutive slots, or -1 when the slot space is used up; under reg.mu. */
 static long slots_take(unsigned n) {
   if (n > ENG_MAX_SLOTS - reg.next_slot)
@@ -174,14 +249,22 @@ static int route_add_locked(const char *key, size_t len, uint32_t h, const char 
     return ROUTE_OTHER;
   long base = slots_take(R_SLOTS);
   char *copy = strdup(pattern);
-  if (base < 0 || copy == NULL) {
+  eng_buf lab = {0};
+  int brc = eng_buf_append_str(&lab, "route=");
+  if (brc == 0)
+    brc = append_label_value(&lab, pattern, strlen(pattern));
+  if (brc == 0)
+    brc = eng_buf_append_char(&lab, '\0');
+  if (base < 0 || copy == NULL || brc != 0) {
     free(copy);
+    eng_buf_free(&lab);
     return ROUTE_OTHER;
   }
   int idx = reg.nroutes;
-  reg.routes[idx] = (route){.pattern = copy, .base = (unsigned)base};
+  reg.routes[idx] = (route){.pattern = copy, .label = lab.data, .label_len = lab.len - 1, .base = (unsigned)base};
   if (intern_add(key, len, h, idx) != 0) {
     free(copy);
+    eng_buf_free(&lab);
     return ROUTE_OTHER; /* its slots stay unused */
   }
   reg.nroutes++;
@@ -189,7 +272,7 @@ static int route_add_locked(const char *key, size_t len, uint32_t h, const char 
 }
 
 /* Route keys start with 'r' (series keys with 's'), so the two never meet. */
-static int route_index(const char *pattern) {
+static int route_lookup(const char *pattern) {
   char small[256];
   size_t n = strlen(pattern);
   if (n + 1 > sizeof small)
@@ -204,6 +287,23 @@ static int route_index(const char *pattern) {
   small[n + 1] = '\0';
   idx = route_add_locked(small, n + 1, h, small + 1);
   pthread_mutex_unlock(&reg.mu);
+  return idx;
+}
+
+static int route_index(const char *pattern) {
+  /* Fibonacci hashing: the top bits of the address times 2^64 / phi, so strings packed a few
+   * bytes apart still spread over the table. */
+  unsigned c = (unsigned)(((uint64_t)(uintptr_t)pattern * 0x9E3779B97F4A7C15u) >> (64 - ROUTE_CACHE_BITS));
+  int idx = tl_routes[c].idx;
+  if (tl_routes[c].pattern == pattern && strcmp(reg.routes[idx].pattern, pattern) == 0)
+    return idx;
+  idx = route_lookup(pattern);
+  /* Only a route of its own: "other" (past the cap, or out of memory) may be found for this
+   * text later, and a pattern cut to 255 bytes never compares equal. */
+  if (idx > ROUTE_OTHER && strcmp(reg.routes[idx].pattern, pattern) == 0) {
+    tl_routes[c].pattern = pattern;
+    tl_routes[c].idx = idx;
+  }
   return idx;
 }
 
@@ -222,6 +322,7 @@ int eng_metrics_enable(int nshards) {
     return ENG_EINVAL;
   pthread_mutex_lock(&reg.mu);
   routes_init_locked();
+  status_tab_make();
   int rc = reg.nroutes >= 2 ? 0 : ENG_ENOMEM;
   for (int i = 0; rc == 0 && i < nshards; i++)
     if ((reg.shards[i] = calloc(1, sizeof(shard))) == NULL)
@@ -323,19 +424,7 @@ static int method_index(const char *m) {
   return NMETHODS - 1;
 }
 
-static int status_index(int status) {
-  int lo = 0, hi = NSTATUSES - 2;
-  while (lo <= hi) {
-    int mid = (lo + hi) / 2;
-    if (statuses[mid] == status)
-      return mid;
-    if (statuses[mid] < status)
-      lo = mid + 1;
-    else
-      hi = mid - 1;
-  }
-  return NSTATUSES - 1;
-}
+static int status_index(int status) { return status >= 100 && status < 600 ? status_tab[status - 100] : NSTATUSES - 1; }
 
 void eng_metrics_request(const char *route_pattern, const char *method, int status, double seconds) {
   shard *s = tl_shard;
@@ -421,6 +510,7 @@ static void family_free(family *f) {
   for (int i = 0; i < f->nlabels; i++)
     free(f->labels[i]);
   free(f->buckets);
+  free(f->le);
   memset(f, 0, sizeof *f);
 }
 
@@ -476,10 +566,14 @@ int eng_metrics_declare(eng_metric_type type, const char *name, const char *help
   int ok = (f->name = strdup(name)) != NULL && (f->help = strdup(help)) != NULL;
   for (int i = 0; ok && i < nlabels; i++)
     ok = (f->labels[i] = strdup(labels[i])) != NULL;
-  if (ok && nbuckets > 0 && (f->buckets = malloc((size_t)nbuckets * sizeof(double))) != NULL)
+  if (ok && nbuckets > 0 && (f->buckets = malloc((size_t)nbuckets * sizeof(double))) != NULL &&
+      (f->le = malloc((size_t)nbuckets * ENG_NUM_TEXT)) != NULL) {
     memcpy(f->buckets, buckets, (size_t)nbuckets * sizeof(double));
-  else if (nbuckets > 0)
+    for (int i = 0; i < nbuckets; i++)
+      num_text(f->le + (size_t)i * ENG_NUM_TEXT, buckets[i]);
+  } else if (nbuckets > 0) {
     ok = 0;
+  }
   if (!ok) {
     family_free(f);
     *why = "out of memory", rc = ENG_ENOMEM;
@@ -494,22 +588,6 @@ out:
 int eng_metrics_family_labels(int id) { return reg.fams[id].nlabels; }
 const char *eng_metrics_family_label(int id, int i) { return reg.fams[id].labels[i]; }
 eng_metric_type eng_metrics_family_type(int id) { return reg.fams[id].type; }
-
-/* Appends v as a label value: backslash, double quote and newline escaped. */
-static int append_label_value(eng_buf *b, const char *v, size_t n) {
-  int rc = eng_buf_append_char(b, '"');
-  for (size_t i = 0; rc == 0 && i < n; i++) {
-    if (v[i] == '\\')
-      rc = eng_buf_append_str(b, "\\\\");
-    else if (v[i] == '"')
-      rc = eng_buf_append_str(b, "\\\"");
-    else if (v[i] == '\n')
-      rc = eng_buf_append_str(b, "\\n");
-    else
-      rc = eng_buf_append_char(b, v[i]);
-  }
-  return rc ? rc : eng_buf_append_char(b, '"');
-}
 
 int eng_metrics_series(int id, const char *const *values, const size_t *lens, int *out, const char **why) {
   const family *f = &reg.fams[id];
@@ -632,59 +710,99 @@ static double sum_d(int n, unsigned slot) {
   return t;
 }
 
-static void head(eng_buf *b, const char *name, const char *type, const char *help) {
-  eng_buf_appendf(b, "# HELP %s ", name);
-  for (const char *p = help; *p; p++) { /* help text escapes backslash and newline */
-    if (*p == '\\')
-      eng_buf_append_str(b, "\\\\");
-    else if (*p == '\n')
-      eng_buf_append_str(b, "\\n");
-    else
-      eng_buf_append_char(b, *p);
-  }
-  eng_buf_appendf(b, "\n# TYPE %s %s\n", name, type);
+/* The scrape writes its lines from pieces of known length: no printf, no per-scrape escaping
+ * (label text is escaped once, when its route or series is made). An append fails only out of
+ * memory, and leaves the text short (see eng_metrics_render). */
+static void put(eng_buf *b, const char *s, size_t n) { (void)eng_buf_append(b, s, n); }
+#define PUT(b, lit) put((b), (lit), sizeof(lit) - 1)
+static void puts_(eng_buf *b, const char *s) { put(b, s, strlen(s)); }
+
+static void put_u64(eng_buf *b, uint64_t v) {
+  char d[20];
+  int i = 20;
+  do {
+    d[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  put(b, d + i, (size_t)(20 - i));
 }
 
-static void num(eng_buf *b, double v) {
-  if (isnan(v))
-    eng_buf_append_str(b, "NaN");
-  else if (isinf(v))
-    eng_buf_append_str(b, v > 0 ? "+Inf" : "-Inf");
-  else { /* the shortest of %.15g / %.17g that reads back as v: 0.005, not 0.0050000000000000001 */
-    char t[32];
-    snprintf(t, sizeof t, "%.15g", v);
-    if (strtod(t, NULL) != v)
-      snprintf(t, sizeof t, "%.17g", v);
-    eng_buf_append_str(b, t);
+static void put_num(eng_buf *b, double v) {
+  char t[ENG_NUM_TEXT];
+  put(b, t, num_text(t, v));
+}
+
+static void head(eng_buf *b, const char *name, const char *type, const char *help) {
+  PUT(b, "# HELP ");
+  puts_(b, name);
+  PUT(b, " ");
+  if (strpbrk(help, "\\\n") == NULL) {
+    puts_(b, help);
+  } else {
+    for (const char *p = help; *p; p++) { /* help text escapes backslash and newline */
+      if (*p == '\\')
+        PUT(b, "\\\\");
+      else if (*p == '\n')
+        PUT(b, "\\n");
+      else
+        put(b, p, 1);
+    }
   }
+  PUT(b, "\n# TYPE ");
+  puts_(b, name);
+  PUT(b, " ");
+  puts_(b, type);
+  PUT(b, "\n");
 }
 
 /* name_bucket{labels,le=".."} lines, _sum and _count for the histogram block at base. labels
- * is "" or 'a="x",b="y"'. */
-static void hist(eng_buf *b, int n, const char *name, const char *labels, unsigned base, const double *bounds, int nb) {
+ * is "" or 'a="x",b="y"'; le holds the bounds' text, ENG_NUM_TEXT bytes each. */
+static void hist(eng_buf *b, int n, const char *name, const char *labels, size_t labels_len, unsigned base,
+                 const char *le, int nb) {
   uint64_t cum = 0;
-  const char *sep = labels[0] ? "," : "";
+  size_t name_len = strlen(name);
   for (int i = 0; i <= nb; i++) {
     cum += sum_u(n, base + (unsigned)i);
-    eng_buf_appendf(b, "%s_bucket{%s%sle=\"", name, labels, sep);
+    put(b, name, name_len);
+    PUT(b, "_bucket{");
+    if (labels_len) {
+      put(b, labels, labels_len);
+      PUT(b, ",");
+    }
+    PUT(b, "le=\"");
     if (i < nb)
-      num(b, bounds[i]);
+      puts_(b, le + (size_t)i * ENG_NUM_TEXT);
     else
-      eng_buf_append_str(b, "+Inf");
-    eng_buf_appendf(b, "\"} %llu\n", (unsigned long long)cum);
+      PUT(b, "+Inf");
+    PUT(b, "\"} ");
+    put_u64(b, cum);
+    PUT(b, "\n");
   }
-  eng_buf_appendf(b, "%s_sum%s%s%s ", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "");
-  num(b, sum_d(n, base + (unsigned)nb + 1));
-  eng_buf_appendf(b, "\n%s_count%s%s%s %llu\n", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
-                  (unsigned long long)cum);
+  put(b, name, name_len);
+  PUT(b, "_sum");
+  if (labels_len) {
+    PUT(b, "{");
+    put(b, labels, labels_len);
+    PUT(b, "}");
+  }
+  PUT(b, " ");
+  put_num(b, sum_d(n, base + (unsigned)nb + 1));
+  PUT(b, "\n");
+  put(b, name, name_len);
+  PUT(b, "_count");
+  if (labels_len) {
+    PUT(b, "{");
+    put(b, labels, labels_len);
+    PUT(b, "}");
+  }
+  PUT(b, " ");
+  put_u64(b, cum);
+  PUT(b, "\n");
 }
 
-static void route_label(eng_buf *b, const route *r) {
-  eng_buf_append_str(b, "route=");
-  append_label_value(b, r->pattern, strlen(r->pattern));
-}
-
-/* Whether a route's block has seen a request (its histogram count). */
+/* Whether a route's block has seen a request (its histogram count): a route that has not has
+ * no request counted either (each request counts in both), so the scrape skips its
+ * NMETHODS x NSTATUSES request cells too. */
 static int route_used(int n, const route *r) {
   for (int i = 0; i <= NDEFAULT_BUCKETS; i++)
     if (sum_u(n, r->base + R_HIST + (unsigned)i))
@@ -692,82 +810,115 @@ static int route_used(int n, const route *r) {
   return 0;
 }
 
+/* The default buckets as text, made by the first scrape (under reg.mu). */
+static char default_le[NDEFAULT_BUCKETS * ENG_NUM_TEXT];
+static int default_le_made;
+
 int eng_metrics_render(eng_buf *out) {
   eng_buf b = {0};
   pthread_mutex_lock(&reg.mu);
   int n = atomic_load(&reg.nshards);
+  if (!default_le_made) {
+    for (int i = 0; i < NDEFAULT_BUCKETS; i++)
+      num_text(default_le + (size_t)i * ENG_NUM_TEXT, default_buckets[i]);
+    default_le_made = 1;
+  }
+  static char used[ENG_METRICS_MAX_ROUTES + 2];
+  for (int r = 0; r < reg.nroutes; r++)
+    used[r] = (char)route_used(n, &reg.routes[r]);
   head(&b, "apiengine_build_info", "gauge", "The running engine's version (always 1).");
-  eng_buf_append_str(&b, "apiengine_build_info{version=\"" APIENGINE_VERSION "\"} 1\n");
+  PUT(&b, "apiengine_build_info{version=\"" APIENGINE_VERSION "\"} 1\n");
 
   head(&b, "apiengine_requests_total", "counter",
        "Requests answered, by method, route pattern (unmatched: no route) and status.");
   for (int r = 0; r < reg.nroutes; r++) {
     const route *rt = &reg.routes[r];
+    if (!used[r])
+      continue;
     for (int m = 0; m < NMETHODS; m++)
       for (int s = 0; s < NSTATUSES; s++) {
         uint64_t v = sum_u(n, rt->base + R_REQUESTS + (unsigned)(m * NSTATUSES + s));
         if (v == 0)
           continue;
-        eng_buf_appendf(&b, "apiengine_requests_total{method=\"%s\",", methods[m]);
-        route_label(&b, rt);
+        PUT(&b, "apiengine_requests_total{method=\"");
+        puts_(&b, methods[m]);
+        PUT(&b, "\",");
+        put(&b, rt->label, rt->label_len);
+        PUT(&b, ",status=\"");
         if (s < NSTATUSES - 1)
-          eng_buf_appendf(&b, ",status=\"%d\"} %llu\n", statuses[s], (unsigned long long)v);
+          put_u64(&b, (uint64_t)statuses[s]);
         else
-          eng_buf_appendf(&b, ",status=\"other\"} %llu\n", (unsigned long long)v);
+          PUT(&b, "other");
+        PUT(&b, "\"} ");
+        put_u64(&b, v);
+        PUT(&b, "\n");
       }
   }
   head(&b, "apiengine_request_duration_seconds", "histogram",
        "Time from a request's first byte to its answer, by route pattern.");
-  for (int r = 0; r < reg.nroutes; r++) {
-    if (!route_used(n, &reg.routes[r]))
-      continue;
-    eng_buf lab = {0};
-    route_label(&lab, &reg.routes[r]);
-    eng_buf_append_char(&lab, '\0');
-    if (lab.data)
-      hist(&b, n, "apiengine_request_duration_seconds", lab.data, reg.routes[r].base + R_HIST, default_buckets,
-           NDEFAULT_BUCKETS);
-    eng_buf_free(&lab);
-  }
+  for (int r = 0; r < reg.nroutes; r++)
+    if (used[r])
+      hist(&b, n, "apiengine_request_duration_seconds", reg.routes[r].label, reg.routes[r].label_len,
+           reg.routes[r].base + R_HIST, default_le, NDEFAULT_BUCKETS);
   head(&b, "apiengine_script_errors_total", "counter",
        "Handler calls that raised an error or blew a budget (answered 500 or 503), by route pattern.");
   for (int r = 0; r < reg.nroutes; r++) {
     uint64_t v = sum_u(n, reg.routes[r].base + R_ERRORS);
     if (v == 0)
       continue;
-    eng_buf_append_str(&b, "apiengine_script_errors_total{");
-    route_label(&b, &reg.routes[r]);
-    eng_buf_appendf(&b, "} %llu\n", (unsigned long long)v);
+    PUT(&b, "apiengine_script_errors_total{");
+    put(&b, reg.routes[r].label, reg.routes[r].label_len);
+    PUT(&b, "} ");
+    put_u64(&b, v);
+    PUT(&b, "\n");
   }
   head(&b, "apiengine_budget_exceeded_total", "counter", "Handler calls stopped by their time or memory budget.");
-  eng_buf_appendf(&b, "apiengine_budget_exceeded_total{kind=\"time\"} %llu\n",
-                  (unsigned long long)sum_u(n, G_BUDGET_TIME));
-  eng_buf_appendf(&b, "apiengine_budget_exceeded_total{kind=\"memory\"} %llu\n",
-                  (unsigned long long)sum_u(n, G_BUDGET_MEMORY));
+  PUT(&b, "apiengine_budget_exceeded_total{kind=\"time\"} ");
+  put_u64(&b, sum_u(n, G_BUDGET_TIME));
+  PUT(&b, "\napiengine_budget_exceeded_total{kind=\"memory\"} ");
+  put_u64(&b, sum_u(n, G_BUDGET_MEMORY));
+  PUT(&b, "\n");
   head(&b, "apiengine_connections", "gauge",
        "Open client connections: idle (keep-alive, between requests), active (a request in progress), "
        "closing (answered, lingering before the close).");
   static const char *const states[] = {"idle", "active", "closing"};
-  for (unsigned i = 0; i < 3; i++)
-    eng_buf_appendf(&b, "apiengine_connections{state=\"%s\"} %lld\n", states[i],
-                    (long long)(int64_t)sum_u(n, G_CONN_IDLE + i));
+  for (unsigned i = 0; i < 3; i++) {
+    int64_t v = (int64_t)sum_u(n, G_CONN_IDLE + i); /* the wrapped sum of +1s and -1s */
+    PUT(&b, "apiengine_connections{state=\"");
+    puts_(&b, states[i]);
+    PUT(&b, "\"} ");
+    if (v < 0)
+      PUT(&b, "-");
+    put_u64(&b, v < 0 ? -(uint64_t)v : (uint64_t)v);
+    PUT(&b, "\n");
+  }
   head(&b, "apiengine_lua_memory_bytes", "gauge", "Bytes held by each worker's Lua state, after its last request.");
-  for (int i = 0; i < n; i++)
-    eng_buf_appendf(&b, "apiengine_lua_memory_bytes{worker=\"%d\"} %llu\n", i,
-                    (unsigned long long)shard_u(i, G_LUA_MEMORY));
+  for (int i = 0; i < n; i++) {
+    PUT(&b, "apiengine_lua_memory_bytes{worker=\"");
+    put_u64(&b, (uint64_t)i);
+    PUT(&b, "\"} ");
+    put_u64(&b, shard_u(i, G_LUA_MEMORY));
+    PUT(&b, "\n");
+  }
   head(&b, "apiengine_db_busy_waits_total", "counter",
        "Times a database statement found the database locked by another connection and waited.");
-  eng_buf_appendf(&b, "apiengine_db_busy_waits_total %llu\n", (unsigned long long)sum_u(n, G_DB_BUSY));
+  PUT(&b, "apiengine_db_busy_waits_total ");
+  put_u64(&b, sum_u(n, G_DB_BUSY));
+  PUT(&b, "\n");
   head(&b, "apiengine_db_query_duration_seconds", "histogram",
        "Time SQLite spent running each statement (measured by SQLite to the millisecond).");
-  hist(&b, n, "apiengine_db_query_duration_seconds", "", G_DB_QUERY, default_buckets, NDEFAULT_BUCKETS);
+  hist(&b, n, "apiengine_db_query_duration_seconds", "", 0, G_DB_QUERY, default_le, NDEFAULT_BUCKETS);
   head(&b, "apiengine_reloads_total", "counter",
        "SIGHUP reloads: done (every worker took the new scripts), partial (some kept the old ones), "
        "refused (the check failed; nothing changed).");
   static const char *const results[] = {"done", "partial", "refused"};
-  for (int i = 0; i < 3; i++)
-    eng_buf_appendf(&b, "apiengine_reloads_total{result=\"%s\"} %lu\n", results[i],
-                    atomic_load_explicit(&reg.reloads[i], memory_order_relaxed));
+  for (int i = 0; i < 3; i++) {
+    PUT(&b, "apiengine_reloads_total{result=\"");
+    puts_(&b, results[i]);
+    PUT(&b, "\"} ");
+    put_u64(&b, atomic_load_explicit(&reg.reloads[i], memory_order_relaxed));
+    PUT(&b, "\n");
+  }
 
   for (int fi = 0; fi < reg.nfams; fi++) {
     const family *f = &reg.fams[fi];
@@ -778,13 +929,20 @@ int eng_metrics_render(eng_buf *out) {
          f->help);
     for (int si = 0; si < f->nseries; si++) {
       const series *se = &reg.series_tab[f->series[si]];
+      size_t ll = strlen(se->labels);
       if (f->type == ENG_METRIC_HISTOGRAM) {
-        hist(&b, n, f->name, se->labels, se->base, f->buckets, f->nbuckets);
+        hist(&b, n, f->name, se->labels, ll, se->base, f->le, f->nbuckets);
         continue;
       }
-      eng_buf_appendf(&b, "%s%s%s%s ", f->name, se->labels[0] ? "{" : "", se->labels, se->labels[0] ? "}" : "");
-      num(&b, sum_d(n, se->base));
-      eng_buf_append_char(&b, '\n');
+      puts_(&b, f->name);
+      if (ll) {
+        PUT(&b, "{");
+        put(&b, se->labels, ll);
+        PUT(&b, "}");
+      }
+      PUT(&b, " ");
+      put_num(&b, sum_d(n, se->base));
+      PUT(&b, "\n");
     }
   }
   pthread_mutex_unlock(&reg.mu);

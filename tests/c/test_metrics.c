@@ -94,6 +94,25 @@ static void test_connection_gauge_moves_between_shards(void) {
   CHECK_LINE("apiengine_lua_memory_bytes{worker=\"1\"} 0");
 }
 
+static void test_a_reused_pattern_address_finds_its_own_route(void) {
+  /* Recording finds a route by the pattern's address first (a per-thread cache): one buffer
+   * holding two patterns in turn, as a reload may reuse memory, counts each under its own. */
+  eng_metrics_bind_shard(0);
+  char pat[32];
+  strcpy(pat, "/reused/a");
+  eng_metrics_request(pat, "GET", 200, 0.001);
+  eng_metrics_request(pat, "GET", 200, 0.001);
+  strcpy(pat, "/reused/b");
+  eng_metrics_request(pat, "GET", 200, 0.001);
+  eng_metrics_script_error(pat);
+  strcpy(pat, "/reused/a");
+  eng_metrics_request(pat, "GET", 200, 0.001);
+  CHECK_LINE("apiengine_requests_total{method=\"GET\",route=\"/reused/a\",status=\"200\"} 3");
+  CHECK_LINE("apiengine_requests_total{method=\"GET\",route=\"/reused/b\",status=\"200\"} 1");
+  CHECK_LINE("apiengine_script_errors_total{route=\"/reused/b\"} 1");
+  CHECK(strstr(render(), "apiengine_script_errors_total{route=\"/reused/a\"}") == NULL);
+}
+
 static void test_routes_past_the_cap_count_as_other(void) {
   eng_metrics_bind_shard(0);
   char pat[32];
@@ -102,8 +121,8 @@ static void test_routes_past_the_cap_count_as_other(void) {
     eng_metrics_request(pat, "GET", 200, 0.001);
   }
   CHECK_LINE("apiengine_requests_total{method=\"GET\",route=\"/r0\",status=\"200\"} 1");
-  /* /a/{id} took one place: the last 11 patterns are "other" */
-  CHECK_LINE("apiengine_requests_total{method=\"GET\",route=\"other\",status=\"200\"} 11");
+  /* /a/{id}, /reused/a and /reused/b took three places: the last 13 patterns are "other" */
+  CHECK_LINE("apiengine_requests_total{method=\"GET\",route=\"other\",status=\"200\"} 13");
   snprintf(pat, sizeof pat, "/r%d", ENG_METRICS_MAX_ROUTES + 9);
   const char *t = render();
   CHECK(strstr(t, pat) == NULL);
@@ -186,6 +205,7 @@ int main(void) {
   test_records_nothing_without_a_shard();
   test_sums_requests_over_shards_with_bounded_labels();
   test_connection_gauge_moves_between_shards();
+  test_a_reused_pattern_address_finds_its_own_route();
   test_routes_past_the_cap_count_as_other();
   test_script_metrics_are_checked_and_bounded();
   test_threads_count_exactly_while_rendered();

@@ -12,6 +12,7 @@ eng_add_c_test(test_runtime eng_lua)
 eng_add_c_test(test_limit eng_limit)
 eng_add_c_test(test_pattern eng_lua)
 eng_add_c_test(test_metrics eng_metrics)
+eng_add_c_test(test_metrics_render eng_metrics m)
 eng_add_c_test(test_pg eng_pg)
 
 # libFuzzer targets: every parser of the core.
