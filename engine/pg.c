@@ -1446,9 +1446,10 @@ int eng_pg_query(eng_pg *pg, eng_pg_conn *conn, const char *sql, size_t len, con
   if (rc)
     return rc;
   if (st->nparams != nvals) {
+    int np = st->nparams; /* read before the free: an uncached translation goes with it */
     eng_pg_stmt_free(st);
-    return eng_errorf(err, ENG_EINVAL, "statement has %d parameter%s, got %d value%s", st->nparams,
-                      st->nparams == 1 ? "" : "s", nvals, nvals == 1 ? "" : "s");
+    return eng_errorf(err, ENG_EINVAL, "statement has %d parameter%s, got %d value%s", np, np == 1 ? "" : "s", nvals,
+                      nvals == 1 ? "" : "s");
   }
   for (int i = 0; i < nvals; i++)
     if ((vals[i].type == ENG_PG_TEXT || vals[i].type == ENG_PG_BLOB) &&
