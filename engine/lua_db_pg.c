@@ -253,19 +253,18 @@ static void push_row(lua_State *L, const eng_pg_result *res, int row, int ncols,
 typedef struct conv {
   eng_pg_result *res;
   int mode;
-  int sql; /* stack index of the SQL text (for the error's sql field) */
   int failed;
 } conv;
 
-/* Pushes the results of c->res for c->mode, or (c->failed) the error table; under lua_pcall. */
+/* Pushes the results of c->res for c->mode, or (c->failed) the error table; under lua_pcall with
+ * the conv and the SQL text (for the error's sql field) as its arguments. */
 static int convert_p(lua_State *L) {
   conv *c = lua_touserdata(L, 1);
-  lua_pop(L, 1);
   const eng_pg_result *res = c->res;
   if (eng_pg_result_code(res) != 0) {
     c->failed = 1;
     push_error(L, eng_pg_result_message(res), eng_pg_result_sqlstate(res), eng_pg_kind_name(eng_pg_result_kind(res)),
-               c->sql);
+               2);
     return 1;
   }
   if (c->mode == MODE_ACQUIRE)
@@ -308,7 +307,7 @@ static int finish(lua_State *L, pgwait *w) {
   eng_pg_result *res = w->res;
   int mode = w->mode;
   w->res = NULL;
-  if (!lua_checkstack(L, 4)) {
+  if (!lua_checkstack(L, 6)) {
     wait_free(w);
     if (res)
       eng_pg_result_free(res);
@@ -323,8 +322,11 @@ static int finish(lua_State *L, pgwait *w) {
     return 0;
   }
   int sql = lua_gettop(L);
-  conv c = {.res = res, .mode = mode, .sql = sql};
-  int st = eng_lua_protect(L, convert_p, &c, LUA_MULTRET);
+  conv c = {.res = res, .mode = mode};
+  lua_pushcfunction(L, convert_p);
+  lua_pushlightuserdata(L, &c);
+  lua_pushvalue(L, sql);
+  int st = lua_pcall(L, 2, LUA_MULTRET, 0);
   eng_pg_kind kind = eng_pg_result_kind(res);
   eng_pg_result_free(res);
   if (st != LUA_OK)
