@@ -899,7 +899,8 @@ static int setup_p(lua_State *L) {
 
 /* The shell's APIENGINE_* settings must not reach the specs: a spec states the settings it
  * runs with (spec.app{settings=}, spec.server{env=}), and APIENGINE_ADMIN_KEY=x ./dev test
- * used to fail the specs that create customers. Only the test command's own variables stay. */
+ * used to fail the specs that create customers. Only the test command's own variables stay
+ * (APIENGINE_TEST_DB: the PostgreSQL database testing.open_db uses in place of SQLite). */
 static void clean_environment(void) {
   static const char prefix[] = "APIENGINE_";
   char name[256];
@@ -912,7 +913,8 @@ static void clean_environment(void) {
     }
     memcpy(name, environ[i], n);
     name[n] = '\0';
-    if (strcmp(name, "APIENGINE_TEST_LOG") == 0 || strcmp(name, "APIENGINE_LOG_LEVEL") == 0) {
+    if (strcmp(name, "APIENGINE_TEST_LOG") == 0 || strcmp(name, "APIENGINE_LOG_LEVEL") == 0 ||
+        strcmp(name, "APIENGINE_TEST_DB") == 0) {
       i++;
       continue;
     }
