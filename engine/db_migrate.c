@@ -19,22 +19,27 @@
 #include "log.h"
 
 #define MIGRATION_FILES_MAX 10000 /* four digits: more files than numbers means duplicates */
-#define MIGRATION_NAME_MAX 255
+#define MIGRATION_NAME_MAX ENG_MIG_NAME_MAX
 
 #define SHA256_HEX_LEN (2 * ENG_CRYPTO_SHA256_LEN)
 
-typedef struct mig_file {
-  int id;
-  int recorded;
-  const char *dir; /* the schema directory holding it (points into the caller's split list) */
-  char name[MIGRATION_NAME_MAX + 1];
-  char checksum[SHA256_HEX_LEN + 1];
-} mig_file;
+typedef eng_mig_file mig_file;
 
-/* NNNN_name.sql: four digits, '_', at least one character, ".sql". Returns the number or -1. */
-static int migration_number(const char *name) {
+#define PG_SUFFIX ".pg.sql"
+#define PG_SUFFIX_LEN (sizeof PG_SUFFIX - 1)
+
+static int is_pg_variant(const char *name, size_t n) {
+  return n >= PG_SUFFIX_LEN && strcmp(name + n - PG_SUFFIX_LEN, PG_SUFFIX) == 0;
+}
+
+/* NNNN_name.sql: four digits, '_', at least one character, ".sql". Returns the number or -1.
+ * NNNN_name.pg.sql is PostgreSQL's variant: not a migration for SQLite, one for PostgreSQL
+ * (with a non-empty name before ".pg.sql"). */
+static int migration_number(const char *name, eng_mig_backend backend) {
   size_t n = strlen(name);
   if (n < 10 || n > MIGRATION_NAME_MAX || name[4] != '_' || strcmp(name + n - 4, ".sql") != 0)
+    return -1;
+  if (is_pg_variant(name, n) && (backend != ENG_MIG_PG || n < 5 + 1 + PG_SUFFIX_LEN))
     return -1;
   int id = 0;
   for (int i = 0; i < 4; i++) {
@@ -92,9 +97,31 @@ static int load_migration(mig_file *f, char **data, char **err) {
   return rc;
 }
 
+/* The .sql file that a .pg.sql of the same directory and name replaces on PostgreSQL leaves the
+ * list (files sorted); returns the new count. */
+static size_t drop_replaced(mig_file *files, size_t n) {
+  size_t out = 0;
+  for (size_t i = 0; i < n; i++) {
+    int replaced = 0;
+    size_t len = strlen(files[i].name);
+    if (!is_pg_variant(files[i].name, len)) {
+      for (size_t j = 0; j < n && !replaced; j++) {
+        size_t lj = strlen(files[j].name);
+        replaced = j != i && files[j].id == files[i].id && files[j].dir == files[i].dir &&
+                   is_pg_variant(files[j].name, lj) && lj - PG_SUFFIX_LEN == len - 4 &&
+                   memcmp(files[j].name, files[i].name, len - 4) == 0;
+      }
+    }
+    if (!replaced)
+      files[out++] = files[i];
+  }
+  return out;
+}
+
 /* Lists the migrations of every directory in dirs (ndirs of them), sorted by number;
  * the same number twice, in one directory or across them, is an error. */
-static int list_migrations(char *const *dirs, int ndirs, mig_file **out, size_t *count, char **err) {
+static int list_migrations(char *const *dirs, int ndirs, eng_mig_backend backend, mig_file **out, size_t *count,
+                           char **err) {
   mig_file *files = NULL;
   size_t n = 0, cap = 0;
   int rc = 0;
@@ -109,7 +136,7 @@ static int list_migrations(char *const *dirs, int ndirs, mig_file **out, size_t 
       goto cleanup;
     }
     while ((de = readdir(d)) != NULL) {
-      int id = migration_number(de->d_name);
+      int id = migration_number(de->d_name, backend);
       if (id < 0)
         continue;
       char path[4096];
@@ -142,6 +169,8 @@ static int list_migrations(char *const *dirs, int ndirs, mig_file **out, size_t 
   }
   if (n)
     qsort(files, n, sizeof *files, cmp_mig);
+  if (backend == ENG_MIG_PG)
+    n = drop_replaced(files, n);
   for (size_t i = 1; i < n; i++) {
     if (files[i].id == files[i - 1].id) {
       if (files[i].dir == files[i - 1].dir)
@@ -406,7 +435,7 @@ int eng_db_migrate_ex(eng_db *db, const char *schema_dir, const eng_db_migrate_o
   /* "dir[:dir...]": an overlay of migration directories, numbered as one sequence. */
   if ((rc = split_schema(&dl, schema_dir, err)) != 0)
     goto cleanup;
-  if ((rc = list_migrations(dl.dirs, dl.n, &files, &n, err)) != 0)
+  if ((rc = list_migrations(dl.dirs, dl.n, ENG_MIG_SQLITE, &files, &n, err)) != 0)
     goto cleanup;
   if ((rc = check_records(db, schema_dir, files, n, &max_id, err)) != 0)
     goto cleanup;
@@ -520,7 +549,8 @@ int eng_db_inspect(const char *path, const char *schema_dir, eng_db_state *out, 
 
   if (err)
     *err = NULL;
-  if ((rc = split_schema(&dl, schema_dir, err)) != 0 || (rc = list_migrations(dl.dirs, dl.n, &files, &n, err)) != 0)
+  if ((rc = split_schema(&dl, schema_dir, err)) != 0 ||
+      (rc = list_migrations(dl.dirs, dl.n, ENG_MIG_SQLITE, &files, &n, err)) != 0)
     goto cleanup;
   if (strcmp(path, ":memory:") != 0 && stat(path, &sb) == 0) {
     s.exists = 1;
@@ -610,3 +640,30 @@ int eng_db_engine_fact_set(eng_db *db, const char *key, const char *value, char 
   return write_fact(db, "INSERT OR REPLACE INTO " ENG_DB_ENGINE_TABLE " (key, value) VALUES (?1, ?2)", key, value, NULL,
                     err);
 }
+
+/* ---- the schema's files, for PostgreSQL (pg_migrate.c) --------------------------------------- */
+
+int eng_mig_list(const char *schema_dir, eng_mig_backend backend, eng_dirs *dl, eng_mig_file **out, size_t *n,
+                 char **err) {
+  int rc;
+  *out = NULL;
+  *n = 0;
+  if ((rc = split_schema(dl, schema_dir, err)) != 0)
+    return rc;
+  return list_migrations(dl->dirs, dl->n, backend, out, n, err);
+}
+
+int eng_mig_load(eng_mig_file *f, char **data, char **err) { return load_migration(f, data, err); }
+
+eng_mig_file *eng_mig_find(eng_mig_file *files, size_t n, int id) { return find_migration(files, n, id); }
+
+int eng_mig_check_record(const char *schema_dir, eng_mig_file *f, int id, const char *name, const char *checksum,
+                         char **err) {
+  return check_record(schema_dir, f, id, name, checksum, err);
+}
+
+int eng_mig_check_order(const eng_mig_file *files, size_t n, int max_id, char **err) {
+  return check_order(files, n, max_id, err);
+}
+
+int eng_mig_line_of(const char *text, const char *at) { return line_of(text, at); }

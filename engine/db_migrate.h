@@ -5,13 +5,17 @@
 #ifndef ENG_DB_MIGRATE_H
 #define ENG_DB_MIGRATE_H
 
+#include <stddef.h>
+
+#include "files.h"
+
 typedef struct eng_db eng_db; /* db.h */
 
 #define ENG_DB_MIGRATION_MAX_BYTES (16 * 1024 * 1024) /* one migration file */
 #define ENG_DB_MIGRATIONS_TABLE "_migrations"
 
 /* Applies schema_dir/NNNN_name.sql files (4 digits, '_', a non-empty name, ".sql"; other names
- * are ignored) in number order, each in its own BEGIN IMMEDIATE transaction together with its
+ * are ignored, and so are NNNN_name.pg.sql files: PostgreSQL's variants, see pg_migrate.h) in number order, each in its own BEGIN IMMEDIATE transaction together with its
  * record in _migrations(id, name, checksum, applied_at), checksum = hex SHA-256 of the file bytes.
  * Safe to run from several processes or threads at once (each connection its own): BEGIN
  * IMMEDIATE serialises them and a migration applied meanwhile by another is skipped.
@@ -74,5 +78,38 @@ int eng_db_engine_fact(eng_db *db, const char *key, const char *value, char **st
  * records the current key's fingerprint once every secret is sealed with it). One transaction;
  * call it outside one. ENG_EDB with *err. */
 int eng_db_engine_fact_set(eng_db *db, const char *key, const char *value, char **err);
+
+/* ---- the schema's files, shared with pg_migrate.c: one set of rules for both databases ---- */
+
+typedef enum eng_mig_backend {
+  ENG_MIG_SQLITE, /* NNNN_name.sql; *.pg.sql are not migrations */
+  ENG_MIG_PG      /* NNNN_name.pg.sql replaces NNNN_name.sql of the same directory; either alone is fine */
+} eng_mig_backend;
+
+#define ENG_MIG_NAME_MAX 255
+
+typedef struct eng_mig_file {
+  int id;
+  int recorded;    /* eng_mig_check_record found it recorded, unchanged */
+  const char *dir; /* the schema directory holding it (points into the eng_dirs of eng_mig_list) */
+  char name[ENG_MIG_NAME_MAX + 1];
+  char checksum[65]; /* hex SHA-256 of the file's bytes */
+} eng_mig_file;
+
+/* Splits schema_dir into dl (which must outlive *out) and lists, reads and checksums the
+ * migrations of backend, sorted by number; refuses duplicates and NUL bytes as eng_db_migrate.
+ * *out is malloc'd (NULL when none). Errors as eng_db_migrate's. */
+int eng_mig_list(const char *schema_dir, eng_mig_backend backend, eng_dirs *dl, eng_mig_file **out, size_t *n,
+                 char **err);
+/* Reads one listed file again (its checksum recomputed from what was read): *data, malloc'd, is its text. */
+int eng_mig_load(eng_mig_file *f, char **data, char **err);
+eng_mig_file *eng_mig_find(eng_mig_file *files, size_t n, int id); /* NULL when no file has that number */
+/* Checks a record (id, name, checksum) against f (NULL: no file of that number) and marks f
+ * recorded; ENG_ECONFIG with eng_db_migrate's messages (schema_dir names the setting). */
+int eng_mig_check_record(const char *schema_dir, eng_mig_file *f, int id, const char *name, const char *checksum,
+                         char **err);
+/* ENG_ECONFIG when a file not recorded is numbered below max_id. */
+int eng_mig_check_order(const eng_mig_file *files, size_t n, int max_id, char **err);
+int eng_mig_line_of(const char *text, const char *at); /* 1-based line of at inside text */
 
 #endif

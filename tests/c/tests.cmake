@@ -14,6 +14,8 @@ eng_add_c_test(test_pattern eng_lua)
 eng_add_c_test(test_metrics eng_metrics)
 eng_add_c_test(test_metrics_render eng_metrics m)
 eng_add_c_test(test_pg eng_pg)
+eng_add_c_test(test_pg_migrate eng_pgmigrate)
+eng_add_c_test(test_db_migrate eng_db)
 
 # libFuzzer targets: every parser of the core.
 eng_add_fuzz(fuzz_http eng_http)
