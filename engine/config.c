@@ -2,6 +2,7 @@
 #include "config.h"
 #include "error.h"
 #include "lua_config.h"
+#include "pg.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -37,6 +38,8 @@ typedef struct opt {
 } opt;
 
 #define OFF(f) offsetof(eng_config, f)
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 
 static const opt opts[] = {
     {"--listen", "APIENGINE_LISTEN", "listen", T_LISTEN, 0, 0, 0,
@@ -49,6 +52,10 @@ static const opt opts[] = {
      "migrations directory, or dirs joined by ':' (default " ENG_DEFAULT_SCHEMA ")"},
     {"--db", "APIENGINE_DB", "db", T_STR, OFF(db_path), 0, 0,
      "SQLite database file (default " ENG_DEFAULT_DB "), or PostgreSQL: postgresql://... or 'host=... dbname=...'"},
+    {"--db-pool", "APIENGINE_DB_POOL", "db_pool", T_INT, OFF(db_pool), 1, ENG_PG_POOL_MAX,
+     "PostgreSQL: connections per worker (default " STRINGIFY(ENG_PG_POOL_DEFAULT) ")"},
+    {"--key-file", "APIENGINE_KEY_FILE", "key_file", T_STR, OFF(key_file), 0, 0,
+     "server key file (default: the SQLite file's name + .key, made at the first start; PostgreSQL: never made)"},
     {"--config", "APIENGINE_CONFIG", NULL, T_STR, OFF(config_file), 0, 0,
      "Lua config file returning a table of these settings"},
     {NULL, "APIENGINE_KEY", "key", T_STR, OFF(key), 0, 0,
@@ -108,6 +115,7 @@ void eng_config_init(eng_config *c) {
   c->scripts_dir = strdup(ENG_DEFAULT_SCRIPTS);
   c->schema_dir = strdup(ENG_DEFAULT_SCHEMA);
   c->db_path = strdup(ENG_DEFAULT_DB);
+  c->db_pool = ENG_PG_POOL_DEFAULT;
   c->synchronous = strdup("FULL");
   c->log_level = ENG_LOG_INFO;
   c->access_log = 1;
@@ -131,6 +139,7 @@ void eng_config_free(eng_config *c) {
   free(c->schema_dir);
   free(c->db_path);
   free(c->config_file);
+  free(c->key_file);
   if (c->key) {
     memset(c->key, 0, strlen(c->key));
     free(c->key);

@@ -35,7 +35,9 @@ typedef struct eng_config {
   int workers;
   char *scripts_dir;
   char *schema_dir;
-  char *db_path;
+  char *db_path;     /* a SQLite file, or PostgreSQL's conninfo (eng_config_db_is_pg) */
+  int db_pool;       /* PostgreSQL: connections per worker */
+  char *key_file;    /* NULL: <db_path>.key on SQLite; PostgreSQL has no default (APIENGINE_KEY or this) */
   char *config_file; /* NULL when none */
   char *key;         /* server key material, NULL to use/generate the key file */
   char *synchronous; /* FULL (default), NORMAL, OFF */

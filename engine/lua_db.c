@@ -108,7 +108,7 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
-static void push_error_mt(lua_State *L) {
+void eng_lua_db_push_error_mt(lua_State *L) {
   if (luaL_newmetatable(L, ERROR_MT)) {
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");
@@ -139,7 +139,7 @@ static int raise_failure(lua_State *L, int code, const char *msg, int sql, const
   else
     lua_pushstring(L, sql_text);
   lua_setfield(L, -2, "sql");
-  push_error_mt(L);
+  eng_lua_db_push_error_mt(L);
   lua_setmetatable(L, -2);
   return lua_error(L);
 }
@@ -500,6 +500,8 @@ static int exec_many_body(lua_State *L) {
 
 /* db.exec_many(sql, rows [, consts]) -> total changes: runs one statement once per row. */
 static int l_exec_many(lua_State *L) {
+  if (eng_lua_db_pg(L))
+    return eng_lua_pg_exec_many(L);
   call_state cs = {check_db(L), NULL, MODE_EXEC};
   luaL_checktype(L, 1, LUA_TSTRING);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -519,9 +521,24 @@ static int l_exec_many(lua_State *L) {
   return 1;
 }
 
-static int l_query(lua_State *L) { return run_statement(L, MODE_QUERY); }
-static int l_one(lua_State *L) { return run_statement(L, MODE_ONE); }
-static int l_exec(lua_State *L) { return run_statement(L, MODE_EXEC); }
+/* With a PostgreSQL pool attached, the calls go to lua_db_pg.c. */
+static int l_query(lua_State *L) {
+  eng_pg *pg = eng_lua_db_pg(L);
+  return pg ? eng_lua_pg_query(L, pg) : run_statement(L, MODE_QUERY);
+}
+static int l_one(lua_State *L) {
+  eng_pg *pg = eng_lua_db_pg(L);
+  return pg ? eng_lua_pg_one(L, pg) : run_statement(L, MODE_ONE);
+}
+static int l_exec(lua_State *L) {
+  eng_pg *pg = eng_lua_db_pg(L);
+  return pg ? eng_lua_pg_exec(L, pg) : run_statement(L, MODE_EXEC);
+}
+
+static int l_backend(lua_State *L) {
+  lua_pushstring(L, eng_lua_db_pg(L) ? "postgresql" : "sqlite");
+  return 1;
+}
 
 /* ---- transactions ---- */
 
@@ -572,6 +589,8 @@ static void undo_tx(lua_State *L, eng_db *db, int nested) {
  * already open. fn must not yield (lua_pcall forbids it, which is right: a transaction must not
  * stay open while the worker serves another request on the same connection). */
 static int l_tx(lua_State *L) {
+  if (eng_lua_db_pg(L))
+    return eng_lua_pg_tx(L);
   eng_db *db = check_db(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int nested = !sqlite3_get_autocommit(eng_db_handle(db));
@@ -595,10 +614,17 @@ static int l_tx(lua_State *L) {
 
 int eng_luaopen_db(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"query", l_query},       {"one", l_one},   {"exec", l_exec},           {"tx", l_tx},
-      {"is_error", l_is_error}, {"kind", l_kind}, {"exec_many", l_exec_many}, {NULL, NULL},
+      {"query", l_query},
+      {"one", l_one},
+      {"exec", l_exec},
+      {"tx", l_tx},
+      {"is_error", l_is_error},
+      {"kind", l_kind},
+      {"exec_many", l_exec_many},
+      {"backend", l_backend},
+      {NULL, NULL},
   };
-  push_error_mt(L);
+  eng_lua_db_push_error_mt(L);
   lua_pop(L, 1);
   eng_lua_push_array_mt(L);
   lua_pop(L, 1);

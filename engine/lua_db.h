@@ -11,6 +11,9 @@
  *   db.tx(fn, ...)      -> fn's results; fn runs in BEGIN IMMEDIATE (or a SAVEPOINT when nested),
  *                          rolled back when it raises, and the error is re-raised unchanged
  *   db.is_error(e), db.kind(e) -> helpers for the error tables raised by the functions above
+ *   db.backend()        -> "sqlite" or "postgresql": which one the calls above go to
+ * With a PostgreSQL pool attached (eng_lua_db_attach_pg) the same calls go to lua_db_pg.c: see
+ * there and the README for what differs (exec's second result, error codes, tx isolation).
  * Parameters are bound, never spliced: `?`/`?NNN` from the extra arguments, or `:name`/`@name`/
  * `$name` from a single table argument. NULL reads back as engine.json.null. */
 #ifndef ENG_LUA_DB_H
@@ -24,6 +27,25 @@
  * NULL detaches: every engine.db call then raises "no database connection". The caller keeps
  * ownership of db and must detach (or close L) before closing db. */
 void eng_lua_db_attach(lua_State *L, eng_db *db);
+
+/* ---- PostgreSQL (lua_db_pg.c): the same functions over a pool (pg.h) ---- */
+typedef struct eng_pg eng_pg;
+
+/* Makes pg the pool engine.db uses in L's state in place of SQLite (NULL detaches); the runtime
+ * attaches it (eng_runtime_set_pg). Borrowed: detach before closing the pool. */
+void eng_lua_db_attach_pg(lua_State *L, eng_pg *pg);
+/* The attached pool, or NULL. Never raises. */
+eng_pg *eng_lua_db_pg(lua_State *L);
+/* 1 when the running thread of L is inside db.tx on PostgreSQL. Never raises. */
+int eng_lua_db_pg_in_tx(lua_State *L);
+/* The engine.db functions on the pool (lua_db.c dispatches to them; same stack contract). */
+int eng_lua_pg_query(lua_State *L, eng_pg *pg);
+int eng_lua_pg_one(lua_State *L, eng_pg *pg);
+int eng_lua_pg_exec(lua_State *L, eng_pg *pg);
+int eng_lua_pg_tx(lua_State *L);
+int eng_lua_pg_exec_many(lua_State *L);
+/* Pushes the metatable every engine.db error table has (lua_db.c's). */
+void eng_lua_db_push_error_mt(lua_State *L);
 
 /* Opener for "engine.db": pushes the module table, returns 1. */
 int eng_luaopen_db(lua_State *L);

@@ -162,6 +162,24 @@ void eng_lua_budget_check(lua_State *L) {
   raise_budget(L, rt);
 }
 
+int64_t eng_lua_budget_left(lua_State *L) {
+  eng_runtime *rt = rt_of(L);
+  if (rt == NULL || rt->deadline_ms == ENG_NO_DEADLINE)
+    return 0;
+  if (deadline_passed(rt))
+    raise_budget(L, rt);
+  int64_t left = rt->deadline_ms - mono_ms();
+  return left > 0 ? left : 1;
+}
+
+int eng_lua_budget_raise(lua_State *L) {
+  eng_runtime *rt = rt_of(L);
+  if (rt == NULL)
+    return luaL_error(L, "script budget exceeded");
+  rt->budget_blown = 1;
+  return raise_budget(L, rt);
+}
+
 void eng_lua_budget_load(eng_runtime *rt, int on, int64_t *saved_deadline) {
   if (on) {
     *saved_deadline = rt->deadline_ms;
@@ -191,6 +209,8 @@ void eng_lua_storage_failed(lua_State *L, int sqlite_code) {
 
 /* The cause of a storage failure, for its log line. */
 static const char *storage_cause(int code) {
+  if (code == ENG_STORAGE_PG_DOWN)
+    return "PostgreSQL unavailable: no connection to the server (an outage, a restart, the pool closing)";
   switch (code & 0xff) {
   case SQLITE_READONLY:
     return "SQLITE_READONLY: the database cannot be written (a read-only file, directory or connection)";
@@ -237,6 +257,7 @@ typedef struct run {
   int suspended;          /* it did: st is LUA_YIELD, op and arg say what it waits for */
   const eng_async_op *op;
   lua_Integer arg;
+  void *ctx;
 } run;
 
 /* The first value of an engine yield (eng_lua_async_yield): a light userdata no script can
@@ -254,9 +275,10 @@ static void run_resume(eng_runtime *rt, lua_State *L, lua_State *co, int nargs, 
   r->yielded = r->suspended = 0;
   if (r->st != LUA_YIELD)
     return;
-  if (r->may_suspend && r->nres == 3 && lua_touserdata(co, -3) == &async_marker) {
-    r->op = lua_touserdata(co, -2);
-    r->arg = lua_tointeger(co, -1);
+  if (r->may_suspend && r->nres == 4 && lua_touserdata(co, -4) == &async_marker) {
+    r->op = lua_touserdata(co, -3);
+    r->arg = lua_tointeger(co, -2);
+    r->ctx = lua_touserdata(co, -1);
     lua_settop(co, 0);
     r->suspended = 1;
     return;
@@ -540,6 +562,7 @@ void eng_runtime_error_at(eng_runtime *rt, lua_State *L, int status, const char 
   int top = lua_gettop(L);
   const char *saved = rt->request_id;
   rt->request_id = request_id;
+  rt->dispatching++;
   hook_call h = {
       .rt = rt, .status = status, .code = code, .message = message, .request_id = request_id, .at = at, .resp = resp};
   if (eng_lua_protect(L, error_hook_p, &h, 0) != LUA_OK) {
@@ -547,6 +570,7 @@ void eng_runtime_error_at(eng_runtime *rt, lua_State *L, int status, const char 
     run_abandon(rt, &h.run);
     default_error_body(status, code, message, request_id, resp);
   }
+  rt->dispatching--;
   after_call(rt);
   rt->request_id = saved;
   lua_settop(L, top);
@@ -871,6 +895,8 @@ static int handle_p(lua_State *L) {
 static void handle_failed(eng_runtime *rt, lua_State *L, call *c) {
   log_glue_error(L, "request", c->lr.request_id);
   lua_pop(L, 1);
+  if (c->suspended && c->run.op->drop) /* yielded, but its wait will never start */
+    c->run.op->drop(c->run.ctx);
   run_abandon(rt, &c->run);
   luaL_unref(L, LUA_REGISTRYINDEX, c->req_ref); /* a half-done suspension: LUA_NOREF is a no-op */
   luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
@@ -940,7 +966,7 @@ static void pending_closed(uv_handle_t *h) {
 
 static void pending_stop_wait(eng_pending *p) {
   if (p->waiting && p->op->stop)
-    p->op->stop(p);
+    p->op->stop(p, p->c.run.ctx);
   p->waiting = 0;
 }
 
@@ -979,7 +1005,7 @@ static void pending_close_thread(eng_pending *p) {
 static int pending_wait(eng_pending *p) {
   uv_update_time(p->rt->loop); /* a long handler ran since the loop last read the clock */
   int64_t left = p->c.deadline - mono_ms();
-  int rc = p->op->start(p, p->rt->loop, p->c.run.arg);
+  int rc = p->op->start(p, p->rt->loop, p->c.run.arg, p->c.run.ctx);
   if (rc != 0)
     return rc;
   p->waiting = 1;
@@ -994,6 +1020,7 @@ static void pending_expired(uv_timer_t *t) {
   int top = lua_gettop(L);
   const char *saved_rid = rt->request_id, *saved_route = rt->route;
   pending_stop_wait(p);
+  rt->dispatching++;
   pending_close_thread(p);
   rt->request_id = p->rid;
   rt->route = p->route;
@@ -1007,6 +1034,7 @@ static void pending_expired(uv_timer_t *t) {
   eng_buf_reset(&p->resp.headers);
   p->resp.content_type[0] = '\0';
   call_error(&p->c, L, 503, "budget_exceeded", "script time budget exceeded");
+  rt->dispatching--;
   after_call(rt);
   lua_settop(L, top);
   rt->request_id = saved_rid;
@@ -1054,8 +1082,10 @@ void eng_pending_wake(eng_pending *p) {
   p->c.suspended = 0;
   rt->request_id = p->rid;
   rt->route = p->route;
+  rt->dispatching++;
   if (eng_lua_protect(L, resume_p, p, 0) != LUA_OK)
     handle_failed(rt, L, &p->c);
+  rt->dispatching--;
   after_call(rt);
   lua_settop(L, top);
   rt->request_id = saved_rid;
@@ -1065,7 +1095,9 @@ void eng_pending_wake(eng_pending *p) {
     if (pending_wait(p) == 0)
       return;
     pending_stop_wait(p);
+    rt->dispatching++;
     pending_close_thread(p);
+    rt->dispatching--;
     eng_log_msg(ENG_LOG_ERROR, p->rid, "cannot start the handler's wait", 31);
     call_error(&p->c, L, 500, "internal_error", "internal server error");
     lua_settop(L, top);
@@ -1075,7 +1107,9 @@ void eng_pending_wake(eng_pending *p) {
 
 void eng_pending_abandon(eng_pending *p) {
   pending_stop_wait(p);
+  p->rt->dispatching++;
   pending_close_thread(p);
+  p->rt->dispatching--;
   pending_end(p, 0);
 }
 
@@ -1085,28 +1119,37 @@ int eng_runtime_pending(const eng_runtime *rt) { return rt->npending; }
 
 void eng_runtime_set_loop(eng_runtime *rt, uv_loop_t *loop) { rt->loop = loop; }
 
-int eng_lua_async_yield(lua_State *L, const eng_async_op *op, lua_Integer arg) {
+void eng_runtime_set_loop_idle(eng_runtime *rt, int idle) { rt->loop_idle = idle; }
+
+int eng_lua_can_run_loop(lua_State *L) {
+  eng_runtime *rt = rt_of(L);
+  return rt != NULL && rt->loop != NULL && rt->loop_idle && rt->dispatching == 0;
+}
+
+const char *eng_lua_async_refusal(lua_State *L, const eng_async_op *op) {
   eng_runtime *rt = rt_of(L);
   if (rt == NULL || rt->suspendable == NULL)
-    return luaL_error(L,
-                      "%s: only a route handler may wait (not a request hook, the error hook, a script "
-                      "being loaded, or a runtime without an event loop)",
-                      op->name);
+    return "only a route handler may wait (not a request hook, the error hook, a script being loaded, or a "
+           "runtime without an event loop)";
   if (L != rt->suspendable)
-    return luaL_error(L, "%s: cannot wait inside a coroutine the script created: call it from the handler itself",
-                      op->name);
-  if (rt->db && !sqlite3_get_autocommit(eng_db_handle(rt->db)))
-    return luaL_error(L,
-                      "%s: cannot wait inside db.tx: the transaction would stay open while the worker serves "
-                      "other requests",
-                      op->name);
+    return "cannot wait inside a coroutine the script created: call it from the handler itself";
+  if (!op->in_tx && ((rt->db && !sqlite3_get_autocommit(eng_db_handle(rt->db))) || eng_lua_db_pg_in_tx(L)))
+    return "cannot wait inside db.tx: the transaction would stay open while the worker serves other requests";
   if (!lua_isyieldable(L))
-    return luaL_error(L, "%s: cannot wait inside a call from C (xpcall's handler, a metamethod, a sort comparator)",
-                      op->name);
+    return "cannot wait inside a call from C (xpcall's handler, a metamethod, a sort comparator)";
+  return NULL;
+}
+
+int eng_lua_async_yield(lua_State *L, const eng_async_op *op, lua_Integer arg, void *ctx, lua_KFunction k,
+                        lua_KContext kctx) {
+  const char *why = eng_lua_async_refusal(L, op);
+  if (why)
+    return luaL_error(L, "%s: %s", op->name, why);
   lua_pushlightuserdata(L, (void *)&async_marker);
   lua_pushlightuserdata(L, (void *)op);
   lua_pushinteger(L, arg);
-  return lua_yield(L, 3);
+  lua_pushlightuserdata(L, ctx);
+  return lua_yieldk(L, 4, kctx, k);
 }
 
 /* Moves a suspended call off the C stack into an eng_pending and starts its wait. NULL when
@@ -1160,6 +1203,8 @@ static eng_pending *suspend(call *c, lua_State *L, const char *scratch, eng_pend
   return p;
 fail:
   free(p);
+  if (c->run.op->drop) /* yielded, but its wait never started */
+    c->run.op->drop(c->run.ctx);
   int64_t saved = rt->deadline_ms;
   rt->deadline_ms = c->deadline;
   (void)lua_resetthread(co);
@@ -1230,8 +1275,10 @@ static int handle_common(eng_runtime *rt, lua_State *L, const eng_http_request *
   rt->route = m.status == 200 && c.bad == 0 ? m.pattern : NULL; /* NULL: metrics say `unmatched` */
   rt->budget_blown = rt->mem_blown = 0; /* so a failure before the handler runs reads today's flags */
   c.deadline = mono_ms() + rt->budget_ms;
+  rt->dispatching++;
   if (eng_lua_protect(L, handle_p, &c, 0) != LUA_OK)
     handle_failed(rt, L, &c);
+  rt->dispatching--;
   if (c.suspended) {
     lua_settop(L, top);
     eng_pending *p = suspend(&c, L, scratch, done, ud);
@@ -1291,6 +1338,7 @@ static int init_p(lua_State *L) {
   eng_lua_modules_preload(L, 1);
   eng_lua_load_sandbox(L, opt->test_mode);
   eng_lua_db_attach(L, NULL); /* the registry slot exists from here on: later attaches do not allocate */
+  eng_lua_db_attach_pg(L, NULL);
   eng_lua_request_init(c->rt, L);
   eng_lua_config_unpack(L, opt->settings ? opt->settings->data : NULL, opt->settings ? opt->settings->len : 0);
   eng_lua_load_freeze(L, opt->test_mode);
@@ -1378,6 +1426,10 @@ void eng_runtime_set_db(eng_runtime *rt, eng_db *db) {
   if (rt->db && rt->db != db)
     sqlite3_progress_handler(eng_db_handle(rt->db), 0, NULL, NULL);
   rt->db = db;
+  if (db && rt->pg) {
+    rt->pg = NULL;
+    eng_lua_db_attach_pg(rt->L, NULL);
+  }
   if (db)
     sqlite3_progress_handler(eng_db_handle(db), ENG_DB_PROGRESS_OPS, db_progress, rt);
   eng_lua_db_attach(rt->L, db);
@@ -1387,6 +1439,7 @@ void eng_runtime_set_pg(eng_runtime *rt, eng_pg *pg) {
   if (pg)
     eng_runtime_set_db(rt, NULL);
   rt->pg = pg;
+  eng_lua_db_attach_pg(rt->L, pg);
 }
 
 size_t eng_runtime_memory(const eng_runtime *rt) { return rt->mem_used; }

@@ -51,6 +51,13 @@ void eng_runtime_free(eng_runtime *rt);
  * (NULL, the default) a handler cannot suspend: engine.time.sleep raises. */
 void eng_runtime_set_loop(eng_runtime *rt, uv_loop_t *loop);
 
+/* Tells the runtime whether its loop is idle on this thread (idle = 1: not inside uv_run, as at
+ * start-up or in the test harness between requests). Only then may engine.db on PostgreSQL wait
+ * for a query by running the loop itself where the caller cannot yield (script load, spec code,
+ * the CLI); off by default, so a reload inside a running worker refuses instead of re-entering
+ * uv_run. Request dispatch never runs the loop, whatever this says. */
+void eng_runtime_set_loop_idle(eng_runtime *rt, int idle);
+
 /* The runtime's main Lua state (owned by the runtime). */
 lua_State *eng_runtime_lua(eng_runtime *rt);
 /* The connection engine.db uses (borrowed; NULL detaches). Does not allocate on the

@@ -66,29 +66,49 @@ struct eng_runtime {
   uv_loop_t *loop;          /* where suspended handlers wait (borrowed), or NULL: none may */
   lua_State *suspendable;   /* the handler thread running now that may suspend, or NULL */
   int npending;             /* suspended requests (eng_pending) not yet released */
+  int dispatching;          /* > 0: a request, a resumed handler or the error hook is running */
+  int loop_idle;            /* the owner's loop is not running: engine.db may run it (eng_runtime_set_loop_idle) */
   int dying;                /* eng_runtime_free was called while npending > 0 */
 };
 
 /* ---- lua_runtime.c: suspension (see lua_runtime.h's suspendable handlers) ----
  *
- * A primitive that waits (engine.time.sleep, lua_async.c) calls eng_lua_async_yield with its
- * operation: the handler's coroutine yields a marker only C can make (a light userdata), the
- * operation and one integer; the dispatcher recognises the marker (any other yield out of a
- * handler stays an error), keeps the request (eng_pending) and calls op->start on the loop. The
- * operation calls eng_pending_wake once its wait is over; op->stop cancels it (deadline,
- * abandon) and after stop it must not wake. */
+ * A primitive that waits (engine.time.sleep in lua_async.c, a query in lua_db_pg.c) calls
+ * eng_lua_async_yield with its operation: the handler's coroutine yields a marker only C can
+ * make (a light userdata), the operation, one integer and a context pointer; the dispatcher
+ * recognises the marker (any other yield out of a handler stays an error), keeps the request
+ * (eng_pending) and calls op->start on the loop. The operation calls eng_pending_wake once its
+ * wait is over; op->stop cancels it (deadline, abandon) and after stop it must not wake. A wait
+ * that was yielded but never started (the suspension itself failed) gets op->drop instead, so
+ * whatever the context owns (a query in flight) is let go either way. */
 typedef struct eng_async_op {
   const char *name; /* for error messages: "engine.time.sleep" */
-  /* Starts the wait: 0, or an ENG_E* code (the request is then answered 500). */
-  int (*start)(eng_pending *p, uv_loop_t *loop, lua_Integer arg);
-  void (*stop)(eng_pending *p);
+  /* Starts the wait: 0, or an ENG_E* code (the request is then answered 500; drop is not called:
+   * start cleans up after itself). ctx: what the yield carried. */
+  int (*start)(eng_pending *p, uv_loop_t *loop, lua_Integer arg, void *ctx);
+  void (*stop)(eng_pending *p, void *ctx);
+  void (*drop)(void *ctx); /* may be NULL (nothing to let go) */
+  int in_tx;               /* may wait inside db.tx (the transaction's own queries) */
 } eng_async_op;
 
-/* Yields the running handler to the engine for op with arg (from a C function: `return
- * eng_lua_async_yield(...)`). Raises a clear error where no wait is allowed: outside a route
- * handler (hooks, the error hook, load time, no loop), in a coroutine the script made, inside
- * db.tx, or under a C call that cannot yield (xpcall, a metamethod). */
-int eng_lua_async_yield(lua_State *L, const eng_async_op *op, lua_Integer arg);
+/* Yields the running handler to the engine for op with arg and ctx (from a C function: `return
+ * eng_lua_async_yield(...)`). When the wait ends the handler resumes in k(L, LUA_YIELD, kctx)
+ * (lua_yieldk's continuation; k NULL: the C function returns no values). Raises a clear error
+ * where no wait is allowed: outside a route handler (hooks, the error hook, load time, no loop),
+ * in a coroutine the script made, inside db.tx (unless op->in_tx), or under a C call that cannot
+ * yield (xpcall, a metamethod); check with eng_lua_async_refusal first when a refusal must not
+ * raise (ctx owns something). */
+int eng_lua_async_yield(lua_State *L, const eng_async_op *op, lua_Integer arg, void *ctx, lua_KFunction k,
+                        lua_KContext kctx);
+
+/* NULL when L may yield op right now, else why not (a static message naming op's kind of wait).
+ * Never raises. */
+const char *eng_lua_async_refusal(lua_State *L, const eng_async_op *op);
+
+/* 1 when L may instead wait for the loop in place (uv_run): nothing of the runtime is being
+ * dispatched (no request, hook, or error hook running) and the owner said its loop is idle
+ * (eng_runtime_set_loop_idle). Never raises. */
+int eng_lua_can_run_loop(lua_State *L);
 
 /* Resumes the suspended handler of p (no values returned to it). Call from the loop only. */
 void eng_pending_wake(eng_pending *p);
@@ -96,6 +116,14 @@ void eng_pending_wake(eng_pending *p);
 /* A timer that belongs to p, initialised on the runtime's loop, for the operation's use (its
  * data field is p); closed with p. */
 uv_timer_t *eng_pending_timer(eng_pending *p);
+
+/* The milliseconds left of L's budgeted run (at least 1), or 0 when none is in progress (spec
+ * code, the CLI). Raises the budget error when it is already over. Needs one free stack slot. */
+int64_t eng_lua_budget_left(lua_State *L);
+
+/* Marks the run of L blown and raises the budget error (a wait that ran out of time in C, a
+ * PostgreSQL query past its timeout). Never returns. */
+int eng_lua_budget_raise(lua_State *L);
 
 /* The runtime of a Lua state created by eng_runtime_new (any of its threads). */
 static inline eng_runtime *eng_rt(lua_State *L) { return *(eng_runtime **)lua_getextraspace(L); }
@@ -140,6 +168,7 @@ void eng_lua_budget_load(eng_runtime *rt, int on, int64_t *saved_deadline);
  * Retry-After (ENG_STORAGE_RETRY_AFTER_S) and one log line naming the cause. Never raises. */
 #define ENG_STORAGE_RETRY_AFTER_S 30
 void eng_lua_storage_failed(lua_State *L, int sqlite_code);
+#define ENG_STORAGE_PG_DOWN (-1) /* eng_lua_storage_failed's code for a PostgreSQL pool that is down */
 
 /* lua_db.c brackets the statements that undo a failed transaction with +1 / -1: while any is
  * running, the SQL progress handler does not interrupt statements past the deadline (a rollback

@@ -45,6 +45,9 @@ static void usage(FILE *f) {
           "overridden by APIENGINE_<NAME> environment variables.\n"
           "One server per database: serve holds <db>.lock (naming its pid) and refuses to start\n"
           "while another process holds it or listens on the address, unless --handover.\n"
+          "PostgreSQL (--db postgresql://... or 'host=... dbname=...'): several nodes share one\n"
+          "database; no lock file; the key is never generated (APIENGINE_KEY or --key-file, the\n"
+          "same on every node); backup and rekey are not available there yet (exit 2).\n"
           "Signals: SIGTERM / SIGINT stop accepting, drain in-flight requests, exit 0 (1 when a\n"
           "handler still runs past --drain-timeout).\n"
           "SIGHUP reloads the scripts and the config file's `settings` (not migrations; a reload\n"
@@ -129,6 +132,13 @@ int main(int argc, char **argv) {
   /* The database holds sealed secrets and verifiers: no access for others to it, its WAL or
    * the directory created for it. */
   umask(027);
+  if ((backup || commands[c].run == eng_ops_rekey) && eng_config_db_is_pg(cfg.db_path)) {
+    fprintf(stderr, "apiengine: %s is not available on PostgreSQL yet: %s\n", argv[1],
+            backup ? "back it up with PostgreSQL's own tools (pg_dump, or a base backup), and the key with it"
+                   : "re-sealing runs on SQLite only for now; keep the previous keys configured meanwhile");
+    eng_config_free(&cfg);
+    return 2;
+  }
   int rc = backup            ? eng_ops_backup(&cfg, out)
            : commands[c].run ? commands[c].run(&cfg)
                              : eng_ops_serve(&cfg, argc, argv, 2);

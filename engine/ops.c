@@ -14,6 +14,7 @@
 #include "error.h"
 #include "files.h"
 #include "keys.h"
+#include "pg_migrate.h"
 #include "log.h"
 #include "lua_rekey.h"
 #include "lua_route.h"
@@ -44,6 +45,35 @@
 /* ---- paths ------------------------------------------------------------------------------------ */
 
 static int is_memory_db(const char *path) { return strcmp(path, ":memory:") == 0; }
+static int path_with(char *out, const char *path, const char *suffix);
+
+/* The --db setting as logs and messages show it: a PostgreSQL password masked. For one message at
+ * a time (the start-up and the commands run on one thread). */
+static const char *shown(const char *db) {
+  static char buf[2][1024];
+  static int next;
+  char *b = buf[next++ % 2];
+  return eng_pg_conninfo_redact(db, b, sizeof buf[0]);
+}
+
+/* Reads the migration records and facts of cfg's database, SQLite's or PostgreSQL's. */
+static int inspect_db(const eng_config *cfg, eng_db_state *st, char **err) {
+  if (eng_config_db_is_pg(cfg->db_path))
+    return eng_pg_inspect(cfg->db_path, cfg->schema_dir, st, err);
+  return eng_db_inspect(cfg->db_path, cfg->schema_dir, st, err);
+}
+
+/* The server key's file: --key-file, else <db>.key next to a SQLite file; "" on PostgreSQL
+ * without --key-file (the key must then be configured). ENG_ETOOBIG when it does not fit. */
+static int key_path(const eng_config *cfg, char *out) {
+  if (cfg->key_file)
+    return snprintf(out, OPS_PATH_MAX, "%s", cfg->key_file) < OPS_PATH_MAX ? 0 : ENG_ETOOBIG;
+  if (eng_config_db_is_pg(cfg->db_path)) {
+    out[0] = '\0';
+    return 0;
+  }
+  return path_with(out, cfg->db_path, ".key");
+}
 
 /* path + suffix into out (OPS_PATH_MAX bytes); ENG_ETOOBIG when it does not fit. */
 static int path_with(char *out, const char *path, const char *suffix) {
@@ -449,23 +479,38 @@ cleanup:
  * when the key file does not exist yet (then a random key is loaded for the check-load, so
  * scripts that seal or sign at load time still load). A missing key file of a database that
  * stores a fingerprint is an error: a new key would open none of its secrets. */
-static int keys_without_creating(const eng_config *cfg, const eng_db_state *st, int *have, eng_key_source *src,
-                                 char **err) {
+static int keys_without_creating(const eng_config *cfg, const eng_db_state *st, int lenient, int *have,
+                                 eng_key_source *src, char **err) {
   char path[OPS_PATH_MAX];
   char *e = NULL;
+  int pg = eng_config_db_is_pg(cfg->db_path);
   *have = 0;
-  if (path_with(path, cfg->db_path, ".key") != 0)
-    return eng_errorf(err, ENG_ETOOBIG, "database path too long: %s", cfg->db_path);
-  int rc = eng_keys_load(cfg->key, path, 0, src, &e);
+  if (key_path(cfg, path) != 0)
+    return eng_errorf(err, ENG_ETOOBIG, "key file path too long: %s", cfg->key_file ? cfg->key_file : cfg->db_path);
+  int configured = cfg->key && cfg->key[0];
+  int rc = !configured && path[0] == '\0' ? ENG_ENOTFOUND : eng_keys_load(cfg->key, path, 0, src, &e);
   if (rc == 0) {
     *have = 1;
+  } else if (rc == ENG_ENOTFOUND && pg && !lenient) {
+    /* Several nodes share one PostgreSQL database: a key made by one node would be another
+     * node's wrong key, so the key is never generated here. */
+    rc = path[0] ? eng_errorf(err, ENG_ECONFIG,
+                              "server key: the key file %s does not exist; on PostgreSQL the key is never generated "
+                              "(every node must use the same key): create it once (64 hex characters, e.g. `openssl "
+                              "rand -hex 32 > %s; chmod 600 %s`) and give every node the same file, or set "
+                              "APIENGINE_KEY",
+                              path, path, path)
+                 : eng_errorf(err, ENG_ECONFIG,
+                              "server key: on PostgreSQL the key must be configured, the same on every node: set "
+                              "APIENGINE_KEY (or the config file's `key`), or --key-file to a key file all nodes "
+                              "share; a key file is never generated on PostgreSQL");
   } else if (rc == ENG_ENOTFOUND && st->fingerprint) {
     rc = eng_errorf(err, ENG_ECONFIG,
                     "server key: the key file %s is missing, and the database %s was made with a key (its "
                     "fingerprint %.*s is stored in it): put back the key file that belongs to this database (from "
                     "your backup), or set APIENGINE_KEY to its key; a new key would open none of its stored secrets "
                     "and verify none of its tokens",
-                    path, cfg->db_path, FINGERPRINT_SHOWN, st->fingerprint);
+                    path, shown(cfg->db_path), FINGERPRINT_SHOWN, st->fingerprint);
   } else if (rc == ENG_ENOTFOUND) {
     unsigned char k[ENG_KEY_LEN];
     if (eng_crypto_random(k, sizeof k) != 0) {
@@ -491,17 +536,26 @@ static int fingerprint_check(const eng_config *cfg, const eng_db_state *st, eng_
   *previous = k > 0 ? k : 0;
   if (st->fingerprint == NULL || eng_keys_fingerprint(fp) != 0 || k >= 0)
     return 0;
+  char path[OPS_PATH_MAX];
+  if (key_path(cfg, path) != 0)
+    path[0] = '\0';
+  if (src == ENG_KEY_CONFIGURED && eng_config_db_is_pg(cfg->db_path))
+    return eng_errorf(err, ENG_ECONFIG,
+                      "server key: the configured key (APIENGINE_KEY or the config file's `key`) is not the key the "
+                      "database %s was made with (fingerprint %.*s, this key's %.*s): every node of one PostgreSQL "
+                      "database must use the key the first node started with",
+                      shown(cfg->db_path), FINGERPRINT_SHOWN, st->fingerprint, FINGERPRINT_SHOWN, fp);
   if (src == ENG_KEY_CONFIGURED)
     return eng_errorf(err, ENG_ECONFIG,
                       "server key: the configured key (APIENGINE_KEY or the config file's `key`) is not the key the "
                       "database %s was made with (fingerprint %.*s, this key's %.*s): set APIENGINE_KEY to that "
-                      "database's key, or unset it to use its key file %s.key",
-                      cfg->db_path, FINGERPRINT_SHOWN, st->fingerprint, FINGERPRINT_SHOWN, fp, cfg->db_path);
+                      "database's key, or unset it to use its key file %s",
+                      shown(cfg->db_path), FINGERPRINT_SHOWN, st->fingerprint, FINGERPRINT_SHOWN, fp, path);
   return eng_errorf(err, ENG_ECONFIG,
-                    "server key: the key file %s.key is not the key the database %s was made with (fingerprint %.*s, "
+                    "server key: the key file %s is not the key the database %s was made with (fingerprint %.*s, "
                     "the file's %.*s; was it regenerated, or copied from another database?): put back the key file "
                     "that belongs to this database, or set APIENGINE_KEY to its key",
-                    cfg->db_path, cfg->db_path, FINGERPRINT_SHOWN, st->fingerprint, FINGERPRINT_SHOWN, fp);
+                    path, shown(cfg->db_path), FINGERPRINT_SHOWN, st->fingerprint, FINGERPRINT_SHOWN, fp);
 }
 
 /* ---- serve ------------------------------------------------------------------------------------ */
@@ -552,13 +606,13 @@ static int reload_check(void *ud, unsigned id, eng_buf *settings, int *routes, i
   eng_ops_default_dirs(&fresh);
   warn_restart_settings(id, s->cfg, &fresh);
   if (!is_memory_db(s->cfg->db_path)) {
-    if (eng_db_inspect(s->cfg->db_path, s->cfg->schema_dir, &st, &err) == 0) {
+    if (inspect_db(s->cfg, &st, &err) == 0) {
       inspected = 1;
       if (st.npending > 0)
         log_pending(what, &st);
     } else {
       eng_log_warn("%s: cannot read the migrations of %s (%s); the scripts are checked against the whole schema", what,
-                   s->cfg->db_path, err ? err : "?");
+                   shown(s->cfg->db_path), err ? err : "?");
     }
     free(err);
     err = NULL;
@@ -587,7 +641,38 @@ static int handover_poll(void *ud) { return lock_poll(&((serve_ctx *)ud)->lock);
 
 /* Applies the migrations of cfg on a connection of this thread; on success, when fp is not NULL,
  * also stores it as the database's key fingerprint if it has none (logged). */
+static int migrate_pg(const eng_config *cfg, const char *fp) {
+  char *err = NULL, *stored = NULL;
+  int applied = 0;
+  int rc = eng_pg_migrate(cfg->db_path, cfg->schema_dir, &applied, &err);
+  if (rc != 0) {
+    eng_log_error("database %s: %s", shown(cfg->db_path), err ? err : eng_strerror(rc));
+    goto cleanup;
+  }
+  eng_log_info("database %s: %d migration(s) applied", shown(cfg->db_path), applied);
+  if (fp == NULL)
+    goto cleanup;
+  if ((rc = eng_pg_engine_fact(cfg->db_path, FINGERPRINT_FACT, fp, &stored, &err)) != 0) {
+    eng_log_error("database %s: cannot store the key fingerprint: %s", shown(cfg->db_path),
+                  err ? err : eng_strerror(rc));
+  } else if (eng_keys_find_fingerprint(stored) < 0) { /* another node stored one since the check: it won */
+    eng_log_error("server key: database %s now holds another key's fingerprint (%.*s, this key's %.*s); another node "
+                  "started on it with another key",
+                  shown(cfg->db_path), FINGERPRINT_SHOWN, stored, FINGERPRINT_SHOWN, fp);
+    rc = ENG_ECONFIG;
+  }
+  if (rc == 0 && (rc = eng_pg_engine_fact_set(cfg->db_path, SERVING_FACT, fp, &err)) != 0)
+    eng_log_error("database %s: cannot store the key fingerprint: %s", shown(cfg->db_path),
+                  err ? err : eng_strerror(rc));
+cleanup:
+  free(stored);
+  free(err);
+  return rc;
+}
+
 static int migrate_db(const eng_config *cfg, const char *fp) {
+  if (eng_config_db_is_pg(cfg->db_path))
+    return migrate_pg(cfg, fp);
   eng_db *db = NULL;
   char *err = NULL, *stored = NULL;
   int applied = 0;
@@ -627,6 +712,7 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
   loaded ld = {0};
   eng_key_source src = 0;
   int have_key = 0, pid_written = 0, previous = 0, memory = is_memory_db(cfg->db_path);
+  int file = !memory && !eng_config_db_is_pg(cfg->db_path); /* a SQLite file: its directory, lock, key file */
   char *err = NULL;
   int rc;
 
@@ -634,17 +720,18 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
   (void)signal(SIGHUP, SIG_IGN);
   if (!cfg->handover && (rc = eng_server_probe(cfg, &err)) != 0)
     goto fail;
-  if (!memory && ensure_parent_dir(cfg->db_path) != 0) {
+  if (file && ensure_parent_dir(cfg->db_path) != 0) {
     rc = eng_errorf(&err, ENG_EIO, "cannot create the directory of %s: %s", cfg->db_path, strerror(errno));
     goto fail;
   }
-  if (!memory && (rc = check_writable(cfg->db_path, &err)) != 0)
+  if (file && (rc = check_writable(cfg->db_path, &err)) != 0)
     goto fail;
-  if (!memory && (rc = lock_take(&s.lock, cfg->db_path, cfg->handover, &err)) != 0)
+  if (file && (rc = lock_take(&s.lock, cfg->db_path, cfg->handover, &err)) != 0)
     goto fail;
-  if (cfg->handover && s.lock.held)
+  /* PostgreSQL: no lock, nodes of one database run side by side */
+  if (file && cfg->handover && s.lock.held)
     eng_log_info("handover: no server holds %s; starting as usual", s.lock.path);
-  else if (cfg->handover)
+  else if (file && cfg->handover)
     eng_log_info("handover: starting beside pid %ld, which holds %s: send it SIGTERM once this one listens; this one "
                  "takes the lock over when it exits",
                  s.lock.old_pid, s.lock.path);
@@ -653,9 +740,9 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
       goto fail;
     pid_written = 1;
   }
-  if (!memory && (rc = eng_db_inspect(cfg->db_path, cfg->schema_dir, &st, &err)) != 0)
+  if (!memory && (rc = inspect_db(cfg, &st, &err)) != 0)
     goto fail;
-  if ((rc = keys_without_creating(cfg, &st, &have_key, &src, &err)) != 0)
+  if ((rc = keys_without_creating(cfg, &st, 0, &have_key, &src, &err)) != 0)
     goto fail;
   if (have_key && !memory && (rc = fingerprint_check(cfg, &st, src, &previous, &err)) != 0)
     goto fail;
@@ -663,7 +750,7 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
     eng_log_info("server key: the database %s was made with previous key %d: what that key sealed and signed still "
                  "opens and verifies; run `apiengine rekey` with these keys to re-seal the stored secrets under the "
                  "current key",
-                 cfg->db_path, previous);
+                 shown(cfg->db_path), previous);
   if ((rc = find_overlays(cfg->scripts_dir, &ov)) != 0) {
     rc = eng_errorf(&err, rc, "scripts: out of memory");
     goto fail;
@@ -675,7 +762,7 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
   /* The scripts load: from here on the start writes. */
   if (!have_key) {
     char path[OPS_PATH_MAX];
-    snprintf(path, sizeof path, "%s.key", cfg->db_path); /* fits: checked by keys_without_creating */
+    (void)key_path(cfg, path); /* fits: checked by keys_without_creating, which refused PostgreSQL here */
     eng_keys_clear();
     if ((rc = eng_keys_load(cfg->key, path, 1, &src, &err)) != 0)
       goto fail;
@@ -691,7 +778,7 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
     goto out;
   if (!memory && st.fingerprint == NULL)
     eng_log_info("database %s: stored the server key's fingerprint (%.*s); a start with another key is refused",
-                 cfg->db_path, FINGERPRINT_SHOWN, fp);
+                 shown(cfg->db_path), FINGERPRINT_SHOWN, fp);
   eng_server_hooks hooks = {
       .reload_check = reload_check,
       .poll = s.lock.fd >= 0 && !s.lock.held ? handover_poll : NULL,
@@ -720,7 +807,7 @@ int eng_ops_migrate(const eng_config *cfg) {
   instance_lock lk = {.fd = -1};
   char *err = NULL;
   int rc = 0;
-  if (is_memory_db(cfg->db_path))
+  if (is_memory_db(cfg->db_path) || eng_config_db_is_pg(cfg->db_path)) /* PostgreSQL: its advisory lock */
     return migrate_db(cfg, NULL) == 0 ? 0 : 1;
   if (ensure_parent_dir(cfg->db_path) != 0) {
     eng_log_error("cannot create the directory of %s", cfg->db_path);
@@ -781,13 +868,13 @@ static void print_routes(const eng_config *cfg, const loaded *ld, const overlays
 }
 
 /* What check and routes share: the key (never created), the overlays, the check-load. */
-static int load_for_report(const eng_config *cfg, const eng_db_state *st, int want_infos, overlays *ov, loaded *ld,
+static int load_for_report(const eng_config *cfg, const eng_db_state *st, int lenient, overlays *ov, loaded *ld,
                            int *have_key, eng_key_source *src, char **err) {
-  int rc = keys_without_creating(cfg, st, have_key, src, err);
+  int rc = keys_without_creating(cfg, st, lenient, have_key, src, err);
   if (rc == 0 && (rc = find_overlays(cfg->scripts_dir, ov)) != 0)
     rc = eng_errorf(err, rc, "scripts: out of memory");
   if (rc == 0)
-    rc = check_load(cfg, &cfg->settings, 0, 0, want_infos, ld, err);
+    rc = check_load(cfg, &cfg->settings, 0, 0, 1, ld, err);
   return rc;
 }
 
@@ -800,20 +887,21 @@ int eng_ops_check(const eng_config *cfg) {
   char *err = NULL;
   printf("config: %s\n", cfg->config_file ? cfg->config_file : "none");
   printf("scripts: %s\nschema: %s\n", cfg->scripts_dir, cfg->schema_dir);
-  if (!is_memory_db(cfg->db_path) && (rc = eng_db_inspect(cfg->db_path, cfg->schema_dir, &st, &err)) != 0)
+  if (!is_memory_db(cfg->db_path) && (rc = inspect_db(cfg, &st, &err)) != 0)
     goto fail;
   if (!st.exists)
     printf("database: %s does not exist; the first start creates it\n", cfg->db_path);
   else
-    printf("database: %s, %d migration(s) applied\n", cfg->db_path, st.applied);
+    printf("database: %s, %d migration(s) applied\n", shown(cfg->db_path), st.applied);
   for (int i = 0; i < st.npending; i++)
     printf("pending migration: %s\n", st.pending[i]);
-  if ((rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err)) != 0)
+  if ((rc = load_for_report(cfg, &st, 0, &ov, &ld, &have_key, &src, &err)) != 0)
     goto fail;
   if (have_key && (rc = fingerprint_check(cfg, &st, src, &previous, &err)) != 0)
     goto fail;
-  if (!have_key)
-    printf("server key: %s.key does not exist; the first start creates it\n", cfg->db_path);
+  char kp[OPS_PATH_MAX];
+  if (!have_key && key_path(cfg, kp) == 0)
+    printf("server key: %s does not exist; the first start creates it\n", kp);
   else if (previous > 0)
     printf("server key: %s, previous key %d matches the database's fingerprint (run apiengine rekey to re-seal "
            "its secrets under the current key)\n",
@@ -845,7 +933,7 @@ int eng_ops_routes(const eng_config *cfg) {
   eng_key_source src = 0;
   int have_key = 0;
   char *err = NULL;
-  int rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err);
+  int rc = load_for_report(cfg, &st, 1, &ov, &ld, &have_key, &src, &err); /* the routes need no real key */
   if (rc == 0)
     print_routes(cfg, &ld, &ov);
   else
@@ -895,6 +983,9 @@ int eng_ops_reload(const eng_config *cfg) {
       fprintf(stderr, "apiengine: the pid file %s holds no pid\n", cfg->pid_file);
       return 1;
     }
+  } else if (eng_config_db_is_pg(cfg->db_path)) {
+    fprintf(stderr, "apiengine: on PostgreSQL there is no <db>.lock to find the server by: give its --pid-file\n");
+    return 1;
   } else if ((pid = lock_holder(cfg->db_path)) == 0) {
     return 1;
   }

@@ -5,6 +5,7 @@
 #include "server_int.h"
 #include "log.h"
 #include "metrics.h"
+#include "pg_migrate.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -81,6 +82,18 @@ static void close_handle_once(uv_handle_t *h) {
     uv_close(h, NULL);
 }
 
+/* Lets go of the worker's PostgreSQL pool: the runtime first (pg.h: detach before closing), then
+ * the pool, whose handles close as the loop runs on. No request is suspended on it by now: every
+ * connection has closed, and their suspended requests were abandoned with them. */
+static void close_pool(worker *w) {
+  if (w->pg == NULL)
+    return;
+  if (w->rt)
+    eng_runtime_set_pg(w->rt, NULL);
+  eng_pg_close(w->pg, NULL, NULL);
+  w->pg = NULL;
+}
+
 /* Once stopping and no connection is left, close the worker's own handles: the loop ends. */
 void eng_worker_maybe_finish(worker *w) {
   if (!w->stopping || w->nconns > 0)
@@ -88,6 +101,7 @@ void eng_worker_maybe_finish(worker *w) {
   close_handle_once((uv_handle_t *)&w->sweep);
   close_handle_once((uv_handle_t *)&w->wake);
   close_handle_once((uv_handle_t *)&w->reload);
+  close_pool(w); /* its connections would keep the loop running */
 }
 
 static void on_wake(uv_async_t *a) {
@@ -156,7 +170,10 @@ static void on_reload(uv_async_t *a) {
      * again, since freeing the old one takes it off the shared connection. */
     eng_runtime_free(w->rt);
     eng_runtime_set_loop(fresh, &w->loop);
-    eng_runtime_set_db(fresh, w->db);
+    if (w->pg)
+      eng_runtime_set_pg(fresh, w->pg);
+    else
+      eng_runtime_set_db(fresh, w->db);
     w->rt = fresh;
     eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   } else {
@@ -169,15 +186,13 @@ static void on_reload(uv_async_t *a) {
   (void)uv_async_send(&rl->done); /* open until every worker is joined */
 }
 
-/* Sets up the worker's loop: the listener on its socket, the wake-up async, the
- * sweep timer. Returns 0 or a libuv code; on failure every handle it made is closed
- * and the loop too (w->fd stays with the caller unless the listener took it). */
+/* Sets up the worker's loop (initialised by the caller): the listener on its socket, the wake-up
+ * async, the sweep timer. Returns 0 or a libuv code; on failure the caller closes what is on the
+ * loop (w->fd stays with the caller unless the listener took it). */
 static int worker_listen(worker *w) {
   int rc;
-  if ((rc = uv_loop_init(&w->loop)) != 0)
-    return rc;
   if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0)
-    goto fail;
+    return rc;
   w->listener.data = w;
   if ((rc = uv_tcp_open(&w->listener, w->fd)) != 0)
     goto fail;
@@ -196,23 +211,38 @@ static int worker_listen(worker *w) {
     goto fail;
   return 0;
 fail:
-  uv_walk(&w->loop, close_any, NULL);
-  uv_run(&w->loop, UV_RUN_DEFAULT);
-  (void)uv_loop_close(&w->loop); /* every handle is closed: cannot be busy */
   return rc;
+}
+
+/* The database of a worker: its own SQLite connection, or its pool of PostgreSQL connections on
+ * its loop (they connect while the scripts load). */
+static int worker_db(worker *w, char **err) {
+  if (eng_config_db_is_pg(w->cfg->db_path)) {
+    eng_pg_options po = {.size = w->cfg->db_pool};
+    return eng_pg_open(&w->pg, &w->loop, w->cfg->db_path, &po, err);
+  }
+  eng_db_options dbo = {.synchronous = w->cfg->synchronous, .no_autocheckpoint = checkpointer != NULL};
+  return eng_db_open(&w->db, w->cfg->db_path, &dbo, err);
 }
 
 static void worker_main(void *arg) {
   worker *w = arg;
   char *err = NULL;
-  int rc;
-  eng_db_options dbo = {.synchronous = w->cfg->synchronous, .no_autocheckpoint = checkpointer != NULL};
+  int rc, loop_made = 0;
   char name[16]; /* what top -H, perf and /proc/PID/task/TID/comm show: per-worker figures */
   snprintf(name, sizeof name, "worker-%d", w->id);
   (void)pthread_setname_np(pthread_self(), name);
   eng_metrics_bind_shard(w->id); /* a no-op shard-less unless --metrics-listen */
-  if ((rc = eng_db_open(&w->db, w->cfg->db_path, &dbo, &err)) != 0) {
-    eng_log_error("worker %d: database %s: %s", w->id, w->cfg->db_path, err ? err : eng_strerror(rc));
+  if ((rc = uv_loop_init(&w->loop)) != 0) {
+    eng_log_error("worker %d: loop: %s", w->id, uv_strerror(rc));
+    rc = eng_err_from_uv(rc);
+    goto fail;
+  }
+  loop_made = 1;
+  if ((rc = worker_db(w, &err)) != 0) {
+    char shown[512];
+    eng_log_error("worker %d: database %s: %s", w->id, eng_pg_conninfo_redact(w->cfg->db_path, shown, sizeof shown),
+                  err ? err : eng_strerror(rc));
     goto fail;
   }
   eng_runtime_options ro = runtime_options(w, &w->cfg->settings, w->cfg->load_budget_ms);
@@ -220,6 +250,8 @@ static void worker_main(void *arg) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
   }
+  if (w->pg)
+    eng_runtime_set_pg(w->rt, w->pg);
   eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   if ((rc = worker_listen(w)) != 0) {
     eng_log_error("worker %d: listen: %s", w->id, uv_strerror(rc));
@@ -245,8 +277,16 @@ static void worker_main(void *arg) {
 fail:
   free(err);
   eng_runtime_free(w->rt);
-  eng_db_close(w->db);
   w->rt = NULL;
+  if (loop_made) { /* the pool's and the listener's handles close as the loop runs */
+    if (w->pg)
+      eng_pg_close(w->pg, NULL, NULL);
+    w->pg = NULL;
+    uv_walk(&w->loop, close_any, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    (void)uv_loop_close(&w->loop); /* every handle is closed: cannot be busy */
+  }
+  eng_db_close(w->db);
   w->db = NULL;
   w->start_rc = rc ? rc : ENG_EIO;
   atomic_store(&w->finished, 1);
@@ -615,11 +655,13 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
       close(ws[i].fd);
     goto out;
   }
-  eng_db_checkpointer_options cpo = {.synchronous = cfg->synchronous};
-  char *cperr = NULL;
-  if (eng_db_checkpointer_start(&checkpointer, cfg->db_path, &cpo, &cperr) != 0)
-    eng_log_warn("%s; commits checkpoint the WAL themselves", cperr ? cperr : "db: no checkpointer");
-  free(cperr);
+  if (!eng_config_db_is_pg(cfg->db_path)) { /* PostgreSQL checkpoints by itself */
+    eng_db_checkpointer_options cpo = {.synchronous = cfg->synchronous};
+    char *cperr = NULL;
+    if (eng_db_checkpointer_start(&checkpointer, cfg->db_path, &cpo, &cperr) != 0)
+      eng_log_warn("%s; commits checkpoint the WAL themselves", cperr ? cperr : "db: no checkpointer");
+    free(cperr);
+  }
   /* The signal handlers come before the first worker: a worker serves as soon as it listens,
    * and a SIGTERM then must drain, not kill (libuv queues it until the loop below runs). */
   main_ctx m = {.ws = ws, .n = 0, .hooks = hooks, .rl = &rl, .sh = sh}; /* n: the started workers, below */
@@ -661,11 +703,13 @@ int eng_server_run(const eng_config *cfg, const eng_server_hooks *hooks) {
     unwatch_signals(&m);
   } else {
     const char *v6 = strchr(cfg->listen_host, ':') ? "]" : "";
+    char db_shown[512];
     eng_log_info("apiengine %s listening on http://%s%s%s:%d (config %s%s%s, scripts '%s', schema '%s', db '%s', "
                  "%d worker%s, %d routes)",
                  APIENGINE_VERSION, *v6 ? "[" : "", cfg->listen_host, v6, port, cfg->config_file ? "'" : "",
                  cfg->config_file ? cfg->config_file : "none", cfg->config_file ? "'" : "", cfg->scripts_dir,
-                 cfg->schema_dir, cfg->db_path, n, n == 1 ? "" : "s", hooks ? hooks->routes : 0);
+                 cfg->schema_dir, eng_pg_conninfo_redact(cfg->db_path, db_shown, sizeof db_shown), n, n == 1 ? "" : "s",
+                 hooks ? hooks->routes : 0);
     eng_metrics_srv_ready(msrv, 1);
     uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   }

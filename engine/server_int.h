@@ -21,6 +21,7 @@
 #include "error.h"
 #include "http.h"
 #include "lua_runtime.h"
+#include "pg.h"
 
 #include <uv.h>
 
@@ -122,7 +123,8 @@ struct worker {
   list idle, head, body, send, linger, run;
   size_t queued; /* unsent output of all its connections */
   eng_runtime *rt;
-  eng_db *db;
+  eng_db *db; /* SQLite, or ... */
+  eng_pg *pg; /* ... PostgreSQL (--db postgresql://...): connections on this worker's loop */
   eng_response resp;
   eng_buf out;
   uint64_t drain_deadline;

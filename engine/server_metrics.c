@@ -21,6 +21,18 @@
 #define ENG_METRICS_CONN_MS 10000   /* a connection gets this long to send its request */
 #define ENG_METRICS_DB_BUSY_MS 1000 /* /readyz: how long the database may be locked before it is "not ready" */
 
+/* PostgreSQL's readiness: the pool's last connection attempt succeeded (pg.h: a pool is marked
+ * down when one fails, and connections lost in an outage are made again at once, so an outage
+ * shows within a connect attempt). No query: /readyz must answer at once, also when the server
+ * hangs. */
+static int pool_answers(const eng_pg *pg) {
+  eng_pg_stats st;
+  if (pg == NULL)
+    return 0;
+  eng_pg_get_stats(pg, &st);
+  return st.healthy;
+}
+
 /* The readiness check of one database connection: a read of the schema. */
 static int db_answers(eng_db *db) {
   return db != NULL &&
@@ -63,7 +75,7 @@ const char *eng_worker_not_ready(worker *w) {
     return "draining";
   if (w->rt == NULL)
     return "scripts";
-  if (!db_answers(w->db))
+  if (w->pg ? !pool_answers(w->pg) : !db_answers(w->db))
     return "database";
   return NULL;
 }
@@ -83,6 +95,7 @@ struct eng_metrics_srv {
   int nconns;
   atomic_int ready; /* every worker has started (set by server.c) */
   eng_db *db;       /* /readyz's own connection, opened on first use on this thread */
+  eng_pg *pg;       /* on PostgreSQL instead: a pool of one on this thread's loop, from the start */
   eng_response resp;
   eng_buf out;
   char readbuf[16384];
@@ -138,6 +151,8 @@ static const char *metrics_not_ready(eng_metrics_srv *s) {
     return "draining";
   if (!atomic_load_explicit(&s->ready, memory_order_acquire))
     return "scripts";
+  if (eng_config_db_is_pg(s->cfg->db_path))
+    return pool_answers(s->pg) ? NULL : "database";
   if (s->db == NULL) {
     eng_db_options o = {
         .synchronous = s->cfg->synchronous, .busy_timeout_ms = ENG_METRICS_DB_BUSY_MS, .cache_mb = -1, .mmap_mb = -1};
@@ -252,6 +267,9 @@ static void close_conn(uv_handle_t *h, void *listener) {
 
 static void on_mstop(uv_async_t *a) {
   eng_metrics_srv *s = a->data;
+  if (s->pg) /* its handles close as the loop runs on */
+    eng_pg_close(s->pg, NULL, NULL);
+  s->pg = NULL;
   uv_walk(&s->loop, close_conn, &s->listener);
   uv_close((uv_handle_t *)&s->listener, NULL);
   uv_close((uv_handle_t *)&s->stop, NULL);
@@ -318,6 +336,13 @@ static void metrics_main(void *arg) {
         s->fd = -1; /* the listener's now */
         if ((rc = uv_listen((uv_stream_t *)&s->listener, 128, on_mconnection)) == 0)
           rc = uv_async_init(&s->loop, &s->stop, on_mstop);
+      }
+      if (rc == 0 && eng_config_db_is_pg(s->cfg->db_path)) {
+        eng_pg_options po = {.size = 1};
+        char *err = NULL;
+        if (eng_pg_open(&s->pg, &s->loop, s->cfg->db_path, &po, &err) != 0) /* memory only: /readyz says 503 */
+          eng_log_warn("metrics listener: PostgreSQL: %s", err ? err : "cannot open the pool");
+        free(err);
       }
       if (rc == 0)
         s->stop.data = s;

@@ -16,14 +16,17 @@
 #include "log.h"
 #include "lua_common.h"
 #include "lua_runtime.h"
+#include "pg.h"
 
 #include <lauxlib.h>
+#include <libpq-fe.h>
 #include <lualib.h>
 #include <sqlite3.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -46,6 +49,7 @@ typedef struct test_state {
   eng_runtime *rt;
   uv_loop_t loop; /* where a suspended handler of an in-process request waits (t_request runs it) */
   eng_db *db;
+  eng_pg *pg; /* in place of db when APIENGINE_TEST_DB names a PostgreSQL database (or testing.open_pg) */
   eng_http_limits limits;
   char schema_dir[1024];
   char scripts_dir[1024];
@@ -65,8 +69,9 @@ static int health_answer(test_state *ts, const eng_http_request *req, eng_respon
   int readyz = req->path_len == 7 && memcmp(req->url.data, "/readyz", 7) == 0;
   if (!healthz && !readyz)
     return 0;
-  int ready = ts->db != NULL &&
-              sqlite3_exec(eng_db_handle(ts->db), "SELECT 1 FROM sqlite_schema LIMIT 1", NULL, NULL, NULL) == SQLITE_OK;
+  int ready =
+      ts->pg != NULL || (ts->db != NULL && sqlite3_exec(eng_db_handle(ts->db), "SELECT 1 FROM sqlite_schema LIMIT 1",
+                                                        NULL, NULL, NULL) == SQLITE_OK);
   resp->status = healthz || ready ? 200 : 503;
   strcpy(resp->content_type, "application/json");
   eng_buf_reset(&resp->body);
@@ -215,37 +220,204 @@ static int t_request(lua_State *L) {
   return 4;
 }
 
-/* testing.open_db(path [, schema_dir]) -> migrations applied; replaces the current database. */
+/* ---- PostgreSQL in place of SQLite ---- */
+
+static void pool_closed(void *data) { *(int *)data = 1; }
+
+/* Detaches and closes the pool, running the loop until its memory is gone. */
+static void close_pg(test_state *ts) {
+  if (ts->pg == NULL)
+    return;
+  eng_runtime_set_pg(ts->rt, NULL);
+  int done = 0;
+  eng_pg_close(ts->pg, pool_closed, &done);
+  ts->pg = NULL;
+  while (!done)
+    uv_run(&ts->loop, UV_RUN_ONCE);
+}
+
+static void close_all(test_state *ts) {
+  eng_runtime_set_db(ts->rt, NULL);
+  eng_db_close(ts->db);
+  ts->db = NULL;
+  close_pg(ts);
+}
+
+static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* STAND-IN for eng_pg_migrate (branch pgserve, engine/pg_migrate.c) until it lands: applies
+ * schema_dir's NNNN_name.sql migrations in order, NNNN_name.pg.sql in place of NNNN_name.sql,
+ * each in its own transaction, on a fresh schema (no record of what was applied). */
+static int pg_migrate_standin(const char *conninfo, const char *schema_dir, int *applied, char **err) {
+  *applied = 0;
+  DIR *d = opendir(schema_dir);
+  if (!d)
+    return eng_errorf(err, ENG_EIO, "cannot open %s", schema_dir);
+  char *names[512];
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < 512) {
+    size_t len = strlen(e->d_name);
+    if (len < 9 || e->d_name[4] != '_' || strcmp(e->d_name + len - 4, ".sql") != 0)
+      continue;
+    int pg = len > 7 && strcmp(e->d_name + len - 7, ".pg.sql") == 0;
+    if (!pg) { /* skipped when a .pg.sql twin exists */
+      char twin[512];
+      snprintf(twin, sizeof twin, "%s/%.*s.pg.sql", schema_dir, (int)(len - 4), e->d_name);
+      if (access(twin, F_OK) == 0)
+        continue;
+    }
+    names[n++] = strdup(e->d_name);
+  }
+  closedir(d);
+  qsort(names, (size_t)n, sizeof *names, name_cmp);
+  int rc = 0;
+  PGconn *c = PQconnectdb(conninfo);
+  if (PQstatus(c) != CONNECTION_OK)
+    rc = eng_errorf(err, ENG_EIO, "%s", PQerrorMessage(c));
+  for (int i = 0; rc == 0 && i < n; i++) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", schema_dir, names[i]);
+    eng_buf sql = {0};
+    FILE *f = fopen(path, "r");
+    char chunk[4096];
+    size_t got;
+    eng_buf_append_str(&sql, "BEGIN;\n");
+    while (f && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
+      eng_buf_append(&sql, chunk, got);
+    if (f)
+      fclose(f);
+    eng_buf_append_str(&sql, "\n;COMMIT;");
+    eng_buf_append(&sql, "", 1);
+    PGresult *r = PQexec(c, sql.data);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+      rc = eng_errorf(err, ENG_EIO, "%s: %s", names[i], PQerrorMessage(c));
+    else
+      (*applied)++;
+    PQclear(r);
+    eng_buf_free(&sql);
+  }
+  PQfinish(c);
+  for (int i = 0; i < n; i++)
+    free(names[i]);
+  return rc;
+}
+
+/* Empties the database of conninfo (DROP SCHEMA public CASCADE), applies schema_dir's migrations
+ * (none when NULL) and attaches a fresh pool on the harness's loop. */
+static int open_pg(test_state *ts, const char *conninfo, const char *schema, int *applied, char **err) {
+  close_all(ts);
+  *applied = 0;
+  PGconn *c = PQconnectdb(conninfo);
+  int rc = 0;
+  if (PQstatus(c) != CONNECTION_OK) {
+    rc = eng_errorf(err, ENG_EIO, "%s", PQerrorMessage(c));
+  } else {
+    PGresult *r = PQexec(c, "SET client_min_messages = warning; DROP SCHEMA IF EXISTS public CASCADE; "
+                            "CREATE SCHEMA public");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+      rc = eng_errorf(err, ENG_EIO, "resetting the database: %s", PQerrorMessage(c));
+    PQclear(r);
+  }
+  PQfinish(c);
+  if (rc == 0 && schema)
+    rc = pg_migrate_standin(conninfo, schema, applied, err);
+  if (rc == 0)
+    rc = eng_pg_open(&ts->pg, &ts->loop, conninfo, NULL, err);
+  if (rc == 0)
+    eng_runtime_set_pg(ts->rt, ts->pg);
+  return rc;
+}
+
+/* testing.open_db(path [, schema_dir]) -> migrations applied; replaces the current database.
+ * With APIENGINE_TEST_DB set (a libpq connection string) that PostgreSQL database is emptied
+ * and used instead of path. */
 static int t_open_db(lua_State *L) {
   test_state *ts = TS(L);
   const char *path = luaL_checkstring(L, 1);
   const char *schema = luaL_optstring(L, 2, ts->schema_dir);
-  eng_runtime_set_db(ts->rt, NULL);
-  eng_db_close(ts->db);
-  ts->db = NULL;
+  const char *pgdb = getenv("APIENGINE_TEST_DB");
   char *err = NULL;
   int applied = 0;
-  eng_db_options o = {0};
-  int rc = eng_db_open(&ts->db, path, &o, &err);
-  if (rc == 0)
-    rc = eng_db_migrate(ts->db, schema, &applied, &err);
+  int rc;
+  if (pgdb && pgdb[0]) {
+    rc = open_pg(ts, pgdb, schema, &applied, &err);
+    path = pgdb;
+  } else {
+    close_all(ts);
+    eng_db_options o = {0};
+    rc = eng_db_open(&ts->db, path, &o, &err);
+    if (rc == 0)
+      rc = eng_db_migrate(ts->db, schema, &applied, &err);
+  }
   if (rc != 0) {
     lua_pushfstring(L, "open_db %s: %s", path, err ? err : eng_strerror(rc));
     free(err);
-    eng_db_close(ts->db);
-    ts->db = NULL;
+    close_all(ts);
     return lua_error(L);
   }
-  eng_runtime_set_db(ts->rt, ts->db);
+  if (ts->db)
+    eng_runtime_set_db(ts->rt, ts->db);
   lua_pushinteger(L, applied);
   return 1;
 }
 
-static int t_close_db(lua_State *L) {
+/* testing.open_pg(conninfo [, schema_dir]) -> migrations applied: that PostgreSQL database,
+ * emptied, in place of the current database (schema_dir false: no migrations). */
+static int t_open_pg(lua_State *L) {
   test_state *ts = TS(L);
-  eng_runtime_set_db(ts->rt, NULL);
-  eng_db_close(ts->db);
-  ts->db = NULL;
+  const char *conninfo = luaL_checkstring(L, 1);
+  const char *schema = lua_toboolean(L, 2) ? luaL_checkstring(L, 2) : lua_isnone(L, 2) ? ts->schema_dir : NULL;
+  char *err = NULL;
+  int applied = 0;
+  int rc = open_pg(ts, conninfo, schema, &applied, &err);
+  if (rc != 0) {
+    lua_pushfstring(L, "open_pg: %s", err ? err : eng_strerror(rc));
+    free(err);
+    close_all(ts);
+    return lua_error(L);
+  }
+  lua_pushinteger(L, applied);
+  return 1;
+}
+
+/* testing.backend() -> "postgresql" when APIENGINE_TEST_DB selects PostgreSQL for open_db, else
+ * "sqlite" (db.backend() says what is attached now). */
+static int t_backend(lua_State *L) {
+  const char *pgdb = getenv("APIENGINE_TEST_DB");
+  lua_pushstring(L, pgdb && pgdb[0] ? "postgresql" : "sqlite");
+  return 1;
+}
+
+/* testing.pg_stats() -> the attached pool's counters (pg.h's eng_pg_stats), or nil. */
+static int t_pg_stats(lua_State *L) {
+  test_state *ts = TS(L);
+  if (!ts->pg) {
+    lua_pushnil(L);
+    return 1;
+  }
+  eng_pg_stats st;
+  eng_pg_get_stats(ts->pg, &st);
+  lua_createtable(L, 0, 10);
+  lua_pushinteger(L, st.size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, st.idle);
+  lua_setfield(L, -2, "idle");
+  lua_pushinteger(L, st.running);
+  lua_setfield(L, -2, "running");
+  lua_pushinteger(L, st.held);
+  lua_setfield(L, -2, "held");
+  lua_pushinteger(L, st.waiting);
+  lua_setfield(L, -2, "waiting");
+  lua_pushinteger(L, st.healthy);
+  lua_setfield(L, -2, "healthy");
+  lua_pushinteger(L, (lua_Integer)st.cancels);
+  lua_setfield(L, -2, "cancels");
+  return 1;
+}
+
+static int t_close_db(lua_State *L) {
+  close_all(TS(L));
   return 0;
 }
 
@@ -476,6 +648,9 @@ static int open_testing(lua_State *L) {
   static const luaL_Reg fns[] = {{"request", t_request},
                                  {"open_db", t_open_db},
                                  {"close_db", t_close_db},
+                                 {"open_pg", t_open_pg},
+                                 {"backend", t_backend},
+                                 {"pg_stats", t_pg_stats},
                                  {"load_scripts", t_load_scripts},
                                  {"limits", t_limits},
                                  {"freeze", t_freeze},
@@ -695,6 +870,7 @@ int eng_test_main(int argc, char **argv) {
     return 1;
   }
   eng_runtime_set_loop(ts.rt, &ts.loop);
+  eng_runtime_set_loop_idle(ts.rt, 1); /* spec code runs outside uv_run: engine.db may wait in it */
   lua_State *L = eng_runtime_lua(ts.rt);
   setup_ctx sc = {.ts = &ts, .bargs = bargs, .nb = nb};
   lua_pushcfunction(L, setup_p);
@@ -723,10 +899,10 @@ int eng_test_main(int argc, char **argv) {
       code = 1;
     }
   }
+  close_all(&ts);
   uv_run(&ts.loop, UV_RUN_DEFAULT); /* nothing is left waiting: closes what is still closing */
   eng_runtime_free(ts.rt);
   (void)uv_loop_close(&ts.loop);
-  eng_db_close(ts.db);
   if (log_fd >= 0)
     close(log_fd);
   return code;
