@@ -25,6 +25,20 @@ local function psql(conninfo, sql)
   return rows
 end
 
+-- One request on its own connection to 127.0.0.1:port (opts: headers).
+local function request(port, method, path, opts)
+  local socket = require "socket"
+  local c = assert(socket.tcp())
+  c:settimeout(10)
+  assert(c:connect("127.0.0.1", port))
+  local lines = { method .. " " .. path .. " HTTP/1.1", "Host: node", "Connection: close" }
+  for k, v in pairs(opts and opts.headers or {}) do lines[#lines + 1] = k .. ": " .. v end
+  assert(c:send(table.concat(lines, "\r\n") .. "\r\n\r\n"))
+  local raw, _, partial = c:receive("*a")
+  c:close()
+  return spec.parse_response(assert(raw or partial))
+end
+
 -- One text per row on either side: the columns cast to text, NULL as "", joined by "|"; a blob
 -- column (written "hex:NAME") as upper-case hex.
 local function row_sql(backend, cols, from)
@@ -142,6 +156,29 @@ describe("apiengine migrate --from sqlite: --to postgresql", function()
       "INSERT INTO customers (id, name, email, secret_sealed, created_at, updated_at) " ..
       "VALUES ('new', 'n', 'n@x.io', '\\x00', 't', 't') RETURNING seq"))
     testing.close_db()
+  end)
+
+  it("serves the copy: a node on PostgreSQL with the SQLite server's key takes its tokens and opens its secrets", function()
+    local key = assert(proc.read(src .. ".key")):match("^(%x+)")
+    local node = proc.serve({ "--db", conninfo, "--scripts", testing.scripts_dir, "--schema", testing.schema_dir },
+                            { APIENGINE_KEY = key })
+    assert(node.pid, node.read_log())
+    local app = { request = function(method, path, opts) return request(node.port, method, path, opts) end }
+    local data = P.ok(app.request("GET", "/v2/integrations/customer", { headers = P.auth(c1.token) }))
+    assert.equal(c1.id, data.CustomerID)
+    assert.equal(c1.secret, data.CustomerSecret) -- sealed on SQLite, copied as bytea, opened here
+    assert.equal("Tab\there", data.CustomerName)
+    local res = app.request("GET", "/v2/integrations/" .. c2.id, { headers = P.auth(c2.token) })
+    assert.equal(200, res.status, res.body)
+    assert.equal("enterprise", res.json.data.plan.type)
+    assert.equal(1, res.json.data.apps_count)
+    -- A start with another key is refused: the copied fingerprint is the SQLite server's.
+    local code, out = proc.run({ testing.exe(), "serve", "--listen", "127.0.0.1:" .. testing.free_port(), "--db", conninfo,
+                                 "--scripts", testing.scripts_dir, "--schema", testing.schema_dir },
+                               { APIENGINE_KEY = string.rep("0f", 32) })
+    assert.equal(1, code, out)
+    assert.truthy(out:find("fingerprint", 1, true), out)
+    node.stop()
   end)
 
   it("refuses a second copy into a target that holds rows, and changes nothing there", function()
