@@ -55,11 +55,13 @@ typedef struct pgbox {
 typedef struct pgwait {
   int mode;
   int done;
-  eng_pg_req *req;    /* in flight, or NULL */
-  eng_pg_result *res; /* kept once the callback fired */
-  pgbox *box;         /* MODE_ACQUIRE: where the held connection goes (anchored on the waiter's stack) */
-  eng_pending *p;     /* the suspended request to wake, or NULL (synchronous) */
-  uv_timer_t *timer;  /* MODE_SLEEP, synchronous */
+  eng_pg_req *req;      /* in flight, or NULL */
+  eng_pg_result *res;   /* kept once the callback fired */
+  pgbox *box;           /* MODE_ACQUIRE: where the held connection goes (anchored on the waiter's stack) */
+  eng_pending *p;       /* the suspended request to wake, or NULL (synchronous) */
+  lua_State *main;      /* the state's main thread, for the registry refs */
+  int sql_ref, box_ref; /* registry refs of the SQL text and (MODE_ACQUIRE) the box: a continuation
+                           does not see the stack of the call that yielded */
 } pgwait;
 
 void eng_lua_db_attach_pg(lua_State *L, eng_pg *pg) {
@@ -90,9 +92,28 @@ int eng_lua_db_pg_in_tx(lua_State *L) { return eng_lua_db_pg(L) != NULL && held_
 
 /* ---- waiting ---- */
 
+/* A wait for L's caller; the SQL text is on L's top (popped). Raises when out of memory. */
+static pgwait *wait_new(lua_State *L, int mode) {
+  lua_State *main = eng_rt(L)->L;
+  int sql_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  pgwait *w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, sql_ref);
+    luaL_error(L, "db: out of memory");
+    return NULL;
+  }
+  w->mode = mode;
+  w->main = main;
+  w->sql_ref = sql_ref;
+  w->box_ref = LUA_NOREF;
+  return w;
+}
+
 static void wait_free(pgwait *w) {
   if (w->res)
     eng_pg_result_free(w->res);
+  luaL_unref(w->main, LUA_REGISTRYINDEX, w->sql_ref); /* does not allocate */
+  luaL_unref(w->main, LUA_REGISTRYINDEX, w->box_ref);
   free(w);
 }
 
@@ -232,19 +253,18 @@ static void push_row(lua_State *L, const eng_pg_result *res, int row, int ncols,
 typedef struct conv {
   eng_pg_result *res;
   int mode;
-  int sql; /* stack index of the SQL text (for the error's sql field) */
   int failed;
 } conv;
 
-/* Pushes the results of c->res for c->mode, or (c->failed) the error table; under lua_pcall. */
+/* Pushes the results of c->res for c->mode, or (c->failed) the error table; under lua_pcall with
+ * the conv and the SQL text (for the error's sql field) as its arguments. */
 static int convert_p(lua_State *L) {
   conv *c = lua_touserdata(L, 1);
-  lua_pop(L, 1);
   const eng_pg_result *res = c->res;
   if (eng_pg_result_code(res) != 0) {
     c->failed = 1;
     push_error(L, eng_pg_result_message(res), eng_pg_result_sqlstate(res), eng_pg_kind_name(eng_pg_result_kind(res)),
-               c->sql);
+               2);
     return 1;
   }
   if (c->mode == MODE_ACQUIRE)
@@ -283,17 +303,30 @@ static int convert_p(lua_State *L) {
 }
 
 /* Turns the finished wait w into the caller's results (or raises its error); frees w. */
-static int finish(lua_State *L, pgwait *w, int sql) {
+static int finish(lua_State *L, pgwait *w) {
   eng_pg_result *res = w->res;
   int mode = w->mode;
   w->res = NULL;
-  free(w);
-  if (mode == MODE_SLEEP)
+  if (!lua_checkstack(L, 6)) {
+    wait_free(w);
+    if (res)
+      eng_pg_result_free(res);
+    return luaL_error(L, "db: out of memory");
+  }
+  if (mode == MODE_ACQUIRE)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->box_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->sql_ref);
+  wait_free(w);
+  if (mode == MODE_SLEEP) {
+    lua_pop(L, 1);
     return 0;
-  sql = lua_absindex(L, sql);
-  conv c = {.res = res, .mode = mode, .sql = sql};
-  int top = lua_gettop(L);
-  int st = eng_lua_protect(L, convert_p, &c, LUA_MULTRET);
+  }
+  int sql = lua_gettop(L);
+  conv c = {.res = res, .mode = mode};
+  lua_pushcfunction(L, convert_p);
+  lua_pushlightuserdata(L, &c);
+  lua_pushvalue(L, sql);
+  int st = lua_pcall(L, 2, LUA_MULTRET, 0);
   eng_pg_kind kind = eng_pg_result_kind(res);
   eng_pg_result_free(res);
   if (st != LUA_OK)
@@ -306,15 +339,15 @@ static int finish(lua_State *L, pgwait *w, int sql) {
     return lua_error(L);
   }
   if (mode == MODE_ACQUIRE) {
-    lua_settop(L, top);
-    return 1; /* the box, pushed by l_acquire before the wait */
+    lua_settop(L, sql - 1);
+    return 1; /* the box */
   }
-  return lua_gettop(L) - top;
+  return lua_gettop(L) - sql;
 }
 
 static int query_k(lua_State *L, int status, lua_KContext k) {
   (void)status;
-  return finish(L, (pgwait *)k, 1);
+  return finish(L, (pgwait *)k);
 }
 
 /* ---- statements ---- */
@@ -422,20 +455,18 @@ static int run_pg(lua_State *L, eng_pg *pg, int mode) {
   eng_pg_stmt_free(st); /* a no-op for a cached translation */
   if (status != LUA_OK)
     return lua_error(L);
-  pgwait *w = calloc(1, sizeof *w);
-  if (w == NULL)
-    return luaL_error(L, "db: out of memory");
-  w->mode = mode;
+  lua_pushvalue(L, 1);
+  pgwait *w = wait_new(L, mode);
   rc = eng_pg_query(pg, box ? box->conn : NULL, sql, len, b.vals, np, timeout, on_done, w, &w->req, &err);
   if (rc != 0) {
-    free(w);
+    wait_free(w);
     return raise_submit(L, rc, err);
   }
   lua_settop(L, nargs + 1); /* the bound strings were copied by the submit */
   if (yield)
     return eng_lua_async_yield(L, &query_op, 0, w, query_k, (lua_KContext)w);
   run_loop_until(L, w);
-  return finish(L, w, 1);
+  return finish(L, w);
 }
 
 int eng_lua_pg_query(lua_State *L, eng_pg *pg) { return run_pg(L, pg, MODE_QUERY); }
@@ -468,19 +499,18 @@ static int l_acquire(lua_State *L) {
   b->pg = pg;
   b->conn = NULL;
   luaL_setmetatable(L, BOX_MT);
-  pgwait *w = calloc(1, sizeof *w);
-  if (w == NULL)
-    return luaL_error(L, "db: out of memory");
-  w->mode = MODE_ACQUIRE;
+  int box_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  pgwait *w = wait_new(L, MODE_ACQUIRE); /* takes the SQL text on the top */
   w->box = b;
+  w->box_ref = box_ref; /* w owns the ref from here on */
   if (eng_pg_acquire(pg, timeout, on_done, w, &w->req) != 0) {
-    free(w);
+    wait_free(w);
     return luaL_error(L, "db: cannot wait for a connection");
   }
   if (yield)
     return eng_lua_async_yield(L, &query_op, 0, w, query_k, (lua_KContext)w);
   run_loop_until(L, w);
-  return finish(L, w, 1);
+  return finish(L, w);
 }
 
 /* _release(box): gives the connection back at once (also done by __close and __gc). */
@@ -504,10 +534,8 @@ static int l_backoff(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   luaL_argcheck(L, ms >= 0 && ms <= 1000, 1, "0..1000 ms");
   int yield = wait_how(L);
-  pgwait *w = calloc(1, sizeof *w);
-  if (w == NULL)
-    return luaL_error(L, "db: out of memory");
-  w->mode = MODE_SLEEP;
+  lua_pushliteral(L, "(retry back-off)");
+  pgwait *w = wait_new(L, MODE_SLEEP);
   if (yield)
     return eng_lua_async_yield(L, &query_op, ms, w, query_k, (lua_KContext)w);
   uv_loop_t *loop = eng_rt(L)->loop;
@@ -519,7 +547,7 @@ static int l_backoff(lua_State *L) {
   w->done = 0;
   uv_close((uv_handle_t *)&t, sync_timer_closed);
   run_loop_until(L, w);
-  free(w);
+  wait_free(w);
   return 0;
 }
 

@@ -81,117 +81,121 @@ static int health_answer(test_state *ts, const eng_http_request *req, eng_respon
   return 1;
 }
 
-/* The answer of a suspended in-process request: moved into the waiting t_request's response. */
-typedef struct waiting {
-  eng_response *resp;
-  int done;
-} waiting;
+/* One in-process request: its raw bytes, parser and answer, from start_request to push_answer. */
+typedef struct inreq {
+  eng_buf raw;
+  eng_http_parser hp;
+  eng_response resp;
+  char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
+  int head;     /* HEAD or a status without a body */
+  int done;     /* answered: 0 while suspended, else the order in which it was (1, 2, ...) */
+  int *counter; /* of the batch, for done */
+} inreq;
 
+/* The answer of a suspended in-process request: moved into its inreq's response. */
 static void request_done(void *ud, eng_response *resp, const char *request_id, const char *route) {
   (void)request_id;
   (void)route;
-  waiting *wt = ud;
-  eng_response tmp = *wt->resp;
-  *wt->resp = *resp;
+  inreq *q = ud;
+  eng_response tmp = q->resp;
+  q->resp = *resp;
   *resp = tmp; /* the pending request frees what was ours (empty) */
-  wt->done = 1;
+  q->done = ++*q->counter;
 }
 
-/* testing.request(method, target, headers, body [, peer]) -> status, headers, body, logged
- * (logged: what the engine logged at error level while answering, or nil) */
-static int t_request(lua_State *L) {
-  test_state *ts = TS(L);
-  const char *method = luaL_checkstring(L, 1);
-  const char *target = luaL_checkstring(L, 2);
-  size_t blen = 0;
-  const char *body = luaL_optlstring(L, 4, NULL, &blen);
-  const char *peer = luaL_optstring(L, 5, "127.0.0.1:0"); /* the client's "address:port" */
-  /* Headers are checked first, so nothing below raises while raw holds memory. */
-  int has_length = 0, has_host = 0;
-  if (lua_istable(L, 3)) {
-    lua_pushnil(L);
-    while (lua_next(L, 3)) {
-      if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
-        return luaL_error(L, "headers must map names to strings");
-      const char *k = lua_tostring(L, -2);
-      lua_pushvalue(L, -1);
-      const char *v = lua_tostring(L, -1);
-      if (strpbrk(k, "\r\n:") || strpbrk(v, "\r\n"))
-        return luaL_error(L, "header %s: CR, LF (and ':' in names) are not allowed", k);
-      if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "transfer-encoding") == 0)
-        has_length = 1;
-      if (strcasecmp(k, "host") == 0)
-        has_host = 1;
-      lua_pop(L, 2);
-    }
+/* Checks the headers table at idx (raises on a bad one; nothing is held yet). */
+static void check_headers(lua_State *L, int idx, int *has_length, int *has_host) {
+  *has_length = *has_host = 0;
+  if (!lua_istable(L, idx))
+    return;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+      luaL_error(L, "headers must map names to strings");
+    const char *k = lua_tostring(L, -2);
+    lua_pushvalue(L, -1);
+    const char *v = lua_tostring(L, -1);
+    if (strpbrk(k, "\r\n:") || strpbrk(v, "\r\n"))
+      luaL_error(L, "header %s: CR, LF (and ':' in names) are not allowed", k);
+    if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "transfer-encoding") == 0)
+      *has_length = 1;
+    if (strcasecmp(k, "host") == 0)
+      *has_host = 1;
+    lua_pop(L, 2);
   }
-  eng_buf rawb = {0};
-  eng_buf_appendf(&rawb, "%s %s HTTP/1.1\r\n%s", method, target, has_host ? "" : "Host: in-process\r\n");
-  if (lua_istable(L, 3)) {
+}
+
+/* Builds q's raw request from method, target, headers, body at base..base+3 (checked already)
+ * and parses it. 0, or -1 for an incomplete request (q is then freed). */
+static int build_request(test_state *ts, lua_State *L, int base, inreq *q) {
+  const char *method = lua_tostring(L, base), *target = lua_tostring(L, base + 1);
+  size_t blen = 0;
+  const char *body = lua_isstring(L, base + 3) ? lua_tolstring(L, base + 3, &blen) : NULL;
+  int has_length, has_host;
+  check_headers(L, base + 2, &has_length, &has_host);
+  eng_buf_appendf(&q->raw, "%s %s HTTP/1.1\r\n%s", method, target, has_host ? "" : "Host: in-process\r\n");
+  if (lua_istable(L, base + 2)) {
     lua_pushnil(L);
-    while (lua_next(L, 3)) {
+    while (lua_next(L, base + 2)) {
       lua_pushvalue(L, -1);
-      eng_buf_appendf(&rawb, "%s: %s\r\n", lua_tostring(L, -3), lua_tostring(L, -1));
+      eng_buf_appendf(&q->raw, "%s: %s\r\n", lua_tostring(L, -3), lua_tostring(L, -1));
       lua_pop(L, 2);
     }
   }
   if (!has_length &&
       (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0))
-    eng_buf_appendf(&rawb, "Content-Length: %zu\r\n", blen);
-  eng_buf_append(&rawb, "\r\n", 2);
+    eng_buf_appendf(&q->raw, "Content-Length: %zu\r\n", blen);
+  eng_buf_append(&q->raw, "\r\n", 2);
   if (body)
-    eng_buf_append(&rawb, body, blen);
-  size_t rawlen = rawb.len;
-  const char *raw = rawb.data;
+    eng_buf_append(&q->raw, body, blen);
+  eng_http_parser_init(&q->hp, &ts->limits);
+  eng_response_init(&q->resp);
+  q->head = strcmp(method, "HEAD") == 0;
+  return 0;
+}
 
-  eng_http_parser hp;
-  eng_http_parser_init(&hp, &ts->limits);
-  eng_response resp;
-  eng_response_init(&resp);
+static void free_request(inreq *q) {
+  eng_http_parser_free(&q->hp);
+  eng_response_free(&q->resp);
+  eng_buf_free(&q->raw);
+}
+
+/* Feeds q's bytes and starts answering it: 1 when its handler suspended (request_done answers
+ * it from the loop), 0 when answered, -1 when the request is incomplete. */
+static int start_request(test_state *ts, lua_State *L, inreq *q, const char *peer) {
   size_t used = 0;
-  int r = eng_http_parser_feed(&hp, raw, rawlen, &used);
-  char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
-  eng_http_request_id(r == ENG_HTTP_REQUEST || hp.req.nheaders ? &hp.req : NULL, rid);
-  /* What the engine logs at error level while it answers (a script's error and traceback)
-   * comes back with the answer, so a failing spec shows why. */
-  eng_buf logged = {0};
-  eng_log_capture(&logged);
+  int r = eng_http_parser_feed(&q->hp, q->raw.data, q->raw.len, &used);
+  eng_http_request_id(r == ENG_HTTP_REQUEST || q->hp.req.nheaders ? &q->hp.req : NULL, q->rid);
   if (r == ENG_HTTP_REQUEST) {
-    waiting wt = {.resp = &resp};
     eng_pending *p = NULL;
-    /* A handler that suspends (engine.time.sleep) is waited for here: the loop runs until it
-     * answers (its deadline bounds that), then once more to close the request's timers. */
-    if (!health_answer(ts, &hp.req, &resp) &&
-        eng_runtime_handle_async_in(ts->rt, L, &hp.req, peer, rid, &resp, request_done, &wt, &p)) {
-      while (!wt.done)
-        uv_run(&ts->loop, UV_RUN_ONCE);
-      uv_run(&ts->loop, UV_RUN_NOWAIT);
-    }
+    if (!health_answer(ts, &q->hp.req, &q->resp) &&
+        eng_runtime_handle_async_in(ts->rt, L, &q->hp.req, peer, q->rid, &q->resp, request_done, q, &p))
+      return 1;
   } else if (r == ENG_HTTP_ERROR) {
-    eng_runtime_error_in(ts->rt, L, hp.error_status, hp.error_code, hp.error_reason, rid, &resp);
+    eng_runtime_error_in(ts->rt, L, q->hp.error_status, q->hp.error_code, q->hp.error_reason, q->rid, &q->resp);
   } else {
-    eng_log_capture(NULL);
-    eng_buf_free(&logged);
-    eng_http_parser_free(&hp);
-    eng_response_free(&resp);
-    eng_buf_free(&rawb);
-    return luaL_error(L, "incomplete request");
+    return -1;
   }
-  eng_log_capture(NULL);
-  eng_buf_free(&rawb);
-  int head = strcmp(method, "HEAD") == 0 || !eng_http_status_has_body(resp.status);
-  lua_pushinteger(L, resp.status);
+  q->done = ++*q->counter;
+  return 0;
+}
+
+/* Pushes status, headers, body of q's answer. */
+static void push_answer(lua_State *L, inreq *q) {
+  eng_response *resp = &q->resp;
+  int head = q->head || !eng_http_status_has_body(resp->status);
+  lua_pushinteger(L, resp->status);
   lua_createtable(L, 0, 6);
-  lua_pushstring(L, resp.content_type[0] ? resp.content_type : "application/json");
+  lua_pushstring(L, resp->content_type[0] ? resp->content_type : "application/json");
   lua_setfield(L, -2, "content-type");
-  lua_pushstring(L, rid);
+  lua_pushstring(L, q->rid);
   lua_setfield(L, -2, "x-request-id");
-  if (eng_http_status_has_body(resp.status)) {
-    lua_pushinteger(L, (lua_Integer)resp.body.len);
+  if (eng_http_status_has_body(resp->status)) {
+    lua_pushinteger(L, (lua_Integer)resp->body.len);
     lua_setfield(L, -2, "content-length");
   }
   /* Extra headers: "Name: value\r\n" lines, names lowercased. */
-  const char *p = resp.headers.data, *end = p ? p + resp.headers.len : NULL;
+  const char *p = resp->headers.data, *end = p ? p + resp->headers.len : NULL;
   while (p && p < end) {
     const char *colon = memchr(p, ':', (size_t)(end - p));
     const char *eol = memchr(p, '\r', (size_t)(end - p));
@@ -199,8 +203,8 @@ static int t_request(lua_State *L) {
       break;
     luaL_Buffer nb;
     luaL_buffinit(L, &nb);
-    for (const char *q = p; q < colon; q++)
-      luaL_addchar(&nb, (char)((*q >= 'A' && *q <= 'Z') ? *q + 32 : *q));
+    for (const char *c = p; c < colon; c++)
+      luaL_addchar(&nb, (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c));
     luaL_pushresult(&nb);
     const char *v = colon + 1;
     while (v < eol && *v == ' ')
@@ -209,15 +213,124 @@ static int t_request(lua_State *L) {
     lua_rawset(L, -3);
     p = eol + 2;
   }
-  lua_pushlstring(L, head ? "" : (resp.body.data ? resp.body.data : ""), head ? 0 : resp.body.len);
+  lua_pushlstring(L, head ? "" : (resp->body.data ? resp->body.data : ""), head ? 0 : resp->body.len);
+}
+
+/* testing.request(method, target, headers, body [, peer]) -> status, headers, body, logged
+ * (logged: what the engine logged at error level while answering, or nil) */
+static int t_request(lua_State *L) {
+  test_state *ts = TS(L);
+  luaL_checkstring(L, 1);
+  luaL_checkstring(L, 2);
+  luaL_optstring(L, 4, NULL);
+  const char *peer = luaL_optstring(L, 5, "127.0.0.1:0"); /* the client's "address:port" */
+  int has_length, has_host;
+  check_headers(L, 3, &has_length, &has_host); /* first, so nothing below raises while memory is held */
+  int counter = 0;
+  inreq q = {.counter = &counter};
+  build_request(ts, L, 1, &q);
+  /* What the engine logs at error level while it answers (a script's error and traceback)
+   * comes back with the answer, so a failing spec shows why. */
+  eng_buf logged = {0};
+  eng_log_capture(&logged);
+  int r = start_request(ts, L, &q, peer);
+  /* A handler that suspends (engine.time.sleep, a PostgreSQL query) is waited for here: the
+   * loop runs until it answers (its deadline bounds that), then once more to close the
+   * request's timers. */
+  if (r == 1) {
+    while (!q.done)
+      uv_run(&ts->loop, UV_RUN_ONCE);
+    uv_run(&ts->loop, UV_RUN_NOWAIT);
+  }
+  eng_log_capture(NULL);
+  if (r < 0) {
+    eng_buf_free(&logged);
+    free_request(&q);
+    return luaL_error(L, "incomplete request");
+  }
+  push_answer(L, &q);
   if (logged.len > 0)
     lua_pushlstring(L, logged.data, logged.len);
   else
     lua_pushnil(L);
   eng_buf_free(&logged);
-  eng_http_parser_free(&hp);
-  eng_response_free(&resp);
+  free_request(&q);
   return 4;
+}
+
+#define REQUESTS_MAX 64
+
+/* testing.requests{ {method, target, headers, body [, peer]}, ... } -> { {status=, headers=,
+ * body=, order=}, ... }: starts every request before waiting for any, so handlers that suspend
+ * are in flight together on the one loop (order: 1 for the first answered). logged: what the
+ * engine logged at error level meanwhile, or nil (second result). */
+static int t_requests(lua_State *L) {
+  test_state *ts = TS(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Unsigned len = lua_rawlen(L, 1);
+  if (len < 1 || len > REQUESTS_MAX)
+    return luaL_argerror(L, 1, "1..64 requests");
+  size_t n = (size_t)len;
+  lua_settop(L, 1);
+  luaL_checkstack(L, (int)n * 5 + 8, "requests");
+  for (int i = 1; i <= (int)n; i++) { /* unpacked and checked first: nothing raises once memory is held */
+    if (lua_rawgeti(L, 1, i) != LUA_TTABLE)
+      return luaL_error(L, "request %d is not a table", i);
+    int t = lua_gettop(L);
+    for (int k = 1; k <= 5; k++)
+      lua_rawgeti(L, t, k);
+    lua_remove(L, t);
+    int base = lua_gettop(L) - 4;
+    if (!lua_isstring(L, base) || !lua_isstring(L, base + 1))
+      return luaL_error(L, "request %d: method and target expected", i);
+    int has_length, has_host;
+    check_headers(L, base + 2, &has_length, &has_host);
+  }
+  int counter = 0;
+  inreq *qs = calloc(n, sizeof *qs);
+  if (!qs)
+    return luaL_error(L, "out of memory");
+  for (int i = 0; i < (int)n; i++) {
+    qs[i].counter = &counter;
+    build_request(ts, L, 2 + i * 5, &qs[i]);
+  }
+  eng_buf logged = {0};
+  eng_log_capture(&logged);
+  int incomplete = 0;
+  for (int i = 0; i < (int)n; i++) {
+    const char *peer = lua_isstring(L, 2 + i * 5 + 4) ? lua_tostring(L, 2 + i * 5 + 4) : "127.0.0.1:0";
+    if (start_request(ts, L, &qs[i], peer) < 0) {
+      qs[i].done = ++counter;
+      incomplete = i + 1;
+    }
+  }
+  while (counter < (int)n)
+    uv_run(&ts->loop, UV_RUN_ONCE);
+  uv_run(&ts->loop, UV_RUN_NOWAIT);
+  eng_log_capture(NULL);
+  lua_settop(L, 1);
+  lua_createtable(L, (int)n, 0);
+  for (int i = 0; i < (int)n && !incomplete; i++) {
+    lua_createtable(L, 0, 4);
+    push_answer(L, &qs[i]);
+    lua_setfield(L, -4, "body");
+    lua_setfield(L, -3, "headers");
+    lua_setfield(L, -2, "status");
+    lua_pushinteger(L, qs[i].done);
+    lua_setfield(L, -2, "order");
+    lua_rawseti(L, -2, i + 1);
+  }
+  if (logged.len > 0)
+    lua_pushlstring(L, logged.data, logged.len);
+  else
+    lua_pushnil(L);
+  eng_buf_free(&logged);
+  for (int i = 0; i < (int)n; i++)
+    free_request(&qs[i]);
+  free(qs);
+  if (incomplete)
+    return luaL_error(L, "request %d is incomplete", incomplete);
+  return 2;
 }
 
 /* ---- PostgreSQL in place of SQLite ---- */
@@ -646,6 +759,7 @@ static int t_memory(lua_State *L) {
 
 static int open_testing(lua_State *L) {
   static const luaL_Reg fns[] = {{"request", t_request},
+                                 {"requests", t_requests},
                                  {"open_db", t_open_db},
                                  {"close_db", t_close_db},
                                  {"open_pg", t_open_pg},
@@ -785,7 +899,8 @@ static int setup_p(lua_State *L) {
 
 /* The shell's APIENGINE_* settings must not reach the specs: a spec states the settings it
  * runs with (spec.app{settings=}, spec.server{env=}), and APIENGINE_ADMIN_KEY=x ./dev test
- * used to fail the specs that create customers. Only the test command's own variables stay. */
+ * used to fail the specs that create customers. Only the test command's own variables stay
+ * (APIENGINE_TEST_DB: the PostgreSQL database testing.open_db uses in place of SQLite). */
 static void clean_environment(void) {
   static const char prefix[] = "APIENGINE_";
   char name[256];
@@ -798,7 +913,8 @@ static void clean_environment(void) {
     }
     memcpy(name, environ[i], n);
     name[n] = '\0';
-    if (strcmp(name, "APIENGINE_TEST_LOG") == 0 || strcmp(name, "APIENGINE_LOG_LEVEL") == 0) {
+    if (strcmp(name, "APIENGINE_TEST_LOG") == 0 || strcmp(name, "APIENGINE_LOG_LEVEL") == 0 ||
+        strcmp(name, "APIENGINE_TEST_DB") == 0) {
       i++;
       continue;
     }

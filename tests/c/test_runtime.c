@@ -297,6 +297,107 @@ static void test_an_abandoned_request_never_answers(void) {
   CHECK_INT(uv_loop_close(&loop), 0);
 }
 
+/* ---- an operation with a context and a continuation (what lua_db_pg.c's queries use) ---- */
+
+typedef struct ctx_wait {
+  int value;
+} ctx_wait;
+
+static int ctx_starts, ctx_stops, ctx_freed;
+
+static void ctx_over(uv_timer_t *t) { eng_pending_wake(t->data); }
+
+static int ctx_start(eng_pending *p, uv_loop_t *loop, lua_Integer ms, void *ctx) {
+  (void)loop;
+  ((ctx_wait *)ctx)->value = 42; /* what the wait "brings" */
+  ctx_starts++;
+  return uv_timer_start(eng_pending_timer(p), ctx_over, (uint64_t)ms, 0) == 0 ? 0 : ENG_EIO;
+}
+
+static void ctx_stop(eng_pending *p, void *ctx) {
+  uv_timer_stop(eng_pending_timer(p));
+  ctx_stops++;
+  ctx_freed++;
+  free(ctx);
+}
+
+static const eng_async_op ctx_op = {.name = "test.wait", .start = ctx_start, .stop = ctx_stop, .drop = NULL};
+
+/* The continuation: the wait's result becomes the C function's return value; frees the ctx. */
+static int ctx_k(lua_State *L, int status, lua_KContext k) {
+  (void)status;
+  ctx_wait *w = (ctx_wait *)k;
+  lua_pushinteger(L, w->value);
+  free(w);
+  ctx_freed++;
+  return 1;
+}
+
+static int ctx_wait_fn(lua_State *L) {
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  ctx_wait *w = calloc(1, sizeof *w);
+  return eng_lua_async_yield(L, &ctx_op, ms, w, ctx_k, (lua_KContext)w);
+}
+
+static int open_wait(lua_State *L) {
+  lua_pushcfunction(L, ctx_wait_fn);
+  return 1;
+}
+
+static const char *WAITER = "local route = require 'engine.route'\n"
+                            "local wait = require 'test.wait'\n"
+                            "route.get('/w/{ms}', function(req)\n"
+                            "  local v = wait(math.tointeger(tonumber(req.params.ms)))\n"
+                            "  return 200, { v = v }\n"
+                            "end)\n";
+
+static void test_a_wait_with_a_context_resumes_through_its_continuation(void) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/routes.lua", tmpdir);
+  FILE *f = fopen(path, "w");
+  fputs(WAITER, f);
+  fclose(f);
+  eng_runtime_options o = {.budget_ms = 1000, .memory_limit = (size_t)64 << 20};
+  eng_runtime *rt = NULL;
+  char *err = NULL;
+  CHECK_INT(eng_runtime_new(&rt, &o, &err), 0);
+  lua_State *L = eng_runtime_lua(rt);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open_wait);
+  lua_setfield(L, -2, "test.wait");
+  lua_pop(L, 1);
+  CHECK_INT(eng_runtime_load_scripts(rt, tmpdir, &err), 0);
+  uv_loop_t loop;
+  CHECK_INT(uv_loop_init(&loop), 0);
+  eng_runtime_set_loop(rt, &loop);
+  eng_response r;
+  eng_response_init(&r);
+  eng_http_parser hp;
+  answer a = {0};
+  eng_pending *p = NULL;
+  CHECK_INT(get_async(rt, &hp, "/w/5", &r, &a, &p), 1);
+  CHECK_INT(ctx_starts, 1);
+  CHECK_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  CHECK_INT(a.calls, 1);
+  CHECK_INT(a.status, 200);
+  CHECK(strcmp(a.body, "{\"v\":42}") == 0);
+  CHECK_INT(ctx_freed, 1); /* by the continuation */
+  CHECK_INT(ctx_stops, 0);
+  eng_http_parser_free(&hp);
+  /* abandoned: stop gets the context (and frees it); the continuation never runs */
+  a = (answer){0};
+  CHECK_INT(get_async(rt, &hp, "/w/5000", &r, &a, &p), 1);
+  eng_pending_abandon(p);
+  CHECK_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  CHECK_INT(a.calls, 0);
+  CHECK_INT(ctx_stops, 1);
+  CHECK_INT(ctx_freed, 2);
+  eng_http_parser_free(&hp);
+  eng_response_free(&r);
+  eng_runtime_free(rt);
+  CHECK_INT(uv_loop_close(&loop), 0);
+}
+
 static void test_state_too_small_to_build_is_a_start_up_error(void) {
   eng_runtime_options o = {.budget_ms = 1000, .memory_limit = 16 * 1024};
   eng_runtime *rt = NULL;
@@ -322,6 +423,7 @@ int main(void) {
   test_a_sleeping_handler_suspends_and_answers_through_done();
   test_free_waits_for_the_last_suspended_request();
   test_an_abandoned_request_never_answers();
+  test_a_wait_with_a_context_resumes_through_its_continuation();
   close(fd);
   unlink(log_path);
   nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);

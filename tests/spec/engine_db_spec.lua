@@ -31,7 +31,62 @@ end
 describe("engine.db", function()
   local app = spec.app { scripts = SCRIPTS, schema = SCHEMA }
 
-  it("binds and reads back every type, named and numbered parameters, and counts changes", function()
+  -- The same calls on both backends (portable SQL): with APIENGINE_TEST_DB set, spec.app's
+  -- database is that PostgreSQL one (engine_pgdb_spec.lua has what only PostgreSQL does).
+  it("behaves the same on SQLite and PostgreSQL: types, NULL, parameters, kinds, tx, exec_many", function()
+    local db = app.db
+    eq(db.backend(), require("engine.testing").backend(), 'backend')
+    db.exec('CREATE TABLE both_p (id INTEGER PRIMARY KEY, i BIGINT, f DOUBLE PRECISION, s TEXT NOT NULL, n TEXT,'
+      .. ' pos INTEGER CHECK (pos > 0), ref INTEGER REFERENCES both_p(id), u TEXT UNIQUE)')
+    eq(db.exec('INSERT INTO both_p (id, i, f, s, n) VALUES (?, ?, ?, ?, ?)', 1, math.maxinteger, 0.25, 'héllo', nil), 1,
+      'changes')
+    local r = db.one('SELECT id, i, f, s, n FROM both_p WHERE id = :id', {id = 1})
+    eq(r.id, 1, 'id'); eq(r.i, math.maxinteger, 'big'); eq(r.f, 0.25, 'float'); eq(r.s, 'héllo', 'text')
+    eq(r.n, null, 'NULL reads as json.null')
+    r = db.one('SELECT ? = 1 AS t, ? = 1 AS f', 1, 2)
+    eq(r.t, 1, 'true is 1'); eq(r.f, 0, 'false is 0')
+    local rows = db.query('SELECT id FROM both_p WHERE id > ?', 99)
+    eq(#rows, 0, 'no rows'); eq(require("engine.json").encode(rows), '[]', 'an empty array')
+    eq(db.one('SELECT id FROM both_p WHERE id > 99'), nil, 'one: none')
+    local kinds = {
+      {'INSERT INTO both_p (id, s) VALUES (1, ?)', 'primary_key'},
+      {'INSERT INTO both_p (id, s, u) VALUES (2, ?, NULL)', nil},
+      {'INSERT INTO both_p (id, s, u) VALUES (3, ?, \'a\')', nil},
+      {'INSERT INTO both_p (id, s, u) VALUES (4, ?, \'a\')', 'unique'},
+      {'INSERT INTO both_p (id, s, pos) VALUES (5, ?, 0)', 'check'},
+      {'INSERT INTO both_p (id, s, ref) VALUES (6, ?, 99)', 'foreign_key'},
+      {'INSERT INTO both_p (id, s) VALUES (7, NULL) -- ?', 'not_null'},
+    }
+    for _, k in ipairs(kinds) do
+      if k[1]:find('-- ?', 1, true) then
+        local e = fails(db.exec, (k[1]:gsub(' %-%- %?', '')))
+        eq(db.kind(e), k[2], k[1]); eq(db.is_error(e), true, k[1])
+      elseif k[2] then
+        local e = fails(db.exec, k[1], 'x')
+        eq(db.kind(e), k[2], k[1]); eq(e.sql, k[1], 'sql'); eq(e.message:sub(1, 4), 'db: ', 'message')
+      else
+        eq(db.exec(k[1], 'x'), 1, k[1])
+      end
+    end
+    -- tx: commit, rollback with the original error, a nested savepoint rolled back alone
+    eq(db.tx(function() db.exec('INSERT INTO both_p (id, s) VALUES (10, ?)', 'a'); return 'done' end), 'done', 'commit')
+    local e = fails(db.tx, function() db.exec('INSERT INTO both_p (id, s) VALUES (11, ?)', 'b'); error('mine', 0) end)
+    eq(e, 'mine', 'original error')
+    db.tx(function()
+      db.exec('INSERT INTO both_p (id, s) VALUES (12, ?)', 'c')
+      eq(pcall(db.tx, function() db.exec('INSERT INTO both_p (id, s) VALUES (13, ?)', 'd'); error('inner', 0) end), false,
+        'inner failed')
+    end)
+    local ids = {}
+    for _, row in ipairs(db.query('SELECT id FROM both_p WHERE id >= 10 ORDER BY id')) do ids[#ids + 1] = row.id end
+    eq(table.concat(ids, ','), '10,12', 'committed rows')
+    eq(db.exec_many('INSERT INTO both_p (id, s, n) VALUES (:id, :s, :n)', {{id = 20}, {id = 21, s = 'own'}}, {s = 'dflt'}),
+      2, 'exec_many')
+    eq(db.one('SELECT s FROM both_p WHERE id = 20').s, 'dflt', 'consts'); eq(db.one('SELECT n FROM both_p WHERE id = 21').n, null,
+      'missing: NULL')
+  end)
+
+  it("binds and reads back every type, named and numbered parameters, and counts changes #sqlite", function()
     local db = app.db
     db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, i INTEGER, f REAL, s TEXT, b BLOB, n TEXT)')
     local ch, id = db.exec('INSERT INTO t (i, f, s, b, n) VALUES (?, ?, ?, ?, ?)', 42, 1.5, 'hello', 'a\0b', nil)
@@ -74,7 +129,7 @@ describe("engine.db", function()
     ch = db.exec('DELETE FROM t WHERE id = 2'); eq(ch, 1, 'delete')
   end)
 
-  it("raises on bad arguments and bad SQL with exact messages and db error tables", function()
+  it("raises on bad arguments and bad SQL with exact messages and db error tables #sqlite", function()
     local db = app.db
     local e = fails(db.one, 'SELECT ?', {})
     eq(e, 'cannot bind a table (parameter 1)', 'table param')
@@ -104,7 +159,7 @@ describe("engine.db", function()
     eq(db.one('SELECT v FROM ov ORDER BY v').v, 1, 'one stops after a row')
   end)
 
-  it("names the kind and extended code of each constraint failure", function()
+  it("names the kind and extended code of each constraint failure #sqlite", function()
     local db = app.db
     db.exec('CREATE TABLE p (id INTEGER PRIMARY KEY, email TEXT UNIQUE, age INTEGER CHECK (age >= 0), '
       .. 'name TEXT NOT NULL)')
@@ -127,7 +182,7 @@ describe("engine.db", function()
     eq(db.one('SELECT count(*) AS n FROM p').n, 1, 'nothing inserted')
   end)
 
-  it("commits db.tx, rolls it back on any error and re-raises that error unchanged, nested too", function()
+  it("commits db.tx, rolls it back on any error and re-raises that error unchanged, nested too #sqlite", function()
     local db = app.db
     db.exec('CREATE TABLE x (v INTEGER)')
     local function values() local out = {}
@@ -170,7 +225,7 @@ describe("engine.db", function()
     local ok = co(); eq(ok, false, 'yield refused'); eq(values(), '1,10,12', 'yield rolled back')
   end)
 
-  it("gives fresh column names after the schema changes under a cached statement", function()
+  it("gives fresh column names after the schema changes under a cached statement #sqlite", function()
     local db = app.db
     db.exec('CREATE TABLE r (a INTEGER)'); db.exec('INSERT INTO r VALUES (1)')
     local q = 'SELECT * FROM r'
@@ -182,7 +237,7 @@ describe("engine.db", function()
     row = db.query(q)[1]; eq(row.b, 1, 'b'); eq(row.c, null, 'added column present as null')
   end)
 
-  it("runs exec_many once per row, named with consts or positional, and counts real changes", function()
+  it("runs exec_many once per row, named with consts or positional, and counts real changes #sqlite", function()
     local db = app.db
     db.exec('CREATE TABLE m (id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT NOT NULL)')
     -- named: each row's fields, then consts for what the row lacks; a missing one is NULL
