@@ -56,7 +56,8 @@ route.post("/v2/integrations/app", function(req)
   local plan = plans.of(customer)
   local id, secret = crypto.uuid4(), crypto.uuid4()
   local now = time.format(time.now())
-  -- Count and insert in one immediate transaction: two workers cannot both take the last slot.
+  -- Count and insert in one transaction (BEGIN IMMEDIATE on SQLite, SERIALIZABLE on PostgreSQL): two
+  -- workers, or two nodes, cannot both take the last slot.
   local created = db.tx(function()
     local n = db.one("SELECT count(*) AS n FROM apps WHERE customer_id = ?", customer.id).n
     if n >= plan.max_apps then return false end

@@ -47,7 +47,7 @@ route.post("/v2/integrations/app_setting", function(req)
 
   local max_n, max_bytes = caps()
   local now = time.format(time.now())
-  -- Check and write in one immediate transaction: no other worker adds settings in between.
+  -- Check and write in one transaction: no other worker or node adds settings in between.
   local refused = db.tx(function()
     local n, bytes, old = 0, 0, nil
     for _, row in ipairs(db.query("SELECT key, value FROM app_settings WHERE app_id = ?", app.id)) do

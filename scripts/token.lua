@@ -23,9 +23,9 @@
 --     nothing: a checked attempt is a guess, and the answer tells the attacker whether it hit.)
 -- Every 429 has Retry-After. Only the attempts that are checked cost the comparison, and only
 -- failures are counted.
--- Storage: for Ids that exist, the pair and Id counts and the trusted addresses are in SQLite
--- (token_failures, token_id_failures, token_trusted), checked and written in one immediate
--- transaction, so the lockout holds across workers and restarts. A failure on an unknown Id
+-- Storage: for Ids that exist, the pair and Id counts and the trusted addresses are in the
+-- database (token_failures, token_id_failures, token_trusted), checked and written in one
+-- transaction, so the lockout holds across workers, nodes and restarts. A failure on an unknown Id
 -- costs no write: the same rule runs on engine.limit's counters (lib/token_guard.lua), in the
 -- process's memory, shared by every worker and forgotten on restart.
 -- Settings: token_max_failures (5), token_failure_window_seconds (300), token_id_max_failures
@@ -84,8 +84,10 @@ route.post("/v2/integrations/token", function(req)
   local function verify() return auth.check_verifier(secret, verifier or NO_VERIFIER) and verifier ~= nil end
   local outcome
   if verifier then
-    -- One immediate transaction: check, verify, count. Workers queue on the write lock, so no
-    -- two of them can both slip past a limit.
+    -- One transaction: check, verify, count. On SQLite workers queue on the write lock; on
+    -- PostgreSQL (SERIALIZABLE) a concurrent count makes one of them run again. Either way no two
+    -- attempts both slip past a limit. attempt() touches nothing but the database, so a re-run
+    -- is safe.
     outcome, wait = db.tx(function()
       return token_guard.attempt(token_guard.durable, key, addr, time.now(), limits, verify)
     end)

@@ -52,7 +52,9 @@ route.post(PATH, function(req)
   local plan = plans.of(customer)
   local now = time.format(time.now())
   local secrets = {}
-  -- Check and insert in one immediate transaction: no other worker can add users in between.
+  -- Check and insert in one transaction: no other worker or node can add users in between. On
+  -- PostgreSQL db.tx may run this function again (serialization failure), so it leaves `batch`
+  -- as it found it and writes each row from a fresh table.
   local outcome, detail = db.tx(function()
     for i, f in ipairs(batch) do
       if users.find(app.id, f.app_user_id) then
@@ -67,17 +69,19 @@ route.post(PATH, function(req)
     for i, f in ipairs(batch) do
       local secret = crypto.uuid4()
       secrets[i] = secret
-      f.app_id = app.id
-      f.exotel_user_id = crypto.uuid4()
-      f.phone_device_id = crypto.uuid4()
-      f.sip_device_id = crypto.uuid4()
-      f.active_device_id = f.sip_device_id
-      f.phone_enabled = f.agent_number and 1 or 0
-      f.agent_number = f.agent_number or json.null
-      f.sip_id = users.new_sip_id(f.exotel_user_name)
-      f.sip_secret_sealed = users.seal(app.id, f.app_user_id, secret)
-      f.now = now
-      db.exec(INSERT, f)
+      local row = {}
+      for k, val in pairs(f) do row[k] = val end
+      row.app_id = app.id
+      row.exotel_user_id = crypto.uuid4()
+      row.phone_device_id = crypto.uuid4()
+      row.sip_device_id = crypto.uuid4()
+      row.active_device_id = row.sip_device_id
+      row.phone_enabled = f.agent_number and 1 or 0
+      row.agent_number = f.agent_number or json.null
+      row.sip_id = users.new_sip_id(f.exotel_user_name)
+      row.sip_secret_sealed = users.seal(app.id, f.app_user_id, secret)
+      row.now = now
+      db.exec(INSERT, row)
     end
     return "ok"
   end)
@@ -149,23 +153,27 @@ route.put(PATH, function(req)
 
   local secret = crypto.uuid4()
   local now = time.format(time.now())
+  -- On PostgreSQL db.tx may run this function again (serialization failure): it works on a
+  -- copy of `changes`, so a second run starts from the request's changes, not the first run's.
   local outcome, detail = db.tx(function()
     local row = users.find(app.id, id)
     if not row then return "missing" end
+    local cols = {}
+    for k, val in pairs(changes) do cols[k] = val end
     -- AgentNumber decides the phone device: a new number enables it (not active), as on
     -- creation; removing it disables it, which the device rule forbids for the last device.
     local had = row.agent_number ~= json.null
-    if changes.agent_number == json.null and had and row.phone_enabled == 1 then
+    if cols.agent_number == json.null and had and row.phone_enabled == 1 then
       local d, e = users.set_device(row, "phone", false)
       if not d then return "bad", "AgentNumber cannot be removed: " .. e:gsub("^DeviceStatus: ", "") end
-      for k, val in pairs(d) do changes[k] = val end
-    elseif changes.agent_number and changes.agent_number ~= json.null and not had then
-      changes.phone_enabled = 1
+      for k, val in pairs(d) do cols[k] = val end
+    elseif cols.agent_number and cols.agent_number ~= json.null and not had then
+      cols.phone_enabled = 1
     end
-    changes.sip_secret_sealed = users.seal(app.id, id, secret)
-    changes.updated_at = now
+    cols.sip_secret_sealed = users.seal(app.id, id, secret)
+    cols.updated_at = now
     local sets, params = {}, { seq = row.seq }
-    for column, val in pairs(changes) do
+    for column, val in pairs(cols) do
       sets[#sets + 1] = column .. " = :" .. column
       params[column] = val
     end

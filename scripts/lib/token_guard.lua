@@ -7,8 +7,10 @@
 --     -> "ok" | "failed" | "locked", seconds | "throttled", seconds
 --        verify() is called only when the rule lets the attempt be checked.
 -- Two stores hold the (Id, address) and Id counters with the same rule:
---   token_guard.durable   SQLite (0006), for Ids that exist: call attempt inside db.tx, so the
---                         check, the verification and the count are one step on every worker.
+--   token_guard.durable   the database (0006), for Ids that exist: call attempt inside db.tx, so
+--                         the check, the verification and the count are one step on every worker
+--                         and node. It has no effect outside the database (db.tx may run it again
+--                         on PostgreSQL).
 --   token_guard.shared    engine.limit's fixed-window counters, for unknown Ids: in the
 --                         process's memory, shared by every worker, no write, forgotten on
 --                         restart. The address counts live there too.
@@ -69,7 +71,7 @@ function M.attempt(store, key, addr, now, limits, verify)
   return "failed"
 end
 
--- SQLite, for Ids that exist. key is the hex SHA-256 of the Id.
+-- The database, for Ids that exist. key is the hex SHA-256 of the Id.
 local durable = {}
 M.durable = durable
 

@@ -224,44 +224,65 @@ function M.check_record(r)
 end
 
 -- Idempotency (schema/0007_callsid_unique.sql): the unique index calls(customer_id, call_sid)
--- keeps the first record of a CallSid per customer, whoever writes; the insert skips the others.
--- The batch's own repeats are dropped here first (the first one wins), so the index only meets
--- CallSids stored before.
+-- keeps the first record of a CallSid per customer, whoever writes; the insert skips the others,
+-- and the rollups count only the rows it stored. The batch's own repeats are dropped first (the
+-- first one wins), so the index only meets CallSids stored before. Which rows were stored:
+--   PostgreSQL: RETURNING says, which stays exact however many nodes insert the same CallSids
+--     at once. One statement inserts up to 64 rows (multi-row VALUES), one round trip per chunk
+--     instead of one per record; a batch is cut into chunks of the sizes in CHUNKS, largest
+--     first, so only #CHUNKS distinct statement texts are ever prepared.
+--   SQLite: exec_many (one prepared statement, one bind loop), and when it skipped some, the rows
+--     above the last seq before it. Exact because store runs under BEGIN IMMEDIATE (no other
+--     writer) and seq is AUTOINCREMENT. The RETURNING path gives the same answer on SQLite but
+--     cost about 12 ms more CPU per batch of 1,000 (an in-process micro-run, 2026-12-02), which
+--     ingestion (README Benchmarks) cannot spare.
 local INSERT_CALL = [[
   INSERT INTO calls (customer_id, call_sid, app_id, app_user_id, direction, channel, start_ms, duration_s, created_at)
   VALUES (:customer_id, :sid, :app_id, :user, :direction, :channel, :start_ms, :duration, :created_at)
   ON CONFLICT (customer_id, call_sid) DO NOTHING]]
--- When the insert skipped some, which rows it stored: those after the last seq before it. Exact
--- because store runs in a write transaction (BEGIN IMMEDIATE: no other writer) and nothing else
--- in it inserts calls; seq is AUTOINCREMENT, so the new rows are the ones above it. (Where writers
--- run concurrently, as on PostgreSQL, INSERT ... RETURNING must answer this instead.) The common
--- case, no duplicate, costs one max(seq) lookup.
 local LAST_SEQ = "SELECT coalesce(max(seq), 0) AS seq FROM calls"
 local STORED_SINCE = "SELECT call_sid FROM calls WHERE seq > ? AND customer_id = ?"
+local CALL_COLUMNS = 9
+local CHUNKS = { 64, 16, 4, 1 }
+local INSERT_CALLS = {} -- rows per statement -> SQL text
+for _, n in ipairs(CHUNKS) do
+  INSERT_CALLS[n] = "INSERT INTO calls (customer_id, call_sid, app_id, app_user_id, direction, channel, start_ms, "
+    .. "duration_s, created_at) VALUES "
+    .. string.rep("(?, ?, ?, ?, ?, ?, ?, ?, ?)", n, ", ")
+    .. " ON CONFLICT (customer_id, call_sid) DO NOTHING RETURNING call_sid"
+end
 local UPSERT_DAY = [[
   INSERT INTO usage_days (customer_id, day, calls, minutes, inbound, outbound, sip, pstn)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-  ON CONFLICT (customer_id, day) DO UPDATE SET calls = calls + excluded.calls,
-    minutes = minutes + excluded.minutes, inbound = inbound + excluded.inbound,
-    outbound = outbound + excluded.outbound, sip = sip + excluded.sip, pstn = pstn + excluded.pstn]]
+  ON CONFLICT (customer_id, day) DO UPDATE SET calls = usage_days.calls + excluded.calls,
+    minutes = usage_days.minutes + excluded.minutes, inbound = usage_days.inbound + excluded.inbound,
+    outbound = usage_days.outbound + excluded.outbound, sip = usage_days.sip + excluded.sip,
+    pstn = usage_days.pstn + excluded.pstn]]
 local UPSERT_HOUR = [[
   INSERT INTO usage_hours (customer_id, hour, calls, minutes, inbound, outbound, sip, pstn)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-  ON CONFLICT (customer_id, hour) DO UPDATE SET calls = calls + excluded.calls,
-    minutes = minutes + excluded.minutes, inbound = inbound + excluded.inbound,
-    outbound = outbound + excluded.outbound, sip = sip + excluded.sip, pstn = pstn + excluded.pstn]]
+  ON CONFLICT (customer_id, hour) DO UPDATE SET calls = usage_hours.calls + excluded.calls,
+    minutes = usage_hours.minutes + excluded.minutes, inbound = usage_hours.inbound + excluded.inbound,
+    outbound = usage_hours.outbound + excluded.outbound, sip = usage_hours.sip + excluded.sip,
+    pstn = usage_hours.pstn + excluded.pstn]]
 local APP_DAY = [[INSERT INTO usage_app_days (customer_id, day, app_id, hours) VALUES (?, ?, ?, ?)
-                  ON CONFLICT DO UPDATE SET hours = hours | excluded.hours]]
+                  ON CONFLICT (customer_id, day, app_id)
+                    DO UPDATE SET hours = usage_app_days.hours | excluded.hours]]
 local USER_DAY = [[INSERT INTO usage_user_days (customer_id, day, app_id, app_user_id, hours) VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT DO UPDATE SET hours = hours | excluded.hours]]
+                   ON CONFLICT (customer_id, day, app_id, app_user_id)
+                     DO UPDATE SET hours = usage_user_days.hours | excluded.hours]]
 local APP_MONTH = [[INSERT INTO usage_app_months (customer_id, month, app_id, days) VALUES (?, ?, ?, ?)
-                    ON CONFLICT DO UPDATE SET days = days | excluded.days]]
+                    ON CONFLICT (customer_id, month, app_id)
+                      DO UPDATE SET days = usage_app_months.days | excluded.days]]
 local USER_MONTH = [[INSERT INTO usage_user_months (customer_id, month, app_id, app_user_id, days) VALUES (?, ?, ?, ?, ?)
-                     ON CONFLICT DO UPDATE SET days = days | excluded.days]]
+                     ON CONFLICT (customer_id, month, app_id, app_user_id)
+                       DO UPDATE SET days = usage_user_months.days | excluded.days]]
 local APP_YEAR = [[INSERT INTO usage_app_years (customer_id, year, app_id, months) VALUES (?, ?, ?, ?)
-                   ON CONFLICT DO UPDATE SET months = months | excluded.months]]
+                   ON CONFLICT (customer_id, year, app_id)
+                     DO UPDATE SET months = usage_app_years.months | excluded.months]]
 local USER_YEAR = [[INSERT INTO usage_user_years (customer_id, year, app_id, app_user_id, months) VALUES (?, ?, ?, ?, ?)
-                    ON CONFLICT DO UPDATE SET months = months | excluded.months]]
+                    ON CONFLICT (customer_id, year, app_id, app_user_id)
+                      DO UPDATE SET months = usage_user_years.months | excluded.months]]
 
 -- The records of one batch without its repeated CallSids (the first one wins).
 local function first_of_each(records)
@@ -276,17 +297,49 @@ local function first_of_each(records)
   return rows
 end
 
+-- PostgreSQL's insert (above): call_sid -> true for the rows stored, or nil when all were.
+local function insert_returning(customer_id, app_id, rows, created_at)
+  local stored, nstored = {}, 0
+  local i, params = 1, {}
+  for _, n in ipairs(CHUNKS) do
+    while #rows - i + 1 >= n do
+      local k = 0
+      for j = i, i + n - 1 do
+        local r = rows[j]
+        params[k + 1], params[k + 2], params[k + 3], params[k + 4], params[k + 5] =
+          customer_id, r.sid, app_id, r.user, r.direction
+        params[k + 6], params[k + 7], params[k + 8], params[k + 9] = r.channel, r.start_ms, r.duration, created_at
+        k = k + CALL_COLUMNS
+      end
+      local got = db.query(INSERT_CALLS[n], table.unpack(params, 1, k))
+      for j = 1, #got do stored[got[j].call_sid] = true end
+      nstored = nstored + #got
+      i = i + n
+    end
+  end
+  if nstored == #rows then return nil end
+  return stored
+end
+
 -- Inserts the records of one app (the first record of a CallSid wins, across batches too) and
 -- adds the ones actually inserted to the rollups. Must run inside db.tx. Returns how many were
 -- new. The rollups are aggregated here first, so a batch writes one row per hour and per day it
 -- touches and one per (day, user), (month, user) and (year, user), not one per record.
 function M.store(customer_id, app_id, records, created_at)
   local rows = first_of_each(records)
-  local before = db.one(LAST_SEQ).seq
-  local inserted = db.exec_many(INSERT_CALL, rows, { customer_id = customer_id, app_id = app_id, created_at = created_at })
-  if inserted < #rows then
-    local stored = {}
-    for _, row in ipairs(db.query(STORED_SINCE, before, customer_id)) do stored[row.call_sid] = true end
+  local stored -- call_sid -> true for the rows inserted, or nil when all of them were
+  if (db.backend and db.backend() or "sqlite") == "postgresql" then
+    stored = insert_returning(customer_id, app_id, rows, created_at)
+  else
+    local before = db.one(LAST_SEQ).seq
+    local inserted = db.exec_many(INSERT_CALL, rows, { customer_id = customer_id, app_id = app_id,
+                                                       created_at = created_at })
+    if inserted < #rows then
+      stored = {}
+      for _, row in ipairs(db.query(STORED_SINCE, before, customer_id)) do stored[row.call_sid] = true end
+    end
+  end
+  if stored then
     local kept = {}
     for i = 1, #rows do
       if stored[rows[i].sid] then kept[#kept + 1] = rows[i] end
@@ -413,7 +466,7 @@ local TOTALS = [[
        UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day = :hd1 AND hours & :hm1 != 0
        UNION SELECT app_id FROM usage_app_days WHERE customer_id = :c AND day = :hd2 AND hours & :hm2 != 0
        UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1
-       UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3)) AS apps,
+       UNION SELECT app_id FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3) AS a) AS apps,
     (SELECT count(*) FROM (
        SELECT app_id, app_user_id FROM usage_user_years WHERE customer_id = :c AND year BETWEEN :y0 AND :y1
           AND months & (CASE year WHEN :y0 THEN :ym0 WHEN :y1 THEN :ym1 ELSE 4095 END) != 0
@@ -428,7 +481,7 @@ local TOTALS = [[
        UNION SELECT app_id, app_user_id FROM calls
              WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1 AND app_user_id IS NOT NULL
        UNION SELECT app_id, app_user_id FROM calls
-             WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3 AND app_user_id IS NOT NULL)) AS users
+             WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3 AND app_user_id IS NOT NULL) AS u) AS users
   FROM (
     SELECT calls, minutes, inbound, outbound, sip, pstn FROM usage_days
      WHERE customer_id = :c AND day >= :d0 AND day < :d1
@@ -439,13 +492,15 @@ local TOTALS = [[
     SELECT calls, minutes, inbound, outbound, sip, pstn FROM usage_hours
      WHERE customer_id = :c AND hour >= :h2 AND hour < :h3
     UNION ALL
-    SELECT count(*), sum((duration_s + 59) / 60), sum(direction = 'inbound'), sum(direction = 'outbound'),
-           sum(channel = 'sip'), sum(channel = 'pstn')
+    SELECT count(*), sum((duration_s + 59) / 60), count(*) FILTER (WHERE direction = 'inbound'),
+           count(*) FILTER (WHERE direction = 'outbound'), count(*) FILTER (WHERE channel = 'sip'),
+           count(*) FILTER (WHERE channel = 'pstn')
       FROM calls WHERE customer_id = :c AND start_ms >= :r0 AND start_ms < :r1
     UNION ALL
-    SELECT count(*), sum((duration_s + 59) / 60), sum(direction = 'inbound'), sum(direction = 'outbound'),
-           sum(channel = 'sip'), sum(channel = 'pstn')
-      FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3)]]
+    SELECT count(*), sum((duration_s + 59) / 60), count(*) FILTER (WHERE direction = 'inbound'),
+           count(*) FILTER (WHERE direction = 'outbound'), count(*) FILTER (WHERE channel = 'sip'),
+           count(*) FILTER (WHERE channel = 'pstn')
+      FROM calls WHERE customer_id = :c AND start_ms >= :r2 AND start_ms < :r3) AS t]]
 
 -- Usage of one customer for the inclusive period [start_ms, end_ms] (whole seconds).
 function M.totals(customer_id, start_ms, end_ms)

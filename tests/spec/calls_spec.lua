@@ -291,7 +291,7 @@ describe("POST /v2/integrations/calls", function()
 end)
 
 -- schema/0007_callsid_unique.sql on a database made before it.
-describe("migration 0007_callsid_unique.sql", function()
+describe("migration 0007_callsid_unique.sql (an SQLite database made before it) #sqlite", function()
   local testing = require "engine.testing"
   local dir
   setup(function()

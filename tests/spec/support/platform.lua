@@ -4,6 +4,7 @@
 --   local c = P.customer(app)              -- {id, secret, token, data}: created, token issued
 --   local a = P.app(app, c.token)          -- {id, secret, token, data}
 --   P.auth(token) -> headers table; P.ok(res) / P.failed(res, status) assert envelopes
+--   local writes = P.write_counter(app)    -- in a lazy_setup after spec.app; writes() -> rows written so far
 local assert = require "luassert"
 local M = {}
 
@@ -105,6 +106,28 @@ end
 
 function M.count(app, sql, ...)
   return app.db.one("SELECT count(*) AS n FROM " .. sql, ...).n
+end
+
+-- A function that answers how many rows have been written to the app's database so far, for
+-- "this costs no write" checks. SQLite: total_changes() of the connection the in-process handlers
+-- share with the spec. PostgreSQL, where each pooled connection keeps its own count: a row trigger
+-- on every table bumps a sequence (sequences ignore rollback, as total_changes() does). Call it in
+-- a lazy_setup registered after spec.app (the database it instruments is the one spec.app made).
+function M.write_counter(app)
+  local db = app.db
+  if not (db.backend and db.backend() == "postgresql") then
+    return function() return db.one("SELECT total_changes() AS n").n end
+  end
+  db.exec("CREATE SEQUENCE spec_writes")
+  db.exec([[CREATE FUNCTION spec_count_write() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM nextval('spec_writes'); RETURN NULL; END $$]])
+  local tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+  assert.is_true(#tables > 0)
+  for _, t in ipairs(tables) do
+    db.exec(string.format([[CREATE TRIGGER spec_count_write AFTER INSERT OR UPDATE OR DELETE ON "%s"
+                            FOR EACH ROW EXECUTE FUNCTION spec_count_write()]], t.tablename))
+  end
+  return function() return db.one("SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM spec_writes").n end
 end
 
 return M
