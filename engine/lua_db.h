@@ -38,6 +38,10 @@ void eng_lua_db_attach_pg(lua_State *L, eng_pg *pg);
 eng_pg *eng_lua_db_pg(lua_State *L);
 /* 1 when the running thread of L is inside db.tx on PostgreSQL. Never raises. */
 int eng_lua_db_pg_in_tx(lua_State *L);
+/* After a script call: gives back the connection of a db.tx whose thread died inside it (a blown
+ * budget stops the code that would have; the thread's to-be-closed variables are not run then).
+ * Never raises. */
+void eng_lua_db_pg_after_call(lua_State *L);
 /* The engine.db functions on the pool (lua_db.c dispatches to them; same stack contract). */
 int eng_lua_pg_query(lua_State *L, eng_pg *pg);
 int eng_lua_pg_one(lua_State *L, eng_pg *pg);

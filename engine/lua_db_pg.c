@@ -56,7 +56,8 @@ typedef struct pgwait {
   int mode;
   int done;
   eng_pg_req *req;      /* in flight, or NULL */
-  eng_pg_result *res;   /* kept once the callback fired */
+  eng_pg_result *res;   /* the callback's result: kept (ours to free) unless borrowed */
+  int borrowed;         /* res is the pool's: the continuation runs inside the callback, which frees it */
   pgbox *box;           /* MODE_ACQUIRE: where the held connection goes (anchored on the waiter's stack) */
   eng_pending *p;       /* the suspended request to wake, or NULL (synchronous) */
   lua_State *main;      /* the state's main thread, for the registry refs */
@@ -110,25 +111,31 @@ static pgwait *wait_new(lua_State *L, int mode) {
 }
 
 static void wait_free(pgwait *w) {
-  if (w->res)
+  if (w->res && !w->borrowed)
     eng_pg_result_free(w->res);
   luaL_unref(w->main, LUA_REGISTRYINDEX, w->sql_ref); /* does not allocate */
   luaL_unref(w->main, LUA_REGISTRYINDEX, w->box_ref);
   free(w);
 }
 
+/* The pool's callback. A suspended handler is resumed right here (its continuation reads res
+ * while the pool still owns it); a synchronous waiter reads it after the callback has returned,
+ * so it keeps it. */
 static void on_done(eng_pg_result *res, eng_pg_conn *conn, void *data) {
   pgwait *w = data;
   w->req = NULL;
   w->done = 1;
-  eng_pg_result_keep(res);
   w->res = res;
   if (w->mode == MODE_ACQUIRE && conn)
     w->box->conn = conn; /* the box (on the waiter's stack) owns it from here on */
   eng_pending *p = w->p;
   w->p = NULL;
-  if (p)
+  if (p) {
+    w->borrowed = 1;
     eng_pending_wake(p); /* runs the continuation, which frees w: do not touch w after this */
+  } else {
+    eng_pg_result_keep(res);
+  }
 }
 
 static void backoff_over(uv_timer_t *t) { eng_pending_wake(t->data); }
@@ -305,11 +312,11 @@ static int convert_p(lua_State *L) {
 /* Turns the finished wait w into the caller's results (or raises its error); frees w. */
 static int finish(lua_State *L, pgwait *w) {
   eng_pg_result *res = w->res;
-  int mode = w->mode;
+  int mode = w->mode, borrowed = w->borrowed;
   w->res = NULL;
   if (!lua_checkstack(L, 6)) {
     wait_free(w);
-    if (res)
+    if (res && !borrowed)
       eng_pg_result_free(res);
     return luaL_error(L, "db: out of memory");
   }
@@ -328,7 +335,8 @@ static int finish(lua_State *L, pgwait *w) {
   lua_pushvalue(L, sql);
   int st = lua_pcall(L, 2, LUA_MULTRET, 0);
   eng_pg_kind kind = eng_pg_result_kind(res);
-  eng_pg_result_free(res);
+  if (!borrowed)
+    eng_pg_result_free(res);
   if (st != LUA_OK)
     return lua_error(L);
   if (c.failed) {
@@ -484,6 +492,28 @@ static void box_release(lua_State *L, pgbox *b) {
 static int box_close(lua_State *L) {
   box_release(L, luaL_checkudata(L, 1, BOX_MT));
   return 0;
+}
+
+void eng_lua_db_pg_after_call(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  int held = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, held)) {
+    lua_State *th = lua_tothread(L, -2);
+    pgbox *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (th && lua_status(th) != LUA_OK && lua_status(th) != LUA_YIELD) { /* died inside db.tx */
+      if (b)
+        box_release(L, b);
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, held); /* clearing an existing field: allowed during lua_next, no allocation */
+    }
+  }
+  lua_pop(L, 1);
 }
 
 /* _acquire() -> box holding a connection of its own (waits like a statement). */

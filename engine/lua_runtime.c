@@ -486,8 +486,11 @@ static const char *take_body(lua_State *L, int idx, eng_response *resp) {
   return NULL;
 }
 
-/* After any script call: statements reset, no transaction left open. */
+/* After any script call: statements reset, no transaction left open (on PostgreSQL: no
+ * connection held by a db.tx whose thread died). */
 static void after_call(eng_runtime *rt) {
+  if (rt->pg)
+    eng_lua_db_pg_after_call(rt->L);
   if (rt->db && eng_db_after_request(rt->db) == 1)
     eng_log(ENG_LOG_WARN, "request %s: handler left a transaction open: rolled back",
             rt->request_id ? rt->request_id : "-");

@@ -33,7 +33,7 @@ local function read(c)
   return nil
 end
 
-describe("POST /v2/integrations/calls on a real server", function()
+describe("POST /v2/integrations/calls on a real server #sqlite", function()
   local dir = testing.mkdtemp()
   local opts = { scripts = "scripts", schema = "schema", workers = 2, manual = true, db = dir .. "/usage.db" }
   local srv = spec.server(opts)

@@ -78,7 +78,7 @@ local function made_db()
   return dir, db, args, { unprivileged = true, exe = dir .. "/bin/apiengine" }
 end
 
-describe("a database the server cannot write", function()
+describe("a database the server cannot write #sqlite", function()
   it("is refused at start-up when its directory is not writable, naming the directory and why", function()
     local dir, db, args, as = made_db()
     if not ROOT then sh("chmod 0555 " .. dir .. "/data") end
@@ -135,7 +135,7 @@ route.get("/test/customers", function()
 end)
 ]]
 
-describe("a write the database cannot store at run time", function()
+describe("a write the database cannot store at run time #sqlite", function()
   it("answers 503 with Retry-After and one log line naming the cause; reads and the server go on", function()
     local dir = proc.tmpdir()
     sh("mkdir " .. dir .. "/overlay")
@@ -188,7 +188,7 @@ describe("a write the database cannot store at run time", function()
   end)
 end)
 
-describe("a connection that refuses writes (SQLITE_READONLY at run time)", function()
+describe("a connection that refuses writes (SQLITE_READONLY at run time) #sqlite", function()
   it("answers 503 with Retry-After, and db.kind says 'unavailable' to a script that catches it", function()
     local dir = proc.tmpdir()
     sh("mkdir " .. dir .. "/overlay")

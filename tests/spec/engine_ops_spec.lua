@@ -650,7 +650,7 @@ local function mode_of(path)
   return m
 end
 
-describe("apiengine backup", function()
+describe("apiengine backup #sqlite", function()
   local P = "/v2/integrations"
   local function default_args(dir)
     return { "--scripts", "scripts", "--schema", "schema", "--db", dir .. "/db.sqlite", "--workers", "2" }

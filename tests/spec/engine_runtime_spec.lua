@@ -151,7 +151,7 @@ describe("engine runtime (in-process)", function()
     assert.equal(200, app.request("GET", "/hello").status)
   end)
 
-  it("rolls back a transaction a failing handler opened", function()
+  it("rolls back a transaction a failing handler opened #sqlite", function()
     local res = app.request("POST", "/items/fail-in-tx")
     assert.equal(500, res.status)
     assert.is_nil(app.db.one("SELECT * FROM items WHERE name = 'in-tx'"))
@@ -160,7 +160,7 @@ describe("engine runtime (in-process)", function()
     assert.is_nil(app.db.one("SELECT * FROM items WHERE name = 'left-open'"))
   end)
 
-  it("reads and writes SQLite through engine.db, constraint errors included", function()
+  it("reads and writes SQLite through engine.db, constraint errors included #sqlite", function()
     local res = app.request("POST", "/items", { json = { name = "pen", note = json.null } })
     assert.equal(201, res.status)
     local id = res.json.id
