@@ -63,9 +63,10 @@ static int inspect_db(const eng_config *cfg, eng_db_state *st, char **err) {
   return eng_db_inspect(cfg->db_path, cfg->schema_dir, st, err);
 }
 
-/* The server key's file: --key-file, else <db>.key next to a SQLite file; "" on PostgreSQL
- * without --key-file (the key must then be configured). ENG_ETOOBIG when it does not fit. */
-static int key_path(const eng_config *cfg, char *out) {
+/* The server key's file (serve, check, rekey, backup): --key-file, else <db>.key next to a SQLite
+ * file; "" on PostgreSQL without --key-file (the key must then be configured). ENG_ETOOBIG when it
+ * does not fit. */
+static int key_file_path(const eng_config *cfg, char *out) {
   if (cfg->key_file)
     return snprintf(out, OPS_PATH_MAX, "%s", cfg->key_file) < OPS_PATH_MAX ? 0 : ENG_ETOOBIG;
   if (eng_config_db_is_pg(cfg->db_path)) {
@@ -485,7 +486,7 @@ static int keys_without_creating(const eng_config *cfg, const eng_db_state *st, 
   char *e = NULL;
   int pg = eng_config_db_is_pg(cfg->db_path);
   *have = 0;
-  if (key_path(cfg, path) != 0)
+  if (key_file_path(cfg, path) != 0)
     return eng_errorf(err, ENG_ETOOBIG, "key file path too long: %s", cfg->key_file ? cfg->key_file : cfg->db_path);
   int configured = cfg->key && cfg->key[0];
   int rc = !configured && path[0] == '\0' ? ENG_ENOTFOUND : eng_keys_load(cfg->key, path, 0, src, &e);
@@ -537,7 +538,7 @@ static int fingerprint_check(const eng_config *cfg, const eng_db_state *st, eng_
   if (st->fingerprint == NULL || eng_keys_fingerprint(fp) != 0 || k >= 0)
     return 0;
   char path[OPS_PATH_MAX];
-  if (key_path(cfg, path) != 0)
+  if (key_file_path(cfg, path) != 0)
     path[0] = '\0';
   if (src == ENG_KEY_CONFIGURED && eng_config_db_is_pg(cfg->db_path))
     return eng_errorf(err, ENG_ECONFIG,
@@ -762,7 +763,7 @@ int eng_ops_serve(const eng_config *cfg, int argc, char **argv, int first) {
   /* The scripts load: from here on the start writes. */
   if (!have_key) {
     char path[OPS_PATH_MAX];
-    (void)key_path(cfg, path); /* fits: checked by keys_without_creating, which refused PostgreSQL here */
+    (void)key_file_path(cfg, path); /* fits: checked by keys_without_creating, which refused PostgreSQL here */
     eng_keys_clear();
     if ((rc = eng_keys_load(cfg->key, path, 1, &src, &err)) != 0)
       goto fail;
@@ -900,7 +901,7 @@ int eng_ops_check(const eng_config *cfg) {
   if (have_key && (rc = fingerprint_check(cfg, &st, src, &previous, &err)) != 0)
     goto fail;
   char kp[OPS_PATH_MAX];
-  if (!have_key && key_path(cfg, kp) == 0)
+  if (!have_key && key_file_path(cfg, kp) == 0)
     printf("server key: %s does not exist; the first start creates it\n", kp);
   else if (previous > 0)
     printf("server key: %s, previous key %d matches the database's fingerprint (run apiengine rekey to re-seal "
@@ -1009,7 +1010,7 @@ int eng_ops_rekey(const eng_config *cfg) {
   char path[OPS_PATH_MAX], fp[ENG_KEY_FINGERPRINT_HEX + 1];
   int rc, previous = 0;
 
-  if (is_memory_db(cfg->db_path) || path_with(path, cfg->db_path, ".key") != 0) {
+  if (is_memory_db(cfg->db_path) || key_file_path(cfg, path) != 0) {
     rc = eng_errorf(&err, ENG_EINVAL, "rekey needs a database file (--db)");
     goto fail;
   }
@@ -1170,8 +1171,7 @@ int eng_ops_backup(const eng_config *cfg, const char *out) {
   char *err = NULL;
   int rc = 0, pages = 0, created = 0, key_copied = 0;
   struct stat sb;
-  if (is_memory_db(cfg->db_path) || path_with(key_path, cfg->db_path, ".key") != 0 ||
-      path_with(out_key, out, ".key") != 0) {
+  if (is_memory_db(cfg->db_path) || key_file_path(cfg, key_path) != 0 || path_with(out_key, out, ".key") != 0) {
     rc = eng_errorf(&err, ENG_EINVAL, "backup needs a database file (--db) and an output path");
     goto fail;
   }

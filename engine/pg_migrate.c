@@ -4,12 +4,14 @@
  * The files are listed, read and checked by db_migrate.c (eng_mig_*), so both databases follow
  * one set of rules and refuse with the same messages; what is here is only PostgreSQL's side:
  * the advisory lock, the transactions, running a file's statements one by one. */
+#define _GNU_SOURCE /* strcasestr */
 #include "pg_migrate.h"
 
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "error.h"
 #include "log.h"
@@ -220,6 +222,28 @@ static const char *char_at(const char *s, const char *end, long pos) {
   return p;
 }
 
+static int word_is(const char *p, const char *word) {
+  size_t n = strlen(word);
+  return strncasecmp(p, word, n) == 0 && !ident_char(p[n]);
+}
+
+/* 1 when the statement at p would end or open the migration's transaction: the engine opens and
+ * commits it around the file with the file's record, so a COMMIT inside would commit part of
+ * a migration without its record. (ROLLBACK TO SAVEPOINT stays inside: fine.) */
+static int ends_transaction(const char *p) {
+  static const char *const words[] = {"BEGIN", "START", "COMMIT", "END", "ABORT", "PREPARE"};
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (word_is(p, words[i]))
+      return i != 5 || strcasestr(p, "TRANSACTION") != NULL; /* PREPARE TRANSACTION, not PREPARE stmt */
+  if (word_is(p, "ROLLBACK")) {
+    const char *q = p + 8;
+    while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+      q++;
+    return !word_is(q, "TO");
+  }
+  return 0;
+}
+
 /* Runs the file's statements one at a time (inside the caller's transaction) so that a failure
  * can name its line. */
 static int exec_file(PGconn *c, const eng_mig_file *f, const char *sql, char **err) {
@@ -240,6 +264,13 @@ static int exec_file(PGconn *c, const eng_mig_file *f, const char *sql, char **e
     one = n1;
     memcpy(one, first, len);
     one[len] = '\0';
+    if (ends_transaction(one)) {
+      rc = eng_errorf(err, ENG_ECONFIG,
+                      "db: migration %s/%s:%d controls the transaction (BEGIN, COMMIT, ROLLBACK ...): the engine "
+                      "runs each migration in one transaction with its record; remove the statement",
+                      f->dir, f->name, eng_mig_line_of(sql, first));
+      break;
+    }
     PGresult *r = PQexec(c, one);
     ExecStatusType st = PQresultStatus(r);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {

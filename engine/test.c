@@ -17,6 +17,7 @@
 #include "lua_common.h"
 #include "lua_runtime.h"
 #include "pg.h"
+#include "pg_migrate.h"
 
 #include <lauxlib.h>
 #include <libpq-fe.h>
@@ -26,7 +27,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <dirent.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -356,66 +356,6 @@ static void close_all(test_state *ts) {
   close_pg(ts);
 }
 
-static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* STAND-IN for eng_pg_migrate (branch pgserve, engine/pg_migrate.c) until it lands: applies
- * schema_dir's NNNN_name.sql migrations in order, NNNN_name.pg.sql in place of NNNN_name.sql,
- * each in its own transaction, on a fresh schema (no record of what was applied). */
-static int pg_migrate_standin(const char *conninfo, const char *schema_dir, int *applied, char **err) {
-  *applied = 0;
-  DIR *d = opendir(schema_dir);
-  if (!d)
-    return eng_errorf(err, ENG_EIO, "cannot open %s", schema_dir);
-  char *names[512];
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) && n < 512) {
-    size_t len = strlen(e->d_name);
-    if (len < 9 || e->d_name[4] != '_' || strcmp(e->d_name + len - 4, ".sql") != 0)
-      continue;
-    int pg = len > 7 && strcmp(e->d_name + len - 7, ".pg.sql") == 0;
-    if (!pg) { /* skipped when a .pg.sql twin exists */
-      char twin[512];
-      snprintf(twin, sizeof twin, "%s/%.*s.pg.sql", schema_dir, (int)(len - 4), e->d_name);
-      if (access(twin, F_OK) == 0)
-        continue;
-    }
-    names[n++] = strdup(e->d_name);
-  }
-  closedir(d);
-  qsort(names, (size_t)n, sizeof *names, name_cmp);
-  int rc = 0;
-  PGconn *c = PQconnectdb(conninfo);
-  if (PQstatus(c) != CONNECTION_OK)
-    rc = eng_errorf(err, ENG_EIO, "%s", PQerrorMessage(c));
-  for (int i = 0; rc == 0 && i < n; i++) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", schema_dir, names[i]);
-    eng_buf sql = {0};
-    FILE *f = fopen(path, "r");
-    char chunk[4096];
-    size_t got;
-    eng_buf_append_str(&sql, "BEGIN;\n");
-    while (f && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
-      eng_buf_append(&sql, chunk, got);
-    if (f)
-      fclose(f);
-    eng_buf_append_str(&sql, "\n;COMMIT;");
-    eng_buf_append(&sql, "", 1);
-    PGresult *r = PQexec(c, sql.data);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
-      rc = eng_errorf(err, ENG_EIO, "%s: %s", names[i], PQerrorMessage(c));
-    else
-      (*applied)++;
-    PQclear(r);
-    eng_buf_free(&sql);
-  }
-  PQfinish(c);
-  for (int i = 0; i < n; i++)
-    free(names[i]);
-  return rc;
-}
-
 /* Empties the database of conninfo (DROP SCHEMA public CASCADE), applies schema_dir's migrations
  * (none when NULL) and attaches a fresh pool on the harness's loop. */
 static int open_pg(test_state *ts, const char *conninfo, const char *schema, int *applied, char **err) {
@@ -434,7 +374,7 @@ static int open_pg(test_state *ts, const char *conninfo, const char *schema, int
   }
   PQfinish(c);
   if (rc == 0 && schema)
-    rc = pg_migrate_standin(conninfo, schema, applied, err);
+    rc = eng_pg_migrate(conninfo, schema, applied, err);
   if (rc == 0)
     rc = eng_pg_open(&ts->pg, &ts->loop, conninfo, NULL, err);
   if (rc == 0) {

@@ -262,6 +262,21 @@ static void test_failing_statement_names_its_line(void) {
   free(err);
   err = NULL;
   CHECK_STR(q(ci, "SELECT to_regclass('u') IS NULL"), "t");
+
+  /* a COMMIT inside would commit half a migration without its record: refused before it runs */
+  write_file("f/0002_bad.pg.sql", "CREATE TABLE u (x INTEGER);\nCOMMIT;\nCREATE TABLE v (x INTEGER);\n");
+  CHECK_INT(eng_pg_migrate(ci, dir, &applied, &err), ENG_ECONFIG);
+  CHECK(contains(err, "/0002_bad.pg.sql:2 controls the transaction (BEGIN, COMMIT, ROLLBACK ...)"));
+  free(err);
+  err = NULL;
+  CHECK_STR(q(ci, "SELECT to_regclass('u') IS NULL"), "t");
+  /* a savepoint and its rollback stay inside the migration's transaction */
+  write_file("f/0002_bad.pg.sql", "SAVEPOINT s;\nCREATE TABLE u (x INTEGER);\nROLLBACK TO SAVEPOINT s;\n"
+                                  "CREATE TABLE v (x INTEGER);\n");
+  CHECK_INT(eng_pg_migrate(ci, dir, &applied, &err), 0);
+  free(err);
+  err = NULL;
+  CHECK_STR(q(ci, "SELECT to_regclass('u') IS NULL AND to_regclass('v') IS NOT NULL"), "t");
 }
 
 typedef struct mig_arg {

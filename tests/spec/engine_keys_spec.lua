@@ -62,7 +62,8 @@ local function customer(s, name)
 end
 
 describe("key rotation", function()
-  it("keeps what key A made working under B,A; rekey re-seals it under B; then B alone serves it and refuses A's tokens",
+  -- #sqlite: apiengine rekey works on SQLite only (exit 2 on PostgreSQL)
+  it("keeps what key A made working under B,A; rekey re-seals it under B; then B alone serves it and refuses A's tokens #sqlite",
     function()
       local dir = tmpdir()
       local db = dir .. "/db.sqlite"
@@ -171,7 +172,8 @@ describe("key rotation", function()
       assert.is_nil(crypto.open(u1.sip_secret_sealed, "user:" .. aid .. "/agent-1"))
     end)
 
-  it("resumes a rekey that was killed half-way, while the server keeps answering reads and writes", function()
+  -- #sqlite: apiengine rekey works on SQLite only (exit 2 on PostgreSQL)
+  it("resumes a rekey that was killed half-way, while the server keeps answering reads and writes #sqlite", function()
     local dir = tmpdir()
     local db = dir .. "/db.sqlite"
     local s = serve(dir, { APIENGINE_KEY = A })

@@ -1,6 +1,7 @@
 -- Serving from PostgreSQL with the real binary (--db "host=... dbname=..."): the start-up applies
 -- the migrations (the .pg.sql variants), nodes started together apply each once, the key is
 -- configured and the same on every node (another key, or a key file to generate, is refused),
+-- routes that query answer from every node (engine.db on the workers' pools),
 -- /readyz follows the database, a reload keeps serving, and the commands that work there.
 -- One throwaway PostgreSQL for the file (tests/support/pg.sh), a fresh database per case; every
 -- server runs on loopback, is waited for with a bound, and is stopped.
@@ -17,14 +18,14 @@ local KEY = string.rep("5a", 32)
 local OTHER_KEY = string.rep("a5", 32)
 local PASSWORD = "pw-never-logged" -- the server trusts the socket: the password is only carried
 
-local function get(port, path)
+local function request(method, port, path)
   local c = socket.tcp()
   c:settimeout(5)
   if not c:connect("127.0.0.1", port) then
     c:close()
     return nil
   end
-  c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+  c:send(method .. " " .. path .. " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
   local raw, _, partial = c:receive("*a")
   c:close()
   raw = raw or partial
@@ -32,6 +33,8 @@ local function get(port, path)
   local res = spec.parse_response(raw)
   return res.status, res.json
 end
+
+local function get(port, path) return request("GET", port, path) end
 
 local function args(conninfo, extra)
   local a = { "--db", conninfo .. " password=" .. PASSWORD, "--schema", SCHEMA, "--scripts", SCRIPTS, "--workers", "2" }
@@ -83,6 +86,27 @@ describe("serving from PostgreSQL", function()
     assert.is_nil(s2.code, s2.read_log())
     assert.truthy(s2.read_log():find("0 migration(s) applied", 1, true), s2.read_log())
     assert.equal("2", proc.psql_value("SELECT count(*) FROM _migrations", name))
+  end)
+
+  it("answers routes that query, from every node of one database", function()
+    local ci, name = proc.pg_database()
+    local a, b = serve(ci), serve(ci)
+    assert.is_nil(a.code, a.read_log())
+    assert.is_nil(b.code, b.read_log())
+    local status, body = get(a.port, "/items/seeded") -- 0002_seed.pg.sql's row
+    assert.equal(200, status)
+    assert.same({ id = 1, name = "seeded" }, body)
+    assert.equal(404, (get(b.port, "/items/fresh")))
+    status, body = request("POST", a.port, "/items/fresh")
+    assert.equal(201, status)
+    assert.same({ created = "fresh" }, body)
+    status, body = get(b.port, "/items/fresh") -- written through one node, read through the other
+    assert.equal(200, status)
+    assert.equal("fresh", body.name)
+    status, body = request("POST", b.port, "/items/fresh") -- the database's unique constraint, not a node's memory
+    assert.equal(409, status)
+    assert.same({ error = "exists" }, body)
+    assert.equal("2", proc.psql_value("SELECT count(*) FROM items", name))
   end)
 
   it("two nodes started at once apply each migration once", function()
@@ -163,6 +187,9 @@ describe("serving from PostgreSQL", function()
     local status, after = get(s.port, "/hello")
     assert.equal(200, status)
     assert.not_equal(before.state, after.state) -- a fresh Lua state answered
+    status, after = get(s.port, "/items/seeded") -- the fresh state has the worker's pool
+    assert.equal(200, status)
+    assert.equal("seeded", after.name)
     assert.equal(0, s.stop())
     assert.truthy(s.read_log():find("stopped cleanly", 1, true))
   end)
@@ -182,16 +209,17 @@ describe("serving from PostgreSQL", function()
       .. " password=***, 0 migration(s) applied\n", 1, true), out)
     assert.truthy(out:find("pending migration: " .. SCHEMA .. "/0001_items.pg.sql\npending migration: " .. SCHEMA
       .. "/0002_seed.pg.sql\n", 1, true), out)
-    assert.truthy(out:find("ok: 1 routes, 2 pending migration(s)", 1, true), out)
+    assert.truthy(out:find("ok: 3 routes, 2 pending migration(s)", 1, true), out)
     code, out = run("migrate")
     assert.equal(0, code, out)
     assert.equal("2", proc.psql_value("SELECT count(*) FROM _migrations", name))
     code, out = run("check")
     assert.equal(0, code, out)
-    assert.truthy(out:find("ok: 1 routes, 0 pending migration(s)", 1, true), out)
+    assert.truthy(out:find("ok: 3 routes, 0 pending migration(s)", 1, true), out)
     code, out = run("routes")
     assert.equal(0, code, out)
-    assert.truthy(out:find("GET      /hello    " .. SCRIPTS .. "/hello.lua:5", 1, true), out)
+    assert.truthy(out:find("\nGET      /hello         " .. SCRIPTS .. "/hello.lua:7\n", 1, true), out)
+    assert.truthy(out:find("\nPOST     /items/{name}  " .. SCRIPTS .. "/hello.lua:15\n", 1, true), out)
     code, out = run("backup", { proc.tmpdir() .. "/copy" })
     assert.equal(2, code, out)
     assert.truthy(out:find("apiengine: backup is not available on PostgreSQL yet", 1, true), out)
@@ -217,6 +245,7 @@ describe("serving from PostgreSQL", function()
       for _ = 1, 6 do assert.equal(503, (get(s.port, "/readyz"))) end
       assert.equal(200, (get(s.port, "/healthz")))
       assert.equal(200, (get(s.port, "/hello"))) -- a route that does not touch the database
+      assert.equal(503, (get(s.port, "/items/seeded"))) -- one that does is answered at once
     end)
     proc.pg_resume()
     assert(ok, err)
@@ -226,5 +255,6 @@ describe("serving from PostgreSQL", function()
       end
       return true
     end, 15000), s.read_log())
+    assert.equal(200, (get(s.port, "/items/seeded")))
   end)
 end)

@@ -160,7 +160,7 @@ describe("engine runtime (in-process)", function()
     assert.is_nil(app.db.one("SELECT * FROM items WHERE name = 'left-open'"))
   end)
 
-  it("reads and writes SQLite through engine.db, constraint errors included #sqlite", function()
+  it("reads and writes the database through engine.db, constraint errors included", function()
     local res = app.request("POST", "/items", { json = { name = "pen", note = json.null } })
     assert.equal(201, res.status)
     local id = res.json.id
