@@ -57,6 +57,8 @@ struct eng_pg_result {
   char *msg;
   char sqlstate[6];
   int kept;
+  int in_cb; /* its callback runs: a free (the keeper may free it inside the callback) waits */
+  int freed; /* eng_pg_result_free was called meanwhile */
 };
 
 struct eng_pg_conn {
@@ -162,7 +164,7 @@ eng_pg_kind eng_pg_kind_of(const char *s, const char *constraint) {
 
 /* ---- results ---- */
 
-static eng_pg_result oom_result = {NULL, ENG_EDB, ENG_PG_KIND_ERROR, (char *)"out of memory", "", 1};
+static eng_pg_result oom_result = {NULL, ENG_EDB, ENG_PG_KIND_ERROR, (char *)"out of memory", "", 1, 0, 0};
 
 static eng_pg_result *result_new(PGresult *pr, int code, eng_pg_kind kind, const char *sqlstate, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
@@ -240,6 +242,10 @@ void eng_pg_result_keep(eng_pg_result *res) {
 void eng_pg_result_free(eng_pg_result *res) {
   if (!res || res == &oom_result)
     return;
+  if (res->in_cb) {
+    res->freed = 1; /* deliver frees it once the callback returns */
+    return;
+  }
   PQclear(res->pr);
   free(res->msg);
   free(res);
@@ -722,9 +728,17 @@ static void fifo_remove(eng_pg *pg, request *r) {
 static void deliver(request *r, eng_pg_result *res, eng_pg_conn *conn) {
   r->where = R_DONE;
   uv_timer_stop(&r->timer);
-  r->cb(res, conn, r->data);
-  if (!res->kept)
-    eng_pg_result_free(res);
+  /* The callback may keep the result and free it before it returns (engine.db resumes the
+   * handler inside it): res must stay readable until the callback is done. */
+  if (res == &oom_result) { /* shared by every pool: never written, never freed */
+    r->cb(res, conn, r->data);
+  } else {
+    res->in_cb = 1;
+    r->cb(res, conn, r->data);
+    res->in_cb = 0;
+    if (!res->kept || res->freed)
+      eng_pg_result_free(res);
+  }
   uv_close((uv_handle_t *)&r->timer, request_closed);
 }
 
