@@ -93,11 +93,14 @@ describe("POST /v2/integrations/calls", function()
 
     -- Rows that reach `calls` without the scripts: a plain INSERT (an import, a repair), and a row
     -- restored with the seq it had (as from a backup), below what any worker had already read.
+    -- seq nil: the database numbers the row (a NULL seq is refused by PostgreSQL's identity).
     local function insert_by_sql(customer_id, app_id, sid, seq)
-      app.db.exec([[INSERT INTO calls (seq, customer_id, call_sid, app_id, direction, channel, start_ms, duration_s,
-                                       created_at)
-                    VALUES (?, ?, ?, ?, 'inbound', 'sip', 1717409700000, 60, '2024-06-03T10:15:00.000Z')]],
-                  seq, customer_id, sid, app_id)
+      local seq_col, seq_val = "", ""
+      if seq then seq_col, seq_val = "seq, ", string.format("%d, ", seq) end
+      app.db.exec("INSERT INTO calls (" .. seq_col .. [[customer_id, call_sid, app_id, direction, channel, start_ms,
+                                       duration_s, created_at)
+                    VALUES (]] .. seq_val .. [[?, ?, ?, 'inbound', 'sip', 1717409700000, 60, '2024-06-03T10:15:00.000Z')]],
+                  customer_id, sid, app_id)
     end
 
     -- #sqlite: insert_by_sql leaves seq to SQLite's rowid numbering (NULL on PostgreSQL)
@@ -124,7 +127,11 @@ describe("POST /v2/integrations/calls", function()
       U.ingest(app, a.token, { U.call { CallSid = "once" } })
       local ok, err = pcall(insert_by_sql, c.id, a.id, "once", nil)
       assert.is_false(ok)
-      assert.matches("UNIQUE constraint failed: calls.customer_id, calls.call_sid", tostring(err), 1, true)
+      assert.equal("unique", app.db.kind(err))
+      local message = app.db.backend() == "postgresql"
+        and 'duplicate key value violates unique constraint "calls_customer_sid"'
+        or "UNIQUE constraint failed: calls.customer_id, calls.call_sid"
+      assert.matches(message, tostring(err), 1, true)
       local inserted = app.db.exec([[INSERT INTO calls (customer_id, call_sid, app_id, direction, channel, start_ms,
                                                         duration_s, created_at)
                                      VALUES (?, 'once', ?, 'inbound', 'sip', 0, 1, 'x')
