@@ -60,7 +60,9 @@ local function sqlite_rows(db, sql)
   return rows
 end
 
-describe("apiengine migrate --from sqlite: --to postgresql", function()
+-- #sqlite: the source is a SQLite file read through engine.db, which the PostgreSQL pass
+-- (APIENGINE_TEST_DB) points at PostgreSQL instead; the target is this spec's own server.
+describe("apiengine migrate --from sqlite: --to postgresql #sqlite", function()
   local dir = testing.mkdtemp()
   local src = dir .. "/source.db"
   local srv = spec.server { workers = 1, manual = true, db = src }
