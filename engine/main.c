@@ -2,6 +2,7 @@
 #include "config.h"
 #include "log.h"
 #include "ops.h"
+#include "pg_copy.h"
 #include "server.h"
 
 #include <openssl/crypto.h>
@@ -28,6 +29,9 @@ static void usage(FILE *f) {
           "  apiengine reload [options]    SIGHUP to the server of --pid-file, else to the one holding\n"
           "                                <db>.lock: it reloads the scripts and `settings`\n"
           "  apiengine migrate [options]   apply schema migrations and exit (takes <db>.lock like serve)\n"
+          "  apiengine migrate --from sqlite:PATH --to CONNINFO [--schema DIR] [--progress-every N]\n"
+          "                                copy a SQLite database into an empty PostgreSQL one, in one\n"
+          "                                transaction, after its migrations (the key is not copied)\n"
           "  apiengine backup [options] OUT\n"
           "                                online copy of the database to OUT (never overwritten) through\n"
           "                                SQLite's backup API, and its key file to OUT.key (mode 0600)\n"
@@ -75,6 +79,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "test") == 0)
     return eng_test_main(argc, argv);
+  if (strcmp(argv[1], "migrate") == 0 && eng_pg_copy_wanted(argc, argv))
+    return eng_pg_copy_main(argc, argv);
   static const struct {
     const char *name;
     int (*run)(const eng_config *cfg);
