@@ -558,20 +558,8 @@ int eng_db_inspect(const char *path, const char *schema_dir, eng_db_state *out, 
         (rc = check_order(files, n, s.max_applied_id, err)) != 0)
       goto cleanup;
   }
-  if (n > 0 && (s.pending = calloc(n, sizeof *s.pending)) == NULL) {
-    rc = eng_errorf(err, ENG_ENOMEM, "db: out of memory");
+  if ((rc = eng_mig_pending(files, n, &s, err)) != 0)
     goto cleanup;
-  }
-  for (size_t i = 0; i < n; i++) {
-    if (files[i].recorded)
-      continue;
-    size_t len = strlen(files[i].dir) + strlen(files[i].name) + 2;
-    if ((s.pending[s.npending] = malloc(len)) == NULL) {
-      rc = eng_errorf(err, ENG_ENOMEM, "db: out of memory");
-      goto cleanup;
-    }
-    snprintf(s.pending[s.npending++], len, "%s/%s", files[i].dir, files[i].name);
-  }
   *out = s;
   s = (eng_db_state){0};
 cleanup:
@@ -667,3 +655,17 @@ int eng_mig_check_order(const eng_mig_file *files, size_t n, int max_id, char **
 }
 
 int eng_mig_line_of(const char *text, const char *at) { return line_of(text, at); }
+
+int eng_mig_pending(const eng_mig_file *files, size_t n, eng_db_state *st, char **err) {
+  if (n > 0 && (st->pending = calloc(n, sizeof *st->pending)) == NULL)
+    return eng_errorf(err, ENG_ENOMEM, "db: out of memory");
+  for (size_t i = 0; i < n; i++) {
+    if (files[i].recorded)
+      continue;
+    size_t len = strlen(files[i].dir) + strlen(files[i].name) + 2;
+    if ((st->pending[st->npending] = malloc(len)) == NULL)
+      return eng_errorf(err, ENG_ENOMEM, "db: out of memory");
+    snprintf(st->pending[st->npending++], len, "%s/%s", files[i].dir, files[i].name);
+  }
+  return 0;
+}

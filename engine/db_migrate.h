@@ -111,5 +111,8 @@ int eng_mig_check_record(const char *schema_dir, eng_mig_file *f, int id, const 
 /* ENG_ECONFIG when a file not recorded is numbered below max_id. */
 int eng_mig_check_order(const eng_mig_file *files, size_t n, int max_id, char **err);
 int eng_mig_line_of(const char *text, const char *at); /* 1-based line of at inside text */
+/* Fills st->pending/npending with "dir/name" of every file not recorded, in order (freed by
+ * eng_db_state_free, also after an error). */
+int eng_mig_pending(const eng_mig_file *files, size_t n, eng_db_state *st, char **err);
 
 #endif

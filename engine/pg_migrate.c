@@ -424,20 +424,8 @@ int eng_pg_inspect(const char *conninfo, const char *schema_dir, eng_db_state *o
     goto cleanup;
   if ((rc = eng_mig_check_order(files, n, s.max_applied_id, e)) != 0)
     goto cleanup;
-  if (n > 0 && (s.pending = calloc(n, sizeof *s.pending)) == NULL) {
-    rc = eng_errorf(e, ENG_ENOMEM, "db: out of memory");
+  if ((rc = eng_mig_pending(files, n, &s, e)) != 0)
     goto cleanup;
-  }
-  for (size_t i = 0; i < n; i++) {
-    if (files[i].recorded)
-      continue;
-    size_t len = strlen(files[i].dir) + strlen(files[i].name) + 2;
-    if ((s.pending[s.npending] = malloc(len)) == NULL) {
-      rc = eng_errorf(e, ENG_ENOMEM, "db: out of memory");
-      goto cleanup;
-    }
-    snprintf(s.pending[s.npending++], len, "%s/%s", files[i].dir, files[i].name);
-  }
   *out = s;
   s = (eng_db_state){0};
 cleanup:
