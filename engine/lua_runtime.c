@@ -1393,7 +1393,14 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
                     lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
     goto fail;
   }
-  if (opt->scripts_dir && (rc = eng_runtime_load_scripts(rt, opt->scripts_dir, err)) != 0)
+  if (opt->pg)
+    eng_runtime_set_pg(rt, opt->pg);
+  rt->loop = opt->pg ? opt->idle_loop : NULL;
+  rt->loop_idle = rt->loop != NULL;
+  rc = opt->scripts_dir ? eng_runtime_load_scripts(rt, opt->scripts_dir, err) : 0;
+  rt->loop = NULL;
+  rt->loop_idle = 0;
+  if (rc != 0)
     goto fail;
   *out = rt;
   return 0;

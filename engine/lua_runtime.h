@@ -32,6 +32,10 @@ typedef struct eng_runtime_options {
   size_t memory_limit;     /* bytes for the whole Lua state */
   int test_mode;           /* full standard library, writable globals, system package paths (busted) */
   eng_db *db;              /* attached before the scripts load, so they can read it at start-up; may be NULL */
+  eng_pg *pg;              /* the same for PostgreSQL (in place of db); may be NULL */
+  uv_loop_t *idle_loop;    /* pg's loop, when it is not running during this call: the load may run it to
+                              wait for a query; NULL (a reload inside the running loop): a query at load
+                              time is refused. Only for the load: eng_runtime_set_loop comes after. */
 } eng_runtime_options;
 
 /* Creates the state, opens the engine modules and, when scripts_dir is set,

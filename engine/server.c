@@ -128,6 +128,7 @@ static eng_runtime_options runtime_options(const worker *w, const eng_buf *setti
       .load_budget_ms = load_budget_ms,
       .memory_limit = w->cfg->memory_limit,
       .db = w->db, /* scripts may read the database while they load (e.g. to warm caches) */
+      .pg = w->pg,
   };
 }
 
@@ -170,9 +171,7 @@ static void on_reload(uv_async_t *a) {
      * again, since freeing the old one takes it off the shared connection. */
     eng_runtime_free(w->rt);
     eng_runtime_set_loop(fresh, &w->loop);
-    if (w->pg)
-      eng_runtime_set_pg(fresh, w->pg);
-    else
+    if (!w->pg)
       eng_runtime_set_db(fresh, w->db);
     w->rt = fresh;
     eng_metrics_lua_memory(eng_runtime_memory(w->rt));
@@ -246,12 +245,11 @@ static void worker_main(void *arg) {
     goto fail;
   }
   eng_runtime_options ro = runtime_options(w, &w->cfg->settings, w->cfg->load_budget_ms);
+  ro.idle_loop = &w->loop; /* not running yet: a script may wait for a query while it loads */
   if ((rc = eng_runtime_new(&w->rt, &ro, &err)) != 0) {
     eng_log_error("%s", err ? err : eng_strerror(rc));
     goto fail;
   }
-  if (w->pg)
-    eng_runtime_set_pg(w->rt, w->pg);
   eng_metrics_lua_memory(eng_runtime_memory(w->rt));
   if ((rc = worker_listen(w)) != 0) {
     eng_log_error("worker %d: listen: %s", w->id, uv_strerror(rc));

@@ -194,6 +194,23 @@ describe("serving from PostgreSQL", function()
     assert.truthy(s.read_log():find("stopped cleanly", 1, true))
   end)
 
+  it("lets a script query while a worker starts; a reload that would refuses, keeping the scripts", function()
+    local ci = proc.pg_database()
+    local s = serve(ci, nil, { "--workers", "1", "--scripts", SCRIPTS .. ":tests/fixtures/pgserve/warm" })
+    assert.is_nil(s.code, s.read_log())
+    local status, body = get(s.port, "/warm")
+    assert.equal(200, status)
+    assert.equal(1, body.items) -- 0002_seed.pg.sql's row, read at load time
+    local _, before = get(s.port, "/hello")
+    testing.kill(s.pid, 1)
+    assert.truthy(proc.wait_for(function() return s.read_log():find("reload 1: worker 0 keeps the scripts it had", 1, true) end),
+      s.read_log())
+    assert.truthy(s.read_log():find("engine.db on PostgreSQL: this code cannot wait for the database", 1, true))
+    local _, after = get(s.port, "/hello")
+    assert.equal(before.state, after.state) -- the old state still answers
+    assert.equal(0, s.stop())
+  end)
+
   it("check, migrate and routes work on PostgreSQL; backup and rekey exit 2", function()
     local ci, name = proc.pg_database()
     local env = { APIENGINE_KEY = KEY }
