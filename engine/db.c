@@ -36,13 +36,23 @@ static _Atomic uint64_t next_serial = 1;
 
 /* ---- statement cache ---- */
 
+/* Eight bytes a step (multiply and fold, in the spirit of FNV but word-wise): a statement's text is
+ * hashed on every fetch, and FNV-1a byte by byte was most of a cache hit's cost (~400
+ * instructions for a 60-byte SELECT). Only this process uses it, so the byte order is whatever
+ * the machine's is. The final fold brings the high bits down to the low ones the buckets use. */
 static uint64_t hash_sql(const char *s, size_t len) {
-  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-  for (size_t i = 0; i < len; i++) {
-    h ^= (unsigned char)s[i];
-    h *= 1099511628211ULL;
+  const uint64_t mul = 0x9E3779B97F4A7C15ULL;
+  uint64_t h = 1469598103934665603ULL ^ (uint64_t)len;
+  uint64_t w;
+  for (; len >= 8; s += 8, len -= 8) {
+    memcpy(&w, s, 8);
+    h = (h ^ w) * mul;
+    h ^= h >> 32;
   }
-  return h;
+  w = 0;
+  memcpy(&w, s, len);
+  h = (h ^ w) * mul;
+  return h ^ (h >> 29);
 }
 
 static void lru_unlink(eng_db *db, stmt_entry *e) {

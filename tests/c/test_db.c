@@ -273,6 +273,51 @@ static void test_stmt_cache_reuses_resets_and_evicts_lru(void) {
   eng_db_close(db);
 }
 
+/* The cache hashes eight bytes a step: texts that differ only in one byte, at every position
+ * around the word boundaries, and texts that are prefixes of each other must each get their own
+ * statement, and the same text (from another buffer) the same one. */
+static void test_stmt_cache_tells_texts_apart_at_every_length(void) {
+  eng_db *db = NULL;
+  eng_db_options o = {.stmt_cache_size = 256};
+  sqlite3_stmt *first[40], *st;
+  char sql[64], again[64];
+  const char *emsg = NULL;
+
+  CHECK_INT(eng_db_open(&db, ":memory:", &o, NULL), 0);
+  if (!db)
+    return;
+  /* "SELECT n" padded with n spaces: texts of every length from 8 to 38, across the 8-byte steps,
+   * each its own statement. */
+  for (int n = 0; n < 30; n++) {
+    int len = snprintf(sql, sizeof sql, "SELECT %d%*s", n, n, "");
+    CHECK_INT(eng_db_prepare(db, sql, (size_t)len, &first[n], &emsg), 0);
+    CHECK_INT(sqlite3_step(first[n]), SQLITE_ROW);
+    CHECK_INT(sqlite3_column_int(first[n], 0), n);
+    for (int m = 0; m < n; m++)
+      CHECK(first[m] != first[n]);
+  }
+  for (int n = 0; n < 30; n++) {
+    int len = snprintf(again, sizeof again, "SELECT %d%*sXYZ", n, n, ""); /* longer buffer, same len */
+    CHECK_INT(eng_db_prepare(db, again, (size_t)len - 3, &st, &emsg), 0);
+    CHECK(st == first[n]);
+  }
+  /* One differing byte at each position 0..16 of a 17-byte text. */
+  sqlite3_stmt *one[17];
+  for (int i = 0; i < 17; i++) {
+    memcpy(sql, "SELECT 12345678  ", 17);
+    if (sql[i] == ' ')
+      sql[i] = '\t';
+    else if (sql[i] >= '1' && sql[i] <= '8')
+      sql[i] = '9';
+    else
+      sql[i] = (char)(sql[i] == 'S' ? 's' : sql[i] == 'E' ? 'e' : sql[i] == 'L' ? 'l' : sql[i] == 'C' ? 'c' : 't');
+    CHECK_INT(eng_db_prepare(db, sql, 17, &one[i], &emsg), 0);
+    for (int m = 0; m < i; m++)
+      CHECK(one[m] != one[i]);
+  }
+  eng_db_close(db);
+}
+
 static void test_after_request_resets_and_rolls_back(void) {
   eng_db *db = NULL;
   sqlite3_stmt *st;
@@ -677,6 +722,7 @@ int main(void) {
   test_busy_timeout_waits_then_gives_up();
   test_open_rejects_bad_options_and_paths();
   test_stmt_cache_reuses_resets_and_evicts_lru();
+  test_stmt_cache_tells_texts_apart_at_every_length();
   test_after_request_resets_and_rolls_back();
   test_migrations();
   test_concurrent_migrators_apply_each_once();
