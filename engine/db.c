@@ -36,13 +36,23 @@ static _Atomic uint64_t next_serial = 1;
 
 /* ---- statement cache ---- */
 
+/* Eight bytes a step (multiply and fold, in the spirit of FNV but word-wise): a statement's text is
+ * hashed on every fetch, and FNV-1a byte by byte was most of a cache hit's cost (~400
+ * instructions for a 60-byte SELECT). Only this process uses it, so the byte order is whatever
+ * the machine's is. The final fold brings the high bits down to the low ones the buckets use. */
 static uint64_t hash_sql(const char *s, size_t len) {
-  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-  for (size_t i = 0; i < len; i++) {
-    h ^= (unsigned char)s[i];
-    h *= 1099511628211ULL;
+  const uint64_t mul = 0x9E3779B97F4A7C15ULL;
+  uint64_t h = 1469598103934665603ULL ^ (uint64_t)len;
+  uint64_t w;
+  for (; len >= 8; s += 8, len -= 8) {
+    memcpy(&w, s, 8);
+    h = (h ^ w) * mul;
+    h ^= h >> 32;
   }
-  return h;
+  w = 0;
+  memcpy(&w, s, len);
+  h = (h ^ w) * mul;
+  return h ^ (h >> 29);
 }
 
 static void lru_unlink(eng_db *db, stmt_entry *e) {
@@ -396,6 +406,8 @@ struct eng_db_checkpointer {
   int64_t busy_since_us;
   eng_db_checkpointer_options o;
   long long frame_bytes; /* one WAL frame: page size + 24 */
+  sqlite3_stmt *anchor;  /* the read transaction held between checkpoints (hold_anchor), or NULL */
+  int all_copied;        /* the last checkpoint left nothing in the WAL to copy */
   _Atomic unsigned long long passive, restarts, busy;
   _Atomic long long wal_frames_max;
 };
@@ -417,15 +429,50 @@ static int checkpointer_busy(void *arg, int count) {
 }
 
 /* One checkpoint of the given mode. Returns SQLite's code; *log gets the frames in the WAL
- * (-1 when unknown) and *copied whether any page was copied. */
+ * (-1 when unknown) and *copied whether any page was copied; cp->all_copied whether the WAL
+ * holds nothing the database file lacks. */
 static int checkpoint(eng_db_checkpointer *cp, int mode, int *log, int *copied) {
   int nlog = -1, nckpt = -1;
   int rc = sqlite3_wal_checkpoint_v2(cp->h, NULL, mode, &nlog, &nckpt);
   *log = nlog;
   *copied = nckpt > 0;
+  cp->all_copied = rc == SQLITE_OK && nlog >= 0 && nckpt == nlog;
   if (nlog > atomic_load(&cp->wal_frames_max))
     atomic_store(&cp->wal_frames_max, (long long)nlog);
   return rc;
+}
+
+/* ---- the read anchor ----
+ * Every read transaction on a WAL database takes a shared lock on one of the wal-index's read
+ * slots and drops it at the end. SQLite's unix VFS shares those locks between the connections of
+ * one process: it calls fcntl() only for the first holder of a slot and the last to let it go.
+ * With nothing held in between, each statement a worker runs in autocommit paid two fcntl()
+ * calls, several microseconds of kernel time per request on this project's machines (README,
+ * Benchmarks). So between two checkpoints the checkpointer's own connection holds a read
+ * transaction open (a statement stepped to its row and not reset): while the WAL holds nothing
+ * the file lacks, every reader uses slot 0, the one the anchor holds, and takes and drops it
+ * without a system call.
+ *
+ * Why it is safe: it is one more reader, as SQLite's own protocol allows any number of. A reader
+ * never blocks a writer in WAL mode; slot 0 (reading the database file only) never blocks a writer
+ * rewinding the WAL (that needs slots 1..N). It would block copying the WAL into the file, which
+ * needs slot 0 exclusively, but the only checkpoints of this process are this thread's (workers
+ * run with wal_autocheckpoint=0), and it lets the anchor go before each one. It takes it again
+ * only after a checkpoint that copied everything: then the anchor's snapshot is the newest and it
+ * holds slot 0; otherwise readers use other slots anyway, and a second process on the database (a
+ * server started with --handover) whose anchor kept this checkpoint from copying gets its turn
+ * (its own checkpoint then finds this process's slot 0 free), so two processes never starve each
+ * other's checkpoints. Workers see every commit as before: their read transactions start at the
+ * newest snapshot whatever the anchor's is. */
+
+static void drop_anchor(eng_db_checkpointer *cp) {
+  if (cp->anchor)
+    sqlite3_reset(cp->anchor);
+}
+
+static void hold_anchor(eng_db_checkpointer *cp) {
+  if (cp->anchor && sqlite3_step(cp->anchor) != SQLITE_ROW)
+    sqlite3_reset(cp->anchor); /* no read transaction to hold this time (busy, an error) */
 }
 
 /* A PASSIVE checkpoint, then a RESTART one when the WAL still holds more than restart_bytes
@@ -469,13 +516,17 @@ static void *checkpointer_main(void *arg) {
     if (cp->stop)
       break;
     pthread_mutex_unlock(&cp->mu);
+    drop_anchor(cp);
     checkpoint_pass(cp);
+    if (cp->all_copied)
+      hold_anchor(cp);
     pthread_mutex_lock(&cp->mu);
   }
   pthread_mutex_unlock(&cp->mu);
 
   /* The final one: everything into the database file and an empty WAL. Another process on the
    * same database (a server started with --handover) may still be writing: then the WAL is its. */
+  drop_anchor(cp);
   int log, copied;
   (void)checkpoint(cp, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
   cp->wait_ms = ENG_DB_CHECKPOINT_FINAL_WAIT_MS;
@@ -489,9 +540,34 @@ static void *checkpointer_main(void *arg) {
   return NULL;
 }
 
+/* The wal-index header records the database's size in pages at each commit; until the first
+ * commit since the wal-index was last rebuilt (after every connection closed, so at each start of
+ * a server that is alone on its database), it says 0 and every read transaction fstat()s the
+ * database file to learn the size instead: one more system call per request for as long as
+ * nothing is written. A commit that changes nothing (user_version set to the value it has, which
+ * the engine does not otherwise use, inside one write transaction so that no other writer
+ * interleaves) records the size once. Best effort: a failure only leaves the fstat() in. */
+static void note_database_size(eng_db_checkpointer *cp) {
+  sqlite3_stmt *st = NULL;
+  char sql[64];
+  if (sqlite3_exec(cp->h, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return;
+  if (sqlite3_prepare_v2(cp->h, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+    snprintf(sql, sizeof sql, "PRAGMA user_version=%d", sqlite3_column_int(st, 0));
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_exec(cp->h, sql, NULL, NULL, NULL) == SQLITE_OK &&
+        sqlite3_exec(cp->h, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+      return;
+  }
+  sqlite3_finalize(st);
+  sqlite3_exec(cp->h, "ROLLBACK", NULL, NULL, NULL);
+}
+
 static void checkpointer_free(eng_db_checkpointer *cp) {
   if (!cp)
     return;
+  sqlite3_finalize(cp->anchor);
   sqlite3_close_v2(cp->h);
   pthread_cond_destroy(&cp->cv);
   pthread_mutex_destroy(&cp->mu);
@@ -567,6 +643,11 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
     goto fail;
   }
   cp->frame_bytes = atoll(psize) + 24;
+  /* The anchor (see above): a statement that reads the database header, so that stepping it to its
+   * row opens a read transaction. Without it the checkpointer still works, only without the saving. */
+  if (sqlite3_prepare_v3(cp->h, "PRAGMA schema_version", -1, SQLITE_PREPARE_PERSISTENT, &cp->anchor, NULL) != SQLITE_OK)
+    cp->anchor = NULL;
+  note_database_size(cp);
   if (pthread_create(&cp->thread, NULL, checkpointer_main, cp) != 0) {
     rc = eng_errorf(err, ENG_EIO, "db: cannot start the checkpointer thread");
     goto fail;

@@ -59,17 +59,26 @@ static size_t utf8_put(unsigned long cp, char *o) {
 typedef struct keyref {
   const char *s; /* owned by a table key of the value being encoded: stays valid, nothing mutates it */
   size_t len;
+  int slot; /* absolute stack index of the value, or 0: look it up by key (encode_table says when) */
 } keyref;
 
 /* Keys an encode can sort without allocating: enough for the objects APIs usually answer with
  * (all open objects together), so most encodes create no garbage for the scratch. */
 #define ENG_JSON_LOCAL_KEYS 32
 
+/* An object's first this many values stay on the Lua stack while it is encoded, so its members
+ * need no second lookup by key (re-hashing each key string); the rest are looked up. Bounded so
+ * that a huge object cannot exhaust the Lua stack (two slots per value kept). */
+#define ENG_JSON_STACK_VALUES 32
+
+/* Up to this many keys are sorted in place (insertion sort); more go to qsort. */
+#define ENG_JSON_INSERTION_SORT_MAX 16
 typedef struct encoder {
   lua_State *L;
   eng_buf *out;
   const char *errmsg;
-  int mt;         /* absolute stack index of the array metatable (nil if never created) */
+  const void *mt; /* the array metatable (lua_topointer), fetched when a table first has one */
+  int mt_fetched;
   int scratch;    /* absolute stack index of the keyref userdata (nil until local overflows) */
   keyref *keys;   /* a stack of keys, one segment per open object: first eng_json_encode's local
                       array (not zeroed: only keys[0 .. nkeys) are read), then the userdata's memory */
@@ -85,8 +94,17 @@ static int enc_fail(encoder *e, int rc, const char *msg) {
   return rc;
 }
 
-static int put(encoder *e, const char *s, size_t n) {
-  if (eng_buf_append(e->out, s, n) != 0)
+/* Appends n bytes. Most appends are a few bytes into a buffer with room: those are copied here,
+ * keeping eng_buf's trailing NUL, instead of going through eng_buf_append. */
+static inline int put(encoder *e, const char *s, size_t n) {
+  eng_buf *b = e->out;
+  if (b->cap - b->len > n) {
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+  }
+  if (eng_buf_append(b, s, n) != 0)
     return enc_fail(e, ENG_ENOMEM, "out of memory");
   return 0;
 }
@@ -95,7 +113,7 @@ static int put(encoder *e, const char *s, size_t n) {
 
 /* Grows the key scratch past the local array by replacing the userdata in its stack slot (the old one
  * becomes garbage). */
-static int keys_push(encoder *e, const char *s, size_t len) {
+static int keys_push(encoder *e, const char *s, size_t len, int slot) {
   if (e->nkeys == e->capkeys) {
     size_t cap = e->capkeys * 2;
     if (cap > SIZE_MAX / sizeof(keyref))
@@ -109,6 +127,7 @@ static int keys_push(encoder *e, const char *s, size_t len) {
   }
   e->keys[e->nkeys].s = s;
   e->keys[e->nkeys].len = len;
+  e->keys[e->nkeys].slot = slot;
   e->nkeys++;
   return 0;
 }
@@ -123,7 +142,58 @@ static int keyref_cmp(const void *a, const void *b) {
   return (x->len > y->len) - (x->len < y->len);
 }
 
+/* Bytes that stand for themselves inside a JSON string: printable ASCII but '"' and '\\'. */
+static const unsigned char plain_byte[256] = {
+    ['\x20'] = 1, ['!'] = 1, ['#'] = 1, ['$'] = 1,    ['%'] = 1, ['&'] = 1, ['\''] = 1, ['('] = 1, [')'] = 1, ['*'] = 1,
+    ['+'] = 1,    [','] = 1, ['-'] = 1, ['.'] = 1,    ['/'] = 1, ['0'] = 1, ['1'] = 1,  ['2'] = 1, ['3'] = 1, ['4'] = 1,
+    ['5'] = 1,    ['6'] = 1, ['7'] = 1, ['8'] = 1,    ['9'] = 1, [':'] = 1, [';'] = 1,  ['<'] = 1, ['='] = 1, ['>'] = 1,
+    ['?'] = 1,    ['@'] = 1, ['A'] = 1, ['B'] = 1,    ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1,    ['J'] = 1, ['K'] = 1, ['L'] = 1,    ['M'] = 1, ['N'] = 1, ['O'] = 1,  ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+    ['S'] = 1,    ['T'] = 1, ['U'] = 1, ['V'] = 1,    ['W'] = 1, ['X'] = 1, ['Y'] = 1,  ['Z'] = 1, ['['] = 1, [']'] = 1,
+    ['^'] = 1,    ['_'] = 1, ['`'] = 1, ['a'] = 1,    ['b'] = 1, ['c'] = 1, ['d'] = 1,  ['e'] = 1, ['f'] = 1, ['g'] = 1,
+    ['h'] = 1,    ['i'] = 1, ['j'] = 1, ['k'] = 1,    ['l'] = 1, ['m'] = 1, ['n'] = 1,  ['o'] = 1, ['p'] = 1, ['q'] = 1,
+    ['r'] = 1,    ['s'] = 1, ['t'] = 1, ['u'] = 1,    ['v'] = 1, ['w'] = 1, ['x'] = 1,  ['y'] = 1, ['z'] = 1, ['{'] = 1,
+    ['|'] = 1,    ['}'] = 1, ['~'] = 1, ['\x7f'] = 1,
+};
+
+/* Most strings an API answers with (keys, ids, names, e-mail addresses, timestamps) are plain
+ * ASCII: those are copied between quotes in one go. Anything else (escapes, UTF-8 to check) goes
+ * to eng_json_escape, which owns the rules. */
+/* Sorts keys[0..n) by keyref_cmp: insertion sort for the few keys of a typical object (no
+ * indirect calls), qsort past ENG_JSON_INSERTION_SORT_MAX. */
+static void sort_keys(keyref *keys, size_t n) {
+  if (n > ENG_JSON_INSERTION_SORT_MAX) {
+    qsort(keys, n, sizeof(keyref), keyref_cmp);
+    return;
+  }
+  for (size_t i = 1; i < n; i++) {
+    keyref k = keys[i];
+    size_t j = i;
+    while (j > 0 && keyref_cmp(&keys[j - 1], &k) > 0) {
+      keys[j] = keys[j - 1];
+      j--;
+    }
+    keys[j] = k;
+  }
+}
+
 static int encode_string(encoder *e, const char *str, size_t len) {
+  const unsigned char *p = (const unsigned char *)str;
+  size_t i = 0;
+  while (i < len && plain_byte[p[i]])
+    i++;
+  if (i == len) {
+    eng_buf *b = e->out;
+    if (eng_buf_reserve(b, len + 2) != 0)
+      return enc_fail(e, ENG_ENOMEM, "out of memory");
+    char *o = b->data + b->len;
+    o[0] = '"';
+    memcpy(o + 1, str, len);
+    o[len + 1] = '"';
+    o[len + 2] = '\0';
+    b->len += len + 2;
+    return 0;
+  }
   int rc = eng_json_escape(e->out, str, len, ENG_JSON_STRICT);
   if (rc == ENG_EINVAL)
     return enc_fail(e, rc, "invalid UTF-8 in string");
@@ -154,12 +224,25 @@ static int encode_float(encoder *e, double d) {
   return put(e, tmp, (size_t)n);
 }
 
+/* The decimal digits of v (as %lld prints it) without snprintf, which cost more than the rest
+ * of encoding a small row. */
+static int encode_integer(encoder *e, lua_Integer v) {
+  char tmp[24];
+  char *end = tmp + sizeof tmp, *o = end;
+  /* Negated as unsigned: well defined for the most negative value too. */
+  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+  do {
+    *--o = (char)('0' + u % 10);
+    u /= 10;
+  } while (u != 0);
+  if (v < 0)
+    *--o = '-';
+  return put(e, o, (size_t)(end - o));
+}
+
 static int encode_number(encoder *e, int idx) {
-  if (lua_isinteger(e->L, idx)) {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(e->L, idx));
-    return put(e, tmp, (size_t)n);
-  }
+  if (lua_isinteger(e->L, idx))
+    return encode_integer(e, lua_tointeger(e->L, idx));
   return encode_float(e, (double)lua_tonumber(e->L, idx));
 }
 
@@ -194,10 +277,14 @@ static int encode_object(encoder *e, int idx, size_t base, size_t count) {
       return rc;
     if ((rc = encode_string(e, k.s, k.len)) != 0 || (rc = PUT_LIT(e, ":")) != 0)
       return rc;
-    lua_pushlstring(L, k.s, k.len);
-    lua_rawget(L, idx);
-    rc = encode_value(e, lua_gettop(L));
-    lua_pop(L, 1);
+    if (k.slot != 0) {
+      rc = encode_value(e, k.slot);
+    } else {
+      lua_pushlstring(L, k.s, k.len);
+      lua_rawget(L, idx);
+      rc = encode_value(e, lua_gettop(L));
+      lua_pop(L, 1);
+    }
     if (rc != 0)
       return rc;
   }
@@ -206,12 +293,14 @@ static int encode_object(encoder *e, int idx, size_t base, size_t count) {
 
 /* A table is an array when it carries the array metatable, or when its keys are exactly 1..n;
  * otherwise an object, and then every key must be a string. One traversal classifies the keys
- * and collects the string ones for sorting. */
+ * and collects the string ones for sorting; the first ENG_JSON_STACK_VALUES pairs stay on the
+ * stack (key, then value) for encode_object, and the stack goes back to its height at the end. */
 static int encode_table(encoder *e, int idx) {
   lua_State *L = e->L;
   size_t base = e->nkeys, count = 0;
   lua_Integer maxk = 0;
   int all_pos_int = 1, all_str = 1, rc;
+  int top = lua_gettop(L);
 
   if (e->depth >= ENG_JSON_MAX_ENCODE_DEPTH)
     return enc_fail(e, ENG_ETOOBIG, "cycle or nesting deeper than 128");
@@ -220,7 +309,13 @@ static int encode_table(encoder *e, int idx) {
   e->depth++;
 
   if (lua_getmetatable(L, idx)) {
-    int is_array = lua_rawequal(L, -1, e->mt);
+    if (!e->mt_fetched) { /* the registry keeps it alive, so its address stays valid */
+      luaL_getmetatable(L, ENG_JSON_ARRAY_MT);
+      e->mt = lua_topointer(L, -1);
+      e->mt_fetched = e->mt != NULL;
+      lua_pop(L, 1);
+    }
+    int is_array = e->mt != NULL && lua_topointer(L, -1) == e->mt;
     lua_pop(L, 1);
     if (is_array) {
       rc = encode_array(e, idx, lua_rawlen(L, idx));
@@ -230,14 +325,17 @@ static int encode_table(encoder *e, int idx) {
 
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
+    int slot = 0;
     count++;
     if (lua_type(L, -2) == LUA_TSTRING) {
       all_pos_int = 0;
       if (all_str) {
         size_t kl;
         const char *ks = lua_tolstring(L, -2, &kl); /* a string already: no conversion */
-        if ((rc = keys_push(e, ks, kl)) != 0)
-          goto done; /* key and value stay on the stack: eng_json_encode restores the top */
+        if (count <= ENG_JSON_STACK_VALUES && lua_checkstack(L, 3))
+          slot = lua_gettop(L);
+        if ((rc = keys_push(e, ks, kl, slot)) != 0)
+          goto done;
       }
     } else {
       all_str = 0;
@@ -251,7 +349,10 @@ static int encode_table(encoder *e, int idx) {
         all_pos_int = 0;
       }
     }
-    lua_pop(L, 1);
+    if (slot != 0)
+      lua_pushvalue(L, -2); /* keeps key and value where they are; the copy of the key goes on */
+    else
+      lua_pop(L, 1);
   }
 
   if (count == 0) {
@@ -261,12 +362,12 @@ static int encode_table(encoder *e, int idx) {
   } else if (!all_str) {
     rc = enc_fail(e, ENG_EINVAL, "table key must be a string");
   } else {
-    if (count > 1)
-      qsort(e->keys + base, count, sizeof(keyref), keyref_cmp);
+    sort_keys(e->keys + base, count);
     rc = encode_object(e, idx, base, count);
   }
 
 done:
+  lua_settop(L, top);
   e->nkeys = base;
   e->depth--;
   return rc;
@@ -321,9 +422,6 @@ int eng_json_encode(lua_State *L, int idx, eng_buf *out, const char **errmsg) {
       *errmsg = "Lua stack exhausted";
     return ENG_ENOMEM;
   }
-  /* Fetched once so that the per-table check is a raw pointer comparison. */
-  luaL_getmetatable(L, ENG_JSON_ARRAY_MT);
-  e.mt = lua_gettop(L);
   lua_pushnil(L);
   e.scratch = lua_gettop(L);
 
@@ -772,7 +870,18 @@ static int l_encode(lua_State *L) {
     box = encode_box_new(L);
   box->busy = 1;
   eng_buf_reset(&box->buf);
-  rc = eng_json_encode(L, 1, &box->buf, &msg);
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    /* Scripts that assemble JSON themselves encode one string at a time: that needs none of
+     * eng_json_encode's stack set-up (a third of such a call). */
+    encoder e = {.L = L, .out = &box->buf};
+    size_t len;
+    const char *str = lua_tolstring(L, 1, &len);
+    rc = encode_string(&e, str, len);
+    if (rc != 0)
+      msg = e.errmsg;
+  } else {
+    rc = eng_json_encode(L, 1, &box->buf, &msg);
+  }
   box->busy = 0;
   if (rc == 0)
     lua_pushlstring(L, box->buf.data, box->buf.len);

@@ -695,6 +695,8 @@ static void hook_name(lua_State *L, int idx, const char *kind, char *out, size_t
 }
 
 /* Reads `status, body, headers` (at base+1..base+3 of L) into the answer. */
+/* who names the answerer for the log line of a bad answer; NULL for the route's handler, whose
+ * "METHOD /pattern" is formatted only then (every request paid for an snprintf otherwise). */
 static void take_answer(call *c, lua_State *L, int base, const char *who) {
   const char *why = NULL;
   int isnum = 0;
@@ -704,6 +706,11 @@ static void take_answer(call *c, lua_State *L, int base, const char *who) {
   else if ((why = take_headers(L, base + 3, c->resp)) == NULL)
     why = take_body(L, base + 2, c->resp);
   if (why) {
+    char handler[300];
+    if (!who) {
+      snprintf(handler, sizeof handler, "%s %s", c->lr.req->method, c->lr.m->pattern);
+      who = handler;
+    }
     bad_answer(c, L, who, why);
     return;
   }
@@ -830,11 +837,7 @@ static void run_after_hooks(call *c, lua_State *L, int req_idx) {
 }
 
 /* Reads the handler's `status, body, headers` (L's top three) into the answer. */
-static void take_handler_answer(call *c, lua_State *L) {
-  char who[300];
-  snprintf(who, sizeof who, "%s %s", c->lr.req->method, c->lr.m->pattern);
-  take_answer(c, L, lua_gettop(L) - 3, who);
-}
+static void take_handler_answer(call *c, lua_State *L) { take_answer(c, L, lua_gettop(L) - 3, NULL); }
 
 /* The handler yielded to the engine: anchors its thread and the request table in the registry
  * (the reusable coroutine becomes this request's own: the next request makes a new one) so

@@ -278,6 +278,49 @@ describe("engine.json", function()
     eq(json.encode({[long1] = 1, [long2] = 2}), "{\"" .. long2 .. "\":2,\"" .. long1 .. "\":1}", "long keys sorted and looked up")
   end)
 
+  it("objects of every size around the encoder's limits keep each value with its key", function()
+    -- 16 keys are sorted in place, more by qsort; the first 32 values are encoded from the
+    -- stack, later ones looked up by key: the expected text is built independently here.
+    for _, n in ipairs({1, 2, 15, 16, 17, 31, 32, 33, 40, 100}) do
+      local t, keys = {}, {}
+      for i = 1, n do
+        local k = string.format("k%03d", (i * 37) % 1000)
+        t[k] = (i % 3 == 0) and {inner = i, list = json.array({i, -i})} or ("v" .. i)
+        keys[#keys + 1] = k
+      end
+      table.sort(keys)
+      local parts = {}
+      for _, k in ipairs(keys) do
+        local v = t[k]
+        local ev = type(v) == "table" and string.format('{"inner":%d,"list":[%d,%d]}', v.inner, v.inner, -v.inner)
+          or ('"' .. v .. '"')
+        parts[#parts + 1] = '"' .. k .. '":' .. ev
+      end
+      eq(json.encode(t), "{" .. table.concat(parts, ",") .. "}", n .. " keys")
+      eq(json.encode({outer = t, z = n}), '{"outer":{' .. table.concat(parts, ",") .. '},"z":' .. n .. '}', n .. " keys nested")
+    end
+  end)
+
+  it("integers are written exactly, floats keep their point", function()
+    eq(json.encode({0, -1, 7, -10, 1000000, -9876543210}), "[0,-1,7,-10,1000000,-9876543210]", "integers")
+    eq(json.encode({math.maxinteger, math.mininteger, math.mininteger + 1}),
+       "[9223372036854775807,-9223372036854775808,-9223372036854775807]", "int64 limits in an array")
+    eq(json.encode({3.0, -0.5, 1e100}), "[3.0,-0.5,1e+100]", "floats")
+  end)
+
+  it("plain and escaped strings side by side", function()
+    eq(json.encode({a = "plain ~!#$%&'()*+,-./:;<=>?@[]^_`{|} \x7f", b = 'q"b\\s', c = "\t\1",
+                    d = "caf\xc3\xa9", e = ""}),
+       '{"a":"plain ~!#$%&\'()*+,-./:;<=>?@[]^_`{|} \x7f","b":"q\\"b\\\\s","c":"\\t\\u0001","d":"caf\xc3\xa9","e":""}',
+       "each kind")
+  end)
+
+  it("a table with another metatable is an object, an array-marked one an array", function()
+    local other = setmetatable({x = 1}, {__index = function() return 0 end})
+    eq(json.encode({a = other, b = json.array({1}), c = json.array()}), '{"a":{"x":1},"b":[1],"c":[]}', "mixed metatables")
+    eq(json.encode(setmetatable({}, {})), "{}", "empty with a metatable")
+  end)
+
   it("tables with non-string keys are rejected unless they are 1..n", function()
     enc_fails({1, 2, x = 3}, "table key must be a string", "mixed integer and string keys")
     enc_fails({[1] = 1, [3] = 3}, "table key must be a string", "holes")

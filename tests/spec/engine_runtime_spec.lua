@@ -139,6 +139,9 @@ describe("engine runtime (in-process)", function()
       assert.same({ error = { code = "internal_error", message = "internal server error" }, request_id = "rid-500" }, res.json)
       assert.is_nil(res.body:find("script failure", 1, true))
     end
+    -- the log line of a bad answer names the route's method and pattern
+    assert.matches("^GET /bad%-status: must return an HTTP status %(integer 100%.%.599%) first\n?$",
+      app.request("GET", "/bad-status").error)
   end)
 
   it("stops a handler over its time budget with 503, even one that catches errors", function()
