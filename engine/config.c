@@ -24,7 +24,8 @@ typedef enum {
   T_MB,
   T_FLAG,
   T_MLISTEN,
-  T_PATH
+  T_PATH,
+  T_NETLIST
 } opt_type;
 
 typedef struct opt {
@@ -102,6 +103,8 @@ static const opt opts[] = {
      "path the engine answers 200 itself, before any Lua (default /healthz)"},
     {"--readyz-path", "APIENGINE_READYZ_PATH", "readyz_path", T_PATH, OFF(readyz_path), 0, 0,
      "path answering 200 when the database answers and the scripts are loaded, 503 else (default /readyz)"},
+    {"--real-ip-from", "APIENGINE_REAL_IP_FROM", "real_ip_from", T_NETLIST, OFF(real_ip_from), 0, 0,
+     "trusted proxies (addresses, CIDR blocks; comma-separated): X-Forwarded-For names the client (default: none)"},
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])
@@ -149,6 +152,7 @@ void eng_config_free(eng_config *c) {
   free(c->metrics_host);
   free(c->healthz_path);
   free(c->readyz_path);
+  free(c->real_ip_from);
   eng_buf_free(&c->settings);
   memset(c, 0, sizeof *c);
 }
@@ -252,6 +256,24 @@ static int apply(eng_config *c, const opt *o, const char *val, const char *src, 
       goto bad;
     *(int *)(base + o->offset) = 1;
     return 0;
+  case T_NETLIST: { /* "" turns it off (over a config file's list) */
+    char *why = NULL;
+    if (eng_netaddr_list_parse(&c->real_ip, val, &why) != 0) {
+      int rc = strcmp(src, o->flag) == 0
+                   ? eng_errorf(err, ENG_ECONFIG, "%s: %s", src, why ? why : "out of memory")
+                   : eng_errorf(err, ENG_ECONFIG, "%s: %s: %s", src, o->key, why ? why : "out of memory");
+      free(why);
+      return rc;
+    }
+    char **slot = (char **)(base + o->offset);
+    free(*slot);
+    *slot = c->real_ip.n ? strdup(val) : NULL;
+    if (c->real_ip.n && *slot == NULL) {
+      c->real_ip.n = 0;
+      return eng_errorf(err, ENG_ENOMEM, "out of memory");
+    }
+    return 0;
+  }
   case T_SYNC:
     if (strcasecmp(val, "FULL") && strcasecmp(val, "NORMAL") && strcasecmp(val, "OFF"))
       goto bad;
@@ -382,6 +404,7 @@ int eng_config_diff(const eng_config *a, const eng_config *b, const char *const 
     switch (o->type) {
     case T_STR:
     case T_PATH:
+    case T_NETLIST:
     case T_SYNC: {
       const char *x = *(char *const *)(pa + o->offset), *y = *(char *const *)(pb + o->offset);
       differs = (x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0);

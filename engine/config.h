@@ -11,6 +11,7 @@
 #include "buf.h"
 #include "http.h"
 #include "log.h"
+#include "netaddr.h"
 
 #include <stddef.h>
 
@@ -60,8 +61,10 @@ typedef struct eng_config {
   int handover;        /* --handover: start beside a running server of the same database and port */
   char *metrics_host;  /* --metrics-listen: the metrics and health listener; NULL: none (the default) */
   int metrics_port;
-  char *healthz_path; /* answered 200 by the engine itself, before any Lua ("/healthz") */
-  char *readyz_path;  /* 200 when the database answers and the scripts are loaded, else 503 ("/readyz") */
+  char *healthz_path;       /* answered 200 by the engine itself, before any Lua ("/healthz") */
+  char *readyz_path;        /* 200 when the database answers and the scripts are loaded, else 503 ("/readyz") */
+  char *real_ip_from;       /* --real-ip-from as given, NULL: none (the default) */
+  eng_netaddr_list real_ip; /* its trusted proxies, parsed; empty: X-Forwarded-For is never read */
 } eng_config;
 
 /* Fills defaults. */

@@ -291,7 +291,7 @@ static void send_response(conn *c, const eng_http_request *req, const char *requ
         .bytes = no_body ? 0 : r->body.len,
         .duration_ms = ms,
         .request_id = request_id,
-        .peer = c->peer,
+        .peer = c->client,
         .route = route,
         .worker = w->id,
     };
@@ -328,6 +328,35 @@ static void on_answer(void *ud, eng_response *resp, const char *request_id, cons
   resume(c);
 }
 
+/* Sets c->client, the address req.peer and the access log give for req (NULL: nothing usable was
+ * parsed): the TCP peer, or, when that peer is a trusted proxy (--real-ip-from), the client its
+ * X-Forwarded-For names (netaddr.h). Chosen per request: a balancer's keep-alive connection
+ * carries the requests of many clients. */
+static void choose_client(conn *c, const eng_http_request *req) {
+  if (!c->trusted || req == NULL) {
+    memcpy(c->client, c->peer, sizeof c->client);
+    return;
+  }
+  const char *values[ENG_HTTP_MAX_HEADERS];
+  size_t lens[ENG_HTTP_MAX_HEADERS];
+  int n = 0;
+  size_t pos = 0;
+  eng_http_header h;
+  while (n < ENG_HTTP_MAX_HEADERS && eng_http_next_header(req, &pos, &h))
+    if (h.name_len == 15 && memcmp(h.name, "x-forwarded-for", 15) == 0) {
+      values[n] = h.value;
+      lens[n++] = h.value_len;
+    }
+  eng_netaddr a = c->addr;
+  eng_netaddr_forwarded(&c->w->cfg->real_ip, values, lens, n, &a);
+  if (memcmp(&a, &c->addr, sizeof a) == 0) {
+    memcpy(c->client, c->peer, sizeof c->client);
+    return;
+  }
+  /* The balancer does not forward the client's port: 0, as for an address the engine cannot tell. */
+  eng_netaddr_format(&a, 0, c->client, sizeof c->client);
+}
+
 /* Answers the request c has read; 1 when its handler suspended (c->run set, answered later by
  * on_answer), else 0. */
 static int handle_request(conn *c) {
@@ -336,6 +365,7 @@ static int handle_request(conn *c) {
   char rid[ENG_HTTP_REQUEST_ID_MAX + 1];
   eng_http_request_id(req, rid);
   eng_response_reset(&w->resp);
+  choose_client(c, req);
   const char *route;
   int health = eng_health_path(w->cfg, req); /* answered here, before any Lua */
   if (health) {
@@ -344,7 +374,7 @@ static int handle_request(conn *c) {
   } else {
     /* The main thread names the workers still in a handler when the drain deadline passes. */
     atomic_store_explicit(&w->busy_since, uv_hrtime(), memory_order_relaxed);
-    int suspended = eng_runtime_handle_async(w->rt, req, c->peer, rid, &w->resp, on_answer, c, &c->run);
+    int suspended = eng_runtime_handle_async(w->rt, req, c->client, rid, &w->resp, on_answer, c, &c->run);
     atomic_store_explicit(&w->busy_since, 0, memory_order_relaxed);
     if (suspended)
       return 1;
@@ -362,6 +392,7 @@ static void handle_parse_error(conn *c) {
   eng_http_request_id(c->hp.req.nheaders ? &c->hp.req : NULL, rid);
   eng_response_reset(&w->resp);
   eng_runtime_error(w->rt, c->hp.error_status, c->hp.error_code, c->hp.error_reason, rid, &w->resp);
+  choose_client(c, c->hp.headers_done ? &c->hp.req : NULL); /* a header cut short is not read */
   send_response(c, c->hp.req.method ? &c->hp.req : NULL, rid, 0, NULL, &w->resp);
   c->closing = 1;
 }
@@ -488,12 +519,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   settle(c);
 }
 
-static void format_peer(uv_tcp_t *t, char *out, size_t size) {
+/* c->peer, c->addr and c->trusted, from the socket's peer. */
+static void format_peer(conn *c) {
   struct sockaddr_storage ss = {0};
   int len = sizeof ss;
   char ip[INET6_ADDRSTRLEN] = "?";
   int port = 0;
-  if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) == 0) {
+  char *out = c->peer;
+  size_t size = sizeof c->peer;
+  memset(&c->addr, 0, sizeof c->addr);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    c->trusted = eng_netaddr_from_sockaddr((struct sockaddr *)&ss, &c->addr) == 0 &&
+                 eng_netaddr_list_has(&c->w->cfg->real_ip, &c->addr);
     if (ss.ss_family == AF_INET) {
       struct sockaddr_in *a = (struct sockaddr_in *)&ss;
       uv_ip4_name(a, ip, sizeof ip);
@@ -541,7 +578,8 @@ static void conn_begin(worker *w, conn *c) {
   /* Without TCP_NODELAY answers are only slower (Nagle), so a failure is not fatal. */
   if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0)
     eng_log_debug("worker %d: TCP_NODELAY: %s", w->id, uv_strerror(rc));
-  format_peer(&c->tcp, c->peer, sizeof c->peer);
+  format_peer(c);
+  memcpy(c->client, c->peer, sizeof c->client);
   eng_http_parser_init(&c->hp, &w->cfg->limits);
   if (w->stopping) /* adopted at the drain: as idle ones, one more request or a clean close */
     arm_idle(c);

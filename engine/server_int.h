@@ -73,8 +73,11 @@ struct conn {
   eng_http_parser hp;
   eng_pending *run; /* the suspended request of C_RUN, or NULL */
   unsigned state : 3, closing : 1, sent_continue : 1, reading : 1, counted : 1, shut : 1;
-  signed char gauge; /* the state apiengine_connections counts it in (ENG_METRICS_CONN_*) */
-  char peer[48];
+  unsigned trusted : 1;              /* the TCP peer is in --real-ip-from: its requests' X-Forwarded-For counts */
+  signed char gauge;                 /* the state apiengine_connections counts it in (ENG_METRICS_CONN_*) */
+  eng_netaddr addr;                  /* the TCP peer's address */
+  char peer[ENG_NETADDR_PEER_MAX];   /* the TCP peer, "ip:port" */
+  char client[ENG_NETADDR_PEER_MAX]; /* the current request's client (req.peer, the access log) */
 };
 
 /* What every worker of one server shares: the process-wide connection count and the

@@ -226,6 +226,57 @@ static void test_diff_names_every_changed_option(void) {
   eng_config_free(&b);
 }
 
+/* --real-ip-from: off by default, parsed at load (flag, environment, file), refused by entry,
+ * and turned off again by an empty flag over the file's list. */
+static void test_real_ip_from(void) {
+  eng_config c;
+  char *err = NULL;
+  eng_netaddr a, b;
+  CHECK_INT(eng_netaddr_parse("10.1.2.3", 8, &a), 0);
+  CHECK_INT(eng_netaddr_parse("2001:db8::5", 11, &b), 0);
+  CHECK_INT(load(&c, 0, NULL, &err), 0);
+  CHECK(c.real_ip_from == NULL);
+  CHECK_INT(c.real_ip.n, 0);
+  eng_config_free(&c);
+
+  char *flag[] = {"--real-ip-from", "10.0.0.0/8, 2001:db8::/32"};
+  CHECK_INT(load(&c, 2, flag, &err), 0);
+  CHECK_STR(c.real_ip_from, "10.0.0.0/8, 2001:db8::/32");
+  CHECK_INT(c.real_ip.n, 2);
+  CHECK_INT(eng_netaddr_list_has(&c.real_ip, &a), 1);
+  CHECK_INT(eng_netaddr_list_has(&c.real_ip, &b), 1);
+  eng_config_free(&c);
+
+  setenv("APIENGINE_REAL_IP_FROM", "10.0.0.0/8", 1);
+  CHECK_INT(load(&c, 0, NULL, &err), 0);
+  CHECK_INT(eng_netaddr_list_has(&c.real_ip, &a), 1);
+  CHECK_INT(eng_netaddr_list_has(&c.real_ip, &b), 0);
+  eng_config_free(&c);
+  char *off[] = {"--real-ip-from="};
+  CHECK_INT(load(&c, 1, off, &err), 0);
+  CHECK(c.real_ip_from == NULL);
+  CHECK_INT(c.real_ip.n, 0);
+  eng_config_free(&c);
+  setenv("APIENGINE_REAL_IP_FROM", "10.0.0.0/8,lb.internal", 1);
+  CHECK_INT(load(&c, 0, NULL, &err), ENG_ECONFIG);
+  CHECK_STR(err, "APIENGINE_REAL_IP_FROM: real_ip_from: 'lb.internal' is not an address or CIDR block");
+  free(err);
+  err = NULL;
+  eng_config_free(&c);
+  unsetenv("APIENGINE_REAL_IP_FROM");
+
+  char *bad[] = {"--real-ip-from", "192.168.1.1/24"};
+  CHECK_INT(load(&c, 2, bad, &err), ENG_ECONFIG);
+  CHECK_STR(err, "--real-ip-from: '192.168.1.1/24' has address bits set past its prefix");
+  free(err);
+  err = NULL;
+  eng_config_free(&c);
+  CHECK_INT(load_source(&c, "return { real_ip_from = '::1' }\n", &err), 0);
+  CHECK_STR(c.real_ip_from, "::1");
+  CHECK_INT(c.real_ip.n, 1);
+  eng_config_free(&c);
+}
+
 int main(void) {
   eng_config c;
   char *err = NULL;
@@ -315,5 +366,6 @@ int main(void) {
   test_settings_that_are_not_data_are_refused_at_start_up();
   test_settings_missing_or_not_a_table_are_empty();
   test_environment_wins_over_settings_as_a_string();
+  test_real_ip_from();
   return check_summary("test_config");
 }
