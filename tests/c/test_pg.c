@@ -15,13 +15,12 @@
 #include <uv.h>
 
 #include "check.h"
+#include "pg_server.h"
 #include "error.h"
 #include "pg.h"
 
 static uv_loop_t *loop;
-static char pgdir[256];
 static char conninfo[512];
-static char script[1024];
 static int seq; /* completion order */
 static int ticks;
 static void tick(uv_timer_t *t) {
@@ -32,38 +31,6 @@ static void tick(uv_timer_t *t) {
 #define SQL(text) text, strlen(text) /* a literal and its length */
 
 /* ---- the throwaway server ---- */
-
-static int pg_cmd(const char *verb) {
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd, "'%s' %s '%s'", script, verb, pgdir);
-  return system(cmd);
-}
-
-static void stop_server(void) {
-  if (pgdir[0])
-    pg_cmd("stop");
-  pgdir[0] = '\0';
-}
-
-static int start_server(void) {
-  const char *src = getenv("ENG_SOURCE_DIR");
-  snprintf(script, sizeof script, "%s/tests/support/pg.sh", src ? src : ".");
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd, "'%s' start %ld", script, (long)getpid());
-  FILE *p = popen(cmd, "r");
-  if (!p)
-    return -1;
-  char line[256] = "";
-  char *got = fgets(line, sizeof line, p);
-  int rc = pclose(p);
-  if (!got || rc != 0)
-    return -1;
-  line[strcspn(line, "\n")] = '\0';
-  snprintf(pgdir, sizeof pgdir, "%s", line);
-  atexit(stop_server);
-  snprintf(conninfo, sizeof conninfo, "host=%s user=postgres dbname=postgres", pgdir);
-  return 0;
-}
 
 /* ---- waiting for answers ---- */
 
@@ -1148,7 +1115,7 @@ int main(void) {
   RUN(test_translate_random_texts);
   RUN(test_kinds_from_sqlstate);
   RUN(test_open_refuses_bad_options);
-  if (start_server() != 0) {
+  if (start_server(conninfo, sizeof conninfo) != 0) {
     fprintf(stderr, "test_pg: cannot start a throwaway PostgreSQL (tests/support/pg.sh)\n");
     return 1;
   }

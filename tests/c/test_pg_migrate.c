@@ -13,45 +13,14 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "pg_server.h"
 #include "error.h"
 #include "pg_migrate.h"
 
-static char pgdir[256];
-static char script[1024];
 static char tmpdir[64];
 static char admin[512]; /* the server's postgres database */
 
 /* ---- the throwaway server and its databases ---- */
-
-static void stop_server(void) {
-  char cmd[2048];
-  if (pgdir[0]) {
-    snprintf(cmd, sizeof cmd, "'%s' stop '%s'", script, pgdir);
-    if (system(cmd) != 0)
-      fprintf(stderr, "test_pg_migrate: pg.sh stop failed\n");
-  }
-  pgdir[0] = '\0';
-}
-
-static int start_server(void) {
-  const char *src = getenv("ENG_SOURCE_DIR");
-  snprintf(script, sizeof script, "%s/tests/support/pg.sh", src ? src : ".");
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd, "'%s' start %ld", script, (long)getpid());
-  FILE *p = popen(cmd, "r");
-  if (!p)
-    return -1;
-  char line[256] = "";
-  char *got = fgets(line, sizeof line, p);
-  int rc = pclose(p);
-  if (!got || rc != 0)
-    return -1;
-  line[strcspn(line, "\n")] = '\0';
-  snprintf(pgdir, sizeof pgdir, "%s", line);
-  atexit(stop_server);
-  snprintf(admin, sizeof admin, "host=%s user=postgres dbname=postgres", pgdir);
-  return 0;
-}
 
 /* Runs sql on conninfo; returns the first value of the first row (static), "" for none, or
  * "(error: ...)" . */
@@ -396,7 +365,7 @@ int main(void) {
     return 1;
   }
   RUN(test_redact_masks_passwords);
-  if (start_server() != 0) {
+  if (start_server(admin, sizeof admin) != 0) {
     fprintf(stderr, "test_pg_migrate: cannot start a throwaway PostgreSQL (tests/support/pg.sh)\n");
     return 1;
   }
