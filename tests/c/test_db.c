@@ -12,11 +12,10 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "tmpdir.h"
 #include "db.h"
 #include "db_migrate.h"
 #include "error.h"
-
-static char tmpdir[64];
 
 #define MIG_0001 "CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT NOT NULL);\n"
 #define MIG_0001_SHA "1431c6d1072779b31e5d8e4a64517e0bf12079ff40c6662e89373d5107a5eb78"
@@ -27,28 +26,6 @@ static char tmpdir[64];
   "INSERT INTO b (a_id) VALUES (1);\n"
 #define MIG_0002_SHA "d4cc470c70e29065aa5569d7ee842c56cda73537b047a6ff6ea51f57d15a7e1f"
 #define MIG_0003_BAD "CREATE TABLE c (x INTEGER);\nSELEC nonsense;\n"
-
-static const char *path_in(const char *name) {
-  static char buf[4][256];
-  static int next;
-  char *p = buf[next++ % 4];
-  snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
-  return p;
-}
-
-static void write_file(const char *name, const char *text) {
-  FILE *f = fopen(path_in(name), "wb");
-  CHECK(f != NULL);
-  if (!f)
-    return;
-  fwrite(text, 1, strlen(text), f);
-  fclose(f);
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
-}
 
 static long long query_int(sqlite3 *h, const char *sql) {
   sqlite3_stmt *st = NULL;
@@ -785,11 +762,8 @@ cleanup:
 }
 
 int main(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/eng_test_db_XXXXXX");
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
+  if (tmpdir_make("/tmp/eng_test_db_XXXXXX") != 0)
     return 1;
-  }
   test_open_sets_wal_fk_and_full_sync();
   test_open_sets_cache_and_mmap();
   test_busy_timeout_waits_then_gives_up();
@@ -803,6 +777,6 @@ int main(void) {
   test_inspect_limit_and_facts();
   test_checkpointer_moves_the_wal_off_the_writers();
   test_checkpointer_anchor_keeps_reads_fresh_and_checkpoints_going();
-  nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  tmpdir_remove();
   return check_summary("test_db");
 }

@@ -9,33 +9,10 @@
 #include <sys/stat.h>
 
 #include "check.h"
+#include "tmpdir.h"
 #include "db.h"
 #include "db_migrate.h"
 #include "error.h"
-
-static char tmpdir[64];
-
-static const char *path_in(const char *name) {
-  static char buf[4][256];
-  static int next;
-  char *p = buf[next++ % 4];
-  snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
-  return p;
-}
-
-static void write_file(const char *name, const char *text) {
-  FILE *f = fopen(path_in(name), "wb");
-  CHECK(f != NULL);
-  if (!f)
-    return;
-  fwrite(text, 1, strlen(text), f);
-  fclose(f);
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
-}
 
 static long long query_int(sqlite3 *h, const char *sql) {
   sqlite3_stmt *st = NULL;
@@ -95,12 +72,9 @@ static void test_sqlite_ignores_pg_variants(void) {
 }
 
 int main(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/test_db_migrate.XXXXXX");
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
+  if (tmpdir_make("/tmp/test_db_migrate.XXXXXX") != 0)
     return 1;
-  }
   test_sqlite_ignores_pg_variants();
-  nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  tmpdir_remove();
   return check_summary("test_db_migrate");
 }

@@ -15,11 +15,10 @@
 #include <lualib.h>
 
 #include "check.h"
+#include "tmpdir.h"
 #include "db.h"
 #include "lua_common.h"
 #include "lua_db.h"
-
-static char tmpdir[64];
 
 static const char prelude[] = "function eq(got, want, what)\n"
                               "  if got ~= want or math.type(got) ~= math.type(want) then\n"
@@ -32,11 +31,6 @@ static const char prelude[] = "function eq(got, want, what)\n"
                               "  if ok then error('expected an error', 2) end\n"
                               "  return e\n"
                               "end\n";
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
-}
 
 static int traceback(lua_State *L) {
   luaL_traceback(L, L, luaL_tolstring(L, 1, NULL), 1);
@@ -308,16 +302,13 @@ static void test_two_workers_store_each_key_once(void) {
 }
 
 int main(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/eng_test_lua_db_XXXXXX");
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
+  if (tmpdir_make("/tmp/eng_test_lua_db_XXXXXX") != 0)
     return 1;
-  }
   test_failed_calls_leave_no_statement_busy_and_no_transaction_open();
   test_after_request_rolls_back_what_a_script_left_open();
   test_detached_module_raises();
   test_two_workers_write_the_same_file();
   test_two_workers_store_each_key_once();
-  nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  tmpdir_remove();
   return check_summary("test_lua_db");
 }

@@ -13,11 +13,11 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "tmpdir.h"
 #include "pg_server.h"
 #include "error.h"
 #include "pg_migrate.h"
 
-static char tmpdir[64];
 static char admin[512]; /* the server's postgres database */
 
 /* ---- the throwaway server and its databases ---- */
@@ -46,28 +46,6 @@ static void fresh_db(const char *name, char *conninfo, size_t cap) {
   snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
   CHECK_STR(q(admin, sql), "");
   snprintf(conninfo, cap, "host=%s user=postgres dbname=%s", pgdir, name);
-}
-
-static const char *path_in(const char *name) {
-  static char buf[4][512];
-  static int next;
-  char *p = buf[next++ % 4];
-  snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
-  return p;
-}
-
-static void write_file(const char *name, const char *text) {
-  FILE *f = fopen(path_in(name), "wb");
-  CHECK(f != NULL);
-  if (!f)
-    return;
-  fwrite(text, 1, strlen(text), f);
-  fclose(f);
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
 }
 
 static int contains(const char *s, const char *needle) { return s && strstr(s, needle) != NULL; }
@@ -359,11 +337,8 @@ static void test_facts_and_inspect(void) {
 int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0);
   alarm(100);
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/test_pg_migrate.XXXXXX");
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
+  if (tmpdir_make("/tmp/test_pg_migrate.XXXXXX") != 0)
     return 1;
-  }
   RUN(test_redact_masks_passwords);
   if (start_server(admin, sizeof admin) != 0) {
     fprintf(stderr, "test_pg_migrate: cannot start a throwaway PostgreSQL (tests/support/pg.sh)\n");
@@ -373,7 +348,7 @@ int main(void) {
   RUN(test_failing_statement_names_its_line);
   RUN(test_concurrent_migrators_apply_each_once);
   RUN(test_facts_and_inspect);
-  nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  tmpdir_remove();
   stop_server();
   return check_summary("test_pg_migrate");
 }

@@ -13,20 +13,15 @@
 #include <lauxlib.h>
 
 #include "check.h"
+#include "tmpdir.h"
 #include "error.h"
 #include "http.h"
 #include "log.h"
 #include "lua_runtime_int.h"
 
-static char tmpdir[64];
 static char log_path[128];
 static eng_runtime *squeezed; /* the runtime whose cap squeeze() lowers */
 static size_t saved_limit;
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
-}
 
 /* squeeze(): from a handler, caps the state well below what it holds now, so the next
  * allocation on it fails even after the emergency collection Lua tries first (which frees
@@ -409,8 +404,7 @@ static void test_state_too_small_to_build_is_a_start_up_error(void) {
 }
 
 int main(void) {
-  strcpy(tmpdir, "/tmp/apiengine-runtime-XXXXXX");
-  if (mkdtemp(tmpdir) == NULL)
+  if (tmpdir_make("/tmp/apiengine-runtime-XXXXXX") != 0)
     return 1;
   snprintf(log_path, sizeof log_path, "%s.log", tmpdir);
   int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -426,6 +420,6 @@ int main(void) {
   test_a_wait_with_a_context_resumes_through_its_continuation();
   close(fd);
   unlink(log_path);
-  nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+  tmpdir_remove();
   return check_summary("test_runtime");
 }
