@@ -108,13 +108,26 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
-void eng_lua_db_push_error_mt(lua_State *L) {
+static void push_error_mt(lua_State *L) {
   if (luaL_newmetatable(L, ERROR_MT)) {
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pushboolean(L, 0); /* shared by every db error: no script may change it for the others */
     lua_setfield(L, -2, "__metatable");
   }
+}
+
+void eng_lua_db_push_error(lua_State *L, const char *msg, const char *kind, int sql) {
+  sql = lua_absindex(L, sql);
+  lua_createtable(L, 0, 4);
+  lua_pushfstring(L, "db: %s", msg);
+  lua_setfield(L, -2, "message");
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushvalue(L, sql);
+  lua_setfield(L, -2, "sql");
+  push_error_mt(L);
+  lua_setmetatable(L, -2);
 }
 
 /* Raises {message = "db: "..msg, code, kind, sql} with the error metatable. sql is the stack
@@ -125,22 +138,13 @@ static int raise_failure(lua_State *L, int code, const char *msg, int sql, const
   int primary = code & 0xff;
   if (primary == SQLITE_READONLY || primary == SQLITE_FULL || primary == SQLITE_IOERR)
     eng_lua_storage_failed(L, code); /* the database cannot store writes now: a 503, not a 500 */
-  if (sql)
-    sql = lua_absindex(L, sql);
-  lua_createtable(L, 0, 4);
-  lua_pushfstring(L, "db: %s", msg);
-  lua_setfield(L, -2, "message");
+  if (!sql) {
+    lua_pushstring(L, sql_text);
+    sql = -1;
+  }
+  eng_lua_db_push_error(L, msg, error_kind(code), sql);
   lua_pushinteger(L, code);
   lua_setfield(L, -2, "code");
-  lua_pushstring(L, error_kind(code));
-  lua_setfield(L, -2, "kind");
-  if (sql)
-    lua_pushvalue(L, sql);
-  else
-    lua_pushstring(L, sql_text);
-  lua_setfield(L, -2, "sql");
-  eng_lua_db_push_error_mt(L);
-  lua_setmetatable(L, -2);
   return lua_error(L);
 }
 
@@ -624,7 +628,7 @@ int eng_luaopen_db(lua_State *L) {
       {"backend", l_backend},
       {NULL, NULL},
   };
-  eng_lua_db_push_error_mt(L);
+  push_error_mt(L);
   lua_pop(L, 1);
   eng_lua_push_array_mt(L);
   lua_pop(L, 1);

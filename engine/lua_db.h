@@ -48,8 +48,9 @@ int eng_lua_pg_one(lua_State *L, eng_pg *pg);
 int eng_lua_pg_exec(lua_State *L, eng_pg *pg);
 int eng_lua_pg_tx(lua_State *L);
 int eng_lua_pg_exec_many(lua_State *L);
-/* Pushes the metatable every engine.db error table has (lua_db.c's). */
-void eng_lua_db_push_error_mt(lua_State *L);
+/* Pushes an engine.db error table {message = "db: "..msg, kind, sql = the value at index sql}
+ * with the metatable every such table has; the caller adds its backend's code. */
+void eng_lua_db_push_error(lua_State *L, const char *msg, const char *kind, int sql);
 
 /* Opener for "engine.db": pushes the module table, returns 1. */
 int eng_luaopen_db(lua_State *L);

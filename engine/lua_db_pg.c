@@ -198,23 +198,14 @@ static void run_loop_until(lua_State *L, pgwait *w) {
 
 /* ---- errors ---- */
 
-/* Pushes {message = "db: "..msg, code = sqlstate (nil for the pool's own), kind, sql} with the
- * error metatable lua_db.c gives SQLite's errors. */
+/* Pushes the error table lua_db.c raises for SQLite ({message, kind, sql}, its metatable) with
+ * code = the SQLSTATE (none for the pool's own errors). */
 static void push_error(lua_State *L, const char *msg, const char *sqlstate, const char *kind, int sql) {
-  sql = lua_absindex(L, sql);
-  lua_createtable(L, 0, 4);
-  lua_pushfstring(L, "db: %s", msg);
-  lua_setfield(L, -2, "message");
+  eng_lua_db_push_error(L, msg, kind, sql);
   if (sqlstate && sqlstate[0]) {
     lua_pushstring(L, sqlstate);
     lua_setfield(L, -2, "code");
   }
-  lua_pushstring(L, kind);
-  lua_setfield(L, -2, "kind");
-  lua_pushvalue(L, sql);
-  lua_setfield(L, -2, "sql");
-  eng_lua_db_push_error_mt(L);
-  lua_setmetatable(L, -2);
 }
 
 /* ---- reading a result ---- */
