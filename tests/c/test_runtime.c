@@ -39,8 +39,9 @@ static int open_squeeze(lua_State *L) {
   return 1;
 }
 
-/* A server-mode runtime with the one script `source` loaded, and require "test.squeeze". */
-static eng_runtime *runtime_with(const char *source) {
+/* A server-mode runtime with the one script `source` loaded, where require(module) gives what
+ * opener returns. */
+static eng_runtime *runtime_with_module(const char *source, const char *module, lua_CFunction opener) {
   char path[128];
   snprintf(path, sizeof path, "%s/routes.lua", tmpdir);
   FILE *f = fopen(path, "w");
@@ -52,13 +53,19 @@ static eng_runtime *runtime_with(const char *source) {
   CHECK_INT(eng_runtime_new(&rt, &o, &err), 0);
   lua_State *L = eng_runtime_lua(rt);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, open_squeeze);
-  lua_setfield(L, -2, "test.squeeze");
+  lua_pushcfunction(L, opener);
+  lua_setfield(L, -2, module);
   lua_pop(L, 1);
   CHECK_INT(eng_runtime_load_scripts(rt, tmpdir, &err), 0);
   if (err)
     fprintf(stderr, "load: %s\n", err);
   free(err);
+  return rt;
+}
+
+/* The same with require "test.squeeze". */
+static eng_runtime *runtime_with(const char *source) {
+  eng_runtime *rt = runtime_with_module(source, "test.squeeze", open_squeeze);
   squeezed = rt;
   return rt;
 }
@@ -347,21 +354,7 @@ static const char *WAITER = "local route = require 'engine.route'\n"
                             "end)\n";
 
 static void test_a_wait_with_a_context_resumes_through_its_continuation(void) {
-  char path[128];
-  snprintf(path, sizeof path, "%s/routes.lua", tmpdir);
-  FILE *f = fopen(path, "w");
-  fputs(WAITER, f);
-  fclose(f);
-  eng_runtime_options o = {.budget_ms = 1000, .memory_limit = (size_t)64 << 20};
-  eng_runtime *rt = NULL;
-  char *err = NULL;
-  CHECK_INT(eng_runtime_new(&rt, &o, &err), 0);
-  lua_State *L = eng_runtime_lua(rt);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, open_wait);
-  lua_setfield(L, -2, "test.wait");
-  lua_pop(L, 1);
-  CHECK_INT(eng_runtime_load_scripts(rt, tmpdir, &err), 0);
+  eng_runtime *rt = runtime_with_module(WAITER, "test.wait", open_wait);
   uv_loop_t loop;
   CHECK_INT(uv_loop_init(&loop), 0);
   eng_runtime_set_loop(rt, &loop);
