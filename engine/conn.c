@@ -333,7 +333,9 @@ static void on_answer(void *ud, eng_response *resp, const char *request_id, cons
  * X-Forwarded-For names (netaddr.h). Chosen per request: a balancer's keep-alive connection
  * carries the requests of many clients. */
 static void choose_client(conn *c, const eng_http_request *req) {
-  if (!c->trusted || req == NULL) {
+  if (!c->trusted)
+    return; /* c->client is c->peer from conn_begin on */
+  if (req == NULL) {
     memcpy(c->client, c->peer, sizeof c->client);
     return;
   }
