@@ -277,9 +277,7 @@ fail:
   eng_runtime_free(w->rt);
   w->rt = NULL;
   if (loop_made) { /* the pool's and the listener's handles close as the loop runs */
-    if (w->pg)
-      eng_pg_close(w->pg, NULL, NULL);
-    w->pg = NULL;
+    close_pool(w);
     uv_walk(&w->loop, close_any, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     (void)uv_loop_close(&w->loop); /* every handle is closed: cannot be busy */
