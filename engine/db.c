@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "db_internal.h"
+#include "db_levels.h"
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
@@ -334,6 +335,8 @@ static int configure(eng_db *db, const char *path, const eng_db_options *o, char
            o->mmap_mb < 0 ? 0LL : 1048576LL * o->mmap_mb, ENG_DB_JOURNAL_LIMIT_BYTES, o->no_autocheckpoint ? 0 : 1000);
   if (sqlite3_exec(db->h, pragma, NULL, NULL, NULL) != SQLITE_OK)
     return eng_errorf(err, ENG_EDB, "db: cannot configure %s: %s", path, sqlite3_errmsg(db->h));
+  if (eng_db_levels_register(db->h) != SQLITE_OK) /* the leveled tables' triggers call it */
+    return eng_errorf(err, ENG_EDB, "db: cannot register engine_key64 on %s: %s", path, sqlite3_errmsg(db->h));
   return 0;
 }
 
@@ -408,6 +411,9 @@ struct eng_db_checkpointer {
   long long frame_bytes; /* one WAL frame: page size + 24 */
   sqlite3_stmt *anchor;  /* the read transaction held between checkpoints (hold_anchor), or NULL */
   int all_copied;        /* the last checkpoint left nothing in the WAL to copy */
+  sqlite3 *fold_h;       /* the folder's own connection (its writes must not meet the anchor) */
+  eng_db_levels *levels; /* folds the leveled key tables (db_levels.h), or NULL */
+  int64_t fold_busy_since_us;
   _Atomic unsigned long long passive, restarts, busy;
   _Atomic long long wal_frames_max;
 };
@@ -426,6 +432,31 @@ static int checkpointer_busy(void *arg, int count) {
   struct timespec ts = {0, BUSY_SPIN_US * 1000L};
   nanosleep(&ts, NULL);
   return 1;
+}
+
+/* The folder's busy handler: as checkpointer_busy, for at most ENG_DB_FOLD_WAIT_MS; a chunk that
+ * does not get the lock by then waits for the next pass. */
+static int fold_busy(void *arg, int count) {
+  eng_db_checkpointer *cp = arg;
+  int64_t now = mono_us();
+  if (count == 0)
+    cp->fold_busy_since_us = now;
+  if (now - cp->fold_busy_since_us >= (int64_t)ENG_DB_FOLD_WAIT_MS * 1000)
+    return 0;
+  struct timespec ts = {0, BUSY_SPIN_US * 1000L};
+  nanosleep(&ts, NULL);
+  return 1;
+}
+
+/* A pass of the folder (db_levels.h), between two checkpoints. A fold that fails is logged once
+ * and that table is left alone until the next start: lookups stay exact, inserts get slower. */
+static void fold_pass(eng_db_checkpointer *cp) {
+  if (!cp->levels)
+    return;
+  char *err = NULL;
+  if (eng_db_levels_pass(cp->levels, ENG_DB_FOLD_CHUNKS_PER_PASS, &err) < 0)
+    eng_log_warn("%s; that table is no longer folded until the server restarts", err ? err : "db: fold failed");
+  free(err);
 }
 
 /* One checkpoint of the given mode. Returns SQLite's code; *log gets the frames in the WAL
@@ -517,6 +548,7 @@ static void *checkpointer_main(void *arg) {
       break;
     pthread_mutex_unlock(&cp->mu);
     drop_anchor(cp);
+    fold_pass(cp);
     checkpoint_pass(cp);
     if (cp->all_copied)
       hold_anchor(cp);
@@ -567,6 +599,8 @@ static void note_database_size(eng_db_checkpointer *cp) {
 static void checkpointer_free(eng_db_checkpointer *cp) {
   if (!cp)
     return;
+  eng_db_levels_free(cp->levels);
+  sqlite3_close_v2(cp->fold_h);
   sqlite3_finalize(cp->anchor);
   sqlite3_close_v2(cp->h);
   pthread_cond_destroy(&cp->cv);
@@ -648,6 +682,20 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
   if (sqlite3_prepare_v3(cp->h, "PRAGMA schema_version", -1, SQLITE_PREPARE_PERSISTENT, &cp->anchor, NULL) != SQLITE_OK)
     cp->anchor = NULL;
   note_database_size(cp);
+  /* The folder's connection. synchronous=NORMAL: a fold lost in a crash leaves the levels as they
+   * were before it, which is as correct (folds change no answer), and the next FULL commit of a
+   * worker syncs the WAL up to and past it anyway. Without it, no fold: inserts get slower. */
+  snprintf(pragma, sizeof pragma, "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=%lld; PRAGMA wal_autocheckpoint=0",
+           ENG_DB_JOURNAL_LIMIT_BYTES);
+  if (sqlite3_open_v2(path, &cp->fold_h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK ||
+      sqlite3_exec(cp->fold_h, pragma, NULL, NULL, NULL) != SQLITE_OK || eng_db_levels_new(&cp->levels, cp->fold_h) != 0) {
+    eng_log_warn("db: no folder for the leveled key tables: %s", cp->fold_h ? sqlite3_errmsg(cp->fold_h) : "out of memory");
+    sqlite3_close_v2(cp->fold_h);
+    cp->fold_h = NULL;
+  } else {
+    sqlite3_extended_result_codes(cp->fold_h, 1);
+    sqlite3_busy_handler(cp->fold_h, fold_busy, cp);
+  }
   if (pthread_create(&cp->thread, NULL, checkpointer_main, cp) != 0) {
     rc = eng_errorf(err, ENG_EIO, "db: cannot start the checkpointer thread");
     goto fail;
@@ -679,5 +727,12 @@ void eng_db_checkpointer_stop(eng_db_checkpointer *cp) {
   eng_log_info("db: checkpointer stopped: %llu passive checkpoints, %llu restarting ones (the final one included), "
                "%llu deferred for readers; the WAL held at most %lld frames",
                st.passive, st.restarts, st.busy, st.wal_frames_max);
+  if (cp->levels) {
+    eng_db_levels_stats ls;
+    eng_db_levels_get_stats(cp->levels, &ls);
+    if (ls.chunks)
+      eng_log_info("db: folded %llu level(s) of leveled key tables: %llu entries in %llu chunks, %llu put off for writers",
+                   ls.folds, ls.moved, ls.chunks, ls.busy);
+  }
   checkpointer_free(cp);
 }

@@ -9,6 +9,7 @@
 #include "clock.h"
 #include "crypto.h"
 #include "db.h"
+#include "db_levels.h"
 #include "error.h"
 #include "http.h"
 #include "keys.h"
@@ -422,6 +423,38 @@ static int t_open_db(lua_State *L) {
   return 1;
 }
 
+/* testing.fold_levels() -> {chunks =, moved =, folds =}: folds the leveled key tables of the
+ * SQLite database open_db opened (db_levels.h) until every level is within its limit, as the
+ * server's checkpointer thread does in the background, on the same connection. */
+static int t_fold_levels(lua_State *L) {
+  test_state *ts = TS(L);
+  if (!ts->db)
+    return luaL_error(L, "fold_levels: no SQLite database is open (testing.open_db)");
+  eng_db_levels *lv = NULL;
+  if (eng_db_levels_new(&lv, eng_db_handle(ts->db)) != 0)
+    return luaL_error(L, "fold_levels: out of memory");
+  char *err = NULL;
+  int rc, passes = 0;
+  while ((rc = eng_db_levels_pass(lv, 64, &err)) > 0 && ++passes < 100000)
+    ;
+  eng_db_levels_stats st;
+  eng_db_levels_get_stats(lv, &st);
+  eng_db_levels_free(lv);
+  if (rc < 0) {
+    lua_pushfstring(L, "fold_levels: %s", err ? err : eng_strerror(rc));
+    free(err);
+    return lua_error(L);
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)st.chunks);
+  lua_setfield(L, -2, "chunks");
+  lua_pushinteger(L, (lua_Integer)st.moved);
+  lua_setfield(L, -2, "moved");
+  lua_pushinteger(L, (lua_Integer)st.folds);
+  lua_setfield(L, -2, "folds");
+  return 1;
+}
+
 /* testing.open_pg(conninfo [, schema_dir]) -> migrations applied: that PostgreSQL database,
  * emptied, in place of the current database (schema_dir false: no migrations). */
 static int t_open_pg(lua_State *L) {
@@ -708,6 +741,7 @@ static int open_testing(lua_State *L) {
   static const luaL_Reg fns[] = {{"request", t_request},
                                  {"requests", t_requests},
                                  {"open_db", t_open_db},
+                                 {"fold_levels", t_fold_levels},
                                  {"close_db", t_close_db},
                                  {"open_pg", t_open_pg},
                                  {"backend", t_backend},

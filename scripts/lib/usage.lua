@@ -223,23 +223,24 @@ function M.check_record(r)
   return rec
 end
 
--- Idempotency (schema/0007_callsid_unique.sql): the unique index calls(customer_id, call_sid)
--- keeps the first record of a CallSid per customer, whoever writes; the insert skips the others,
--- and the rollups count only the rows it stored. The batch's own repeats are dropped first (the
--- first one wins), so the index only meets CallSids stored before. Which rows were stored:
---   PostgreSQL: RETURNING says, which stays exact however many nodes insert the same CallSids
---     at once. One statement inserts up to 64 rows (multi-row VALUES), one round trip per chunk
---     instead of one per record; a batch is cut into chunks of the sizes in CHUNKS, largest
---     first, so only #CHUNKS distinct statement texts are ever prepared.
---   SQLite: exec_many (one prepared statement, one bind loop), and when it skipped some, the rows
---     above the last seq before it. Exact because store runs under BEGIN IMMEDIATE (no other
---     writer) and seq is AUTOINCREMENT. The RETURNING path gives the same answer on SQLite but
---     cost about 12 ms more CPU per batch of 1,000 (an in-process micro-run, 2026-12-02), which
---     ingestion (README Benchmarks) cannot spare.
+-- Idempotency: the database keeps the first record of a CallSid per customer, whoever writes, and
+-- the rollups count only the rows it stored. The batch's own repeats are dropped first (the first
+-- one wins), so the database only meets CallSids stored before.
+--   PostgreSQL: the unique index calls(customer_id, call_sid) (schema/0007) and ON CONFLICT DO
+--     NOTHING; RETURNING says which rows were stored, which stays exact however many nodes insert
+--     the same CallSids at once. One statement inserts up to 64 rows (multi-row VALUES), one round
+--     trip per chunk instead of one per record; a batch is cut into chunks of the sizes in CHUNKS,
+--     largest first, so only #CHUNKS distinct statement texts are ever prepared.
+--   SQLite: the leveled key table calls_sid and its triggers (schema/0008) skip a stored CallSid
+--     as ON CONFLICT DO NOTHING would. exec_many (one prepared statement, one bind loop) counts
+--     the rows stored, and when it skipped some, the rows above the last seq before it say which.
+--     Exact because store runs under BEGIN IMMEDIATE (no other writer) and seq is AUTOINCREMENT.
+--     The RETURNING path gives the same answer on SQLite but cost about 12 ms more CPU per batch
+--     of 1,000 (an in-process micro-run, 2026-12-02), which ingestion (README Benchmarks) cannot
+--     spare.
 local INSERT_CALL = [[
   INSERT INTO calls (customer_id, call_sid, app_id, app_user_id, direction, channel, start_ms, duration_s, created_at)
-  VALUES (:customer_id, :sid, :app_id, :user, :direction, :channel, :start_ms, :duration, :created_at)
-  ON CONFLICT (customer_id, call_sid) DO NOTHING]]
+  VALUES (:customer_id, :sid, :app_id, :user, :direction, :channel, :start_ms, :duration, :created_at)]]
 local LAST_SEQ = "SELECT coalesce(max(seq), 0) AS seq FROM calls"
 local STORED_SINCE = "SELECT call_sid FROM calls WHERE seq > ? AND customer_id = ?"
 local CALL_COLUMNS = 9

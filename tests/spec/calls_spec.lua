@@ -1,6 +1,7 @@
 -- POST /v2/integrations/calls (API.md section 6).
 package.path = "tests/spec/?.lua;" .. package.path
 local spec = require "engine.spec"
+local testing = require "engine.testing"
 local json = require "engine.json"
 local P = require "support.platform"
 local U = require "support.usage"
@@ -123,21 +124,70 @@ describe("POST /v2/integrations/calls", function()
     end)
 
     -- #sqlite: insert_by_sql leaves seq to SQLite's rowid numbering (NULL on PostgreSQL)
-    it("is held by the database: a second row of a customer's CallSid is refused whoever writes it #sqlite", function()
+    it("is held by the database: a second row of a customer's CallSid is skipped whoever writes it #sqlite", function()
       U.ingest(app, a.token, { U.call { CallSid = "once" } })
-      local ok, err = pcall(insert_by_sql, c.id, a.id, "once", nil)
-      assert.is_false(ok)
-      assert.equal("unique", app.db.kind(err))
-      local message = app.db.backend() == "postgresql"
-        and 'duplicate key value violates unique constraint "calls_customer_sid"'
-        or "UNIQUE constraint failed: calls.customer_id, calls.call_sid"
-      assert.matches(message, tostring(err), 1, true)
-      local inserted = app.db.exec([[INSERT INTO calls (customer_id, call_sid, app_id, direction, channel, start_ms,
-                                                        duration_s, created_at)
-                                     VALUES (?, 'once', ?, 'inbound', 'sip', 0, 1, 'x')
-                                     ON CONFLICT (customer_id, call_sid) DO NOTHING]], c.id, a.id)
-      assert.equal(0, inserted)
+      local insert = [[INSERT INTO calls (customer_id, call_sid, app_id, direction, channel, start_ms, duration_s,
+                                          created_at)
+                       VALUES (?, 'once', ?, 'inbound', 'sip', 0, 1, 'x')]]
+      assert.equal(0, app.db.exec(insert, c.id, a.id))
+      assert.equal(0, app.db.exec((insert:gsub("^INSERT", "INSERT OR IGNORE")), c.id, a.id))
       assert.equal(1, P.count(app, "calls WHERE call_sid = 'once'"))
+      local ok, err = pcall(app.db.exec, "UPDATE calls SET call_sid = 'other' WHERE call_sid = 'once'")
+      assert.is_false(ok)
+      assert.matches("a call record's customer_id, call_sid and seq cannot change", tostring(err), 1, true)
+      -- Deleting the record deletes its key: the CallSid is new again.
+      assert.equal(1, app.db.exec("DELETE FROM calls WHERE call_sid = 'once'"))
+      assert.same({ Accepted = 1, Duplicates = 0 }, U.ingest(app, a.token, { U.call { CallSid = "once" } }))
+      assert.equal(P.count(app, "calls"), P.count(app, "calls_sid"))
+    end)
+
+    -- The leveled key table (schema/0008, engine/db_levels.h), with limits small enough that a few
+    -- batches fill every level: 2 keys in level 0, 4 in level 1, 8 in level 2, the rest in 3.
+    it("finds CallSids at every level of the key table after folds #sqlite", function()
+      app.db.exec("UPDATE _engine_levels SET l0 = 2, fanout = 2 WHERE tbl = 'calls_sid'")
+      local sids = {}
+      for b = 1, 6 do
+        local batch = {}
+        for i = 1, 5 do
+          sids[#sids + 1] = string.format("lv-%d-%d", b, i)
+          batch[i] = U.call { CallSid = sids[#sids] }
+        end
+        assert.same({ Accepted = 5, Duplicates = 0 }, U.ingest(app, a.token, batch))
+        local st = testing.fold_levels()
+        assert.is_true(st.chunks > 0)
+      end
+      local per_level = {}
+      for _, row in ipairs(app.db.query("SELECT lvl, count(*) AS n FROM calls_sid GROUP BY lvl ORDER BY lvl")) do
+        per_level[row.lvl] = row.n
+      end
+      assert.is_true((per_level[0] or 0) <= 2 and (per_level[1] or 0) <= 4 and (per_level[2] or 0) <= 8)
+      assert.is_true(per_level[3] > 0 and per_level[2] > 0)
+      -- Every stored call has exactly one key, the hash of its customer and CallSid.
+      assert.same({ n = 30, bad = 0 }, app.db.one([[
+        SELECT count(*) AS n, sum(s.h <> engine_key64(c.customer_id, c.call_sid)) AS bad
+          FROM calls c JOIN calls_sid s ON s.seq = c.seq WHERE c.customer_id = ?]], c.id))
+      -- All of them are duplicates now, wherever their key is; new ones are not.
+      local again = {}
+      for i, sid in ipairs(sids) do again[i] = U.call { CallSid = sid } end
+      again[#again + 1] = U.call { CallSid = "lv-new" }
+      assert.same({ Accepted = 1, Duplicates = 30 }, U.ingest(app, a.token, again))
+      assert.equal(31, P.count(app, "calls WHERE customer_id = ?", c.id))
+      -- The customer's deletion takes its calls' keys with it.
+      local others = P.count(app, "calls WHERE customer_id <> ?", c.id)
+      assert.equal(200, app.request("DELETE", "/v2/integrations/customer", { headers = P.auth(c.token) }).status)
+      assert.equal(others, P.count(app, "calls_sid"))
+      assert.equal(0, P.count(app, "calls_sid s WHERE NOT EXISTS (SELECT 1 FROM calls c WHERE c.seq = s.seq)"))
+    end)
+
+    it("stores a CallSid whose key's hash meets another record's (a 64-bit collision) #sqlite", function()
+      U.ingest(app, a.token, { U.call { CallSid = "first" } })
+      -- Make "second" collide: a key with its hash that points at the row of "first".
+      app.db.exec([[INSERT INTO calls_sid (lvl, h, seq)
+                    SELECT 1, engine_key64(customer_id, 'second'), seq FROM calls WHERE call_sid = 'first']])
+      assert.same({ Accepted = 1, Duplicates = 0 }, U.ingest(app, a.token, { U.call { CallSid = "second" } }))
+      assert.same({ Accepted = 0, Duplicates = 2 },
+                  U.ingest(app, a.token, { U.call { CallSid = "second" }, U.call { CallSid = "first" } }))
+      assert.equal(2, P.count(app, "calls WHERE customer_id = ?", c.id))
     end)
 
     it("keeps the same CallSid of another customer apart", function()
@@ -302,7 +352,6 @@ end)
 
 -- schema/0007_callsid_unique.sql on a database made before it.
 describe("migration 0007_callsid_unique.sql (an SQLite database made before it) #sqlite", function()
-  local testing = require "engine.testing"
   local dir
   setup(function()
     dir = testing.mkdtemp()
@@ -326,12 +375,20 @@ describe("migration 0007_callsid_unique.sql (an SQLite database made before it) 
     return db
   end
 
-  it("adds the unique index to a database without duplicates, keeping its rows", function()
+  it("checks a database without duplicates, then 0008 moves its keys to the leveled table, keeping its rows", function()
     local db = old_db(dir .. "/clean.db", { "s1", "s2" })
-    assert.equal(1, testing.open_db(dir .. "/clean.db", "schema"))
+    assert.equal(2, testing.open_db(dir .. "/clean.db", "schema"))
     db = require "engine.db"
-    assert.equal(1, db.one("SELECT count(*) AS n FROM sqlite_master WHERE name = 'calls_customer_sid'").n)
+    -- 0007's unique index was built (it found no duplicate), then 0008 replaced it.
+    assert.equal(0, db.one("SELECT count(*) AS n FROM sqlite_master WHERE name = 'calls_customer_sid'").n)
     assert.same({ { call_sid = "s1" }, { call_sid = "s2" } }, db.query("SELECT call_sid FROM calls ORDER BY seq"))
+    assert.same({ { lvl = 3, ok = 1 }, { lvl = 3, ok = 1 } },
+                db.query([[SELECT s.lvl, s.h = engine_key64(c.customer_id, c.call_sid) AS ok
+                             FROM calls_sid s JOIN calls c ON c.seq = s.seq ORDER BY s.seq]]))
+    assert.equal(0, db.exec([[INSERT INTO calls (customer_id, call_sid, app_id, direction, channel, start_ms,
+                                                 duration_s, created_at)
+                              VALUES ('c1', 's2', 'a1', 'inbound', 'sip', 9, 1, 'x')]]))
+    assert.equal(2, db.one("SELECT count(*) AS n FROM calls").n)
   end)
 
   it("stops on a database holding a CallSid twice for a customer, and changes nothing", function()
