@@ -685,11 +685,14 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
   /* The folder's connection. synchronous=NORMAL: a fold lost in a crash leaves the levels as they
    * were before it, which is as correct (folds change no answer), and the next FULL commit of a
    * worker syncs the WAL up to and past it anyway. Without it, no fold: inserts get slower. */
-  snprintf(pragma, sizeof pragma, "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=%lld; PRAGMA wal_autocheckpoint=0",
+  snprintf(pragma, sizeof pragma,
+           "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=%lld; PRAGMA wal_autocheckpoint=0",
            ENG_DB_JOURNAL_LIMIT_BYTES);
   if (sqlite3_open_v2(path, &cp->fold_h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK ||
-      sqlite3_exec(cp->fold_h, pragma, NULL, NULL, NULL) != SQLITE_OK || eng_db_levels_new(&cp->levels, cp->fold_h) != 0) {
-    eng_log_warn("db: no folder for the leveled key tables: %s", cp->fold_h ? sqlite3_errmsg(cp->fold_h) : "out of memory");
+      sqlite3_exec(cp->fold_h, pragma, NULL, NULL, NULL) != SQLITE_OK ||
+      eng_db_levels_new(&cp->levels, cp->fold_h) != 0) {
+    eng_log_warn("db: no folder for the leveled key tables: %s",
+                 cp->fold_h ? sqlite3_errmsg(cp->fold_h) : "out of memory");
     sqlite3_close_v2(cp->fold_h);
     cp->fold_h = NULL;
   } else {
@@ -731,8 +734,9 @@ void eng_db_checkpointer_stop(eng_db_checkpointer *cp) {
     eng_db_levels_stats ls;
     eng_db_levels_get_stats(cp->levels, &ls);
     if (ls.chunks)
-      eng_log_info("db: folded %llu level(s) of leveled key tables: %llu entries in %llu chunks, %llu put off for writers",
-                   ls.folds, ls.moved, ls.chunks, ls.busy);
+      eng_log_info(
+          "db: folded %llu level(s) of leveled key tables: %llu entries in %llu chunks, %llu put off for writers",
+          ls.folds, ls.moved, ls.chunks, ls.busy);
   }
   checkpointer_free(cp);
 }

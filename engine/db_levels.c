@@ -22,12 +22,12 @@ static uint64_t load_le64(const uint8_t *p) {
   return v;
 }
 
-#define SIPROUND                                                                                            \
-  do {                                                                                                      \
-    v0 += v1, v1 = rotl(v1, 13), v1 ^= v0, v0 = rotl(v0, 32);                                               \
-    v2 += v3, v3 = rotl(v3, 16), v3 ^= v2;                                                                  \
-    v0 += v3, v3 = rotl(v3, 21), v3 ^= v0;                                                                  \
-    v2 += v1, v1 = rotl(v1, 17), v1 ^= v2, v2 = rotl(v2, 32);                                               \
+#define SIPROUND                                              \
+  do {                                                        \
+    v0 += v1, v1 = rotl(v1, 13), v1 ^= v0, v0 = rotl(v0, 32); \
+    v2 += v3, v3 = rotl(v3, 16), v3 ^= v2;                    \
+    v0 += v3, v3 = rotl(v3, 21), v3 ^= v0;                    \
+    v2 += v1, v1 = rotl(v1, 17), v1 ^= v2, v2 = rotl(v2, 32); \
   } while (0)
 
 uint64_t eng_siphash24(const uint8_t key[16], const void *data, size_t len) {
@@ -110,8 +110,8 @@ static void key64_func(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 }
 
 int eng_db_levels_register(sqlite3 *h) {
-  return sqlite3_create_function_v2(h, "engine_key64", -1, SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS,
-                                    NULL, key64_func, NULL, NULL, NULL);
+  return sqlite3_create_function_v2(h, "engine_key64", -1, SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, NULL,
+                                    key64_func, NULL, NULL, NULL);
 }
 
 /* ---- the fold ---- */
@@ -119,9 +119,9 @@ int eng_db_levels_register(sqlite3 *h) {
 typedef struct level_table {
   char name[64];
   int l0, fanout, levels;
-  int failed;                         /* a fold of this table failed: left alone until restart */
-  int active[ENG_LEVELS_MAX];         /* level k is being folded into k+1 */
-  int check[ENG_LEVELS_MAX];          /* level k's size is to be counted at the next pass */
+  int failed;                           /* a fold of this table failed: left alone until restart */
+  int active[ENG_LEVELS_MAX];           /* level k is being folded into k+1 */
+  int check[ENG_LEVELS_MAX];            /* level k's size is to be counted at the next pass */
   sqlite3_int64 cursor[ENG_LEVELS_MAX]; /* the next chunk of an active fold starts at this h */
 } level_table;
 
@@ -179,11 +179,12 @@ static int load_tables(eng_db_levels *lv, char **err) {
     sqlite3_int64 l0 = sqlite3_column_int64(st, 1), fanout = sqlite3_column_int64(st, 2),
                   levels = sqlite3_column_int64(st, 3);
     if (!plain_name(name) || l0 < 1 || fanout < 2 || fanout > 1024 || levels < 2 || levels > ENG_LEVELS_MAX) {
-      sqlite3_finalize(st);
-      return eng_errorf(err, ENG_EINVAL,
-                        "db: _engine_levels row for \"%s\" is out of range (a plain table name, l0 >= 1, "
-                        "fanout 2..1024, levels 2..%d)",
-                        name ? name : "", ENG_LEVELS_MAX);
+      rc = eng_errorf(err, ENG_EINVAL,
+                      "db: _engine_levels row for \"%s\" is out of range (a plain table name, l0 >= 1, "
+                      "fanout 2..1024, levels 2..%d)",
+                      name ? name : "", ENG_LEVELS_MAX);
+      sqlite3_finalize(st); /* after the message: name is the statement's */
+      return rc;
     }
     level_table *t = &next[n++];
     int known = -1;
@@ -257,8 +258,9 @@ static int move_chunk(eng_db_levels *lv, level_table *t, int k, int *done, sqlit
     hi = lo + 1; /* a chunk of one h (collisions): take all of it */
   p[2] = hi;
   const char *upper = *done ? "" : " AND h < ?3";
-  snprintf(sql, sizeof sql, "INSERT INTO \"%s\" (lvl, h, seq) SELECT ?1 + 1, h, seq FROM \"%s\" WHERE lvl = ?1 AND h >= ?2%s",
-           t->name, t->name, upper);
+  snprintf(sql, sizeof sql,
+           "INSERT INTO \"%s\" (lvl, h, seq) SELECT ?1 + 1, h, seq FROM \"%s\" WHERE lvl = ?1 AND h >= ?2%s", t->name,
+           t->name, upper);
   if ((rc = run(lv->h, sql, p, *done ? 2 : 3, NULL)) != 0)
     goto fail;
   *moved = sqlite3_changes64(lv->h);

@@ -30,10 +30,10 @@
 #include <stdint.h>
 #include <sqlite3.h>
 
-#define ENG_LEVELS_MAX 8          /* levels of one table */
-#define ENG_LEVELS_TABLES_MAX 8   /* tables listed in _engine_levels that one folder follows */
-#define ENG_LEVELS_CHUNK 4096     /* entries moved by one fold transaction */
-#define ENG_LEVELS_KEY_MAX 65536  /* bytes of one engine_key64() argument */
+#define ENG_LEVELS_MAX 8         /* levels of one table */
+#define ENG_LEVELS_TABLES_MAX 8  /* tables listed in _engine_levels that one folder follows */
+#define ENG_LEVELS_CHUNK 4096    /* entries moved by one fold transaction */
+#define ENG_LEVELS_KEY_MAX 65536 /* bytes of one engine_key64() argument */
 
 /* SipHash-2-4 with the engine's fixed key: stable across versions and machines, since the values
  * are stored. Not a secret: a collision costs one extra row lookup, never a wrong answer, because
@@ -51,10 +51,10 @@ int eng_db_levels_register(sqlite3 *h);
 typedef struct eng_db_levels eng_db_levels;
 
 typedef struct eng_db_levels_stats {
-  unsigned long long chunks;  /* fold transactions committed */
-  unsigned long long moved;   /* entries moved a level down */
-  unsigned long long folds;   /* levels folded completely */
-  unsigned long long busy;    /* chunks put off because a writer held the lock past the wait */
+  unsigned long long chunks; /* fold transactions committed */
+  unsigned long long moved;  /* entries moved a level down */
+  unsigned long long folds;  /* levels folded completely */
+  unsigned long long busy;   /* chunks put off because a writer held the lock past the wait */
 } eng_db_levels_stats;
 
 /* h must stay open while the folder lives; engine_key64 need not be registered on it. */

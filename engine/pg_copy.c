@@ -171,11 +171,14 @@ static int read_tables(copy *c, char **err) {
   char sql[512], q[2 * NAME_MAX_BYTES + 3];
   if ((c->tables = calloc(MAX_TABLES, sizeof *c->tables)) == NULL)
     return eng_errorf(err, ENG_ENOMEM, "out of memory");
-  if (sqlite3_prepare_v2(c->src,
-                         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' "
-                         "ESCAPE '\\' AND name NOT IN ('_migrations', '_engine') "
-                         "AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
-                         -1, &st, NULL) != SQLITE_OK)
+  /* Leveled key tables (db_levels.h) are how SQLite holds a unique key cheaply; the PostgreSQL
+   * schema holds the same key with a unique index, so they and their list stay behind. */
+  snprintf(sql, sizeof sql,
+           "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%%' "
+           "ESCAPE '\\' AND name NOT IN ('_migrations', '_engine', '_engine_levels') "
+           "AND sql NOT LIKE 'CREATE VIRTUAL%%' %s ORDER BY name",
+           has_table(c->src, "_engine_levels") ? "AND name NOT IN (SELECT tbl FROM _engine_levels)" : "");
+  if (sqlite3_prepare_v2(c->src, sql, -1, &st, NULL) != SQLITE_OK)
     return sqlite_fail(err, c->src, "cannot list its tables");
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     const char *name = (const char *)sqlite3_column_text(st, 0);

@@ -17,6 +17,7 @@ eng_add_c_test(test_metrics_render eng_metrics m)
 eng_add_c_test(test_pg eng_pg)
 eng_add_c_test(test_pg_migrate eng_pgmigrate)
 eng_add_c_test(test_db_migrate eng_db)
+eng_add_c_test(test_db_levels eng_db)
 
 # libFuzzer targets: every parser of the core.
 eng_add_fuzz(fuzz_http eng_http)
