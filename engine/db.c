@@ -453,10 +453,21 @@ static int fold_busy(void *arg, int count) {
 static void fold_pass(eng_db_checkpointer *cp) {
   if (!cp->levels)
     return;
-  char *err = NULL;
-  if (eng_db_levels_pass(cp->levels, ENG_DB_FOLD_CHUNKS_PER_PASS, &err) < 0)
-    eng_log_warn("%s; that table is no longer folded until the server restarts", err ? err : "db: fold failed");
-  free(err);
+  /* One chunk at a time, with a pause between: a chunk holds the write lock for a few ms, and the
+   * workers waiting for it retry every millisecond (busy_wait) while this thread would retry every
+   * 0.1 ms, so back-to-back chunks would win the lock eight times in a row and hold a batch up for
+   * all of them. The pause lets a waiting worker in between two chunks. */
+  for (int i = 0; i < ENG_DB_FOLD_CHUNKS_PER_PASS; i++) {
+    char *err = NULL;
+    int rc = eng_db_levels_pass(cp->levels, 1, &err);
+    if (rc < 0)
+      eng_log_warn("%s; that table is no longer folded until the server restarts", err ? err : "db: fold failed");
+    free(err);
+    if (rc <= 0)
+      break;
+    struct timespec ts = {0, ENG_DB_FOLD_PAUSE_US * 1000L};
+    nanosleep(&ts, NULL);
+  }
 }
 
 /* One checkpoint of the given mode. Returns SQLite's code; *log gets the frames in the WAL

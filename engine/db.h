@@ -115,6 +115,7 @@ int eng_db_after_request(eng_db *db);
 #define ENG_DB_CHECKPOINT_INTERVAL_MS 100
 #define ENG_DB_FOLD_CHUNKS_PER_PASS 8 /* fold transactions (db_levels.h) between two checkpoints */
 #define ENG_DB_FOLD_WAIT_MS 200       /* how long one waits for the write lock */
+#define ENG_DB_FOLD_PAUSE_US 3000     /* between two of them, so that a waiting worker gets the lock */
 #define ENG_DB_CHECKPOINT_RESTART_BYTES (32LL * 1024 * 1024)
 #define ENG_DB_CHECKPOINT_RESTART_WAIT_MS 100
 #define ENG_DB_CHECKPOINT_HARD_BYTES (256LL * 1024 * 1024) /* past it a RESTART waits up to ... */

@@ -193,4 +193,65 @@ describe("POST /v2/integrations/calls on a real server #sqlite", function()
     assert.equal(0, size(opts.db .. "-wal")) -- the final checkpoint emptied it (or the last close removed it)
     assert.matches("db: checkpointer stopped: [1-9]%d* passive checkpoints", srv.read_log())
   end)
+
+  -- The leveled CallSid keys (schema/0008) folded by the checkpointer thread while four
+  -- connections ingest, then kill -9: small limits so that folds run all the time.
+  it("keeps CallSids exact while the checkpointer folds their keys, through kill -9", function()
+    testing.open_db(opts.db)
+    require("engine.db").exec("UPDATE _engine_levels SET l0 = 300, fanout = 2 WHERE tbl = 'calls_sid'")
+    testing.close_db()
+    start()
+    local acked = {}
+    local conns = {}
+    for i = 1, CONNS do conns[i] = srv.connect(10) end
+    for round = 1, 6 do
+      local prefixes = {}
+      for i = 1, CONNS do
+        prefixes[i] = string.format("fold-r%d-c%d", round, i)
+        -- each batch also repeats the batch before it on this connection: duplicates across levels
+        local records = batch_of(prefixes[i], BATCH)
+        if round > 1 then
+          for _, r in ipairs(batch_of(string.format("fold-r%d-c%d", round - 1, i), 50)) do records[#records + 1] = r end
+        end
+        assert(conns[i]:send(request_bytes(a.token, records)))
+      end
+      if round == 6 then
+        testing.sleep(15)
+        testing.kill(srv.pid, 9)
+      end
+      for i = 1, CONNS do
+        local res = read(conns[i])
+        if res and res.status == 200 then
+          assert.same({ Accepted = BATCH, Duplicates = round > 1 and 50 or 0 }, res.json.Data)
+          acked[prefixes[i]] = true
+        elseif res then
+          error("unexpected answer: " .. res.status .. " " .. res.body)
+        end
+      end
+      testing.sleep(120) -- a checkpointer pass or so between rounds
+    end
+    for i = 1, CONNS do conns[i]:close() end
+    assert.equal(137, srv.stop())
+    -- The killed server's checkpointer folded keys down to the last level (nothing else folds).
+    testing.open_db(opts.db)
+    assert.equal(3, require("engine.db").one("SELECT max(lvl) AS l FROM calls_sid").l)
+    testing.close_db()
+    start()
+    for prefix in pairs(acked) do
+      assert.same({ Accepted = 0, Duplicates = BATCH }, U.ingest(srv, a.token, batch_of(prefix, BATCH)), prefix)
+    end
+    assert.equal(0, srv.stop())
+
+    testing.open_db(opts.db)
+    local db = require "engine.db"
+    assert.same({ { integrity_check = "ok" } }, db.query("PRAGMA integrity_check"))
+    -- one key per stored call, the right one, and no key without its call
+    assert.same({ n = db.one("SELECT count(*) AS n FROM calls").n, bad = 0 },
+                db.one([[SELECT count(*) AS n, coalesce(sum(s.h <> engine_key64(c.customer_id, c.call_sid)), 0) AS bad
+                           FROM calls_sid s JOIN calls c ON c.seq = s.seq]]))
+    assert.equal(db.one("SELECT count(*) AS n FROM calls").n, db.one("SELECT count(*) AS n FROM calls_sid").n)
+    assert.equal(0, db.one([[SELECT count(*) AS n FROM (SELECT customer_id, call_sid FROM calls
+                             GROUP BY customer_id, call_sid HAVING count(*) > 1)]]).n)
+    testing.close_db()
+  end)
 end)
