@@ -418,34 +418,32 @@ struct eng_db_checkpointer {
   _Atomic long long wal_frames_max;
 };
 
-/* The checkpointer's busy handler: tries again every BUSY_SPIN_US until wait_ms have passed. A
- * RESTART checkpoint needs the write lock in a moment between two workers' transactions, and the
- * workers retry every 0.1 to 1 ms (busy_wait): with SQLite's own timeout, which sleeps 1 to 100 ms
- * between tries, it would seldom get it while they are busy, and the WAL would keep growing. */
-static int checkpointer_busy(void *arg, int count) {
-  eng_db_checkpointer *cp = arg;
+/* Tries again every BUSY_SPIN_US until wait_ms have passed since the first try (*since_us). */
+static int spin_until(int64_t *since_us, int wait_ms, int count) {
   int64_t now = mono_us();
   if (count == 0)
-    cp->busy_since_us = now;
-  if (now - cp->busy_since_us >= (int64_t)cp->wait_ms * 1000)
+    *since_us = now;
+  if (now - *since_us >= (int64_t)wait_ms * 1000)
     return 0;
   struct timespec ts = {0, BUSY_SPIN_US * 1000L};
   nanosleep(&ts, NULL);
   return 1;
 }
 
-/* The folder's busy handler: as checkpointer_busy, for at most ENG_DB_FOLD_WAIT_MS; a chunk that
- * does not get the lock by then waits for the next pass. */
+/* The checkpointer's busy handler, for cp->wait_ms. A RESTART checkpoint needs the write lock in a
+ * moment between two workers' transactions, and the workers retry every 0.1 to 1 ms (busy_wait):
+ * with SQLite's own timeout, which sleeps 1 to 100 ms between tries, it would seldom get it while
+ * they are busy, and the WAL would keep growing. */
+static int checkpointer_busy(void *arg, int count) {
+  eng_db_checkpointer *cp = arg;
+  return spin_until(&cp->busy_since_us, cp->wait_ms, count);
+}
+
+/* The folder's, for ENG_DB_FOLD_WAIT_MS: a chunk that does not get the lock by then waits for the
+ * next pass. */
 static int fold_busy(void *arg, int count) {
   eng_db_checkpointer *cp = arg;
-  int64_t now = mono_us();
-  if (count == 0)
-    cp->fold_busy_since_us = now;
-  if (now - cp->fold_busy_since_us >= (int64_t)ENG_DB_FOLD_WAIT_MS * 1000)
-    return 0;
-  struct timespec ts = {0, BUSY_SPIN_US * 1000L};
-  nanosleep(&ts, NULL);
-  return 1;
+  return spin_until(&cp->fold_busy_since_us, ENG_DB_FOLD_WAIT_MS, count);
 }
 
 /* A pass of the folder (db_levels.h), between two checkpoints. A fold that fails is logged once

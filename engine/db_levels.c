@@ -162,15 +162,40 @@ static sqlite3_int64 limit_of(const level_table *t, int k) {
   return n;
 }
 
+/* Runs sql with the given integer parameters. Returns SQLite's code (SQLITE_OK when it ran to its
+ * end or to a first row); for a query, *got says whether there was a row and *row gets its first
+ * column (both may be NULL). */
+static int run(sqlite3 *h, const char *sql, const sqlite3_int64 *params, int n, sqlite3_int64 *row, int *got) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(h, sql, -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return rc;
+  for (int i = 0; i < n; i++)
+    sqlite3_bind_int64(st, i + 1, params[i]);
+  rc = sqlite3_step(st);
+  if (got)
+    *got = rc == SQLITE_ROW;
+  if (rc == SQLITE_ROW && row)
+    *row = sqlite3_column_int64(st, 0);
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+    rc = SQLITE_OK;
+  sqlite3_finalize(st);
+  return rc;
+}
+
 /* Reads _engine_levels into lv->t, keeping the state of tables already known. 0 when the table
  * does not exist (nothing to fold), 1 when it does, or a negative code. */
 static int load_tables(eng_db_levels *lv, char **err) {
   sqlite3_stmt *st = NULL;
-  int rc = sqlite3_prepare_v2(lv->h, "SELECT tbl, l0, fanout, levels FROM _engine_levels ORDER BY tbl", -1, &st, NULL);
-  if (rc != SQLITE_OK) {
-    int none = strstr(sqlite3_errmsg(lv->h), "no such table") != NULL;
+  int listed = 0;
+  int rc = run(lv->h, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_engine_levels'", NULL, 0, NULL,
+               &listed);
+  if (rc == SQLITE_OK && !listed)
+    return 0;
+  if (rc != SQLITE_OK || sqlite3_prepare_v2(lv->h, "SELECT tbl, l0, fanout, levels FROM _engine_levels ORDER BY tbl",
+                                            -1, &st, NULL) != SQLITE_OK) {
     sqlite3_finalize(st);
-    return none ? 0 : eng_errorf(err, ENG_EDB, "db: cannot read _engine_levels: %s", sqlite3_errmsg(lv->h));
+    return eng_errorf(err, ENG_EDB, "db: cannot read _engine_levels: %s", sqlite3_errmsg(lv->h));
   }
   level_table next[ENG_LEVELS_TABLES_MAX];
   int n = 0;
@@ -211,32 +236,12 @@ static int load_tables(eng_db_levels *lv, char **err) {
   return 1;
 }
 
-/* Runs sql with the given integer parameters; for a query, *row gets the first column of its first
- * row and the return is 1 when there was one. */
-static int run(sqlite3 *h, const char *sql, const sqlite3_int64 *params, int n, sqlite3_int64 *row) {
-  sqlite3_stmt *st = NULL;
-  int rc = sqlite3_prepare_v2(h, sql, -1, &st, NULL);
-  if (rc != SQLITE_OK)
-    return rc;
-  for (int i = 0; i < n; i++)
-    sqlite3_bind_int64(st, i + 1, params[i]);
-  rc = sqlite3_step(st);
-  int got = rc == SQLITE_ROW;
-  if (got && row)
-    *row = sqlite3_column_int64(st, 0);
-  if (rc == SQLITE_ROW || rc == SQLITE_DONE)
-    rc = got ? 1 : 0;
-  sqlite3_finalize(st);
-  return rc;
-}
-
 /* Entries at level k, counted up to limit + 1 (enough to know it is over). */
 static int count_level(sqlite3 *h, const level_table *t, int k, sqlite3_int64 limit, sqlite3_int64 *n) {
   char sql[192];
   snprintf(sql, sizeof sql, "SELECT count(*) FROM (SELECT 1 FROM \"%s\" WHERE lvl = ?1 LIMIT ?2)", t->name);
   sqlite3_int64 p[2] = {k, limit + 1};
-  int rc = run(h, sql, p, 2, n);
-  return rc == 1 ? SQLITE_OK : rc;
+  return run(h, sql, p, 2, n, NULL);
 }
 
 /* Moves the entries of level k with h >= cursor (the next ENG_LEVELS_CHUNK of them) to level k+1
@@ -250,10 +255,10 @@ static int move_chunk(eng_db_levels *lv, level_table *t, int k, int *done, sqlit
     return rc;
   snprintf(sql, sizeof sql, "SELECT h FROM \"%s\" WHERE lvl = ?1 AND h >= ?2 ORDER BY h LIMIT 1 OFFSET ?3", t->name);
   sqlite3_int64 p[4] = {k, lo, ENG_LEVELS_CHUNK, 0};
-  rc = run(lv->h, sql, p, 3, &hi);
-  if (rc < 0 || rc > 1)
+  int got = 0;
+  if ((rc = run(lv->h, sql, p, 3, &hi, &got)) != SQLITE_OK)
     goto fail;
-  *done = rc == 0;
+  *done = !got;
   if (!*done && hi == lo)
     hi = lo + 1; /* a chunk of one h (collisions): take all of it */
   p[2] = hi;
@@ -261,11 +266,11 @@ static int move_chunk(eng_db_levels *lv, level_table *t, int k, int *done, sqlit
   snprintf(sql, sizeof sql,
            "INSERT INTO \"%s\" (lvl, h, seq) SELECT ?1 + 1, h, seq FROM \"%s\" WHERE lvl = ?1 AND h >= ?2%s", t->name,
            t->name, upper);
-  if ((rc = run(lv->h, sql, p, *done ? 2 : 3, NULL)) != 0)
+  if ((rc = run(lv->h, sql, p, *done ? 2 : 3, NULL, NULL)) != SQLITE_OK)
     goto fail;
   *moved = sqlite3_changes64(lv->h);
   snprintf(sql, sizeof sql, "DELETE FROM \"%s\" WHERE lvl = ?1 AND h >= ?2%s", t->name, upper);
-  if ((rc = run(lv->h, sql, p, *done ? 2 : 3, NULL)) != 0)
+  if ((rc = run(lv->h, sql, p, *done ? 2 : 3, NULL, NULL)) != SQLITE_OK)
     goto fail;
   if ((rc = sqlite3_exec(lv->h, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK)
     goto fail;
