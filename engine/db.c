@@ -414,6 +414,7 @@ struct eng_db_checkpointer {
   sqlite3 *fold_h;       /* the folder's own connection (its writes must not meet the anchor) */
   eng_db_levels *levels; /* folds the leveled key tables (db_levels.h), or NULL */
   int64_t fold_busy_since_us;
+  char *fold_err; /* the last fold error logged */
   _Atomic unsigned long long passive, restarts, busy;
   _Atomic long long wal_frames_max;
 };
@@ -446,8 +447,8 @@ static int fold_busy(void *arg, int count) {
   return spin_until(&cp->fold_busy_since_us, ENG_DB_FOLD_WAIT_MS, count);
 }
 
-/* A pass of the folder (db_levels.h), between two checkpoints. A fold that fails is logged once
- * and that table is left alone until the next start: lookups stay exact, inserts get slower. */
+/* A pass of the folder (db_levels.h), between two checkpoints. A table whose fold fails is left
+ * alone until the next start (db_levels.c); lookups stay exact, inserts get slower. */
 static void fold_pass(eng_db_checkpointer *cp) {
   if (!cp->levels)
     return;
@@ -458,8 +459,13 @@ static void fold_pass(eng_db_checkpointer *cp) {
   for (int i = 0; i < ENG_DB_FOLD_CHUNKS_PER_PASS; i++) {
     char *err = NULL;
     int rc = eng_db_levels_pass(cp->levels, 1, &err);
-    if (rc < 0)
-      eng_log_warn("%s; that table is no longer folded until the server restarts", err ? err : "db: fold failed");
+    /* Each error once (a bad _engine_levels row would otherwise be logged ten times a second). */
+    if (rc < 0 && (!err || !cp->fold_err || strcmp(err, cp->fold_err) != 0)) {
+      eng_log_warn("%s; lookups stay exact, inserts get slower", err ? err : "db: fold failed");
+      free(cp->fold_err);
+      cp->fold_err = err;
+      err = NULL;
+    }
     free(err);
     if (rc <= 0)
       break;
@@ -609,6 +615,7 @@ static void checkpointer_free(eng_db_checkpointer *cp) {
   if (!cp)
     return;
   eng_db_levels_free(cp->levels);
+  free(cp->fold_err);
   sqlite3_close_v2(cp->fold_h);
   sqlite3_finalize(cp->anchor);
   sqlite3_close_v2(cp->h);
