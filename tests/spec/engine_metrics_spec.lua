@@ -287,7 +287,12 @@ end)
     local m = scrape(MPORT)
     assert.equal(before[Q .. "_count"] + 5, m[Q .. "_count"])
     local d = m[Q .. "_sum"] - before[Q .. "_sum"]
-    assert.is_true(d > 0 and d < 0.005, "5 statements took " .. d .. " s")
+    -- Sub-millisecond observations are kept as such (SQLite's own timing would say 0 ms): at least
+    -- one of the five lands at or below 1 ms, even on a loaded machine under a sanitizer, where the
+    -- sum of the five was once 5.1 ms.
+    assert.is_true(d > 0 and d < 0.025, "5 statements took " .. d .. " s")
+    local b0, b1 = buckets(before, Q, ""), buckets(m, Q, "")
+    assert.is_true(b1[2] - b0[2] >= 1, "none of the 5 statements at or below 1 ms: " .. d .. " s in all")
   end)
 end)
 
