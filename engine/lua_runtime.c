@@ -91,18 +91,6 @@ static int deadline_passed(eng_runtime *rt) {
  * one a malloc'd block of exactly its size. The lists hold at most ENG_POOL_KEEP bytes (more is
  * freed) and are emptied when the worker goes idle (eng_runtime_collect) and with the state.
  * Under AddressSanitizer there is no pool, so that a use after free inside Lua still shows. */
-#if defined(__SANITIZE_ADDRESS__)
-#define ENG_POOL 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ENG_POOL 0
-#endif
-#endif
-#ifndef ENG_POOL
-#define ENG_POOL 1
-#endif
-#define ENG_POOL_KEEP ((size_t)1 << 20)
-
 static size_t pool_class(size_t n) { return (n - 1) / ENG_POOL_GRAIN; }
 
 static void *block_alloc(eng_runtime *rt, size_t n) {

@@ -38,7 +38,19 @@ typedef struct eng_live_request {
 } eng_live_request;
 
 /* The state's small blocks (lua_runtime.c's allocator): size classes of ENG_POOL_GRAIN bytes up to
- * ENG_POOL_MAX, each a list of freed blocks kept for the next allocation of that class. */
+ * ENG_POOL_MAX, each a list of freed blocks kept for the next allocation of that class, at most
+ * ENG_POOL_KEEP bytes in all. ENG_POOL is 0 (no pool) under AddressSanitizer. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ENG_POOL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ENG_POOL 0
+#endif
+#endif
+#ifndef ENG_POOL
+#define ENG_POOL 1
+#endif
+#define ENG_POOL_KEEP ((size_t)1 << 20)
 #define ENG_POOL_GRAIN 16
 #define ENG_POOL_MAX 256
 #define ENG_POOL_CLASSES (ENG_POOL_MAX / ENG_POOL_GRAIN)
