@@ -171,18 +171,24 @@ int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out
     B64_FAIL(url ? "invalid base64url length" : "invalid base64 padding");
   (void)pthread_once(&b64_rev_once, b64_rev_fill);
   const unsigned char *rev = b64_rev[url ? 1 : 0];
+  const unsigned char *in = (const unsigned char *)s;
+  size_t i = 0;
+  /* Whole groups: four lookups, one test (0xff in any of them sets a bit above the 24 of data). */
+  for (; i + 4 <= data_len; i += 4) {
+    uint32_t a = rev[in[i]], b = rev[in[i + 1]], c = rev[in[i + 2]], d = rev[in[i + 3]];
+    if ((a | b | c | d) & 0xc0)
+      B64_FAIL(url ? "invalid base64url character" : "invalid base64 character");
+    uint32_t v = a << 18 | b << 12 | c << 6 | d;
+    out[o++] = (unsigned char)(v >> 16);
+    out[o++] = (unsigned char)(v >> 8);
+    out[o++] = (unsigned char)v;
+  }
   uint32_t acc = 0;
-  for (size_t i = 0; i < data_len; i++) {
-    unsigned char v = rev[(unsigned char)s[i]];
+  for (; i < data_len; i++) {
+    unsigned char v = rev[in[i]];
     if (v == 0xff)
       B64_FAIL(url ? "invalid base64url character" : "invalid base64 character");
     acc = acc << 6 | v;
-    if (i % 4 == 3) {
-      out[o++] = (unsigned char)(acc >> 16);
-      out[o++] = (unsigned char)(acc >> 8);
-      out[o++] = (unsigned char)acc;
-      acc = 0;
-    }
   }
   /* A partial group's unused low bits must be zero, or two strings would decode alike. */
   switch (data_len % 4) {
