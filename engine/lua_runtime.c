@@ -1468,6 +1468,7 @@ int eng_runtime_new(eng_runtime **out, const eng_runtime_options *opt, char **er
   rt->loop_idle = 0;
   if (rc != 0)
     goto fail;
+  pool_release(rt); /* what the load's collections freed: the pool is for the requests' churn */
   *out = rt;
   return 0;
 fail:
