@@ -91,7 +91,14 @@ static int deadline_passed(eng_runtime *rt) {
  * one a malloc'd block of exactly its size. The lists hold at most ENG_POOL_KEEP bytes (more is
  * freed) and are emptied when the worker goes idle (eng_runtime_collect) and with the state.
  * Under AddressSanitizer there is no pool, so that a use after free inside Lua still shows. */
-static size_t pool_class(size_t n) { return (n - 1) / ENG_POOL_GRAIN; }
+/* Classes match the sizes glibc hands out (chunks of 16-byte steps, 8 bytes of each its header:
+ * 24, 40, 56, ... usable bytes), so that a pooled block takes no more memory than malloc(n)
+ * would. */
+#define POOL_BASE (ENG_POOL_GRAIN + 8)
+static size_t pool_class(size_t n) {
+  return n <= POOL_BASE ? 0 : (n - POOL_BASE + ENG_POOL_GRAIN - 1) / ENG_POOL_GRAIN;
+}
+static size_t pool_size(size_t c) { return POOL_BASE + c * ENG_POOL_GRAIN; }
 
 static void *block_alloc(eng_runtime *rt, size_t n) {
   if (!ENG_POOL || n > ENG_POOL_MAX)
@@ -99,9 +106,9 @@ static void *block_alloc(eng_runtime *rt, size_t n) {
   size_t c = pool_class(n);
   eng_pool_block *b = rt->pool[c];
   if (b == NULL)
-    return malloc((c + 1) * ENG_POOL_GRAIN);
+    return malloc(pool_size(c));
   rt->pool[c] = b->next;
-  rt->pool_bytes -= (c + 1) * ENG_POOL_GRAIN;
+  rt->pool_bytes -= pool_size(c);
   return b;
 }
 
@@ -114,7 +121,7 @@ static void block_free(eng_runtime *rt, void *p, size_t n) {
   eng_pool_block *b = p;
   b->next = rt->pool[c];
   rt->pool[c] = b;
-  rt->pool_bytes += (c + 1) * ENG_POOL_GRAIN;
+  rt->pool_bytes += pool_size(c);
 }
 
 static void pool_release(eng_runtime *rt) {

@@ -37,8 +37,8 @@ typedef struct eng_live_request {
   struct eng_live_request *prev; /* the request of the enclosing handler (test client), or NULL */
 } eng_live_request;
 
-/* The state's small blocks (lua_runtime.c's allocator): size classes of ENG_POOL_GRAIN bytes up to
- * ENG_POOL_MAX, each a list of freed blocks kept for the next allocation of that class, at most
+/* The state's small blocks (lua_runtime.c's allocator): size classes ENG_POOL_GRAIN bytes apart up
+ * to ENG_POOL_MAX, each a list of freed blocks kept for the next allocation of that class, at most
  * ENG_POOL_KEEP bytes in all. ENG_POOL is 0 (no pool) under AddressSanitizer. */
 #if defined(__SANITIZE_ADDRESS__)
 #define ENG_POOL 0
