@@ -2,7 +2,8 @@
  * the signed tokens (sign/verify), which join the primitives, the token key and engine.json.
  *
  * Failures of the primitives are translated to a Lua error (they mean OpenSSL is broken, not
- * that the input is bad); bad input data returns nil, message. */
+ * that the input is bad); bad input data returns nil, message. verify keeps the claims of the
+ * tokens it accepted, per state (see "verified tokens"). */
 #include "lua_crypto.h"
 
 #include <limits.h>
