@@ -47,7 +47,9 @@ int eng_crypto_b64_decode(const char *s, size_t len, int url, unsigned char *out
  * allocate (out is then not a digest). */
 int eng_crypto_sha256(const void *data, size_t len, unsigned char out[ENG_CRYPTO_SHA256_LEN]);
 
-/* HMAC-SHA256(key, msg) into out. Returns 0, ENG_EINVAL (key_len > INT_MAX) or ENG_ECRYPTO. */
+/* HMAC-SHA256(key, msg) into out. Returns 0, ENG_EINVAL (key_len > INT_MAX) or ENG_ECRYPTO.
+ * The calling thread keeps the states of the last few keys of up to 64 bytes (a copy of each,
+ * wiped when the thread ends), so repeated calls under one key skip its set-up. */
 int eng_crypto_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t msg_len,
                            unsigned char out[ENG_CRYPTO_SHA256_LEN]);
 
@@ -85,7 +87,8 @@ int eng_crypto_seal(const unsigned char key[ENG_CRYPTO_KEY_LEN], const void *aad
  * overhead); sets *out_len. Returns 0, or ENG_ECRYPTO for anything that is not authentic:
  * too short, unknown version, wrong key or aad, any changed byte, sizes over
  * ENG_CRYPTO_SEAL_MAX; ENG_ENOMEM if OpenSSL cannot allocate. On failure out holds zeros
- * where it was written, so unauthenticated bytes never escape. */
+ * where it was written, so unauthenticated bytes never escape. Like HMAC, the calling thread
+ * keeps a context (and a copy) of the last few keys it opened with until it ends. */
 int eng_crypto_open(const unsigned char key[ENG_CRYPTO_KEY_LEN], const void *aad, size_t aad_len,
                     const unsigned char *sealed, size_t len, unsigned char *out, size_t *out_len);
 

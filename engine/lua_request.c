@@ -156,7 +156,11 @@ static int req_index(lua_State *L) {
 /* Pushes the request table of lr->req and makes lr the innermost live request
  * (the caller unlinks it when the handler is done). */
 void eng_lua_request_push(eng_runtime *rt, lua_State *L, eng_live_request *lr) {
-  lua_createtable(L, 0, 4); /* method, path and two lazy fields before the first rehash */
+  /* Room for method, path and six of the seven lazy fields (Lua sizes the part to a power of
+   * two): with room for four, the fifth key (a handler that reads headers, query and
+   * request_id, as the default API's token check does) rehashed the table, which cost more than
+   * building it. */
+  lua_createtable(L, 0, 8);
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->key_method);
   lua_pushstring(L, lr->req->method);
   lua_rawset(L, -3);

@@ -37,12 +37,35 @@ typedef struct eng_live_request {
   struct eng_live_request *prev; /* the request of the enclosing handler (test client), or NULL */
 } eng_live_request;
 
+/* The state's small blocks (lua_runtime.c's allocator): size classes ENG_POOL_GRAIN bytes apart up
+ * to ENG_POOL_MAX, each a list of freed blocks kept for the next allocation of that class, at most
+ * ENG_POOL_KEEP bytes in all. ENG_POOL is 0 (no pool) under AddressSanitizer. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ENG_POOL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ENG_POOL 0
+#endif
+#endif
+#ifndef ENG_POOL
+#define ENG_POOL 1
+#endif
+#define ENG_POOL_KEEP ((size_t)1 << 20)
+#define ENG_POOL_GRAIN 16
+#define ENG_POOL_MAX 256
+#define ENG_POOL_CLASSES (ENG_POOL_MAX / ENG_POOL_GRAIN)
+typedef struct eng_pool_block {
+  struct eng_pool_block *next;
+} eng_pool_block;
+
 struct eng_runtime {
   lua_State *L;
-  eng_router *router; /* routes of the loaded scripts (lua_route.c adds, lua_load.c replaces) */
-  eng_db *db;         /* borrowed; NULL when detached */
-  eng_pg *pg;         /* borrowed; NULL when detached (engine.db on PostgreSQL) */
-  char *scripts_dir;  /* "dir[:dir...]" of the last load, for require (lua_load.c); may be NULL */
+  eng_pool_block *pool[ENG_POOL_CLASSES]; /* freed small blocks by class (see l_alloc) */
+  size_t pool_bytes;                      /* bytes held in pool, at most ENG_POOL_KEEP */
+  eng_router *router;                     /* routes of the loaded scripts (lua_route.c adds, lua_load.c replaces) */
+  eng_db *db;                             /* borrowed; NULL when detached */
+  eng_pg *pg;                             /* borrowed; NULL when detached (engine.db on PostgreSQL) */
+  char *scripts_dir;                      /* "dir[:dir...]" of the last load, for require (lua_load.c); may be NULL */
   int budget_ms;
   int load_budget_ms;         /* of eng_runtime_load_scripts (lua_load.c) */
   int loading;                /* a load is in progress: budget errors name the load budget */

@@ -1,7 +1,8 @@
 -- bench/routes/lib.lua - what the wrk scripts of bench/routes/run share (wrk runs LuaJIT).
 -- Each script calls lib.setup(args) from its init(args): args are BASE ENTITY ID SECRET as
 -- bench/routes/run passes them after `--`. It signs in first (POST /token through curl, once
--- per wrk thread) and returns the token and the base URL.
+-- per wrk thread) and returns the token and the base URL. With BENCH_TOKEN set in the environment
+-- (bench/cost, which counts the server's work per request) it uses that token and does not sign in.
 local M = {}
 
 function M.sign_in(base, entity, id, secret)
@@ -18,7 +19,9 @@ end
 function M.setup(args)
   local base, entity, id, secret = args[1], args[2], args[3], args[4]
   assert(base and entity and id and secret, "usage: wrk ... -s SCRIPT URL -- BASE ENTITY ID SECRET")
-  return M.sign_in(base, entity, id, secret), base, id
+  local token = os.getenv("BENCH_TOKEN")
+  if token == nil or token == "" then token = M.sign_in(base, entity, id, secret) end
+  return token, base, id
 end
 
 -- request() for one GET with the token. Set from init, so wrk treats the script as static: it

@@ -14,14 +14,19 @@ local M = {}
 
 M.TYPES = { customer = true, app = true }
 
--- The credential in the Authorization header (Bearer prefix removed), or nil.
+-- The bytes %s matches (C's isspace), by code.
+local SPACE = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
+
+-- The credential in the Authorization header (Bearer prefix removed), or nil. Runs on every
+-- authenticated request: a header without surrounding space is not trimmed (trim copies the
+-- whole token), and only a six-byte credential can be the bare word "bearer".
 function M.credential(req)
   local h = req.headers["authorization"]
   if type(h) ~= "string" then return nil end
-  h = validate.trim(h)
+  if SPACE[h:byte(1)] or SPACE[h:byte(-1)] then h = validate.trim(h) end
   local rest = h:match("^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$")
   if rest then h = rest end
-  if h == "" or h:lower() == "bearer" then return nil end
+  if h == "" or (#h == 6 and h:lower() == "bearer") then return nil end
   return h
 end
 

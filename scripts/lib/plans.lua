@@ -16,9 +16,8 @@ local function positive_int(v)
   return n ~= nil and n >= 0 and n % 1 == 0 and math.tointeger(n) or nil
 end
 
--- All plans: { type = { type=, max_apps=, max_users_per_app= } }.
-function M.all()
-  local conf = settings.table("plans") or DEFAULTS
+-- The plans of a configuration table, checked: { type = { type=, max_apps=, max_users_per_app= } }.
+local function plans_of(conf)
   local out = {}
   for name, p in pairs(conf) do
     if type(name) ~= "string" or type(p) ~= "table" then
@@ -33,6 +32,27 @@ function M.all()
   return out
 end
 
+-- DEFAULTS never change, so their plans are checked and built once; callers get copies.
+local DEFAULT_PLANS = plans_of(DEFAULTS)
+
+local function copy(p)
+  return { type = p.type, max_apps = p.max_apps, max_users_per_app = p.max_users_per_app }
+end
+
+-- The checked plans of the current configuration, shared (not to be changed or handed out).
+local function current()
+  local conf = settings.table("plans")
+  if conf == nil then return DEFAULT_PLANS end
+  return plans_of(conf)
+end
+
+-- All plans: { type = { type=, max_apps=, max_users_per_app= } } (a fresh table).
+function M.all()
+  local out = {}
+  for name, p in pairs(current()) do out[name] = copy(p) end
+  return out
+end
+
 function M.default_type()
   return settings.string("default_plan") or "standard"
 end
@@ -40,7 +60,8 @@ end
 -- The plan of that type, or nil when no such plan is configured.
 function M.find(plan_type)
   if type(plan_type) ~= "string" then return nil end
-  return M.all()[plan_type]
+  local p = current()[plan_type]
+  return p and copy(p)
 end
 
 -- The plan a stored customer runs on: its own type, or the default plan's limits when the

@@ -396,6 +396,62 @@ static void test_state_too_small_to_build_is_a_start_up_error(void) {
   free(err);
 }
 
+/* Lua's own count of its memory (what collectgarbage("count") reads). */
+static size_t lua_count(eng_runtime *rt) {
+  lua_State *L = eng_runtime_lua(rt);
+  return (size_t)lua_gc(L, LUA_GCCOUNT) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB);
+}
+
+/* The allocator's small-block lists: blocks are handed out again (strings and tables grown and
+ * shrunk through every size class and past the largest come back intact), the state's count
+ * stays what Lua counts, the lists hold at most ENG_POOL_KEEP bytes, and going idle
+ * (eng_runtime_collect) empties them. */
+static void test_small_blocks_are_reused_intact(void) {
+  eng_runtime *rt =
+      runtime_with("local route = require 'engine.route'\n"
+                   "route.get('/churn', function()\n"
+                   "  local bad, keep = 0, {}\n"
+                   "  for round = 1, 20 do\n"
+                   "    local strs, t = {}, {}\n"
+                   "    for n = 1, 300 do strs[n] = string.rep(string.char(65 + (n + round) % 26), n) end\n"
+                   "    for i = 1, 600 do t[i] = i * round end\n"
+                   "    for i = 600, 1, -1 do t[i] = nil end\n"
+                   "    for i = 1, 40 do t['k' .. i] = { i, round, strs[i] } end\n"
+                   "    for n = 1, 300 do\n"
+                   "      local s = strs[n]\n"
+                   "      if #s ~= n or s ~= string.rep(string.char(65 + (n + round) % 26), n) then bad = bad + 1 end\n"
+                   "    end\n"
+                   "    for i = 1, 40 do\n"
+                   "      local e = t['k' .. i]\n"
+                   "      if e[1] ~= i or e[2] ~= round or e[3] ~= strs[i] then bad = bad + 1 end\n"
+                   "    end\n"
+                   "    keep[round % 3] = t\n"
+                   "  end\n"
+                   "  return 200, { bad = bad }\n"
+                   "end)\n");
+  eng_response resp;
+  eng_response_init(&resp);
+  for (int i = 0; i < 5; i++) {
+    CHECK_INT(get(rt, "/churn", &resp), 200);
+    CHECK_STR(resp.body.data, "{\"bad\":0}");
+    CHECK(rt->mem_used == lua_count(rt));
+    CHECK(rt->pool_bytes <= ENG_POOL_KEEP);
+  }
+  if (ENG_POOL)
+    CHECK(rt->pool_bytes > 0);
+  else
+    CHECK(rt->pool_bytes == 0);
+  eng_runtime_collect(rt);
+  CHECK(rt->pool_bytes == 0);
+  for (int c = 0; c < ENG_POOL_CLASSES; c++)
+    CHECK(rt->pool[c] == NULL);
+  CHECK(rt->mem_used == lua_count(rt));
+  CHECK_INT(get(rt, "/churn", &resp), 200);
+  CHECK_STR(resp.body.data, "{\"bad\":0}");
+  eng_response_free(&resp);
+  eng_runtime_free(rt);
+}
+
 int main(void) {
   if (tmpdir_make("/tmp/apiengine-runtime-XXXXXX") != 0)
     return 1;
@@ -407,6 +463,7 @@ int main(void) {
   test_memory_error_in_the_error_hook_gives_the_default_answer();
   test_error_object_whose_tostring_raises_is_a_500();
   test_state_too_small_to_build_is_a_start_up_error();
+  test_small_blocks_are_reused_intact();
   test_a_sleeping_handler_suspends_and_answers_through_done();
   test_free_waits_for_the_last_suspended_request();
   test_an_abandoned_request_never_answers();

@@ -273,4 +273,58 @@ describe("engine.crypto", function()
     local live = crypto.sign({}, 60)
     eq(reason(live), 'ok', 'real clock')
   end)
+
+  it("verify answers a token it verified before exactly as the first time: fresh claims, expiry, key changes", function()
+    -- verify keeps the claims of tokens it verified (lua_crypto.c); none of that may show.
+    use_key(1)
+    local T0 = 1718445600000
+    freeze(T0)
+    local tok = crypto.sign({sub = 'user-1', typ = 'customer', n = 7, f = 1.5, ok = true}, 60)
+    local a, b = crypto.verify(tok), crypto.verify(tok)
+    check(type(a) == 'table' and type(b) == 'table' and not rawequal(a, b), 'two calls, two tables')
+    for _, claims in ipairs({a, b}) do
+      eq(claims.sub, 'user-1', 'sub') eq(claims.typ, 'customer', 'typ') eq(claims.n, 7, 'n')
+      eq(math.type(claims.n), 'integer', 'n stays an integer') eq(claims.f, 1.5, 'f')
+      eq(math.type(claims.f), 'float', 'f stays a float') eq(claims.ok, true, 'ok') eq(claims.exp, T0 + 60000, 'exp')
+    end
+    local count = 0
+    for _ in pairs(b) do count = count + 1 end
+    eq(count, 6, 'the same keys and no more')
+    for _, claims in ipairs({a, b}) do -- the first answer (decoded) and one served again
+      claims.sub, claims.extra, claims.exp = 'someone-else', 'x', T0 + 10 ^ 9
+    end
+    local c = crypto.verify(tok)
+    check(not rawequal(c, a) and not rawequal(c, b), 'a third table')
+    eq(c.sub, 'user-1', 'a changed result does not change the next')
+    eq(c.extra, nil, 'nor adds to it') eq(c.exp, T0 + 60000, 'nor moves its expiry')
+    -- The expiry is the token's, checked on every call.
+    advance(60000)
+    local v, why = crypto.verify(tok)
+    eq(v, nil, 'expired once kept') eq(why, 'expired', 'expired reason')
+    freeze(T0)
+    check(crypto.verify(tok), 'valid again when the clock goes back')
+    -- Under other keys a kept token is checked again, and refused; back under its key it passes.
+    use_key(2)
+    v, why = crypto.verify(tok)
+    eq(v, nil, 'refused under another key') eq(why, 'bad_signature', 'reason under another key')
+    use_key(1)
+    eq(crypto.verify(tok).sub, 'user-1', 'accepted under its key again')
+    -- A nested payload is not shared between answers.
+    local nested = crypto.sign({sub = 'n', meta = {k = 'v'}}, 60)
+    local n1, n2 = crypto.verify(nested), crypto.verify(nested)
+    check(not rawequal(n1.meta, n2.meta), 'nested tables are fresh')
+    n1.meta.k = 'changed'
+    eq(crypto.verify(nested).meta.k, 'v', 'a nested change does not show')
+    -- More tokens than are kept: every one still verifies to its own claims, twice.
+    local many = {}
+    for i = 1, 600 do many[i] = crypto.sign({sub = 'user-' .. i}, 60) end
+    for _ = 1, 2 do
+      local wrong = 0
+      for i = 1, 600 do
+        local claims = crypto.verify(many[i])
+        if not claims or claims.sub ~= 'user-' .. i then wrong = wrong + 1 end
+      end
+      eq(wrong, 0, 'tokens verified to other claims')
+    end
+  end)
 end)

@@ -301,6 +301,41 @@ describe("engine.json", function()
     end
   end)
 
+  it("objects of every size around the decoder's staging decode every member, the last duplicate winning", function()
+    -- The first 16 members wait on the stack until the object's size is known; a 16th makes the
+    -- table and later ones go straight in. Duplicates on both sides of that point, and nested
+    -- objects that stage their own members meanwhile.
+    for _, n in ipairs({0, 1, 2, 3, 15, 16, 17, 31, 32, 33, 40}) do
+      local parts = {}
+      for i = 1, n do
+        local v = (i % 4 == 0) and string.format('{"in":%d,"deep":{"x":%d}}', i, -i) or tostring(i)
+        parts[#parts + 1] = string.format('"k%d":%s', i, v)
+      end
+      if n >= 2 then parts[#parts + 1] = '"k1":"again"' end -- k1 staged first, overwritten later
+      if n >= 17 then parts[#parts + 1] = '"k17":"late"' end -- a member set after the table was made
+      local t = json.decode("{" .. table.concat(parts, ",") .. "}")
+      local count = 0
+      for _ in pairs(t) do count = count + 1 end
+      eq(count, n, n .. " members: count")
+      for i = 1, n do
+        local v = t["k" .. i]
+        if i == 1 and n >= 2 then
+          eq(v, "again", n .. " members: k1")
+        elseif i == 17 then
+          eq(v, "late", n .. " members: k17")
+        elseif i % 4 == 0 then
+          eq(v["in"], i, n .. " members: k" .. i .. ".in")
+          eq(v.deep.x, -i, n .. " members: k" .. i .. ".deep.x")
+        else
+          eq(v, i, n .. " members: k" .. i)
+        end
+      end
+    end
+    local v = json.decode(string.rep('{"a":1,"b":', 500) .. "2" .. string.rep("}", 500))
+    for _ = 1, 499 do eq(v.a, 1, "500 nested objects: a"); v = v.b end
+    eq(v.b, 2, "500 nested objects: the innermost")
+  end)
+
   it("integers are written exactly, floats keep their point", function()
     eq(json.encode({0, -1, 7, -10, 1000000, -9876543210}), "[0,-1,7,-10,1000000,-9876543210]", "integers")
     eq(json.encode({math.maxinteger, math.mininteger, math.mininteger + 1}),
