@@ -13,6 +13,7 @@
 
 #include "check.h"
 #include "tmpdir.h"
+#include "query_int.h"
 #include "db.h"
 #include "db_migrate.h"
 #include "error.h"
@@ -26,15 +27,6 @@
   "INSERT INTO b (a_id) VALUES (1);\n"
 #define MIG_0002_SHA "d4cc470c70e29065aa5569d7ee842c56cda73537b047a6ff6ea51f57d15a7e1f"
 #define MIG_0003_BAD "CREATE TABLE c (x INTEGER);\nSELEC nonsense;\n"
-
-static long long query_int(sqlite3 *h, const char *sql) {
-  sqlite3_stmt *st = NULL;
-  long long v = -999;
-  if (sqlite3_prepare_v2(h, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-    v = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  return v;
-}
 
 static const char *query_text(sqlite3 *h, const char *sql) {
   static char out[256];

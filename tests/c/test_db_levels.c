@@ -8,18 +8,10 @@
 
 #include "check.h"
 #include "tmpdir.h"
+#include "query_int.h"
 #include "db.h"
 #include "db_levels.h"
 #include "error.h"
-
-static long long query_int(sqlite3 *h, const char *sql) {
-  sqlite3_stmt *st = NULL;
-  long long v = -999;
-  if (sqlite3_prepare_v2(h, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-    v = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  return v;
-}
 
 static void exec_ok(sqlite3 *h, const char *sql) {
   char *msg = NULL;

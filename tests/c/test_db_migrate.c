@@ -10,18 +10,10 @@
 
 #include "check.h"
 #include "tmpdir.h"
+#include "query_int.h"
 #include "db.h"
 #include "db_migrate.h"
 #include "error.h"
-
-static long long query_int(sqlite3 *h, const char *sql) {
-  sqlite3_stmt *st = NULL;
-  long long v = -999;
-  if (sqlite3_prepare_v2(h, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-    v = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  return v;
-}
 
 static void test_sqlite_ignores_pg_variants(void) {
   eng_db *db = NULL;
