@@ -18,7 +18,6 @@
 #include "pg.h"
 
 #include <errno.h>
-#include <libpq-fe.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +25,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "pq_load.h"
 #include "text.h"
 
 /* Type OIDs (catalog/pg_type.h, stable across versions). */
@@ -1292,6 +1292,9 @@ int eng_pg_open(eng_pg **out, uv_loop_t *loop, const char *conninfo, const eng_p
   eng_pg_options o = opt ? *opt : (eng_pg_options){0};
   if (!conninfo)
     return eng_errorf(err, ENG_EINVAL, "no connection string");
+  int rc = eng_pq_load(err);
+  if (rc != 0)
+    return rc;
   if ((o.size = option(o.size, ENG_PG_POOL_DEFAULT, 1, ENG_PG_POOL_MAX, "pool size", err)) < 0 ||
       (o.connect_timeout_ms = option(o.connect_timeout_ms, ENG_PG_CONNECT_TIMEOUT_DEFAULT_MS, 1, ENG_PG_TIMEOUT_MAX_MS,
                                      "connect timeout", err)) < 0 ||

@@ -7,8 +7,8 @@
 #include "pg_copy.h"
 #include "error.h"
 #include "pg_migrate.h"
+#include "pq_load.h"
 
-#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include <inttypes.h>
@@ -600,6 +600,8 @@ int eng_pg_copy(const eng_pg_copy_options *opt, eng_pg_copy_stats *stats, char *
   if (opt->progress)
     fprintf(opt->progress, "migrate: %d migration(s) applied to the target\n", c.stats->migrations);
 
+  if ((rc = eng_pq_load(err)) != 0)
+    goto cleanup;
   c.pg = PQconnectdb(opt->conninfo);
   if (PQstatus(c.pg) != CONNECTION_OK) {
     rc = eng_errorf(err, ENG_EDB, "cannot connect to the target: %s", PQerrorMessage(c.pg));
@@ -633,7 +635,8 @@ int eng_pg_copy(const eng_pg_copy_options *opt, eng_pg_copy_stats *stats, char *
             "migrate: copied %d table(s), %" PRId64 " row(s), %d fact(s), %d sequence(s) set, from %s in %.1f s\n",
             c.stats->tables, c.stats->rows, c.stats->facts, c.stats->sequences, opt->sqlite_path, now_s() - t0);
 cleanup:
-  PQclear(r);
+  if (r) /* libpq may not be loaded yet (a failure before the connection) */
+    PQclear(r);
   if (in_tx) /* nothing of the copy stays: the target holds no row it did not hold before */
     PQclear(PQexec(c.pg, "ROLLBACK"));
   if (c.pg)

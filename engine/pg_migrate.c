@@ -7,7 +7,6 @@
 #define _GNU_SOURCE /* strcasestr */
 #include "pg_migrate.h"
 
-#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "pq_load.h"
 
 #define LOCK_KEY_TEXT "7021227703435487598" /* ENG_PG_MIGRATE_LOCK_KEY, spliced into SQL */
 _Static_assert(ENG_PG_MIGRATE_LOCK_KEY == 7021227703435487598LL, "LOCK_KEY_TEXT follows the key");
@@ -79,12 +79,15 @@ static int run(PGconn *c, const char *sql, int nparams, const char *const *param
 static int connect_db(const char *conninfo, PGconn **out, char **err) {
   const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
   const char *vals[] = {ENG_PG_CONNECT_TIMEOUT_S, "apiengine", conninfo, NULL};
-  PGconn *c = PQconnectdbParams(keys, vals, 1);
   *out = NULL;
+  int rc = eng_pq_load(err);
+  if (rc != 0)
+    return rc;
+  PGconn *c = PQconnectdbParams(keys, vals, 1);
   if (!c)
     return eng_errorf(err, ENG_ENOMEM, "db: out of memory connecting to PostgreSQL");
   if (PQstatus(c) != CONNECTION_OK) {
-    int rc = fail(err, c, NULL, "cannot connect to PostgreSQL");
+    rc = fail(err, c, NULL, "cannot connect to PostgreSQL");
     PQfinish(c);
     return rc;
   }

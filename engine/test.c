@@ -19,9 +19,9 @@
 #include "lua_runtime.h"
 #include "pg.h"
 #include "pg_migrate.h"
+#include "pq_load.h"
 
 #include <lauxlib.h>
-#include <libpq-fe.h>
 #include <lualib.h>
 #include <sqlite3.h>
 
@@ -362,8 +362,10 @@ static void close_all(test_state *ts) {
 static int open_pg(test_state *ts, const char *conninfo, const char *schema, int *applied, char **err) {
   close_all(ts);
   *applied = 0;
+  int rc = eng_pq_load(err);
+  if (rc != 0)
+    return rc;
   PGconn *c = PQconnectdb(conninfo);
-  int rc = 0;
   if (PQstatus(c) != CONNECTION_OK) {
     rc = eng_errorf(err, ENG_EIO, "%s", PQerrorMessage(c));
   } else {

@@ -15,7 +15,7 @@ eng_add_c_test(test_pattern eng_lua)
 eng_add_c_test(test_metrics eng_metrics)
 eng_add_c_test(test_metrics_render eng_metrics m)
 eng_add_c_test(test_pg eng_pg)
-eng_add_c_test(test_pg_migrate eng_pgmigrate)
+eng_add_c_test(test_pg_migrate eng_pgmigrate PkgConfig::PQ) # it also talks to the server itself
 eng_add_c_test(test_db_migrate eng_db)
 eng_add_c_test(test_db_levels eng_db)
 

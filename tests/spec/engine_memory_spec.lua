@@ -62,3 +62,30 @@ describe("memory after a spike", function()
     assert.equal(2 * 1024 * 1024, #res.body)
   end)
 end)
+
+-- libpq and its ~25 libraries (GnuTLS, Kerberos, LDAP, ...) cost a SQLite-only server about
+-- 4 MiB of resident memory while linked in; since engine/pq_load.h they are loaded only when the
+-- engine first talks to PostgreSQL.
+describe("the PostgreSQL client library", function()
+  local proc = require "support.proc"
+  local srv = spec.server { scripts = SCRIPTS, schema = SCHEMA, workers = 1, args = { "--access-log", "off" } }
+
+  it("is not mapped by a server on SQLite", function()
+    assert.equal(200, srv.request("GET", "/hello").status)
+    local maps = proc.read("/proc/" .. srv.pid .. "/maps")
+    assert.truthy(maps:find("libsqlite3", 1, true), "the maps do not list SQLite: " .. maps:sub(1, 200))
+    for _, lib in ipairs({ "libpq.so", "libgnutls", "libkrb5", "libldap", "libsasl2" }) do
+      assert.is_nil(maps:find(lib, 1, true), lib .. " is mapped")
+    end
+  end)
+
+  it("that cannot be loaded is named, with dlopen's reason, and the command fails", function()
+    local code, out = proc.run({ testing.exe(), "migrate", "--db", "postgresql:///x?host=/nonexistent",
+                                 "--schema", "schema", "--scripts", "scripts" },
+                               { APIENGINE_LIBPQ = "/nonexistent/libpq.so.5",
+                                 APIENGINE_KEY = string.rep("k", 43) .. "=" })
+    assert.equal(1, code, out)
+    assert.truthy(out:find("cannot load the PostgreSQL client library /nonexistent/libpq.so.5 (Debian package "
+                           .. "libpq5): /nonexistent/libpq.so.5: cannot open shared object file", 1, true), out)
+  end)
+end)
