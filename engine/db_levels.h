@@ -12,7 +12,7 @@
  * holds the key. New keys go to level 0, which is kept small (its pages stay few and hot), and a
  * background fold moves a level into the next one in key order, a chunk per transaction, once it
  * has grown past its limit (l0 * fanout^level): sorted runs that rewrite each page of the next
- * level once per fold instead of once per key. A lookup probes every level (lvl IN (0, 1, ...)).
+ * level once per fold instead of once per key. A lookup probes every level.
  * Which tables are leveled is the schema's business: it lists them in
  *
  *   CREATE TABLE _engine_levels (tbl TEXT PRIMARY KEY, l0 INTEGER NOT NULL,
