@@ -259,8 +259,12 @@ static int move_chunk(eng_db_levels *lv, level_table *t, int k, int *done, sqlit
   if ((rc = run(lv->h, sql, p, 3, &hi, &got)) != SQLITE_OK)
     goto fail;
   *done = !got;
-  if (!*done && hi == lo)
-    hi = lo + 1; /* a chunk of one h (collisions): take all of it */
+  if (!*done && hi == lo) { /* a chunk of one h (collisions): take all of it */
+    if (lo == INT64_MAX)
+      *done = 1;
+    else
+      hi = lo + 1;
+  }
   p[2] = hi;
   const char *upper = *done ? "" : " AND h < ?3";
   snprintf(sql, sizeof sql,

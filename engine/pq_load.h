@@ -18,17 +18,17 @@
 #define ENG_PQ_ENV "APIENGINE_LIBPQ" /* another file name or path for it */
 
 /* Every libpq function the engine calls. */
-#define ENG_PQ_FUNCTIONS(X)                                                                                      \
-  X(PQclear)                                                                                                     \
-  X(PQcmdStatus)                                                                                                 \
-  X(PQcmdTuples)                                                                                                 \
-  X(PQconnectPoll) X(PQconnectStart) X(PQconnectdb) X(PQconnectdbParams) X(PQconsumeInput) X(PQcancel)           \
-      X(PQerrorMessage) X(PQexec) X(PQexecParams) X(PQfinish) X(PQflush) X(PQfname) X(PQfreeCancel) X(PQfreemem) \
-          X(PQftype) X(PQgetCancel) X(PQgetResult) X(PQgetisnull) X(PQgetlength) X(PQgetvalue) X(PQisBusy)       \
-              X(PQnfields) X(PQnotifies) X(PQntuples) X(PQputCopyData) X(PQputCopyEnd) X(PQresultErrorField)     \
-                  X(PQresultErrorMessage) X(PQresultStatus) X(PQsendPrepare) X(PQsendQuery) X(PQsendQueryParams) \
-                      X(PQsendQueryPrepared) X(PQsetNoticeProcessor) X(PQsetnonblocking) X(PQsocket) X(PQstatus) \
-                          X(PQtransactionStatus)
+#define ENG_PQ_FUNCTIONS(X)                                                                                       \
+  X(PQclear)                                                                                                      \
+  X(PQcmdStatus)                                                                                                  \
+  X(PQcmdTuples)                                                                                                  \
+  X(PQconnectPoll)                                                                                                \
+  X(PQconnectStart) X(PQconnectdb) X(PQconnectdbParams) X(PQconsumeInput) X(PQcancel) X(PQerrorMessage) X(PQexec) \
+      X(PQexecParams) X(PQfinish) X(PQflush) X(PQfname) X(PQfreeCancel) X(PQfreemem) X(PQftype) X(PQgetCancel)    \
+          X(PQgetResult) X(PQgetisnull) X(PQgetlength) X(PQgetvalue) X(PQisBusy) X(PQnfields) X(PQnotifies)       \
+              X(PQntuples) X(PQputCopyData) X(PQputCopyEnd) X(PQresultErrorField) X(PQresultErrorMessage)         \
+                  X(PQresultStatus) X(PQsendPrepare) X(PQsendQuery) X(PQsendQueryParams) X(PQsendQueryPrepared)   \
+                      X(PQsetNoticeProcessor) X(PQsetnonblocking) X(PQsocket) X(PQstatus) X(PQtransactionStatus)
 
 #define ENG_PQ_MEMBER(f) __typeof__(f) *f;
 typedef struct eng_pq_api {
