@@ -4,9 +4,10 @@
  * binary, they cost a SQLite-only server about 4 MiB of resident memory and their start-up
  * relocations, for nothing. So the files that talk to PostgreSQL include this header instead of
  * <libpq-fe.h>: it declares the same functions, by the same names, as pointers filled by
- * eng_pq_load() from ENG_PQ_SONAME (Debian's libpq5 package), or $APIENGINE_LIBPQ when set. Call eng_pq_load() before the first
- * PQ* call (the connect functions do: pg.c, pg_migrate.c, pg_copy.c, test.c); calling a PQ*
- * function before it is a NULL call. Types and constants come from <libpq-fe.h> as before.
+ * eng_pq_load() from ENG_PQ_SONAME (Debian's libpq5 package), or $APIENGINE_LIBPQ when set.
+ * Call eng_pq_load() before the first PQ* call (the connect functions do: pg.c, pg_migrate.c,
+ * pg_copy.c, test.c); calling a PQ* function before it is a NULL call. Types and constants come
+ * from <libpq-fe.h> as before.
  *
  * Errors: 0 or a negative ENG_E* code (error.h). */
 #ifndef ENG_PQ_LOAD_H
@@ -18,17 +19,50 @@
 #define ENG_PQ_ENV "APIENGINE_LIBPQ" /* another file name or path for it */
 
 /* Every libpq function the engine calls. */
-#define ENG_PQ_FUNCTIONS(X)                                                                                       \
-  X(PQclear)                                                                                                      \
-  X(PQcmdStatus)                                                                                                  \
-  X(PQcmdTuples)                                                                                                  \
-  X(PQconnectPoll)                                                                                                \
-  X(PQconnectStart) X(PQconnectdb) X(PQconnectdbParams) X(PQconsumeInput) X(PQcancel) X(PQerrorMessage) X(PQexec) \
-      X(PQexecParams) X(PQfinish) X(PQflush) X(PQfname) X(PQfreeCancel) X(PQfreemem) X(PQftype) X(PQgetCancel)    \
-          X(PQgetResult) X(PQgetisnull) X(PQgetlength) X(PQgetvalue) X(PQisBusy) X(PQnfields) X(PQnotifies)       \
-              X(PQntuples) X(PQputCopyData) X(PQputCopyEnd) X(PQresultErrorField) X(PQresultErrorMessage)         \
-                  X(PQresultStatus) X(PQsendPrepare) X(PQsendQuery) X(PQsendQueryParams) X(PQsendQueryPrepared)   \
-                      X(PQsetNoticeProcessor) X(PQsetnonblocking) X(PQsocket) X(PQstatus) X(PQtransactionStatus)
+/* clang-format off */
+#define ENG_PQ_FUNCTIONS(X) \
+  X(PQclear) \
+  X(PQcmdStatus) \
+  X(PQcmdTuples) \
+  X(PQconnectPoll) \
+  X(PQconnectStart) \
+  X(PQconnectdb) \
+  X(PQconnectdbParams) \
+  X(PQconsumeInput) \
+  X(PQcancel) \
+  X(PQerrorMessage) \
+  X(PQexec) \
+  X(PQexecParams) \
+  X(PQfinish) \
+  X(PQflush) \
+  X(PQfname) \
+  X(PQfreeCancel) \
+  X(PQfreemem) \
+  X(PQftype) \
+  X(PQgetCancel) \
+  X(PQgetResult) \
+  X(PQgetisnull) \
+  X(PQgetlength) \
+  X(PQgetvalue) \
+  X(PQisBusy) \
+  X(PQnfields) \
+  X(PQnotifies) \
+  X(PQntuples) \
+  X(PQputCopyData) \
+  X(PQputCopyEnd) \
+  X(PQresultErrorField) \
+  X(PQresultErrorMessage) \
+  X(PQresultStatus) \
+  X(PQsendPrepare) \
+  X(PQsendQuery) \
+  X(PQsendQueryParams) \
+  X(PQsendQueryPrepared) \
+  X(PQsetNoticeProcessor) \
+  X(PQsetnonblocking) \
+  X(PQsocket) \
+  X(PQstatus) \
+  X(PQtransactionStatus)
+/* clang-format on */
 
 #define ENG_PQ_MEMBER(f) __typeof__(f) *f;
 typedef struct eng_pq_api {
