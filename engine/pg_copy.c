@@ -573,6 +573,8 @@ int eng_pg_copy(const eng_pg_copy_options *opt, eng_pg_copy_stats *stats, char *
     return eng_errorf(err, ENG_EINVAL, "migrate --from needs a source, a target and a schema");
   if (stat(opt->sqlite_path, &sb) != 0)
     return eng_errorf(err, ENG_ENOTFOUND, "%s: no such database file", opt->sqlite_path);
+  if ((rc = eng_pq_load(err)) != 0) /* first: the cleanup below calls libpq */
+    return rc;
   if (sqlite3_open_v2(opt->sqlite_path, &c.src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
     rc = sqlite_fail(err, c.src, "cannot open it");
     goto cleanup;
@@ -600,8 +602,6 @@ int eng_pg_copy(const eng_pg_copy_options *opt, eng_pg_copy_stats *stats, char *
   if (opt->progress)
     fprintf(opt->progress, "migrate: %d migration(s) applied to the target\n", c.stats->migrations);
 
-  if ((rc = eng_pq_load(err)) != 0)
-    goto cleanup;
   c.pg = PQconnectdb(opt->conninfo);
   if (PQstatus(c.pg) != CONNECTION_OK) {
     rc = eng_errorf(err, ENG_EDB, "cannot connect to the target: %s", PQerrorMessage(c.pg));
@@ -635,8 +635,7 @@ int eng_pg_copy(const eng_pg_copy_options *opt, eng_pg_copy_stats *stats, char *
             "migrate: copied %d table(s), %" PRId64 " row(s), %d fact(s), %d sequence(s) set, from %s in %.1f s\n",
             c.stats->tables, c.stats->rows, c.stats->facts, c.stats->sequences, opt->sqlite_path, now_s() - t0);
 cleanup:
-  if (r) /* libpq may not be loaded yet (a failure before the connection) */
-    PQclear(r);
+  PQclear(r);
   if (in_tx) /* nothing of the copy stays: the target holds no row it did not hold before */
     PQclear(PQexec(c.pg, "ROLLBACK"));
   if (c.pg)
