@@ -452,26 +452,16 @@ static int fold_busy(void *arg, int count) {
 static void fold_pass(eng_db_checkpointer *cp) {
   if (!cp->levels)
     return;
-  /* One chunk at a time, with a pause between: a chunk holds the write lock for a few ms, and the
-   * workers waiting for it retry every millisecond (busy_wait) while this thread would retry every
-   * 0.1 ms, so back-to-back chunks would win the lock eight times in a row and hold a batch up for
-   * all of them. The pause lets a waiting worker in between two chunks. */
-  for (int i = 0; i < ENG_DB_FOLD_CHUNKS_PER_PASS; i++) {
-    char *err = NULL;
-    int rc = eng_db_levels_pass(cp->levels, 1, &err);
-    /* Each error once (a bad _engine_levels row would otherwise be logged ten times a second). */
-    if (rc < 0 && (!err || !cp->fold_err || strcmp(err, cp->fold_err) != 0)) {
-      eng_log_warn("%s; lookups stay exact, inserts get slower", err ? err : "db: fold failed");
-      free(cp->fold_err);
-      cp->fold_err = err;
-      err = NULL;
-    }
-    free(err);
-    if (rc <= 0)
-      break;
-    struct timespec ts = {0, ENG_DB_FOLD_PAUSE_US * 1000L};
-    nanosleep(&ts, NULL);
+  char *err = NULL;
+  /* Each error once (a bad _engine_levels row would otherwise be logged ten times a second). */
+  if (eng_db_levels_pass(cp->levels, ENG_DB_FOLD_CHUNKS_PER_PASS, &err) < 0 &&
+      (!err || !cp->fold_err || strcmp(err, cp->fold_err) != 0)) {
+    eng_log_warn("%s; lookups stay exact, inserts get slower", err ? err : "db: fold failed");
+    free(cp->fold_err);
+    cp->fold_err = err;
+    err = NULL;
   }
+  free(err);
 }
 
 /* One checkpoint of the given mode. Returns SQLite's code; *log gets the frames in the WAL
@@ -714,6 +704,9 @@ int eng_db_checkpointer_start(eng_db_checkpointer **out, const char *path, const
   } else {
     sqlite3_extended_result_codes(cp->fold_h, 1);
     sqlite3_busy_handler(cp->fold_h, fold_busy, cp);
+    /* workers waiting for the write lock retry every millisecond (busy_wait); this connection
+     * every 0.1 ms: the pause lets one in between two chunks */
+    eng_db_levels_set_pause(cp->levels, ENG_DB_FOLD_PAUSE_US);
   }
   if (pthread_create(&cp->thread, NULL, checkpointer_main, cp) != 0) {
     rc = eng_errorf(err, ENG_EIO, "db: cannot start the checkpointer thread");

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "error.h"
 #include "log.h"
@@ -129,6 +130,7 @@ struct eng_db_levels {
   sqlite3 *h;
   level_table t[ENG_LEVELS_TABLES_MAX];
   int nt;
+  int pause_us; /* between two chunks of a pass */
   eng_db_levels_stats st;
 };
 
@@ -141,6 +143,8 @@ int eng_db_levels_new(eng_db_levels **out, sqlite3 *h) {
 }
 
 void eng_db_levels_free(eng_db_levels *lv) { free(lv); }
+
+void eng_db_levels_set_pause(eng_db_levels *lv, int pause_us) { lv->pause_us = pause_us > 0 ? pause_us : 0; }
 
 void eng_db_levels_get_stats(const eng_db_levels *lv, eng_db_levels_stats *out) { *out = lv->st; }
 
@@ -288,7 +292,7 @@ fail:
 static int is_busy(int rc) { return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED; }
 
 /* Counts and folds one table; returns 1 while a fold is under way, 0 when none is, or a code. */
-static int fold_table(eng_db_levels *lv, level_table *t, int *budget, char **err) {
+static int fold_table(eng_db_levels *lv, level_table *t, int *budget, int max_chunks, char **err) {
   int under_way = 0;
   for (int k = 0; k < t->levels - 1; k++) {
     if (!t->active[k] && (k == 0 || t->check[k])) {
@@ -305,6 +309,10 @@ static int fold_table(eng_db_levels *lv, level_table *t, int *budget, char **err
       }
     }
     while (t->active[k] && *budget > 0) {
+      if (*budget < max_chunks && lv->pause_us > 0) { /* not before a pass's first chunk */
+        struct timespec ts = {lv->pause_us / 1000000, (long)(lv->pause_us % 1000000) * 1000L};
+        nanosleep(&ts, NULL);
+      }
       int done = 0;
       sqlite3_int64 moved = 0;
       int rc = move_chunk(lv, t, k, &done, &moved);
@@ -340,7 +348,7 @@ int eng_db_levels_pass(eng_db_levels *lv, int max_chunks, char **err) {
     level_table *t = &lv->t[i];
     if (t->failed)
       continue;
-    rc = fold_table(lv, t, &budget, err);
+    rc = fold_table(lv, t, &budget, max_chunks, err);
     if (rc < 0) {
       t->failed = 1;
       return rc;

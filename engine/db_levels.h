@@ -59,6 +59,10 @@ typedef struct eng_db_levels_stats {
 
 /* h must stay open while the folder lives; engine_key64 need not be registered on it. */
 int eng_db_levels_new(eng_db_levels **out, sqlite3 *h);
+/* Sleep pause_us between two chunks of one pass (0 by default): a chunk holds the write lock for a
+ * few ms, and a writer waiting for it may poll less often than this connection's busy handler, so
+ * back-to-back chunks would win the lock every time and hold the writer up for all of them. */
+void eng_db_levels_set_pause(eng_db_levels *lv, int pause_us);
 void eng_db_levels_free(eng_db_levels *lv);
 
 /* One pass: reads _engine_levels (nothing to do when it does not exist), counts the levels it has
